@@ -24,7 +24,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 
     /// Prefixes the field path, for errors coming up from nested messages.
@@ -99,7 +102,10 @@ impl MinerDialect {
             Ok(v1::MinerDialect::WhatsminerV3) => Ok(MinerDialect::WhatsminerV3),
             Ok(v1::MinerDialect::Bitaxe) => Ok(MinerDialect::Bitaxe),
             Ok(v1::MinerDialect::Unspecified) => Err(FieldError::missing(field)),
-            Err(_) => Err(FieldError::new(field, format!("unknown miner dialect {value}"))),
+            Err(_) => Err(FieldError::new(
+                field,
+                format!("unknown miner dialect {value}"),
+            )),
         }
     }
 }
@@ -112,7 +118,9 @@ impl fmt::Display for MinerDialect {
 
 /// An unknown dialect name.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown miner dialect `{0}` (expected one of antminer, braiins, luxos, whatsminer-v2, whatsminer-v3, bitaxe)")]
+#[error(
+    "unknown miner dialect `{0}` (expected one of antminer, braiins, luxos, whatsminer-v2, whatsminer-v3, bitaxe)"
+)]
 pub struct UnknownDialect(pub String);
 
 impl FromStr for MinerDialect {
@@ -196,7 +204,10 @@ impl WorkloadState {
             Ok(v1::WorkloadState::Released) => Ok(WorkloadState::Released),
             Ok(v1::WorkloadState::Drained) => Ok(WorkloadState::Drained),
             Ok(v1::WorkloadState::Unspecified) => Err(FieldError::missing(field)),
-            Err(_) => Err(FieldError::new(field, format!("unknown workload state {value}"))),
+            Err(_) => Err(FieldError::new(
+                field,
+                format!("unknown workload state {value}"),
+            )),
         }
     }
 }
@@ -214,12 +225,14 @@ pub enum MinerTarget {
 impl MinerTarget {
     pub fn to_proto(self) -> v1::MinerTarget {
         match self {
-            MinerTarget::Run { power_target_w } => {
-                v1::MinerTarget { mode: v1::MinerMode::Run as i32, power_target_w }
-            }
-            MinerTarget::Sleep => {
-                v1::MinerTarget { mode: v1::MinerMode::Sleep as i32, power_target_w: None }
-            }
+            MinerTarget::Run { power_target_w } => v1::MinerTarget {
+                mode: v1::MinerMode::Run as i32,
+                power_target_w,
+            },
+            MinerTarget::Sleep => v1::MinerTarget {
+                mode: v1::MinerMode::Sleep as i32,
+                power_target_w: None,
+            },
         }
     }
 
@@ -232,7 +245,9 @@ impl MinerTarget {
                         "must be positive; use MINER_MODE_SLEEP to stop a miner",
                     ));
                 }
-                Ok(MinerTarget::Run { power_target_w: m.power_target_w })
+                Ok(MinerTarget::Run {
+                    power_target_w: m.power_target_w,
+                })
             }
             Ok(v1::MinerMode::Sleep) => {
                 if m.power_target_w.is_some() {
@@ -300,10 +315,16 @@ impl Intent {
     pub fn from_proto(m: &v1::Intent, field: &str) -> Result<Self, FieldError> {
         let device_id = non_empty(&m.device_id, &format!("{field}.device_id"))?;
         if m.generation == 0 {
-            return Err(FieldError::new(format!("{field}.generation"), "must be at least 1"));
+            return Err(FieldError::new(
+                format!("{field}.generation"),
+                "must be at least 1",
+            ));
         }
         let lease_field = format!("{field}.lease_expires_at");
-        let lease = m.lease_expires_at.as_ref().ok_or_else(|| FieldError::missing(&lease_field))?;
+        let lease = m
+            .lease_expires_at
+            .as_ref()
+            .ok_or_else(|| FieldError::missing(&lease_field))?;
         let lease_expires_at = timestamp_from_proto(lease, &lease_field)?;
         let target = match &m.target {
             None => return Err(FieldError::missing(&format!("{field}.target"))),
@@ -317,7 +338,9 @@ impl Intent {
                         "must be positive",
                     ));
                 }
-                Target::Gpu { power_cap_w: g.power_cap_w }
+                Target::Gpu {
+                    power_cap_w: g.power_cap_w,
+                }
             }
             Some(v1::intent::Target::Workload(w)) => Target::Workload {
                 state: WorkloadState::from_proto(w.state, &format!("{field}.workload.state"))?,
@@ -364,13 +387,19 @@ impl IntentPhase {
             Ok(v1::IntentPhase::Failed) => Ok(IntentPhase::Failed),
             Ok(v1::IntentPhase::Rejected) => Ok(IntentPhase::Rejected),
             Ok(v1::IntentPhase::Unspecified) => Err(FieldError::missing(field)),
-            Err(_) => Err(FieldError::new(field, format!("unknown intent phase {value}"))),
+            Err(_) => Err(FieldError::new(
+                field,
+                format!("unknown intent phase {value}"),
+            )),
         }
     }
 
     /// Whether no further status will follow for this generation.
     pub fn is_final(self) -> bool {
-        matches!(self, IntentPhase::Confirmed | IntentPhase::Failed | IntentPhase::Rejected)
+        matches!(
+            self,
+            IntentPhase::Confirmed | IntentPhase::Failed | IntentPhase::Rejected
+        )
     }
 }
 
@@ -386,13 +415,19 @@ pub fn non_empty(value: &str, field: &str) -> Result<String, FieldError> {
 /// Requires a finite number (no NaN or infinity) in an optional field.
 pub fn finite(value: Option<f64>, field: &str) -> Result<Option<f64>, FieldError> {
     match value {
-        Some(v) if !v.is_finite() => Err(FieldError::new(field, format!("{v} is not a finite number"))),
+        Some(v) if !v.is_finite() => Err(FieldError::new(
+            field,
+            format!("{v} is not a finite number"),
+        )),
         other => Ok(other),
     }
 }
 
 pub fn timestamp_to_proto(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn timestamp_from_proto(
@@ -415,8 +450,8 @@ pub fn duration_to_proto(d: Duration) -> prost_types::Duration {
 }
 
 pub fn duration_from_proto(d: &prost_types::Duration, field: &str) -> Result<Duration, FieldError> {
-    let secs = u64::try_from(d.seconds)
-        .map_err(|_| FieldError::new(field, "must not be negative"))?;
+    let secs =
+        u64::try_from(d.seconds).map_err(|_| FieldError::new(field, "must not be negative"))?;
     let nanos = u32::try_from(d.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
@@ -430,7 +465,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn lease() -> prost_types::Timestamp {
-        prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }
+        prost_types::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        }
     }
 
     #[test]
@@ -439,7 +477,9 @@ mod tests {
             device_id: "miner/127.0.0.1:4028".into(),
             generation: 7,
             lease_expires_at: DateTime::from_timestamp(1_800_000_000, 5).unwrap(),
-            target: Target::Miner(MinerTarget::Run { power_target_w: Some(3200) }),
+            target: Target::Miner(MinerTarget::Run {
+                power_target_w: Some(3200),
+            }),
             reason: "economic".into(),
             phase: 2,
         };
@@ -480,7 +520,10 @@ mod tests {
 
     #[test]
     fn sleep_with_power_target_is_rejected() {
-        let m = v1::MinerTarget { mode: v1::MinerMode::Sleep as i32, power_target_w: Some(100) };
+        let m = v1::MinerTarget {
+            mode: v1::MinerMode::Sleep as i32,
+            power_target_w: Some(100),
+        };
         assert!(MinerTarget::from_proto(&m, "t").is_err());
     }
 
@@ -488,7 +531,10 @@ mod tests {
     fn dialect_names_parse() {
         for d in MinerDialect::ALL {
             assert_eq!(d.as_str().parse::<MinerDialect>().unwrap(), d);
-            assert_eq!(MinerDialect::from_proto(d.to_proto() as i32, "d").unwrap(), d);
+            assert_eq!(
+                MinerDialect::from_proto(d.to_proto() as i32, "d").unwrap(),
+                d
+            );
         }
         assert!("cgminer".parse::<MinerDialect>().is_err());
     }

@@ -1,0 +1,410 @@
+//! FleetService: the API pivotctl, dashboards and automation use.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::{Stream, StreamExt};
+use pivot_proto::model::{self, FieldError, MinerTarget, Target, WorkloadState};
+use pivot_proto::v1;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::{Request, Response, Status};
+
+use crate::Controller;
+use crate::policy;
+use crate::store::{DemandResponse, NewAudit, Override, StoreError};
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
+
+/// The FleetService implementation.
+#[derive(Debug, Clone)]
+pub struct FleetApi {
+    ctl: Arc<Controller>,
+}
+
+impl FleetApi {
+    pub fn new(ctl: Arc<Controller>) -> Self {
+        Self { ctl }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::RevisionConflict { .. } => Status::aborted(e.to_string()),
+            other => Status::internal(other.to_string()),
+        }
+    }
+}
+
+fn actor_or(actor: &str, fallback: &str) -> String {
+    if actor.trim().is_empty() {
+        fallback.to_owned()
+    } else {
+        actor.to_owned()
+    }
+}
+
+fn override_to_proto(o: &Override) -> v1::Override {
+    let pin = match o.pin {
+        Target::Miner(m) => v1::r#override::Pin::Miner(m.to_proto()),
+        Target::Gpu { power_cap_w } => v1::r#override::Pin::Gpu(v1::GpuTarget { power_cap_w }),
+        Target::Workload { state } => v1::r#override::Pin::Workload(v1::WorkloadTarget {
+            state: state.to_proto() as i32,
+        }),
+    };
+    v1::Override {
+        target: o.target.clone(),
+        pin: Some(pin),
+        expires_at: o.expires_at.map(model::timestamp_to_proto),
+        reason: o.reason.clone(),
+        actor: o.actor.clone(),
+        created_at: Some(model::timestamp_to_proto(o.created_at)),
+    }
+}
+
+fn override_from_proto(o: &v1::Override) -> Result<Override, FieldError> {
+    let target = model::non_empty(&o.target, "override.target")?;
+    let pin = match &o.pin {
+        None => return Err(FieldError::new("override.pin", "required but missing")),
+        Some(v1::r#override::Pin::Miner(m)) => {
+            Target::Miner(MinerTarget::from_proto(m, "override.miner")?)
+        }
+        Some(v1::r#override::Pin::Gpu(g)) if g.power_cap_w == 0 => {
+            return Err(FieldError::new(
+                "override.gpu.power_cap_w",
+                "must be positive",
+            ));
+        }
+        Some(v1::r#override::Pin::Gpu(g)) => Target::Gpu {
+            power_cap_w: g.power_cap_w,
+        },
+        Some(v1::r#override::Pin::Workload(w)) => Target::Workload {
+            state: WorkloadState::from_proto(w.state, "override.workload.state")?,
+        },
+    };
+    let expires_at = o
+        .expires_at
+        .as_ref()
+        .map(|t| model::timestamp_from_proto(t, "override.expires_at"))
+        .transpose()?;
+    if expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(FieldError::new("override.expires_at", "is in the past"));
+    }
+    Ok(Override {
+        target,
+        pin,
+        expires_at,
+        reason: o.reason.clone(),
+        actor: actor_or(&o.actor, "unknown"),
+        created_at: Utc::now(),
+    })
+}
+
+fn dr_to_proto(e: &DemandResponse) -> v1::DemandResponseEvent {
+    v1::DemandResponseEvent {
+        event_id: e.event_id.clone(),
+        target_power_w: e.target_power_w,
+        deadline: Some(model::timestamp_to_proto(e.deadline)),
+        ends_at: Some(model::timestamp_to_proto(e.ends_at)),
+        actor: e.actor.clone(),
+        created_at: Some(model::timestamp_to_proto(e.created_at)),
+    }
+}
+
+fn device_kind_filter(kind: i32) -> Result<v1::DeviceKind, Status> {
+    v1::DeviceKind::try_from(kind)
+        .map_err(|_| FieldError::new("kind", format!("unknown device kind {kind}")).into())
+}
+
+#[tonic::async_trait]
+impl v1::fleet_service_server::FleetService for FleetApi {
+    type WatchEventsStream = EventStream;
+
+    async fn get_site_status(
+        &self,
+        _request: Request<v1::GetSiteStatusRequest>,
+    ) -> Result<Response<v1::SiteStatus>, Status> {
+        Ok(Response::new(self.ctl.site_status().await?))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<v1::ListDevicesRequest>,
+    ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        let req = request.into_inner();
+        let kind = device_kind_filter(req.kind)?;
+        let mut devices = Vec::new();
+        for a in self.ctl.registry.agents() {
+            if !req.host_id.is_empty() && req.host_id != a.host_id {
+                continue;
+            }
+            let last_seen = Some(model::timestamp_to_proto(a.last_seen));
+            if matches!(kind, v1::DeviceKind::Unspecified | v1::DeviceKind::Host) {
+                devices.push(v1::Device {
+                    device_id: format!("host/{}", a.host_id),
+                    host_id: a.host_id.clone(),
+                    kind: v1::DeviceKind::Host as i32,
+                    inventory: Some(v1::device::Inventory::Host(a.host.clone())),
+                    reading: a.host_reading.clone().map(v1::device::Reading::HostReading),
+                    last_seen,
+                    ..Default::default()
+                });
+            }
+            if matches!(kind, v1::DeviceKind::Unspecified | v1::DeviceKind::Miner) {
+                for (info, obs) in a.miners.values() {
+                    devices.push(v1::Device {
+                        device_id: info.device_id.clone(),
+                        host_id: a.host_id.clone(),
+                        kind: v1::DeviceKind::Miner as i32,
+                        inventory: Some(v1::device::Inventory::Miner(info.inventory.clone())),
+                        reading: obs
+                            .as_ref()
+                            .map(|o| v1::device::Reading::MinerReading(o.reading.clone())),
+                        last_seen: obs
+                            .as_ref()
+                            .map(|o| model::timestamp_to_proto(o.observed_at)),
+                        ..Default::default()
+                    });
+                }
+            }
+            if matches!(kind, v1::DeviceKind::Unspecified | v1::DeviceKind::Gpu) {
+                for (info, obs) in a.gpus.values() {
+                    devices.push(v1::Device {
+                        device_id: info.device_id.clone(),
+                        host_id: a.host_id.clone(),
+                        kind: v1::DeviceKind::Gpu as i32,
+                        inventory: Some(v1::device::Inventory::Gpu(info.inventory.clone())),
+                        reading: obs
+                            .as_ref()
+                            .map(|o| v1::device::Reading::GpuReading(o.reading.clone())),
+                        last_seen: obs
+                            .as_ref()
+                            .map(|o| model::timestamp_to_proto(o.observed_at)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(Response::new(v1::ListDevicesResponse { devices }))
+    }
+
+    async fn get_economics(
+        &self,
+        _request: Request<v1::GetEconomicsRequest>,
+    ) -> Result<Response<v1::Economics>, Status> {
+        Err(Status::unavailable(
+            "no market data source is configured on this controller (hashprice and energy price sources are not built yet)",
+        ))
+    }
+
+    async fn set_override(
+        &self,
+        request: Request<v1::SetOverrideRequest>,
+    ) -> Result<Response<v1::Override>, Status> {
+        let req = request.into_inner();
+        let o = req
+            .r#override
+            .as_ref()
+            .ok_or_else(|| FieldError::new("override", "required but missing"))?;
+        let o = override_from_proto(o)?;
+        let stored = o.clone();
+        self.ctl.blocking(move |s| s.put_override(&stored)).await?;
+        self.ctl
+            .audit(NewAudit {
+                kind: "override",
+                subject: o.target.clone(),
+                actor: o.actor.clone(),
+                reason: o.reason.clone(),
+                detail: serde_json::json!({ "pin": o.pin, "expires_at": o.expires_at }),
+            })
+            .await;
+        Ok(Response::new(override_to_proto(&o)))
+    }
+
+    async fn clear_override(
+        &self,
+        request: Request<v1::ClearOverrideRequest>,
+    ) -> Result<Response<v1::ClearOverrideResponse>, Status> {
+        let req = request.into_inner();
+        let target = model::non_empty(&req.target, "target")?;
+        let t = target.clone();
+        let cleared = self.ctl.blocking(move |s| s.clear_override(&t)).await?;
+        if cleared {
+            self.ctl
+                .audit(NewAudit {
+                    kind: "override",
+                    subject: target,
+                    actor: actor_or(&req.actor, "unknown"),
+                    reason: "override cleared".into(),
+                    detail: serde_json::Value::Null,
+                })
+                .await;
+        }
+        Ok(Response::new(v1::ClearOverrideResponse { cleared }))
+    }
+
+    async fn list_overrides(
+        &self,
+        _request: Request<v1::ListOverridesRequest>,
+    ) -> Result<Response<v1::ListOverridesResponse>, Status> {
+        let list = self.ctl.blocking(|s| s.list_overrides(Utc::now())).await?;
+        Ok(Response::new(v1::ListOverridesResponse {
+            overrides: list.iter().map(override_to_proto).collect(),
+        }))
+    }
+
+    async fn demand_response(
+        &self,
+        request: Request<v1::DemandResponseRequest>,
+    ) -> Result<Response<v1::DemandResponseEvent>, Status> {
+        let req = request.into_inner();
+        if !(req.target_power_w.is_finite() && req.target_power_w >= 0.0) {
+            return Err(FieldError::new("target_power_w", "must be a number of watts >= 0").into());
+        }
+        let deadline = req
+            .deadline
+            .as_ref()
+            .ok_or_else(|| FieldError::new("deadline", "required but missing"))?;
+        let deadline = model::timestamp_from_proto(deadline, "deadline")?;
+        let duration = req
+            .duration
+            .as_ref()
+            .ok_or_else(|| FieldError::new("duration", "required but missing"))?;
+        let duration = model::duration_from_proto(duration, "duration")?;
+        let duration = chrono::Duration::from_std(duration)
+            .map_err(|_| FieldError::new("duration", "too long"))?;
+        let now = Utc::now();
+        let event = DemandResponse {
+            event_id: if req.event_id.is_empty() {
+                format!("dr-{}", now.timestamp())
+            } else {
+                req.event_id.clone()
+            },
+            target_power_w: req.target_power_w,
+            deadline,
+            ends_at: deadline + duration,
+            actor: actor_or(&req.actor, "unknown"),
+            created_at: now,
+        };
+        let stored = event.clone();
+        self.ctl
+            .blocking(move |s| s.put_demand_response(&stored))
+            .await?;
+        self.ctl
+            .audit(NewAudit {
+                kind: "demand_response",
+                subject: format!("site/{}", self.ctl.config.site.id),
+                actor: event.actor.clone(),
+                reason: format!(
+                    "demand response {}: reach {} W by {}",
+                    event.event_id, event.target_power_w, event.deadline
+                ),
+                detail: serde_json::to_value(&event).unwrap_or_default(),
+            })
+            .await;
+        Ok(Response::new(dr_to_proto(&event)))
+    }
+
+    async fn get_policy(
+        &self,
+        _request: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::Policy>, Status> {
+        let p = self.ctl.blocking(|s| s.get_policy()).await?;
+        Ok(Response::new(match p {
+            Some(p) => v1::Policy {
+                name: p.name,
+                document_toml: p.document_toml,
+                revision: p.revision,
+                updated_at: Some(model::timestamp_to_proto(p.updated_at)),
+                actor: p.actor,
+            },
+            None => v1::Policy {
+                name: "economic".into(),
+                document_toml: policy::DEFAULT_POLICY.into(),
+                revision: 0,
+                updated_at: None,
+                actor: "default".into(),
+            },
+        }))
+    }
+
+    async fn validate_policy(
+        &self,
+        request: Request<v1::ValidatePolicyRequest>,
+    ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
+        let errors = policy::validate(&request.into_inner().document_toml)
+            .err()
+            .unwrap_or_default();
+        Ok(Response::new(v1::ValidatePolicyResponse {
+            valid: errors.is_empty(),
+            errors,
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<v1::SetPolicyRequest>,
+    ) -> Result<Response<v1::Policy>, Status> {
+        let req = request.into_inner();
+        let doc = policy::validate(&req.document_toml).map_err(|errors| {
+            Status::invalid_argument(format!("document_toml: {}", errors.join("; ")))
+        })?;
+        let actor = actor_or(&req.actor, "unknown");
+        let (name, text, a, expected) = (
+            doc.name.clone(),
+            req.document_toml.clone(),
+            actor.clone(),
+            req.expected_revision,
+        );
+        let p = self
+            .ctl
+            .blocking(move |s| s.set_policy(&name, &text, &a, expected))
+            .await?;
+        self.ctl
+            .audit(NewAudit {
+                kind: "policy",
+                subject: format!("site/{}", self.ctl.config.site.id),
+                actor,
+                reason: format!("policy `{}` set (revision {})", p.name, p.revision),
+                detail: serde_json::json!({ "revision": p.revision }),
+            })
+            .await;
+        Ok(Response::new(v1::Policy {
+            name: p.name,
+            document_toml: p.document_toml,
+            revision: p.revision,
+            updated_at: Some(model::timestamp_to_proto(p.updated_at)),
+            actor: p.actor,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let records = self
+            .ctl
+            .blocking(move |s| s.list_audit(limit, req.before_id, &req.subject))
+            .await?;
+        Ok(Response::new(v1::ListAuditResponse {
+            records: records.iter().map(crate::audit_to_proto).collect(),
+        }))
+    }
+
+    async fn watch_events(
+        &self,
+        _request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let stream = BroadcastStream::new(self.ctl.subscribe()).filter_map(|e| async move {
+            // A watcher that falls behind misses events rather than slowing the controller.
+            e.ok().map(Ok)
+        });
+        Ok(Response::new(Box::pin(stream) as EventStream))
+    }
+}

@@ -1,0 +1,55 @@
+//! The controller's gRPC server: AgentService, FleetService, health and reflection on one port.
+
+pub mod agent;
+pub mod fleet;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use pivot_proto::v1::agent_service_server::AgentServiceServer;
+use pivot_proto::v1::fleet_service_server::FleetServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::Controller;
+
+/// Largest message the controller accepts (a hello from an agent with 10,000 miners fits).
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the controller's gRPC API on `listener` until `shutdown` completes.
+pub async fn serve(
+    ctl: Arc<Controller>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AgentServiceServer<agent::AgentApi>>()
+        .await;
+    health
+        .set_serving::<FleetServiceServer<fleet::FleetApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pivot_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            AgentServiceServer::new(agent::AgentApi::new(Arc::clone(&ctl)))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(FleetServiceServer::new(fleet::FleetApi::new(ctl)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

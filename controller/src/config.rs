@@ -1,0 +1,243 @@
+//! The controller's configuration: one typed struct, loaded from a TOML file plus environment.
+//!
+//! Unknown keys and bad values are errors naming the file and the key; nothing falls back to a
+//! silent default. Environment overrides go through [`EnvSource`] so they are unit-testable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `pivot-controller serve` needs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: SiteConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Site identifier shown in status and the audit log.
+    pub id: String,
+    /// Contracted grid connection cap, watts.
+    pub cap_w: f64,
+    /// Power kept free below the cap, watts.
+    #[serde(default)]
+    pub reserve_w: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// gRPC listen address (AgentService, FleetService, health, reflection).
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+        }
+    }
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file; created when missing.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// How often agents send telemetry, seconds.
+    #[serde(default = "default_telemetry_interval_s")]
+    pub telemetry_interval_s: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            telemetry_interval_s: default_telemetry_interval_s(),
+        }
+    }
+}
+
+fn default_telemetry_interval_s() -> u64 {
+    10
+}
+
+/// A configuration that cannot be used: which file, which key, what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+    #[error("environment variable {var}: {problem}")]
+    Env { var: String, problem: String },
+}
+
+/// Where environment overrides come from (the process environment, or a map in tests).
+pub trait EnvSource {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Config {
+    /// Loads `path` and applies `PIVOT_*` overrides from `env`.
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    /// Parses a configuration document; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        if let Some(v) = env.get("PIVOT_LISTEN_GRPC") {
+            config.listen.grpc = v.parse().map_err(|e| ConfigError::Env {
+                var: "PIVOT_LISTEN_GRPC".into(),
+                problem: format!("`{v}` is not a socket address: {e}"),
+            })?;
+        }
+        if let Some(v) = env.get("PIVOT_STORE_PATH") {
+            config.store.path = PathBuf::from(v);
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        if self.site.id.trim().is_empty() {
+            return Err(invalid("site.id", "must not be empty".into()));
+        }
+        if !(self.site.cap_w.is_finite() && self.site.cap_w > 0.0) {
+            return Err(invalid(
+                "site.cap_w",
+                format!(
+                    "must be a positive number of watts, got {}",
+                    self.site.cap_w
+                ),
+            ));
+        }
+        if !(self.site.reserve_w.is_finite()
+            && self.site.reserve_w >= 0.0
+            && self.site.reserve_w < self.site.cap_w)
+        {
+            return Err(invalid(
+                "site.reserve_w",
+                format!(
+                    "must be at least 0 and below site.cap_w ({}), got {}",
+                    self.site.cap_w, self.site.reserve_w
+                ),
+            ));
+        }
+        if self.agents.telemetry_interval_s == 0 {
+            return Err(invalid(
+                "agents.telemetry_interval_s",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl EnvSource for MapEnv {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0.get(key).map(|v| (*v).to_owned())
+        }
+    }
+
+    const GOOD: &str = r#"
+[site]
+id = "tx-1"
+cap_w = 20_000_000
+reserve_w = 500_000
+[store]
+path = "/var/lib/pivot/pivot.db"
+"#;
+
+    #[test]
+    fn parses_and_applies_env() {
+        let env = MapEnv(HashMap::from([("PIVOT_LISTEN_GRPC", "0.0.0.0:6000")]));
+        let c = Config::parse(GOOD, Path::new("c.toml"), &env).unwrap();
+        assert_eq!(c.site.cap_w, 20_000_000.0);
+        assert_eq!(c.listen.grpc.port(), 6000);
+        assert_eq!(c.agents.telemetry_interval_s, 10);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let text = GOOD.replace("reserve_w", "reserv_w");
+        let e = Config::parse(
+            &text,
+            Path::new("/etc/pivot/c.toml"),
+            &MapEnv(HashMap::new()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/etc/pivot/c.toml"), "{e}");
+        assert!(e.contains("reserv_w"), "{e}");
+    }
+
+    #[test]
+    fn reserve_above_cap_is_rejected() {
+        let text = GOOD.replace("500_000", "30_000_000");
+        let e = Config::parse(&text, Path::new("c.toml"), &MapEnv(HashMap::new())).unwrap_err();
+        assert!(e.to_string().contains("site.reserve_w"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        let env = MapEnv(HashMap::from([("PIVOT_LISTEN_GRPC", "nope")]));
+        let e = Config::parse(GOOD, Path::new("c.toml"), &env).unwrap_err();
+        assert!(e.to_string().contains("PIVOT_LISTEN_GRPC"), "{e}");
+    }
+}

@@ -1,0 +1,134 @@
+//! `pivot-controller`: the site controller daemon.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pivot_controller::config::{self, Config, ProcessEnv};
+use pivot_controller::store::SqliteStore;
+use pivot_controller::{Controller, api};
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "pivot-controller", version, about = "Pivot site controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a development controller: 127.0.0.1:50051, SQLite store in a temporary directory.
+    Dev {
+        /// gRPC listen address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// Site cap in watts for the dev site.
+        #[arg(long, default_value_t = 5_000_000.0)]
+        site_cap_w: f64,
+    },
+    /// Run the production controller from a configuration file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { config: PathBuf },
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, () = term => {} }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    info!("Shutting down");
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&config.store.path)
+        .with_context(|| format!("opening store {}", config.store.path.display()))?;
+    let addr = config.listen.grpc;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding gRPC listener on {addr}"))?;
+    let ctl = Controller::new(config, Arc::new(store));
+    info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
+    // The line tests and scripts wait for.
+    println!("pivot-controller listening on {}", listener.local_addr()?);
+    api::serve(ctl, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PIVOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Dev { listen, site_cap_w } => dev(listen, site_cap_w).await,
+        Command::Serve { config } => match Config::load(&config, &ProcessEnv) {
+            Ok(c) => run(c).await,
+            Err(e) => Err(e.into()),
+        },
+        Command::CheckConfig { config } => Config::load(&config, &ProcessEnv)
+            .map(|c| {
+                println!(
+                    "{}: ok (site {}, cap {} W, listen {})",
+                    config.display(),
+                    c.site.id,
+                    c.site.cap_w,
+                    c.listen.grpc
+                );
+            })
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pivot-controller: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("pivot-dev-")
+        .tempdir()
+        .context("creating temporary directory")?;
+    let config = Config {
+        site: config::SiteConfig {
+            id: "dev".into(),
+            cap_w: site_cap_w,
+            reserve_w: site_cap_w * 0.02,
+        },
+        listen: config::ListenConfig { grpc: listen },
+        store: config::StoreConfig {
+            path: dir.path().join("pivot.db"),
+        },
+        agents: config::AgentsConfig::default(),
+    };
+    eprintln!(
+        "pivot-controller dev: store {}",
+        config.store.path.display()
+    );
+    run(config).await
+}
