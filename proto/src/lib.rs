@@ -6,6 +6,7 @@
 //! field, a finite number); a message that does not convert is answered with `InvalidArgument`
 //! naming the field, and nothing changes.
 
+pub mod codec;
 pub mod model;
 
 /// Generated code for package `pivot.v1`.

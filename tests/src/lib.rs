@@ -1,1 +1,75 @@
-//! placeholder
+//! Helpers for pivot's end-to-end tests: find the built binaries, start them, stop them.
+//!
+//! The binaries are those of the workspace's own build (`scripts/test` builds them first);
+//! a missing one is a test failure with the command that builds it, never a skip.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use pivot_sim::testenv::{python, workspace_root};
+
+/// Path of a workspace binary: `$PIVOT_BIN_DIR/<name>`, else next to the test executable's
+/// `deps/` folder (the same profile's target directory).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PIVOT_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap_or_default();
+            // target/<profile>/deps/e2e-xxxx -> target/<profile>
+            exe.parent()
+                .and_then(|p| p.parent())
+                .map(PathBuf::from)
+                .unwrap_or_default()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first with `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running process that is killed when dropped.
+#[derive(Debug)]
+pub struct Running {
+    pub child: Child,
+    /// The address it printed it listens on.
+    pub addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `pivot-controller dev` on an ephemeral port and waits for its listening line.
+pub fn start_dev_controller(extra: &[&str]) -> Running {
+    let mut child = Command::new(bin("pivot-controller"))
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting pivot-controller: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("pivot-controller listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or_else(|_| {
+            panic!("pivot-controller dev did not report its listening address within 30 s")
+        });
+    Running { child, addr }
+}

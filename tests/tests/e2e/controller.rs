@@ -1,0 +1,309 @@
+//! `pivot-controller dev` as a user runs it: health, pivotctl, a Python client, hostile agents.
+
+use std::process::Command;
+
+use pivot_e2e::{bin, python, start_dev_controller, workspace_root};
+use pivot_proto::v1;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn url(addr: &str) -> String {
+    format!("http://{addr}")
+}
+
+async fn health_client(addr: &str) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(url(addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
+#[tokio::test]
+async fn dev_controller_is_serving_and_pivotctl_reads_status() {
+    let ctl = start_dev_controller(&["--site-cap-w", "7500000"]);
+    let mut health = health_client(&ctl.addr).await;
+    for service in ["", "pivot.v1.FleetService", "pivot.v1.AgentService"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status(),
+            ServingStatus::Serving,
+            "service `{service}`"
+        );
+    }
+
+    let out = Command::new(bin("pivotctl"))
+        .args(["--controller", &url(&ctl.addr), "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pivotctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["site_id"], "dev");
+    assert_eq!(status["site_cap_w"], 7_500_000.0);
+    assert_eq!(status["agents_connected"], 0);
+    assert_eq!(status["policy"], "economic");
+}
+
+#[tokio::test]
+async fn pivotctl_names_an_unreachable_controller() {
+    let out = Command::new(bin("pivotctl"))
+        .args(["--controller", "http://127.0.0.1:1", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn python_grpcio_client_reads_site_status() {
+    let ctl = start_dev_controller(&["--site-cap-w", "1234000"]);
+    let python = python().unwrap_or_else(|e| panic!("{e}"));
+    let root = workspace_root();
+    let out = Command::new(python)
+        .arg(root.join("tests/peers/site_status.py"))
+        .arg(root.join("proto"))
+        .arg(&ctl.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["siteId"], "dev");
+    assert_eq!(status["siteCapW"], 1_234_000.0);
+    assert_eq!(status["controllerVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+async fn session(
+    addr: &str,
+    msgs: Vec<v1::AgentMessage>,
+) -> Result<Vec<v1::ControllerMessage>, tonic::Status> {
+    let mut client = v1::agent_service_client::AgentServiceClient::connect(url(addr))
+        .await
+        .unwrap();
+    let mut replies = client.session(tokio_stream::iter(msgs)).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = replies.message().await? {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn hello(host: &str, dialect: i32) -> v1::AgentMessage {
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
+            host_id: host.into(),
+            agent_version: "0.1.0".into(),
+            miners: vec![v1::MinerInventory {
+                device_id: format!("{host}/miner-1"),
+                addr: "127.0.0.1:4028".into(),
+                dialect,
+                nameplate_power_w: Some(3500),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test]
+async fn hostile_agent_messages_get_invalid_argument_naming_the_field() {
+    let ctl = start_dev_controller(&[]);
+    // Telemetry before hello.
+    let e = session(
+        &ctl.addr,
+        vec![v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Telemetry(
+                v1::TelemetrySnapshot::default(),
+            )),
+        }],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("hello"), "{}", e.message());
+
+    // An unknown enum value.
+    let e = session(&ctl.addr, vec![hello("h-bad", 77)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("hello.miners[0].dialect"),
+        "{}",
+        e.message()
+    );
+
+    // A NaN in telemetry after a good hello ends the session with the field named.
+    let nan = v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Telemetry(v1::TelemetrySnapshot {
+            miners: vec![v1::MinerReading {
+                device_id: "h-nan/miner-1".into(),
+                reachable: true,
+                power_w: Some(f64::NAN),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    };
+    let e = session(
+        &ctl.addr,
+        vec![hello("h-nan", v1::MinerDialect::Luxos as i32), nan],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.message().contains("telemetry.miners[0].power_w"),
+        "{}",
+        e.message()
+    );
+
+    // The controller still serves after the hostile sessions.
+    let mut health = health_client(&ctl.addr).await;
+    let ok = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().status(), ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn agent_session_registers_devices_and_telemetry() {
+    let ctl = start_dev_controller(&[]);
+    let mut client = v1::agent_service_client::AgentServiceClient::connect(url(&ctl.addr))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello("rack-7", v1::MinerDialect::Antminer as i32))
+        .await
+        .unwrap();
+    let mut down = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let welcome = down.message().await.unwrap().unwrap();
+    assert!(matches!(
+        welcome.msg,
+        Some(v1::controller_message::Msg::Welcome(_))
+    ));
+    tx.send(v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Telemetry(v1::TelemetrySnapshot {
+            miners: vec![v1::MinerReading {
+                device_id: "rack-7/miner-1".into(),
+                reachable: true,
+                state: v1::MinerState::Sleeping as i32,
+                power_w: Some(45.0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+
+    let mut fleet = v1::fleet_service_client::FleetServiceClient::connect(url(&ctl.addr))
+        .await
+        .unwrap();
+    let mut status = v1::SiteStatus::default();
+    for _ in 0..50 {
+        status = fleet
+            .get_site_status(v1::GetSiteStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.miners_sleeping == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status.agents_connected, 1);
+    assert_eq!(status.miners_sleeping, 1);
+    assert_eq!(status.measured_power_w, 45.0);
+    assert_eq!(status.committed_power_w, 45.0);
+
+    drop(tx);
+    // After the agent goes away its miner is unseen and counts at its nameplate.
+    for _ in 0..50 {
+        status = fleet
+            .get_site_status(v1::GetSiteStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if status.agents_connected == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status.agents_connected, 0);
+    assert_eq!(status.committed_power_w, 3500.0);
+
+    let audit = fleet
+        .list_audit(v1::ListAuditRequest {
+            limit: 10,
+            before_id: 0,
+            subject: "host/rack-7".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reasons: Vec<_> = audit.records.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["agent disconnected", "agent connected"]);
+}
+
+#[test]
+fn undecodable_messages_are_invalid_argument_and_change_nothing() {
+    let ctl = start_dev_controller(&[]);
+    let python = python().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(python)
+        .arg(workspace_root().join("tests/peers/hostile.py"))
+        .arg(&ctl.addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["code"], "INVALID_ARGUMENT", "{l}");
+        assert!(l["details"].as_str().unwrap().contains("malformed"), "{l}");
+    }
+    assert!(
+        lines[1]["details"]
+            .as_str()
+            .unwrap()
+            .contains("ClearOverrideRequest"),
+        "{}",
+        lines[1]
+    );
+    // Nothing was written: the audit log holds no override record.
+    let out = Command::new(bin("pivotctl"))
+        .args(["--controller", &url(&ctl.addr), "audit", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("override"));
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests: real binaries, real sockets, third-party clients.
+
+mod controller;
