@@ -1,0 +1,298 @@
+//! Stock Antminer firmware (bmminer/cgminer): reads on the 4028 API (one `summary+stats+pools`
+//! connection, falling back to separate requests), control through the Digest-authenticated web
+//! CGI (`get_miner_conf.cgi`, then `set_miner_conf.cgi` with the full config and `miner-mode` /
+//! `bitmain-work-mode`: 1 sleep, 0 normal, 2 high, 3 low).
+//!
+//! The CGI restarts cgminer before it answers (tens of seconds) and some builds answer `M000`
+//! and change nothing, so every change is confirmed by reading back, paced by the poll interval.
+//! Sleep overwrites the work mode, so the mode before sleep is remembered for wake.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use pivot_proto::model::{MinerDialect, MinerState};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::common::{self, HASHING_THS, leading_number};
+use crate::miner::cgminer::CgClient;
+use crate::miner::cgminer::parse::{number_at, string_at};
+use crate::miner::error::snippet;
+use crate::miner::http::digest::{Challenge, cnonce};
+use crate::miner::http::{HttpReply, HttpRequest};
+use crate::miner::verify::read_back;
+use crate::miner::{
+    Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
+};
+
+const SLEEP_MODE: &str = "1";
+const DIALECT: MinerDialect = MinerDialect::Antminer;
+
+pub struct Antminer {
+    addr: MinerAddr,
+    cg: CgClient,
+    ctx: DriverContext,
+    nc: AtomicU32,
+    /// An explicit work mode to wake into when none was remembered (operator's choice).
+    pub wake_mode: Option<u8>,
+}
+
+impl Antminer {
+    pub fn new(addr: MinerAddr, ctx: DriverContext) -> Self {
+        let cg = CgClient::new(addr.clone(), addr.api_port(DIALECT), ctx.options.timeouts);
+        Self {
+            addr,
+            cg,
+            ctx,
+            nc: AtomicU32::new(1),
+            wake_mode: None,
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("antminer/{}", self.addr)
+    }
+
+    /// One CGI call with Digest auth: an unauthenticated try, then the answer to its challenge.
+    async fn cgi(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        slow: bool,
+    ) -> Result<HttpReply, MinerError> {
+        let port = self.addr.web_port();
+        let timeout = if slow {
+            self.ctx.options.slow_request
+        } else {
+            self.ctx.options.timeouts.request
+        };
+        let build = |auth: Option<String>| {
+            let mut r = HttpRequest::new(method.clone(), port, path).timeout(timeout);
+            if let Some(b) = body {
+                r = r.json_body(b);
+            }
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r
+        };
+        let what = format!("{method} {path}");
+        let first = self.ctx.http.send(&self.addr, build(None)).await?;
+        if first.status != 401 {
+            return crate::miner::http::check_status(&self.addr, &what, first);
+        }
+        let header = first.www_authenticate.clone().unwrap_or_default();
+        let challenge = Challenge::parse(&header).map_err(|e| MinerError::AuthRejected {
+            addr: self.addr.to_string(),
+            what: what.clone(),
+            detail: format!("unusable challenge ({e}): {header:?}"),
+        })?;
+        let creds = &self.ctx.credentials;
+        let nc = self.nc.fetch_add(1, Ordering::Relaxed);
+        let auth = challenge.authorization(
+            &creds.username,
+            creds.password.expose(),
+            method.as_str(),
+            path,
+            nc,
+            &cnonce(),
+        );
+        let second = self.ctx.http.send(&self.addr, build(Some(auth))).await?;
+        if second.status == 401 {
+            return Err(MinerError::AuthRejected {
+                addr: self.addr.to_string(),
+                what,
+                detail: format!("Digest login as `{}` refused (HTTP 401)", creds.username),
+            });
+        }
+        crate::miner::http::check_status(&self.addr, &what, second)
+    }
+
+    async fn get_conf(&self) -> Result<Value, MinerError> {
+        let reply = self
+            .cgi(Method::GET, "/cgi-bin/get_miner_conf.cgi", None, false)
+            .await?;
+        let v = reply.json(&self.addr, "GET /cgi-bin/get_miner_conf.cgi")?;
+        if v.is_object() {
+            Ok(v)
+        } else {
+            Err(MinerError::Malformed {
+                addr: self.addr.to_string(),
+                command: "GET /cgi-bin/get_miner_conf.cgi".into(),
+                problem: "config is not a JSON object".into(),
+                snippet: snippet(&reply.body),
+            })
+        }
+    }
+
+    /// Posts the full config with both mode keys set to `mode`; returns what the CGI answered.
+    async fn set_mode(&self, mut conf: Value, mode: &str) -> Result<String, MinerError> {
+        let as_number = mode.parse::<u8>().unwrap_or(0);
+        if let Some(obj) = conf.as_object_mut() {
+            // Keep each key's type as the firmware gave it (string on most builds).
+            let work = match obj.get("bitmain-work-mode") {
+                Some(Value::Number(_)) => json!(as_number),
+                _ => json!(mode),
+            };
+            obj.insert("bitmain-work-mode".into(), work);
+            obj.insert("miner-mode".into(), json!(as_number));
+        }
+        let reply = self
+            .cgi(
+                Method::POST,
+                "/cgi-bin/set_miner_conf.cgi",
+                Some(&conf),
+                true,
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&reply.body).trim().to_owned();
+        if let Ok(v) = reply.json(&self.addr, "POST /cgi-bin/set_miner_conf.cgi") {
+            let stats = string_at(&v, &["stats"]).unwrap_or_default();
+            if !stats.is_empty() && !stats.eq_ignore_ascii_case("success") {
+                return Err(MinerError::Status {
+                    addr: self.addr.to_string(),
+                    command: "set_miner_conf.cgi".into(),
+                    letter: stats,
+                    code: -1,
+                    message: text,
+                });
+            }
+        }
+        Ok(text)
+    }
+
+    fn work_mode_of(conf: &Value) -> Option<String> {
+        string_at(conf, &["bitmain-work-mode", "miner-mode"])
+    }
+}
+
+#[async_trait]
+impl MinerDriver for Antminer {
+    fn dialect(&self) -> MinerDialect {
+        DIALECT
+    }
+
+    fn addr(&self) -> &MinerAddr {
+        &self.addr
+    }
+
+    async fn identify(&self) -> Result<Identity, MinerError> {
+        let v = self.cg.command("version", None).await?;
+        let ver = common::section(Some(&v), "VERSION")
+            .first()
+            .cloned()
+            .unwrap_or(Value::Null);
+        let model = string_at(&ver, &["Type", "Model"]);
+        let firmware = string_at(&ver, &["CompileTime", "BMMiner", "CGMiner", "Miner"]);
+        Ok(Identity {
+            dialect: DIALECT,
+            model,
+            firmware,
+            serial: None,
+            mac: None,
+            capabilities: Capabilities {
+                can_sleep: true,
+                power_target: false,
+                power_target_min_w: None,
+                power_target_max_w: None,
+            },
+        })
+    }
+
+    async fn read(&self) -> Result<Reading, MinerError> {
+        let replies = self.cg.multi(&["summary", "stats", "pools"]).await?;
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, replies.get("summary"));
+        let (boards, fans) = common::boards_and_fans_from_stats(replies.get("stats"));
+        r.boards = boards;
+        r.fans = fans;
+        r.pool = common::active_pool(replies.get("pools"));
+        for entry in common::section(replies.get("stats"), "STATS") {
+            if r.model.is_none() {
+                r.model = string_at(entry, &["Type"]);
+            }
+            // Power appears only in newer builds' stats (`chain_power`, `Power`): never estimated.
+            if r.power_w.is_none() {
+                r.power_w = ["chain_power", "Power", "power"]
+                    .iter()
+                    .find_map(|k| entry.get(*k).and_then(leading_number));
+            }
+            if r.uptime_s.is_none() {
+                r.uptime_s = number_at(entry, &["Elapsed"]).map(|e| e.max(0.0) as u64);
+            }
+        }
+        common::fill_hashrate_from_boards(&mut r);
+        r.state = match r.hashrate_ths {
+            Some(h) if h > HASHING_THS => MinerState::Mining,
+            // Not hashing: only the web config tells sleep from trouble (one extra request, for
+            // idle miners only, so a healthy poll stays one connection).
+            Some(_) | None => match self.get_conf().await {
+                Ok(conf) if Self::work_mode_of(&conf).as_deref() == Some(SLEEP_MODE) => {
+                    MinerState::Sleeping
+                }
+                Ok(_) if r.uptime_s.is_some_and(|u| u < 300) => MinerState::Ramping,
+                Ok(_) => MinerState::Faulted,
+                Err(e) => {
+                    r.error = Some(e.to_string());
+                    r.error_kind = Some(e.kind());
+                    MinerState::Unknown
+                }
+            },
+        };
+        Ok(r)
+    }
+
+    async fn sleep(&self) -> Result<Reading, MinerError> {
+        let conf = self.get_conf().await?;
+        if let Some(mode) = Self::work_mode_of(&conf)
+            && mode != SLEEP_MODE
+        {
+            self.ctx.modes.remember(&self.key(), &mode);
+        }
+        let answered = self.set_mode(conf, SLEEP_MODE).await?;
+        read_back(
+            self,
+            &self.ctx.options,
+            "sleep (set_miner_conf miner-mode=1)",
+            &answered,
+            |r| r.state == MinerState::Sleeping,
+        )
+        .await
+    }
+
+    async fn wake(&self) -> Result<Reading, MinerError> {
+        let conf = self.get_conf().await?;
+        let current = Self::work_mode_of(&conf);
+        let mode = match (self.ctx.modes.recall(&self.key()), self.wake_mode, current) {
+            (Some(m), _, _) => m,
+            (None, Some(m), _) => m.to_string(),
+            // Awake already in a real mode: re-assert it rather than guess.
+            (None, None, Some(m)) if m != SLEEP_MODE => m,
+            _ => {
+                return Err(MinerError::WakeModeUnknown {
+                    addr: self.addr.to_string(),
+                });
+            }
+        };
+        let answered = self.set_mode(conf, &mode).await?;
+        let r = read_back(
+            self,
+            &self.ctx.options,
+            &format!("wake (set_miner_conf bitmain-work-mode={mode})"),
+            &answered,
+            |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
+        )
+        .await?;
+        self.ctx.modes.forget(&self.key());
+        Ok(r)
+    }
+
+    async fn set_power_target(&self, _watts: u32) -> Result<Reading, MinerError> {
+        Err(MinerError::Unsupported {
+            addr: self.addr.to_string(),
+            dialect: DIALECT,
+            what: "a power target in watts (stock firmware has work modes only)".into(),
+        })
+    }
+}

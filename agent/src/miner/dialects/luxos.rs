@@ -1,0 +1,290 @@
+//! LuxOS: everything on the 4028 API. Reads in one `summary+stats+pools+power+config+profiles`
+//! connection; writes need a session id — the current one from `session` when there is one,
+//! else `logon` (Code 402 means another client holds the only session; sessions expire after
+//! 60 s idle, so an "invalid session" answer gets one fresh logon and a retry). Sleep and wake
+//! are `curtail <sid>,sleep|wakeup`; the power target is a profile (`profileset`), with ATM
+//! switched off around the change so it does not move the profile back.
+//! Facts: PROTOCOLS.md, pyasic rpc/luxminer.py and backends/luxminer.py, luxos-tooling.
+
+use async_trait::async_trait;
+use pivot_proto::model::{MinerDialect, MinerState};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::common::{self, HASHING_THS, leading_number};
+use crate::miner::cgminer::parse::{number_at, string_at};
+use crate::miner::cgminer::{CgClient, Status};
+use crate::miner::verify::read_back;
+use crate::miner::{
+    Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
+};
+
+const DIALECT: MinerDialect = MinerDialect::Luxos;
+const READ: [&str; 6] = ["summary", "stats", "pools", "power", "config", "profiles"];
+
+pub struct Luxos {
+    addr: MinerAddr,
+    cg: CgClient,
+    ctx: DriverContext,
+    session: Mutex<Option<String>>,
+}
+
+/// A LuxOS profile: name and the watts it runs at.
+#[derive(Debug, Clone, PartialEq)]
+struct Profile {
+    name: String,
+    watts: Option<f64>,
+}
+
+fn profiles(reply: Option<&Value>) -> Vec<Profile> {
+    common::section(reply, "PROFILES")
+        .iter()
+        .filter_map(|p| {
+            Some(Profile {
+                name: string_at(p, &["Profile Name", "Name", "Profile"])?,
+                watts: number_at(p, &["Watts", "Power"]),
+            })
+        })
+        .collect()
+}
+
+impl Luxos {
+    pub fn new(addr: MinerAddr, ctx: DriverContext) -> Self {
+        let cg = CgClient::new(addr.clone(), addr.api_port(DIALECT), ctx.options.timeouts);
+        Self {
+            addr,
+            cg,
+            ctx,
+            session: Mutex::new(None),
+        }
+    }
+
+    fn session_of(reply: &Value) -> Option<String> {
+        common::section(Some(reply), "SESSION")
+            .first()
+            .and_then(|s| string_at(s, &["SessionID", "SessionId"]))
+    }
+
+    /// The session to write with: cached, else the miner's current one, else a new logon.
+    async fn session(&self, fresh: bool) -> Result<String, MinerError> {
+        let mut guard = self.session.lock().await;
+        if !fresh && let Some(s) = guard.clone() {
+            return Ok(s);
+        }
+        if let Ok(v) = self.cg.command("session", None).await
+            && let Some(s) = Self::session_of(&v)
+        {
+            *guard = Some(s.clone());
+            return Ok(s);
+        }
+        let v = self.cg.command("logon", None).await.map_err(|e| match e {
+            MinerError::Status {
+                code: 402, message, ..
+            } => MinerError::AuthRejected {
+                addr: self.addr.to_string(),
+                what: "`logon`".into(),
+                detail: format!("Code 402, another session is active: {message}"),
+            },
+            other => other,
+        })?;
+        let s = Self::session_of(&v).ok_or_else(|| MinerError::Malformed {
+            addr: self.addr.to_string(),
+            command: "logon".into(),
+            problem: "no SessionID in the reply".into(),
+            snippet: crate::miner::error::snippet(v.to_string().as_bytes()),
+        })?;
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// A privileged command `<command> <sid>[,<args>]`, re-logging once when the session is
+    /// refused (expired or replaced).
+    async fn privileged(&self, command: &str, args: &str) -> Result<Value, MinerError> {
+        let mut fresh = false;
+        loop {
+            let sid = self.session(fresh).await?;
+            let param = if args.is_empty() {
+                sid
+            } else {
+                format!("{sid},{args}")
+            };
+            match self.cg.command(command, Some(&param)).await {
+                Err(
+                    MinerError::Status { ref message, .. }
+                    | MinerError::AuthRejected {
+                        detail: ref message,
+                        ..
+                    },
+                ) if !fresh && message.to_ascii_lowercase().contains("session") => {
+                    *self.session.lock().await = None;
+                    fresh = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn answered(v: &Value) -> String {
+        Status::of(v).map_or_else(
+            || "no STATUS".to_owned(),
+            |s| format!("{} code {}: {}", s.letter, s.code, s.msg),
+        )
+    }
+
+    async fn atm_enabled(&self) -> Option<bool> {
+        let v = self.cg.command("atm", None).await.ok()?;
+        common::section(Some(&v), "ATM")
+            .first()?
+            .get("Enabled")?
+            .as_bool()
+    }
+}
+
+#[async_trait]
+impl MinerDriver for Luxos {
+    fn dialect(&self) -> MinerDialect {
+        DIALECT
+    }
+
+    fn addr(&self) -> &MinerAddr {
+        &self.addr
+    }
+
+    async fn identify(&self) -> Result<Identity, MinerError> {
+        let r = self.cg.multi(&["version", "config", "profiles"]).await?;
+        let ver = common::section(r.get("version"), "VERSION")
+            .first()
+            .cloned()
+            .unwrap_or(Value::Null);
+        let conf = common::section(r.get("config"), "CONFIG")
+            .first()
+            .cloned()
+            .unwrap_or(Value::Null);
+        let watts: Vec<f64> = profiles(r.get("profiles"))
+            .iter()
+            .filter_map(|p| p.watts)
+            .collect();
+        Ok(Identity {
+            dialect: DIALECT,
+            model: string_at(&conf, &["Model"]).or_else(|| string_at(&ver, &["Type", "Model"])),
+            firmware: string_at(&ver, &["LUXminer", "Miner"]),
+            serial: string_at(&conf, &["SerialNumber"]),
+            mac: string_at(&conf, &["MACAddr"]),
+            capabilities: Capabilities {
+                can_sleep: true,
+                power_target: !watts.is_empty(),
+                power_target_min_w: watts.iter().copied().reduce(f64::min).map(|w| w as u32),
+                power_target_max_w: watts.iter().copied().reduce(f64::max).map(|w| w as u32),
+            },
+        })
+    }
+
+    async fn read(&self) -> Result<Reading, MinerError> {
+        let replies = self.cg.multi(&READ).await?;
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, replies.get("summary"));
+        let (boards, fans) = common::boards_and_fans_from_stats(replies.get("stats"));
+        r.boards = boards;
+        r.fans = fans;
+        r.pool = common::active_pool(replies.get("pools"));
+        let power = common::section(replies.get("power"), "POWER")
+            .first()
+            .cloned();
+        r.power_w = power
+            .as_ref()
+            .and_then(|p| p.get("Watts"))
+            .and_then(leading_number);
+        let conf = common::section(replies.get("config"), "CONFIG")
+            .first()
+            .cloned()
+            .unwrap_or(Value::Null);
+        r.model = string_at(&conf, &["Model"]);
+        let active = string_at(&conf, &["Profile"]);
+        r.power_target_w = active.as_ref().and_then(|name| {
+            profiles(replies.get("profiles"))
+                .into_iter()
+                .find(|p| &p.name == name)?
+                .watts
+                .map(|w| w as u32)
+        });
+        common::fill_hashrate_from_boards(&mut r);
+        // Curtailment shows in `config` (`IsSleeping`/`Curtailed`/`CurtailMode`); hashing speaks for itself.
+        let sleeping = ["IsSleeping", "Sleeping", "Curtailed"]
+            .iter()
+            .find_map(|k| conf.get(*k).and_then(Value::as_bool))
+            .or_else(|| {
+                string_at(&conf, &["CurtailMode", "Curtail"])
+                    .map(|m| m.eq_ignore_ascii_case("sleep"))
+            });
+        r.state = match (sleeping, r.hashrate_ths) {
+            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
+            (Some(true), _) => MinerState::Sleeping,
+            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
+            (Some(false), _) => MinerState::Ramping,
+            (None, _) => MinerState::Unknown,
+        };
+        Ok(r)
+    }
+
+    async fn sleep(&self) -> Result<Reading, MinerError> {
+        let v = self.privileged("curtail", "sleep").await?;
+        read_back(
+            self,
+            &self.ctx.options,
+            "curtail sleep",
+            &Self::answered(&v),
+            |r| r.state == MinerState::Sleeping,
+        )
+        .await
+    }
+
+    async fn wake(&self) -> Result<Reading, MinerError> {
+        // Wakeup keeps the active profile: the miner returns to the mode it slept in.
+        let v = self.privileged("curtail", "wakeup").await?;
+        read_back(
+            self,
+            &self.ctx.options,
+            "curtail wakeup",
+            &Self::answered(&v),
+            |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
+        )
+        .await
+    }
+
+    async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError> {
+        let list = profiles(self.cg.command("profiles", None).await.ok().as_ref());
+        // The highest profile at or under the target (a cap must not be exceeded).
+        let chosen = list
+            .iter()
+            .filter(|p| p.watts.is_some_and(|w| w <= f64::from(watts)))
+            .max_by(|a, b| a.watts.unwrap_or(0.0).total_cmp(&b.watts.unwrap_or(0.0)))
+            .cloned();
+        let Some(profile) = chosen else {
+            let ws: Vec<f64> = list.iter().filter_map(|p| p.watts).collect();
+            return Err(MinerError::OutOfRange {
+                addr: self.addr.to_string(),
+                requested: watts,
+                min: ws.iter().copied().reduce(f64::min).unwrap_or(0.0) as u32,
+                max: ws.iter().copied().reduce(f64::max).unwrap_or(0.0) as u32,
+            });
+        };
+        let expected = profile.watts.map(|w| w as u32);
+        let atm = self.atm_enabled().await == Some(true);
+        if atm {
+            self.privileged("atmset", "enabled=false").await?;
+        }
+        let result = self.privileged("profileset", &profile.name).await;
+        if atm && let Err(e) = self.privileged("atmset", "enabled=true").await {
+            tracing::warn!(miner = %self.addr, error = %e, "could not re-enable ATM after profileset");
+        }
+        let v = result?;
+        read_back(
+            self,
+            &self.ctx.options,
+            &format!("profileset {}", profile.name),
+            &Self::answered(&v),
+            |r| r.power_target_w == expected,
+        )
+        .await
+    }
+}

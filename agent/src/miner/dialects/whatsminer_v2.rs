@@ -1,0 +1,238 @@
+//! Whatsminer API v2 on 4028: plaintext reads (`summary`, `pools`, `edevs`, `status`), encrypted
+//! writes. A write takes a token from `get_token` (time, salt, newsalt), derives the key with
+//! md5crypt, signs, and sends `{"enc":1,"data":base64(AES-256-ECB(json))}`; token errors 135
+//! (check failed) and 136 (expired / too many) get one fresh token and a retry.
+//! Sleep is `power_off` (answer first: `respbefore`), wake `power_on` — the miner keeps its power
+//! mode across both. The power target is `adjust_power_limit` (the firmware restarts to apply it).
+//! Facts: PROTOCOLS.md, pyasic rpc/btminer.py and backends/btminer.py.
+
+use async_trait::async_trait;
+use pivot_proto::model::{MinerDialect, MinerState};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::common::{self, HASHING_THS};
+use super::wm_crypto::V2Token;
+use crate::miner::cgminer::parse::{self, string_at};
+use crate::miner::cgminer::{CgClient, Status};
+use crate::miner::verify::read_back;
+use crate::miner::{
+    Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
+};
+
+const DIALECT: MinerDialect = MinerDialect::WhatsminerV2;
+
+pub struct WhatsminerV2 {
+    addr: MinerAddr,
+    cg: CgClient,
+    ctx: DriverContext,
+    token: Mutex<Option<V2Token>>,
+}
+
+impl WhatsminerV2 {
+    pub fn new(addr: MinerAddr, ctx: DriverContext) -> Self {
+        let cg = CgClient::new(addr.clone(), addr.api_port(DIALECT), ctx.options.timeouts);
+        Self {
+            addr,
+            cg,
+            ctx,
+            token: Mutex::new(None),
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<V2Token, MinerError> {
+        let v = self.cg.command("get_token", None).await?;
+        let msg = v.get("Msg").cloned().unwrap_or(Value::Null);
+        let field = |k: &str| string_at(&msg, &[k]);
+        match (field("time"), field("salt"), field("newsalt")) {
+            (Some(time), Some(salt), Some(newsalt)) => Ok(V2Token::derive(
+                self.ctx.credentials.password.expose(),
+                &time,
+                &salt,
+                &newsalt,
+            )),
+            _ => Err(MinerError::Malformed {
+                addr: self.addr.to_string(),
+                command: "get_token".into(),
+                problem: "Msg lacks time, salt or newsalt".into(),
+                snippet: crate::miner::error::snippet(v.to_string().as_bytes()),
+            }),
+        }
+    }
+
+    /// One encrypted write; returns the (decrypted) reply after judging its STATUS.
+    async fn write(&self, command: &str, args: Value) -> Result<Value, MinerError> {
+        let mut fresh = false;
+        loop {
+            let token = {
+                let mut guard = self.token.lock().await;
+                match (&*guard, fresh) {
+                    (Some(t), false) => t.clone(),
+                    _ => {
+                        let t = self.fetch_token().await?;
+                        *guard = Some(t.clone());
+                        t
+                    }
+                }
+            };
+            let mut plain = json!({ "cmd": command });
+            if let (Some(obj), Value::Object(extra)) = (plain.as_object_mut(), args.clone()) {
+                obj.extend(extra);
+                obj.insert("token".into(), json!(token.sign));
+            }
+            let payload =
+                json!({ "enc": 1, "data": token.encrypt(&plain.to_string()) }).to_string();
+            let raw = self.cg.raw(payload.as_bytes(), command).await?;
+            let reply = match raw.get("enc").and_then(Value::as_str) {
+                Some(b64) => token
+                    .decrypt(b64)
+                    .and_then(|bytes| parse::parse_reply(&bytes).ok())
+                    .ok_or_else(|| MinerError::Malformed {
+                        addr: self.addr.to_string(),
+                        command: command.to_owned(),
+                        problem: "encrypted reply does not decrypt with the session key".into(),
+                        snippet: crate::miner::error::snippet(b64.as_bytes()),
+                    })?,
+                None => raw,
+            };
+            match Status::of(&reply) {
+                Some(s) if matches!(s.code, 135 | 136) && !s.is_success() && !fresh => {
+                    tracing::debug!(miner = %self.addr, code = s.code, "token refused; fetching a new one");
+                    fresh = true;
+                }
+                Some(s) if matches!(s.code, 135 | 136) && !s.is_success() => {
+                    return Err(MinerError::AuthRejected {
+                        addr: self.addr.to_string(),
+                        what: format!("`{command}` (encrypted write)"),
+                        detail: format!(
+                            "token error {} after a fresh token: {} (is the write API enabled and the password right?)",
+                            s.code, s.msg
+                        ),
+                    });
+                }
+                _ => return self.cg.check(command, reply),
+            }
+        }
+    }
+
+    fn answered(v: &Value) -> String {
+        Status::of(v).map_or_else(
+            || "no STATUS".to_owned(),
+            |s| format!("{} code {}: {}", s.letter, s.code, s.msg),
+        )
+    }
+}
+
+#[async_trait]
+impl MinerDriver for WhatsminerV2 {
+    fn dialect(&self) -> MinerDialect {
+        DIALECT
+    }
+
+    fn addr(&self) -> &MinerAddr {
+        &self.addr
+    }
+
+    async fn identify(&self) -> Result<Identity, MinerError> {
+        let r = self.cg.multi(&["devdetails", "summary"]).await?;
+        let info = self.cg.command("get_version", None).await.ok();
+        let model = common::section(r.get("devdetails"), "DEVDETAILS")
+            .first()
+            .and_then(|d| string_at(d, &["Model", "Name"]))
+            .or_else(|| {
+                common::section(r.get("summary"), "SUMMARY")
+                    .first()
+                    .and_then(|s| string_at(s, &["Miner Type", "Type"]))
+            });
+        let msg = info
+            .as_ref()
+            .and_then(|v| v.get("Msg"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(Identity {
+            dialect: DIALECT,
+            model,
+            firmware: string_at(&msg, &["fw_ver", "api_ver"]),
+            serial: None,
+            mac: None,
+            capabilities: Capabilities {
+                can_sleep: true,
+                power_target: true,
+                power_target_min_w: None,
+                power_target_max_w: None,
+            },
+        })
+    }
+
+    async fn read(&self) -> Result<Reading, MinerError> {
+        let replies = self
+            .cg
+            .multi(&["summary", "pools", "edevs", "status"])
+            .await?;
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, replies.get("summary"));
+        r.boards = common::boards_from_devs(replies.get("edevs"));
+        r.fans = common::fans_from(None, replies.get("summary"));
+        r.pool = common::active_pool(replies.get("pools"));
+        r.model = common::section(replies.get("summary"), "SUMMARY")
+            .first()
+            .and_then(|s| string_at(s, &["Miner Type", "Type"]));
+        common::fill_hashrate_from_boards(&mut r);
+        let off = replies
+            .get("status")
+            .and_then(|s| s.get("Msg"))
+            .and_then(|m| string_at(m, &["mineroff", "btmineroff"]))
+            .map(|s| s.eq_ignore_ascii_case("true"));
+        r.state = match (off, r.hashrate_ths) {
+            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
+            (Some(true), _) => MinerState::Sleeping,
+            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
+            (Some(false), _) => MinerState::Ramping,
+            (None, _) => MinerState::Unknown,
+        };
+        Ok(r)
+    }
+
+    async fn sleep(&self) -> Result<Reading, MinerError> {
+        let v = self
+            .write("power_off", json!({ "respbefore": "true" }))
+            .await?;
+        read_back(
+            self,
+            &self.ctx.options,
+            "power_off",
+            &Self::answered(&v),
+            |r| r.state == MinerState::Sleeping,
+        )
+        .await
+    }
+
+    async fn wake(&self) -> Result<Reading, MinerError> {
+        let v = self.write("power_on", json!({})).await?;
+        read_back(
+            self,
+            &self.ctx.options,
+            "power_on",
+            &Self::answered(&v),
+            |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
+        )
+        .await
+    }
+
+    async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError> {
+        let v = self
+            .write(
+                "adjust_power_limit",
+                json!({ "power_limit": watts.to_string() }),
+            )
+            .await?;
+        read_back(
+            self,
+            &self.ctx.options,
+            &format!("adjust_power_limit {watts} W"),
+            &Self::answered(&v),
+            |r| r.power_target_w == Some(watts),
+        )
+        .await
+    }
+}

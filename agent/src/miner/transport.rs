@@ -1,0 +1,185 @@
+//! Raw TCP exchanges with a miner: one connection per request, connect and total timeouts, and
+//! the two framings miners use (cgminer's "read until NUL or EOF", Whatsminer v3's 4-byte
+//! little-endian length prefix). Every failure becomes a [`MinerError`] naming the address.
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::MinerAddr;
+use super::error::MinerError;
+
+/// No miner reply is this large; a peer that keeps sending is cut off here (and the truncated
+/// reply is handed to the tolerant parser).
+pub const MAX_REPLY: usize = 4 << 20;
+
+/// How long one request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To establish the TCP connection.
+    pub connect: Duration,
+    /// For the whole exchange, connection included.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            request: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a reply ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// cgminer: the reply ends with a NUL byte or when the peer closes.
+    NulOrEof,
+    /// Whatsminer API v3: a 4-byte little-endian length, then that many bytes.
+    LengthPrefixed,
+}
+
+/// Sends `payload` to `addr` on `port` and reads one reply.
+pub async fn exchange(
+    addr: &MinerAddr,
+    port: u16,
+    payload: &[u8],
+    framing: Framing,
+    timeouts: Timeouts,
+    command: &str,
+) -> Result<Vec<u8>, MinerError> {
+    let label = || addr.to_string();
+    let socket = addr.socket(port);
+    let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(&socket)).await {
+        Err(_) => {
+            return Err(MinerError::Timeout {
+                addr: label(),
+                during: format!("connecting to port {port}"),
+                after: timeouts.connect,
+            });
+        }
+        Ok(Err(e)) => return Err(connect_error(addr, port, &e)),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let work = talk(stream, payload, framing);
+    match tokio::time::timeout(timeouts.request, work).await {
+        Err(_) => Err(MinerError::Timeout {
+            addr: label(),
+            during: format!("waiting for the reply to `{command}`"),
+            after: timeouts.request,
+        }),
+        Ok(Err(e)) => Err(io_error(addr, command, &e)),
+        Ok(Ok(bytes)) if bytes.is_empty() => Err(MinerError::NoReply {
+            addr: label(),
+            command: command.to_owned(),
+        }),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+async fn talk(mut stream: TcpStream, payload: &[u8], framing: Framing) -> std::io::Result<Vec<u8>> {
+    stream.write_all(payload).await?;
+    stream.flush().await?;
+    match framing {
+        Framing::NulOrEof => read_until_nul(&mut stream).await,
+        Framing::LengthPrefixed => read_length_prefixed(&mut stream).await,
+    }
+}
+
+async fn read_until_nul(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(4096);
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(n) => n,
+            // A reset after some data: keep what came (the parser copes with truncation).
+            Err(e) if !out.is_empty() && is_reset(&e) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(out);
+        }
+        let chunk = &buf[..n];
+        if let Some(i) = chunk.iter().position(|b| *b == 0) {
+            out.extend_from_slice(&chunk[..i]);
+            return Ok(out);
+        }
+        out.extend_from_slice(chunk);
+        if out.len() >= MAX_REPLY {
+            return Ok(out);
+        }
+    }
+}
+
+async fn read_length_prefixed(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_REPLY {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("length prefix {len} exceeds the {MAX_REPLY}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        let n = stream.read(&mut body[filled..]).await?;
+        if n == 0 {
+            body.truncate(filled);
+            return Ok(body); // truncated: let the parser decide what survives
+        }
+        filled += n;
+    }
+    Ok(body)
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
+
+fn connect_error(addr: &MinerAddr, port: u16, e: &std::io::Error) -> MinerError {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => MinerError::Refused {
+            addr: addr.to_string(),
+            port,
+        },
+        _ => MinerError::Connect {
+            addr: addr.to_string(),
+            port,
+            message: e.to_string(),
+        },
+    }
+}
+
+fn io_error(addr: &MinerAddr, command: &str, e: &std::io::Error) -> MinerError {
+    if is_reset(e) {
+        MinerError::Reset {
+            addr: addr.to_string(),
+            during: format!("exchanging `{command}`"),
+        }
+    } else if e.kind() == ErrorKind::InvalidData {
+        MinerError::Malformed {
+            addr: addr.to_string(),
+            command: command.to_owned(),
+            problem: e.to_string(),
+            snippet: String::new(),
+        }
+    } else {
+        MinerError::Other {
+            addr: addr.to_string(),
+            message: format!("`{command}`: {e}"),
+        }
+    }
+}
