@@ -1,0 +1,631 @@
+//! The agent's configuration: one typed struct from a TOML file plus `PIVOT_AGENT_*` environment
+//! overrides. Unknown keys and bad values are errors naming the file, the key and what was
+//! expected; `pivot-agent check-config FILE` reports them without starting anything.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::miner::MinerAddr;
+use pivot_proto::model::MinerDialect;
+
+/// Largest address range one `[[miners]]` entry may expand to.
+pub const MAX_RANGE_ADDRESSES: u32 = 65_536;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Stable host identity reported to the controller.
+    pub host_id: String,
+    /// Where the agent keeps the intents it holds and the GPU caps to re-apply.
+    pub state_dir: PathBuf,
+    pub controller: ControllerConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+    #[serde(default)]
+    pub miners: Vec<MinerEntry>,
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialEntry>,
+    #[serde(default)]
+    pub gpus: GpuConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub fallback: Fallback,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// e.g. "http://controller.site:50051" or "https://…" with `tls`.
+    pub url: String,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Longest wait between reconnection attempts, seconds.
+    #[serde(default = "default_backoff_max_s")]
+    pub reconnect_max_s: u64,
+}
+
+fn default_backoff_max_s() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA bundle (PEM) the controller's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Server name to verify, when it differs from the URL's host.
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// Miner poll interval, seconds.
+    #[serde(default = "default_miner_interval")]
+    pub miner_interval_s: f64,
+    /// GPU and host poll interval, seconds.
+    #[serde(default = "default_gpu_interval")]
+    pub gpu_interval_s: f64,
+    /// Miners read at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Per-request timeout for one miner, milliseconds (connect and reply each).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a control call waits for the miner's read-back, seconds.
+    #[serde(default = "default_settle_s")]
+    pub settle_s: f64,
+    /// How long after an intent is applied its physical effect must show, seconds.
+    #[serde(default = "default_confirm_s")]
+    pub confirm_s: f64,
+}
+
+fn default_miner_interval() -> f64 {
+    10.0
+}
+fn default_gpu_interval() -> f64 {
+    5.0
+}
+fn default_concurrency() -> usize {
+    1024
+}
+fn default_timeout_ms() -> u64 {
+    3000
+}
+fn default_settle_s() -> f64 {
+    120.0
+}
+fn default_confirm_s() -> f64 {
+    180.0
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            miner_interval_s: default_miner_interval(),
+            gpu_interval_s: default_gpu_interval(),
+            concurrency: default_concurrency(),
+            timeout_ms: default_timeout_ms(),
+            settle_s: default_settle_s(),
+            confirm_s: default_confirm_s(),
+        }
+    }
+}
+
+impl PollConfig {
+    pub fn miner_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.miner_interval_s)
+    }
+    pub fn gpu_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.gpu_interval_s)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Miners at one address or a range of addresses.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MinerEntry {
+    /// One miner: `HOST[:PORT][,http=PORT]`.
+    pub addr: Option<String>,
+    /// Many: an IPv4 CIDR ("10.1.0.0/24") or an inclusive range ("10.1.0.10-10.1.0.99").
+    pub range: Option<String>,
+    /// "auto" (default) or a dialect name.
+    #[serde(default = "auto")]
+    pub dialect: String,
+    /// Name of a `[credentials.NAME]` table; the dialect's default account otherwise.
+    pub credentials: Option<String>,
+    /// Primary API port for every address of a range.
+    pub port: Option<u16>,
+    /// Web API port for every address of a range.
+    pub http_port: Option<u16>,
+}
+
+fn auto() -> String {
+    "auto".to_owned()
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialEntry {
+    pub username: String,
+    /// Read from this environment variable (preferred) ...
+    pub password_env: Option<String>,
+    /// ... or from this file (first line) ...
+    pub password_file: Option<PathBuf>,
+    /// ... or given inline (discouraged: config files get copied around).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for CredentialEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialEntry")
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// NVML library to load; the system's libnvidia-ml.so.1 when absent.
+    pub nvml_lib: Option<PathBuf>,
+    /// Caps the controller may ask for are clamped to the GPU's constraints and to this range.
+    pub min_cap_w: Option<u32>,
+    pub max_cap_w: Option<u32>,
+    /// How long a new cap must show on the measured draw, seconds.
+    #[serde(default = "default_gpu_confirm")]
+    pub confirm_s: f64,
+}
+
+fn default_gpu_confirm() -> f64 {
+    3.0
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            nvml_lib: None,
+            min_cap_w: None,
+            max_cap_w: None,
+            confirm_s: default_gpu_confirm(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics`, `/healthz`, `/readyz`. Empty string disables.
+    #[serde(default = "default_metrics")]
+    pub listen: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9102".to_owned()
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics(),
+        }
+    }
+}
+
+/// What the agent does when its intents' lease expires without word from the controller.
+/// It may only hold or lower power.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fallback {
+    /// Keep devices as they are; never raise power.
+    #[default]
+    Hold,
+    /// Sleep every miner and set every GPU to its minimum cap.
+    Curtail,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+    #[error("environment variable {var}: {problem}")]
+    Env { var: String, problem: String },
+}
+
+/// Where environment overrides come from.
+pub trait EnvSource {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+/// One miner the configuration names, with its dialect hint and credentials reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinerTarget {
+    pub addr: MinerAddr,
+    /// `None` for auto-detection.
+    pub dialect: Option<MinerDialect>,
+    pub credentials: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, env)
+    }
+
+    pub fn parse(text: &str, path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        if let Some(v) = env.get("PIVOT_AGENT_CONTROLLER_URL") {
+            c.controller.url = v;
+        }
+        if let Some(v) = env.get("PIVOT_AGENT_HOST_ID") {
+            c.host_id = v;
+        }
+        if let Some(v) = env.get("PIVOT_AGENT_STATE_DIR") {
+            c.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("PIVOT_AGENT_METRICS_LISTEN") {
+            c.metrics.listen = v;
+        }
+        c.validate(path, env)?;
+        Ok(c)
+    }
+
+    fn validate(&self, path: &Path, env: &dyn EnvSource) -> Result<(), ConfigError> {
+        let invalid = |key: String, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            problem,
+        };
+        if self.host_id.trim().is_empty() {
+            return Err(invalid("host_id".into(), "must not be empty".into()));
+        }
+        let url = &self.controller.url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "controller.url".into(),
+                format!("`{url}` must start with http:// or https://"),
+            ));
+        }
+        if url.starts_with("https://") && self.controller.tls.is_none() {
+            return Err(invalid(
+                "controller.tls".into(),
+                "an https:// controller needs [controller.tls] with ca_file".into(),
+            ));
+        }
+        if let Some(tls) = &self.controller.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid(
+                    "controller.tls".into(),
+                    "cert_file and key_file go together".into(),
+                ));
+            }
+        }
+        let p = &self.poll;
+        for (key, v) in [
+            ("poll.miner_interval_s", p.miner_interval_s),
+            ("poll.gpu_interval_s", p.gpu_interval_s),
+            ("poll.settle_s", p.settle_s),
+            ("poll.confirm_s", p.confirm_s),
+            ("gpus.confirm_s", self.gpus.confirm_s),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
+                return Err(invalid(
+                    key.into(),
+                    format!("must be a number of seconds in (0, 86400), got {v}"),
+                ));
+            }
+        }
+        if p.concurrency == 0 {
+            return Err(invalid(
+                "poll.concurrency".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if p.timeout_ms == 0 {
+            return Err(invalid(
+                "poll.timeout_ms".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let (Some(lo), Some(hi)) = (self.gpus.min_cap_w, self.gpus.max_cap_w) {
+            if lo > hi {
+                return Err(invalid(
+                    "gpus.min_cap_w".into(),
+                    format!("{lo} is above gpus.max_cap_w {hi}"),
+                ));
+            }
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen".into(),
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:9102",
+                    self.metrics.listen
+                ),
+            ));
+        }
+        for (name, c) in &self.credentials {
+            let key = format!("credentials.{name}");
+            let sources = [
+                c.password_env.is_some(),
+                c.password_file.is_some(),
+                c.password.is_some(),
+            ]
+            .iter()
+            .filter(|s| **s)
+            .count();
+            if sources != 1 {
+                return Err(invalid(
+                    key,
+                    "give exactly one of password_env, password_file, password".into(),
+                ));
+            }
+            if let Some(var) = &c.password_env {
+                if env.get(var).is_none() {
+                    return Err(invalid(
+                        format!("{key}.password_env"),
+                        format!("environment variable {var} is not set"),
+                    ));
+                }
+            }
+        }
+        self.miner_targets(path)?;
+        Ok(())
+    }
+
+    /// Every miner the configuration names, ranges expanded.
+    pub fn miner_targets(&self, path: &Path) -> Result<Vec<MinerTarget>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, m) in self.miners.iter().enumerate() {
+            let key = |k: &str| format!("miners[{i}].{k}");
+            let invalid = |key: String, problem: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                problem,
+            };
+            let dialect = if m.dialect == "auto" {
+                None
+            } else {
+                Some(
+                    m.dialect
+                        .parse::<MinerDialect>()
+                        .map_err(|e| invalid(key("dialect"), e.to_string()))?,
+                )
+            };
+            if let Some(name) = &m.credentials {
+                if !self.credentials.contains_key(name) {
+                    return Err(invalid(
+                        key("credentials"),
+                        format!("no [credentials.{name}] table"),
+                    ));
+                }
+            }
+            match (&m.addr, &m.range) {
+                (Some(a), None) => {
+                    if m.port.is_some() || m.http_port.is_some() {
+                        return Err(invalid(
+                            key("port"),
+                            "with `addr`, give ports inside it: HOST:PORT,http=PORT".into(),
+                        ));
+                    }
+                    let addr = a
+                        .parse::<MinerAddr>()
+                        .map_err(|e| invalid(key("addr"), e.to_string()))?;
+                    out.push(MinerTarget {
+                        addr,
+                        dialect,
+                        credentials: m.credentials.clone(),
+                    });
+                }
+                (None, Some(r)) => {
+                    for ip in expand_range(r).map_err(|p| invalid(key("range"), p))? {
+                        let mut addr = MinerAddr::new(ip.to_string());
+                        addr.port = m.port;
+                        addr.http_port = m.http_port;
+                        out.push(MinerTarget {
+                            addr,
+                            dialect,
+                            credentials: m.credentials.clone(),
+                        });
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("miners[{i}]"),
+                        "give exactly one of `addr` or `range`".into(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Expands "a.b.c.d/len" or "a.b.c.d-e.f.g.h" into addresses (a CIDR skips its network and
+/// broadcast addresses when it is /30 or larger).
+pub fn expand_range(r: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let (start, end) = if let Some((ip, len)) = r.split_once('/') {
+        let ip: Ipv4Addr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{ip}` is not an IPv4 address"))?;
+        let len: u32 = len
+            .trim()
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("`/{len}` is not a prefix length 0-32"))?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let net = u32::from(ip) & mask;
+        let last = net | !mask;
+        if len <= 30 {
+            (net + 1, last - 1)
+        } else {
+            (net, last)
+        }
+    } else if let Some((a, b)) = r.split_once('-') {
+        let a: Ipv4Addr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let b: Ipv4Addr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{b}` is not an IPv4 address"))?;
+        if u32::from(a) > u32::from(b) {
+            return Err(format!("range `{r}` ends before it starts"));
+        }
+        (u32::from(a), u32::from(b))
+    } else {
+        return Err(format!(
+            "`{r}` is neither a CIDR (10.1.0.0/24) nor a range (10.1.0.10-10.1.0.99)"
+        ));
+    };
+    let count = end - start + 1;
+    if count > MAX_RANGE_ADDRESSES {
+        return Err(format!(
+            "`{r}` holds {count} addresses; at most {MAX_RANGE_ADDRESSES} per entry"
+        ));
+    }
+    Ok((start..=end).map(Ipv4Addr::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl EnvSource for MapEnv {
+        fn get(&self, key: &str) -> Option<String> {
+            self.0.get(key).map(|v| (*v).to_owned())
+        }
+    }
+
+    const GOOD: &str = r#"
+host_id = "rack-1"
+state_dir = "/var/lib/pivot-agent"
+[controller]
+url = "http://10.0.0.1:50051"
+[[miners]]
+range = "10.1.0.0/30"
+dialect = "luxos"
+credentials = "lux"
+[[miners]]
+addr = "10.1.1.5:4028,http=8080"
+[credentials.lux]
+username = "root"
+password_env = "LUX_PW"
+"#;
+
+    fn env() -> MapEnv {
+        MapEnv(HashMap::from([("LUX_PW", "secret")]))
+    }
+
+    #[test]
+    fn parses_and_expands() {
+        let c = Config::parse(GOOD, Path::new("a.toml"), &env()).unwrap();
+        let t = c.miner_targets(Path::new("a.toml")).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].addr.host, "10.1.0.1");
+        assert_eq!(t[1].addr.host, "10.1.0.2");
+        assert_eq!(t[0].dialect, Some(MinerDialect::Luxos));
+        assert_eq!(t[2].addr.http_port, Some(8080));
+        assert_eq!(t[2].dialect, None);
+        assert_eq!(c.fallback, Fallback::Hold);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            (
+                GOOD.replace("dialect = \"luxos\"", "dialect = \"luxor\""),
+                "miners[0].dialect",
+            ),
+            (
+                GOOD.replace("password_env = \"LUX_PW\"", "password_env = \"NOPE\""),
+                "credentials.lux.password_env",
+            ),
+            (
+                GOOD.replace("10.1.0.0/30", "10.1.0.0/33"),
+                "miners[0].range",
+            ),
+            (GOOD.replace("http://10", "ftp://10"), "controller.url"),
+            (GOOD.replace("state_dir", "statedir"), "statedir"),
+            (
+                format!("{GOOD}\n[poll]\nminer_interval_s = -1\n"),
+                "poll.miner_interval_s",
+            ),
+            (format!("{GOOD}\n[fallback]\n"), "fallback"),
+        ];
+        for (text, key) in cases {
+            let e = Config::parse(&text, Path::new("/etc/pivot/agent.toml"), &env())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/etc/pivot/agent.toml") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn fallback_parses() {
+        let text = format!("fallback = \"curtail\"\n{GOOD}");
+        let c = Config::parse(&text, Path::new("a.toml"), &env()).unwrap();
+        assert_eq!(c.fallback, Fallback::Curtail);
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(expand_range("10.0.0.5-10.0.0.7").unwrap().len(), 3);
+        assert_eq!(expand_range("10.0.0.9/32").unwrap().len(), 1);
+        assert_eq!(expand_range("10.0.0.0/24").unwrap().len(), 254);
+        assert!(expand_range("10.0.0.0/8").is_err());
+        assert!(expand_range("10.0.0.9-10.0.0.1").is_err());
+    }
+}

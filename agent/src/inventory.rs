@@ -1,0 +1,306 @@
+//! What this agent drives: the miners its configuration names (ranges expanded, dialects
+//! detected, identities read) and its GPUs, each with a stable device id, the limits intents are
+//! checked against, and the actuator that applies them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use pivot_proto::model::{MinerDialect, MinerState, MinerTarget, Target};
+use pivot_proto::v1;
+use tracing::{info, warn};
+
+use crate::config::{Config, MinerTarget as ConfiguredMiner};
+use crate::miner::{
+    Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, MinerError,
+    Reading, Timeouts, detect, driver_for,
+};
+use crate::reconcile::{Actuator, Device, Limits, Observed};
+
+/// One miner this agent drives.
+#[derive(Clone)]
+pub struct MinerSlot {
+    pub device_id: String,
+    pub driver: Arc<dyn MinerDriver>,
+    pub identity: Identity,
+}
+
+impl std::fmt::Debug for MinerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MinerSlot")
+            .field("device_id", &self.device_id)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+/// The device id of the miner at `addr`: stable as long as its configured address is.
+pub fn miner_device_id(addr: &crate::miner::MinerAddr) -> String {
+    format!("miner/{addr}")
+}
+
+/// How long between two control attempts on one miner of `dialect`: the stock Antminer CGI
+/// restarts cgminer and answers after 20–60 s, so resending sooner only restarts it again.
+pub fn pacing_for(dialect: MinerDialect) -> Duration {
+    match dialect {
+        MinerDialect::Antminer => Duration::from_secs(120),
+        MinerDialect::Braiins => Duration::from_secs(30),
+        _ => Duration::from_secs(15),
+    }
+}
+
+/// The driver options the configuration implies.
+pub fn driver_options(config: &Config) -> DriverOptions {
+    let t = config.poll.timeout();
+    DriverOptions {
+        timeouts: Timeouts {
+            connect: t,
+            request: t,
+        },
+        settle: Duration::from_secs_f64(config.poll.settle_s),
+        ..DriverOptions::default()
+    }
+}
+
+/// Credentials for a configured miner: its `[credentials.NAME]` table, else the dialect's default.
+pub fn credentials_for(
+    config: &Config,
+    target: &ConfiguredMiner,
+    dialect: MinerDialect,
+) -> Result<Credentials, String> {
+    let Some(name) = &target.credentials else {
+        return Ok(Credentials::default_for(dialect));
+    };
+    let Some(entry) = config.credentials.get(name) else {
+        return Err(format!("credentials `{name}` are not defined"));
+    };
+    let password = if let Some(var) = &entry.password_env {
+        std::env::var(var)
+            .map_err(|_| format!("credentials `{name}`: environment variable {var} is not set"))?
+    } else if let Some(file) = &entry.password_file {
+        std::fs::read_to_string(file)
+            .map_err(|e| format!("credentials `{name}`: cannot read {}: {e}", file.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    } else {
+        entry.password.clone().unwrap_or_default()
+    };
+    Ok(Credentials::new(entry.username.clone(), password))
+}
+
+/// A miner that could not be added, and why.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    pub target: ConfiguredMiner,
+    pub error: String,
+}
+
+/// Finds the configured miners: detects each one's dialect (unless configured) and reads its
+/// identity, `concurrency` at a time. A miner with a configured dialect is added even when it
+/// does not answer (it is unseen, so it counts at its maximum draw); one whose dialect must be
+/// detected and that does not answer is returned as missing, to be looked for again later.
+pub async fn discover_miners(
+    config: &Config,
+    state_dir: &Path,
+    targets: Vec<ConfiguredMiner>,
+) -> (Vec<MinerSlot>, Vec<Missing>) {
+    let options = driver_options(config);
+    let http = crate::miner::http::HttpClient::new(options.timeouts);
+    let modes: Arc<dyn crate::miner::verify::ModeMemory> = Arc::new(
+        crate::miner::verify::FileModes::new(state_dir.join("miner-modes.json")),
+    );
+    let results: Vec<_> = futures::stream::iter(targets)
+        .map(|target| {
+            let http = http.clone();
+            let modes = Arc::clone(&modes);
+            async move {
+                let dialect = match target.dialect {
+                    Some(d) => d,
+                    None => match detect::detect(&target.addr, &http, options.timeouts).await {
+                        Ok(d) => d,
+                        Err(e) => return Err(Missing { error: e.to_string(), target }),
+                    },
+                };
+                let credentials = credentials_for(config, &target, dialect).map_err(|error| Missing { error, target: target.clone() })?;
+                let ctx = DriverContext { options, credentials, http, modes };
+                let driver: Arc<dyn MinerDriver> = Arc::from(driver_for(dialect, target.addr.clone(), ctx));
+                let identity = match driver.identify().await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        warn!(miner = %target.addr, %dialect, error = %e, "Miner did not identify; added with its dialect's capabilities and counted at maximum draw until it answers");
+                        fallback_identity(dialect)
+                    }
+                };
+                Ok(MinerSlot { device_id: miner_device_id(&target.addr), driver, identity })
+            }
+        })
+        .buffer_unordered(config.poll.concurrency.max(1))
+        .collect()
+        .await;
+    let mut slots = Vec::new();
+    let mut missing = Vec::new();
+    for r in results {
+        match r {
+            Ok(s) => slots.push(s),
+            Err(m) => missing.push(m),
+        }
+    }
+    slots.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    info!(
+        found = slots.len(),
+        missing = missing.len(),
+        "Miner inventory"
+    );
+    (slots, missing)
+}
+
+/// What a miner of `dialect` is assumed to offer before it has identified itself.
+fn fallback_identity(dialect: MinerDialect) -> Identity {
+    Identity {
+        dialect,
+        model: None,
+        firmware: None,
+        serial: None,
+        mac: None,
+        capabilities: Capabilities {
+            can_sleep: true,
+            power_target: !matches!(dialect, MinerDialect::Antminer | MinerDialect::Bitaxe),
+            power_target_min_w: None,
+            power_target_max_w: None,
+        },
+    }
+}
+
+/// Applies miner targets through the driver; every call returns the driver's read-back.
+pub struct MinerActuator {
+    pub driver: Arc<dyn MinerDriver>,
+}
+
+#[async_trait]
+impl Actuator for MinerActuator {
+    async fn apply(&self, target: &Target) -> Result<Observed, String> {
+        let reading = match target {
+            Target::Miner(MinerTarget::Sleep) => self.driver.sleep().await,
+            Target::Miner(MinerTarget::Run {
+                power_target_w: None,
+            }) => self.driver.wake().await,
+            Target::Miner(MinerTarget::Run {
+                power_target_w: Some(w),
+            }) => {
+                // A sleeping miner wakes first; the target is set on a hashing miner.
+                let now = self.driver.read().await.map_err(|e| e.to_string())?;
+                if now.state == MinerState::Sleeping {
+                    self.driver.wake().await.map_err(|e| e.to_string())?;
+                }
+                self.driver.set_power_target(*w).await
+            }
+            other => return Err(format!("a miner cannot take {other:?}")),
+        };
+        reading
+            .map(|r| observed_miner(&r))
+            .map_err(|e: MinerError| e.to_string())
+    }
+}
+
+/// A miner reading in the reconciler's terms.
+pub fn observed_miner(r: &Reading) -> Observed {
+    Observed::Miner {
+        reachable: r.reachable && r.error.is_none(),
+        state: r.state,
+        power_w: r.power_w,
+        hashrate_ths: r.hashrate_ths,
+        power_target_w: r.power_target_w,
+    }
+}
+
+/// The reconciler's view of a miner.
+pub fn miner_device(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> Device {
+    let c = &slot.identity.capabilities;
+    Device {
+        limits: Limits::Miner {
+            can_sleep: c.can_sleep,
+            power_target: c.power_target,
+            power_target_min_w: c.power_target_min_w,
+            power_target_max_w: c.power_target_max_w,
+            nameplate_power_w,
+        },
+        actuator: Arc::new(MinerActuator {
+            driver: Arc::clone(&slot.driver),
+        }),
+        pacing: pacing_for(slot.identity.dialect),
+    }
+}
+
+/// The miner's inventory entry for the controller.
+pub fn miner_inventory(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> v1::MinerInventory {
+    let id = &slot.identity;
+    v1::MinerInventory {
+        device_id: slot.device_id.clone(),
+        addr: slot.driver.addr().to_string(),
+        dialect: id.dialect.to_proto() as i32,
+        model: id.model.clone().unwrap_or_default(),
+        firmware: id.firmware.clone().unwrap_or_default(),
+        serial: id.serial.clone().unwrap_or_default(),
+        mac: id.mac.clone().unwrap_or_default(),
+        nameplate_power_w: nameplate_power_w.map(|w| w.round() as u32),
+        nameplate_hashrate_ths: None,
+        capabilities: Some(v1::MinerCapabilities {
+            can_sleep: id.capabilities.can_sleep,
+            power_target: id.capabilities.power_target,
+            power_target_min_w: id.capabilities.power_target_min_w,
+            power_target_max_w: id.capabilities.power_target_max_w,
+        }),
+    }
+}
+
+/// A miner reading for the controller.
+pub fn miner_reading(
+    device_id: &str,
+    r: &Reading,
+    at: chrono::DateTime<chrono::Utc>,
+) -> v1::MinerReading {
+    v1::MinerReading {
+        device_id: device_id.to_owned(),
+        reachable: r.reachable && r.error.is_none(),
+        state: r.state.to_proto() as i32,
+        hashrate_ths: r.hashrate_ths.filter(|v| v.is_finite()),
+        power_w: r.power_w.filter(|v| v.is_finite()),
+        power_target_w: r.power_target_w.map(f64::from),
+        boards: r
+            .boards
+            .iter()
+            .map(|b| v1::BoardReading {
+                index: b.index,
+                temperature_c: b.temperature_c.filter(|v| v.is_finite()),
+                hashrate_ths: b.hashrate_ths.filter(|v| v.is_finite()),
+            })
+            .collect(),
+        fan_rpm: r
+            .fans
+            .iter()
+            .filter_map(|f| f.rpm)
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| v.min(f64::from(u32::MAX)) as u32)
+            .collect(),
+        active_pool: r.pool.clone().unwrap_or_default(),
+        uptime: r
+            .uptime_s
+            .map(|s| pivot_proto::model::duration_to_proto(Duration::from_secs(s))),
+        miner_errors: r.miner_errors.clone(),
+        poll_error: r.error.clone().unwrap_or_default(),
+        observed_at: Some(pivot_proto::model::timestamp_to_proto(at)),
+    }
+}
+
+/// Device ids of the miners, in order, with their slots.
+pub fn by_id(slots: &[MinerSlot]) -> BTreeMap<String, MinerSlot> {
+    slots
+        .iter()
+        .map(|s| (s.device_id.clone(), s.clone()))
+        .collect()
+}
