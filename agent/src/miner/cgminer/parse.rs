@@ -67,7 +67,19 @@ pub fn parse_text(text: &str) -> Result<Value, ParseError> {
     match p.peek() {
         Some('{') => {
             p.i += 1;
-            p.object_body(1)
+            let mut top = p.object_body(1)?;
+            // Garbage that closed the object early (`]}xx` spliced before `,"id":1}`) may be
+            // followed by more members: read them into the same object.
+            while let Some(next) = p.next_member_after_garbage() {
+                p.i = next;
+                if let (Value::Object(map), Ok(Value::Object(more))) = (&mut top, p.object_body(1))
+                {
+                    for (k, v) in more {
+                        map.entry(k).or_insert(v);
+                    }
+                }
+            }
+            Ok(top)
         }
         Some('[') => {
             p.i += 1;
@@ -85,6 +97,25 @@ struct Parser<'a> {
 impl Parser<'_> {
     fn peek(&self) -> Option<char> {
         self.s.get(self.i).copied()
+    }
+
+    /// After a closed top-level object: the position of the next `,` that is followed by a
+    /// quoted key, if any.
+    fn next_member_after_garbage(&self) -> Option<usize> {
+        let mut j = self.i;
+        while j < self.s.len() {
+            if self.s[j] == ',' {
+                let mut k = j + 1;
+                while k < self.s.len() && self.s[k].is_whitespace() {
+                    k += 1;
+                }
+                if self.s.get(k) == Some(&'"') {
+                    return Some(j + 1);
+                }
+            }
+            j += 1;
+        }
+        None
     }
 
     fn skip_ws(&mut self) {
@@ -396,6 +427,17 @@ mod tests {
         assert_eq!(tail, json!({"id":1}));
         let mid = parse_text(r#"{"SUMMARY":[{"Elapsed":9}]xx@@,"id":1}"#).unwrap();
         assert_eq!(mid, json!({"SUMMARY":[{"Elapsed":9}],"id":1}));
+    }
+
+    #[test]
+    fn garbage_that_closes_the_object_early() {
+        // What pivot-sim's garbage-before-id quirk does to a reply whose keys are sorted.
+        let v =
+            parse_text(r#"{"config":[{"A":1}]]}xx\u{1}garbage,"id":1,"summary":[{"GHS 5s":5}]}"#)
+                .unwrap();
+        assert_eq!(v["summary"][0]["GHS 5s"], json!(5));
+        assert_eq!(v["config"][0]["A"], json!(1));
+        assert_eq!(v["id"], json!(1));
     }
 
     #[test]

@@ -210,6 +210,7 @@ impl MinerDriver for Braiins {
                 &t,
                 &[
                     "/mode_state/powertargetmodestate/current_target/watt",
+                    "/power_target_mode_state/current_target/watt",
                     "/power_target/watt",
                 ],
             )

@@ -132,6 +132,14 @@ impl Luxos {
     }
 
     async fn atm_enabled(&self) -> Option<bool> {
+        if let Ok(c) = self.cg.command("config", None).await
+            && let Some(on) = common::section(Some(&c), "CONFIG")
+                .first()
+                .and_then(|c| c.get("IsAtmEnabled"))
+                .and_then(Value::as_bool)
+        {
+            return Some(on);
+        }
         let v = self.cg.command("atm", None).await.ok()?;
         common::section(Some(&v), "ATM")
             .first()?

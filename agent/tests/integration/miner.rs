@@ -1,0 +1,294 @@
+//! Miner drivers against pivot-sim's emulated miners (fast timing profile), per dialect:
+//! detect, identify, read, sleep, wake, power target, every fault, and "success but nothing
+//! changed" caught by read-back.
+
+use std::time::Duration;
+
+use pivot_agent::miner::detect::detect;
+use pivot_agent::miner::http::HttpClient;
+use pivot_agent::miner::{
+    Credentials, DriverContext, DriverOptions, MinerAddr, MinerDriver, MinerError, Timeouts,
+    driver_for,
+};
+use pivot_proto::model::{MinerDialect, MinerState};
+use pivot_sim::miner::{
+    Bind, Dialect, Fault, HashUnit, JsonQuirk, MinerSpec, SimMiner, Timing, spawn,
+};
+
+fn options() -> DriverOptions {
+    DriverOptions {
+        timeouts: Timeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_millis(1500),
+        },
+        settle: Duration::from_secs(4),
+        poll_interval: Duration::from_millis(50),
+        slow_request: Duration::from_secs(5),
+    }
+}
+
+fn ours(d: Dialect) -> MinerDialect {
+    d.name().parse().unwrap()
+}
+
+fn addr_of(m: &SimMiner) -> MinerAddr {
+    let mut a = MinerAddr::new("127.0.0.1").with_port(m.api_addr().port());
+    if let Some(h) = m.http_addr() {
+        a = a.with_http_port(h.port());
+    }
+    a
+}
+
+async fn start(spec: MinerSpec) -> (SimMiner, Box<dyn MinerDriver>) {
+    let d = spec.dialect;
+    let m = spawn(spec.timing(Timing::fast()), Bind::localhost())
+        .await
+        .unwrap();
+    let ctx = DriverContext::new(options(), Credentials::default_for(ours(d)));
+    let driver = driver_for(ours(d), addr_of(&m), ctx);
+    (m, driver)
+}
+
+async fn lifecycle(dialect: Dialect) {
+    let (m, drv) = start(MinerSpec::new(dialect)).await;
+    let addr = addr_of(&m);
+
+    let found = detect(
+        &addr,
+        &HttpClient::new(options().timeouts),
+        options().timeouts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(found, ours(dialect), "detected dialect");
+
+    let id = drv.identify().await.unwrap();
+    assert_eq!(id.dialect, ours(dialect));
+    assert!(
+        id.model.is_some(),
+        "{dialect}: identify names the model: {id:?}"
+    );
+
+    // Wait out the first ramp, then read.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = drv.read().await.unwrap();
+    assert!(r.reachable);
+    assert_eq!(r.state, MinerState::Mining, "{dialect}: {r:?}");
+    assert!(
+        r.hashrate_ths.unwrap_or(0.0) > 0.0,
+        "{dialect}: hashrate: {r:?}"
+    );
+
+    let slept = drv.sleep().await.unwrap();
+    assert_eq!(slept.state, MinerState::Sleeping);
+    assert!(
+        m.handle().snapshot().sleep_requested,
+        "{dialect}: the emulated hardware sleeps"
+    );
+
+    let woke = drv.wake().await.unwrap();
+    assert!(
+        matches!(woke.state, MinerState::Mining | MinerState::Ramping),
+        "{woke:?}"
+    );
+    assert!(!m.handle().snapshot().sleep_requested);
+
+    if dialect.has_power_target() {
+        let (min, max) = m.handle().model().power_target_range_w();
+        let want = min + (max - min) / 3;
+        match drv.set_power_target(want).await {
+            Ok(r) => assert!(r.power_target_w.is_some_and(|w| w <= want), "{r:?}"),
+            Err(e) => panic!("{dialect}: power target {want}: {e}"),
+        }
+    } else {
+        let e = drv.set_power_target(1000).await.unwrap_err();
+        assert!(matches!(e, MinerError::Unsupported { .. }), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn antminer_lifecycle() {
+    lifecycle(Dialect::Antminer).await;
+}
+
+#[tokio::test]
+async fn braiins_lifecycle() {
+    lifecycle(Dialect::Braiins).await;
+}
+
+#[tokio::test]
+async fn luxos_lifecycle() {
+    lifecycle(Dialect::Luxos).await;
+}
+
+#[tokio::test]
+async fn whatsminer_v2_lifecycle() {
+    lifecycle(Dialect::WhatsminerV2).await;
+}
+
+#[tokio::test]
+async fn whatsminer_v3_lifecycle() {
+    lifecycle(Dialect::WhatsminerV3).await;
+}
+
+#[tokio::test]
+async fn bitaxe_lifecycle() {
+    lifecycle(Dialect::Bitaxe).await;
+}
+
+#[tokio::test]
+async fn antminer_wake_restores_the_mode_it_slept_in() {
+    let (m, drv) = start(MinerSpec::new(Dialect::Antminer)).await;
+    let before = m.handle().snapshot().work_mode;
+    drv.sleep().await.unwrap();
+    drv.wake().await.unwrap();
+    assert_eq!(m.handle().snapshot().work_mode, before);
+}
+
+#[tokio::test]
+async fn antminer_m000_that_changes_nothing_is_caught_by_read_back() {
+    let (_m, drv) =
+        start(MinerSpec::new(Dialect::Antminer).faults(vec![Fault::AntminerNoop])).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let e = drv.sleep().await.unwrap_err();
+    assert!(matches!(e, MinerError::NotApplied { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("127.0.0.1") && text.contains("M000"),
+        "{text}"
+    );
+}
+
+async fn every_dialect_fault(fault: Fault, check: impl Fn(Dialect, MinerError)) {
+    for d in Dialect::ALL {
+        let (_m, drv) = start(MinerSpec::new(d).faults(vec![fault])).await;
+        let e = drv.read().await.unwrap_err();
+        assert!(
+            e.to_string().contains("127.0.0.1"),
+            "{d}: error names the address: {e}"
+        );
+        check(d, e);
+    }
+}
+
+#[tokio::test]
+async fn hung_miner_times_out_with_its_address() {
+    every_dialect_fault(Fault::Hang, |d, e| {
+        assert!(matches!(e, MinerError::Timeout { .. }), "{d}: {e}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn miner_that_closes_without_reply() {
+    every_dialect_fault(Fault::CloseWithoutReply, |d, e| {
+        assert!(
+            e.is_unreachable() || matches!(e, MinerError::Other { .. }),
+            "{d}: {e}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_quirks_still_read() {
+    let quirks = [
+        JsonQuirk::TrailingComma,
+        JsonQuirk::MissingComma,
+        JsonQuirk::LeadingComma,
+        JsonQuirk::RawNewline,
+        JsonQuirk::MissingCommaTemp,
+        JsonQuirk::InfNan,
+        JsonQuirk::GarbageBeforeId,
+        JsonQuirk::NumbersAsStrings,
+        JsonQuirk::HashrateUnit(HashUnit::Mhs),
+        JsonQuirk::HashrateUnit(HashUnit::Ghs),
+        JsonQuirk::HashrateUnit(HashUnit::Ths),
+        JsonQuirk::NonUtf8,
+    ];
+    for d in [Dialect::Antminer, Dialect::Luxos, Dialect::WhatsminerV2] {
+        for q in quirks {
+            let (_m, drv) = start(MinerSpec::new(d).faults(vec![Fault::Quirk(q)])).await;
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            let r = drv
+                .read()
+                .await
+                .unwrap_or_else(|e| panic!("{d} {q:?}: {e}"));
+            assert!(r.hashrate_ths.unwrap_or(0.0) > 0.0, "{d} {q:?}: {r:?}");
+        }
+        for q in [JsonQuirk::Truncated] {
+            let (_m, drv) = start(MinerSpec::new(d).faults(vec![Fault::Quirk(q)])).await;
+            // A truncated reply reads what survived, or fails with a typed error: never panics.
+            let _ = drv.read().await;
+        }
+        let (_m, drv) = start(MinerSpec::new(d).faults(vec![Fault::NoNul])).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        drv.read()
+            .await
+            .unwrap_or_else(|e| panic!("{d} no-nul: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn status_errors_are_typed() {
+    for d in [Dialect::Antminer, Dialect::Luxos, Dialect::WhatsminerV2] {
+        let (_m, drv) = start(MinerSpec::new(d).faults(vec![Fault::StatusError(14)])).await;
+        let e = drv.read().await.unwrap_err();
+        assert!(matches!(e, MinerError::Status { code: 14, .. }), "{d}: {e}");
+        let (_m, drv) = start(MinerSpec::new(d).faults(vec![Fault::StatusError(45)])).await;
+        let e = drv.read().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MinerError::AuthRejected { .. } | MinerError::Status { code: 45, .. }
+            ),
+            "{d}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_rejected_by_name() {
+    for d in [
+        Dialect::Antminer,
+        Dialect::Braiins,
+        Dialect::WhatsminerV2,
+        Dialect::WhatsminerV3,
+    ] {
+        let (_m, drv) = start(MinerSpec::new(d).credentials("root", "not-the-default")).await;
+        let e = drv.sleep().await.unwrap_err();
+        assert!(matches!(e, MinerError::AuthRejected { .. }), "{d}: {e}");
+        assert!(!e.to_string().contains("not-the-default"));
+    }
+}
+
+#[tokio::test]
+async fn luxos_session_faults() {
+    let (_m, drv) =
+        start(MinerSpec::new(Dialect::Luxos).faults(vec![Fault::LuxosSessionBusy])).await;
+    let e = drv.sleep().await.unwrap_err();
+    assert!(matches!(e, MinerError::AuthRejected { .. }), "{e}");
+    assert!(e.to_string().contains("402"), "{e}");
+    let (_m, drv) =
+        start(MinerSpec::new(Dialect::Luxos).faults(vec![Fault::LuxosSessionExpired])).await;
+    let e = drv.sleep().await.unwrap_err();
+    assert!(e.to_string().contains("127.0.0.1"), "{e}");
+}
+
+#[tokio::test]
+async fn whatsminer_token_errors_retry_once_then_fail_typed() {
+    for code in [135, 136] {
+        for d in [Dialect::WhatsminerV2, Dialect::WhatsminerV3] {
+            let (_m, drv) =
+                start(MinerSpec::new(d).faults(vec![Fault::WhatsminerToken(code)])).await;
+            let e = drv.sleep().await.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    MinerError::AuthRejected { .. } | MinerError::Status { .. }
+                ),
+                "{d} {code}: {e}"
+            );
+        }
+    }
+}
