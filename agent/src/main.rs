@@ -1,6 +1,10 @@
 //! `pivot-agent`: the per-host daemon and its operator commands.
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use pivot_agent::config::{Config, ProcessEnv};
 
 #[derive(Parser)]
 #[command(name = "pivot-agent", version, about = "Pivot per-host agent: ASIC miners, GPUs, host")]
@@ -11,23 +15,68 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: poll miners and GPUs, hold the controller's intents, serve /metrics.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig { config: PathBuf },
     /// Read and control ASIC miners directly.
     Miner(pivot_agent::miner::cli::MinerArgs),
     /// Read GPUs and set their power caps through NVML.
     Gpu(pivot_agent::gpu::cli::GpuArgs),
 }
 
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let c = Config::load(path, &ProcessEnv)?;
+    let miners = c.miner_targets(path)?.len();
+    println!(
+        "{}: ok (host {}, controller {}, {miners} miner address(es), GPUs {}, fallback {:?})",
+        path.display(),
+        c.host_id,
+        c.controller.url,
+        if c.gpus.enabled { "on" } else { "off" },
+        c.fallback
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
+    let default_level = match std::env::args().nth(1).as_deref() {
+        Some("run") => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PIVOT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config } => match Config::load(&config, &ProcessEnv) {
+            Ok(c) => pivot_agent::daemon::run(c, &config, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Err(e) => Err(e.into()),
+        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Miner(args) => pivot_agent::miner::cli::run(args).await,
         Command::Gpu(args) => pivot_agent::gpu::cli::run(args).await,
     };
@@ -35,7 +84,7 @@ async fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pivot-agent: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

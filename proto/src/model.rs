@@ -134,7 +134,7 @@ impl FromStr for MinerDialect {
 }
 
 /// What a miner is doing, as read from it. Never guessed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum MinerState {
     Mining,

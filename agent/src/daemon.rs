@@ -1,0 +1,160 @@
+//! `pivot-agent run`: inventory, polling, reconcile, the controller link and local HTTP, wired.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use pivot_proto::v1;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::host::HostSampler;
+use crate::inventory::{self, MinerSlot};
+use crate::link::{self, LinkState};
+use crate::metrics::{self, Exposition};
+use crate::poll::{self, Observations};
+use crate::reconcile::{Reconciler, Settings};
+use crate::state::StateDir;
+
+/// What the link reports, assembled from the agent's parts.
+struct AgentSource {
+    host_id: String,
+    slots: Arc<Vec<MinerSlot>>,
+    obs: Arc<Observations>,
+    reconciler: Arc<Reconciler>,
+    host: Mutex<Option<HostSampler>>,
+}
+
+impl AgentSource {
+    fn host_reading(&self) -> Option<v1::HostReading> {
+        let mut guard = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let h = guard.as_mut()?.sample();
+        let [l1, l5, l15] = h.load_average.map_or([None; 3], |l| l.map(Some));
+        Some(v1::HostReading {
+            cpu_usage_pct: h.cpu_usage_pct.map(f64::from).filter(|v| v.is_finite()),
+            memory_used_bytes: Some(h.memory_used_bytes),
+            memory_total_bytes: Some(h.memory_total_bytes),
+            load_1m: l1,
+            load_5m: l5,
+            load_15m: l15,
+            uptime: h.uptime_s.map(|s| pivot_proto::model::duration_to_proto(Duration::from_secs(s))),
+            temperature_c: h.max_temperature_c.map(f64::from).filter(|v| v.is_finite()),
+            workload_state: v1::WorkloadState::Unspecified as i32,
+            observed_at: Some(pivot_proto::model::timestamp_to_proto(Utc::now())),
+        })
+    }
+}
+
+impl link::Source for AgentSource {
+    fn hello(&self) -> v1::Hello {
+        let host = {
+            let mut guard = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.as_mut().map(HostSampler::sample)
+        };
+        v1::Hello {
+            host_id: self.host_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: Some(v1::HostInventory {
+                hostname: host.as_ref().and_then(|h| h.hostname.clone()).unwrap_or_default(),
+                cpu_count: host.as_ref().map_or(0, |h| u32::try_from(h.cpu_count).unwrap_or(u32::MAX)),
+                memory_total_bytes: host.as_ref().map_or(0, |h| h.memory_total_bytes),
+                workload_managers: Vec::new(),
+                workload_node_name: String::new(),
+            }),
+            miners: self.slots.iter().map(|s| inventory::miner_inventory(s, None)).collect(),
+            gpus: Vec::new(),
+            held_intents: self.reconciler.held_intents().iter().map(pivot_proto::model::Intent::to_proto).collect(),
+        }
+    }
+
+    fn telemetry(&self) -> v1::TelemetrySnapshot {
+        let miners = self.obs.miners();
+        v1::TelemetrySnapshot {
+            taken_at: Some(pivot_proto::model::timestamp_to_proto(Utc::now())),
+            miners: miners.iter().map(|(id, m)| inventory::miner_reading(id, &m.reading, m.at)).collect(),
+            gpus: Vec::new(),
+            host: self.host_reading(),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let state = StateDir::open(&config.state_dir)?;
+    let targets = config.miner_targets(config_path)?;
+    let configured = targets.len();
+    let (slots, missing) = inventory::discover_miners(&config, state.path(), targets).await;
+    for m in &missing {
+        warn!(miner = %m.target.addr, error = %m.error, "Configured miner not found; it is not managed until the agent restarts");
+    }
+    info!(configured, managed = slots.len(), "Inventory ready");
+    let devices: BTreeMap<_, _> = slots.iter().map(|s| (s.device_id.clone(), inventory::miner_device(s, None))).collect();
+    let reconciler = Reconciler::new(
+        devices,
+        state.clone(),
+        Settings { confirm_timeout: Duration::from_secs_f64(config.poll.confirm_s), fallback: config.fallback },
+    )
+    .context("loading held intents")?;
+    let slots = Arc::new(slots);
+    let obs = Arc::new(Observations::default());
+    let link_state = Arc::new(LinkState::default());
+    let host = match HostSampler::new() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(error = %e, "Host metrics unavailable");
+            None
+        }
+    };
+    let source = Arc::new(AgentSource {
+        host_id: config.host_id.clone(),
+        slots: Arc::clone(&slots),
+        obs: Arc::clone(&obs),
+        reconciler: Arc::clone(&reconciler),
+        host: Mutex::new(host),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    // A request deadline per miner: connect and reply each get the timeout; a dialect may need
+    // a few requests per read (login, then reads), so the whole read gets four.
+    let deadline = config.poll.timeout() * 4;
+    tasks.spawn(poll::run(
+        Arc::clone(&slots),
+        Arc::clone(&obs),
+        Arc::clone(&reconciler),
+        config.poll.miner_interval(),
+        config.poll.concurrency,
+        deadline,
+    ));
+    {
+        // Lease expiries and confirmation deadlines are checked between polls too.
+        let reconciler = Arc::clone(&reconciler);
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                reconciler.reconcile();
+            }
+        });
+    }
+    tasks.spawn(link::run(config.controller.clone(), source, Arc::clone(&reconciler), Arc::clone(&link_state)));
+    if !config.metrics.listen.is_empty() {
+        let addr = config.metrics.listen.parse().context("metrics.listen")?;
+        let exposition = Exposition { host_id: config.host_id.clone(), obs: Arc::clone(&obs), link: Arc::clone(&link_state), extra: Vec::new() };
+        let (local, server) = metrics::serve(addr, exposition).await.with_context(|| format!("binding metrics listener on {addr}"))?;
+        // The line tests and scripts wait for.
+        println!("pivot-agent metrics on {local}");
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                warn!(error = %e, "Metrics server stopped");
+            }
+        });
+    }
+    shutdown.await;
+    info!("Shutting down; held intents stay on disk and are re-applied at the next start");
+    tasks.shutdown().await;
+    Ok(())
+}

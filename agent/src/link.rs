@@ -1,0 +1,187 @@
+//! The session with the controller: the agent dials (never the reverse), says hello, streams
+//! telemetry and intent statuses up, takes intents and lease renewals down, and redials with
+//! jittered exponential backoff when the session breaks. While it is down the reconciler keeps
+//! holding the current intents (and never raises power past their lease).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pivot_proto::model;
+use pivot_proto::v1;
+use pivot_proto::v1::agent_message::Msg as Up;
+use pivot_proto::v1::controller_message::Msg as Down;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{info, warn};
+
+use crate::config::ControllerConfig;
+use crate::reconcile::Reconciler;
+
+/// What the link needs from the rest of the agent.
+pub trait Source: Send + Sync {
+    /// The hello of a new session (inventory, held intents).
+    fn hello(&self) -> v1::Hello;
+    /// A telemetry snapshot of the latest readings.
+    fn telemetry(&self) -> v1::TelemetrySnapshot;
+}
+
+/// Whether a session is up, for `/readyz` and metrics.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    pub connected: AtomicBool,
+    pub sessions_total: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("controller URL `{url}`: {problem}")]
+    Url { url: String, problem: String },
+    #[error("controller TLS file {path}: {source}")]
+    TlsFile { path: String, source: std::io::Error },
+    #[error("controller TLS: {0}")]
+    Tls(tonic::transport::Error),
+}
+
+/// Builds the endpoint for the controller, with TLS material when configured.
+pub fn endpoint(config: &ControllerConfig) -> Result<Endpoint, LinkError> {
+    let mut ep = Endpoint::from_shared(config.url.clone())
+        .map_err(|e| LinkError::Url { url: config.url.clone(), problem: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if let Some(tls) = &config.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| LinkError::TlsFile { path: p.display().to_string(), source })
+        };
+        let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            t = t.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(d) = &tls.domain {
+            t = t.domain_name(d.clone());
+        }
+        ep = ep.tls_config(t).map_err(LinkError::Tls)?;
+    }
+    Ok(ep)
+}
+
+/// The wait before redial `attempt` (0-based): exponential from 0.5 s up to `max`, with the
+/// upper half jittered so a site's agents do not all redial at once after a controller restart.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(16)).min(max);
+    let half = base / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Runs the link until the task is dropped.
+pub async fn run(config: ControllerConfig, source: Arc<dyn Source>, reconciler: Arc<Reconciler>, state: Arc<LinkState>) {
+    let endpoint = match endpoint(&config) {
+        Ok(e) => e,
+        Err(e) => {
+            // The configuration was validated; a TLS file that vanished since is all that is left.
+            warn!(error = %e, "Cannot build the controller endpoint; holding intents without a controller");
+            return;
+        }
+    };
+    let max = Duration::from_secs(config.reconnect_max_s.max(1));
+    let mut attempt = 0u32;
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => {
+                let welcomed = session(channel, &source, &reconciler, &state).await;
+                state.connected.store(false, Ordering::SeqCst);
+                match welcomed {
+                    Ok(()) => {
+                        info!(controller = %config.url, "Controller closed the session; redialling");
+                        attempt = 0;
+                    }
+                    Err(e) => warn!(controller = %config.url, error = %e, "Controller session ended; holding current intents and redialling"),
+                }
+            }
+            Err(e) => warn!(controller = %config.url, error = %e, attempt, "Cannot reach the controller; holding current intents"),
+        }
+        let wait = backoff(attempt, max);
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn session(
+    channel: Channel,
+    source: &Arc<dyn Source>,
+    reconciler: &Arc<Reconciler>,
+    state: &LinkState,
+) -> Result<(), tonic::Status> {
+    let mut client = v1::agent_service_client::AgentServiceClient::new(channel)
+        .max_decoding_message_size(32 * 1024 * 1024)
+        .max_encoding_message_size(32 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+    tx.send(v1::AgentMessage { msg: Some(Up::Hello(source.hello())) })
+        .await
+        .map_err(|_| tonic::Status::cancelled("session closed"))?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let first = inbound.message().await?.ok_or_else(|| tonic::Status::unavailable("controller closed before welcome"))?;
+    let interval = match first.msg {
+        Some(Down::Welcome(w)) => w
+            .telemetry_interval
+            .as_ref()
+            .and_then(|d| model::duration_from_proto(d, "telemetry_interval").ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(10)),
+        _ => return Err(tonic::Status::invalid_argument("controller's first message was not welcome")),
+    };
+    state.connected.store(true, Ordering::SeqCst);
+    state.sessions_total.fetch_add(1, Ordering::Relaxed);
+    info!(?interval, "Controller session up");
+    // Where every held intent stands, so the controller resumes without repeating effects.
+    for s in reconciler.statuses() {
+        send(&tx, Up::IntentStatus(s)).await?;
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => send(&tx, Up::Telemetry(source.telemetry())).await?,
+            () = reconciler.reports.ready() => {
+                for s in reconciler.reports.drain() {
+                    send(&tx, Up::IntentStatus(s)).await?;
+                }
+            }
+            msg = inbound.message() => match msg? {
+                None => return Ok(()),
+                Some(v1::ControllerMessage { msg: Some(Down::Intents(batch)) }) => reconciler.receive(&batch.intents),
+                Some(v1::ControllerMessage { msg: Some(Down::Lease(l)) }) => match l.lease_expires_at.as_ref().map(|t| model::timestamp_from_proto(t, "lease.lease_expires_at")) {
+                    Some(Ok(until)) => reconciler.renew_lease(until),
+                    Some(Err(e)) => warn!(error = %e, "Ignored a malformed lease renewal"),
+                    None => warn!("Ignored a lease renewal without lease_expires_at"),
+                },
+                Some(v1::ControllerMessage { msg: Some(Down::Welcome(_)) }) => {}
+                Some(v1::ControllerMessage { msg: None }) => warn!("Ignored an empty controller message"),
+            },
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<v1::AgentMessage>, msg: Up) -> Result<(), tonic::Status> {
+    tx.send(v1::AgentMessage { msg: Some(msg) }).await.map_err(|_| tonic::Status::cancelled("session closed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let max = Duration::from_secs(30);
+        for attempt in 0..40 {
+            let b = backoff(attempt, max);
+            let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(16)).min(max);
+            assert!(b >= base / 2 && b <= base, "attempt {attempt}: {b:?}");
+        }
+        assert!(backoff(0, max) <= Duration::from_millis(500));
+    }
+}
