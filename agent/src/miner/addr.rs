@@ -136,7 +136,11 @@ impl FromStr for MinerAddr {
         for extra in parts {
             let extra = extra.trim();
             match extra.split_once('=') {
-                Some(("http", p)) => addr.http_port = Some(port(p)?),
+                // `http=PORT`, or `http=HOST:PORT` as `pivot-sim miners` prints it (same host).
+                Some(("http", p)) => {
+                    let p = p.rsplit_once(':').map_or(p, |(_, port)| port);
+                    addr.http_port = Some(port(p)?);
+                }
                 _ => return Err(err(&format!("unknown option `{extra}`"))),
             }
         }
@@ -152,6 +156,8 @@ mod tests {
     #[test]
     fn parses_the_forms_the_emulator_prints() {
         let a: MinerAddr = "127.0.0.1:14000,http=14001".parse().unwrap();
+        let sim: MinerAddr = "127.0.0.1:14000,http=127.0.0.1:14001".parse().unwrap();
+        assert_eq!(sim, a);
         assert_eq!(
             a,
             MinerAddr::new("127.0.0.1")
