@@ -704,13 +704,12 @@ impl Reconciler {
             }) {
                 continue; // Nothing to drive; it is retried once it answers again.
             }
-            if h.last_attempt
-                .is_some_and(|t| now.duration_since(t) < device.pacing)
-            {
-                continue;
-            }
             if h.phase == IntentPhase::Confirmed {
+                // It was there and drifted (a reboot lost a sleep): back within one poll. Pacing
+                // is for attempts that have not yet taken, not for a device that changed since.
                 info!(device = %id, generation = h.intent.generation, "Device drifted from its intent; re-applying");
+            } else if h.last_attempt.is_some_and(|t| now.duration_since(t) < device.pacing) {
+                continue;
             }
             h.in_flight = true;
             h.last_attempt = Some(now);
@@ -927,20 +926,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_rebooted_miner_is_curtailed_again_once_paced() {
+    async fn a_rebooted_miner_is_curtailed_again_at_the_next_poll() {
         let (_d, miner, r) = setup(Fallback::Hold);
         r.receive(&[intent(1, SLEEP, 300)]);
         settle().await;
         *miner.asleep.lock().unwrap() = false; // reboot lost the sleep
         r.observe("m1", miner.observed());
         settle().await;
-        // Within the pacing window nothing is resent.
-        assert_eq!(miner.calls.load(Ordering::SeqCst), 1);
-        tokio::time::advance(Duration::from_secs(11)).await;
-        r.observe("m1", miner.observed());
-        settle().await;
         assert_eq!(miner.calls.load(Ordering::SeqCst), 2);
         assert!(*miner.asleep.lock().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_attempts_are_retried_only_after_pacing() {
+        struct Broken(AtomicUsize);
+        #[async_trait]
+        impl Actuator for Broken {
+            async fn apply(&self, _: &Target) -> Result<Observed, String> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Err("CGI answered 500".into())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let broken = Arc::new(Broken(AtomicUsize::new(0)));
+        let devices = BTreeMap::from([(
+            "m1".to_owned(),
+            Device { limits: limits(), actuator: broken.clone(), pacing: Duration::from_secs(120) },
+        )]);
+        let settings = Settings { confirm_timeout: Duration::from_secs(60), fallback: Fallback::Hold };
+        let r = Reconciler::new(devices, StateDir::open(dir.path()).unwrap(), settings).unwrap();
+        r.receive(&[intent(1, SLEEP, 300)]);
+        settle().await;
+        assert_eq!(phases(&r).last(), Some(&(1, IntentPhase::Failed)));
+        r.reconcile();
+        settle().await;
+        assert_eq!(broken.0.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(121)).await;
+        r.reconcile();
+        settle().await;
+        assert_eq!(broken.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -953,16 +977,11 @@ mod tests {
         settle().await;
         assert_eq!(phases(&r), [(2, IntentPhase::Rejected)]);
         assert!(*miner.asleep.lock().unwrap());
-        // A lowering intent with an expired lease is still taken.
-        *miner.asleep.lock().unwrap() = false;
-        r.observe("m1", miner.observed());
-        settle().await;
-        assert!(
-            !*miner.asleep.lock().unwrap(),
-            "gen 1 is within its pacing window"
-        );
+        // A lowering intent with an expired lease is still taken and applied.
+        let (_d, miner, r) = setup(Fallback::Hold);
         r.receive(&[intent(3, SLEEP, -5)]);
         settle().await;
+        assert_eq!(phases(&r)[0], (3, IntentPhase::Pending));
         assert!(*miner.asleep.lock().unwrap());
     }
 
