@@ -1,5 +1,134 @@
 //! `pivot-sim`: run emulated hardware from the command line.
-fn main() {
-    eprintln!("pivot-sim: being written");
-    std::process::exit(2);
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pivot_sim::miner::{Addressing, Dialect, Fault, MinerSpec, Timing, spawn_fleet};
+
+/// Emulated miners (and later other hardware) for tests, benchmarks and dev mode.
+#[derive(Debug, Parser)]
+#[command(name = "pivot-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve emulated ASIC miners until SIGINT/SIGTERM. Prints `<dialect> <host:port>` per miner
+    /// (plus ` http=<host:port>` for Antminer and Braiins), then serves.
+    Miners(MinersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MinersArgs {
+    /// antminer, braiins, luxos, whatsminer-v2, whatsminer-v3, bitaxe, or mixed (cycles through all).
+    #[arg(long)]
+    dialect: String,
+    /// How many miners.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Each miner on its own address from this one up, with its dialect's real ports (80 needs root).
+    #[arg(
+        long,
+        conflicts_with = "port_base",
+        required_unless_present = "port_base"
+    )]
+    ip_range: Option<Ipv4Addr>,
+    /// Consecutive ports on one address from this one up.
+    #[arg(long)]
+    port_base: Option<SocketAddr>,
+    /// Short ramps, CGI replies and reboots (for tests).
+    #[arg(long)]
+    fast: bool,
+    /// Faults every miner starts with (repeat or comma-separate): see the list in the docs of
+    /// `pivot_sim::miner::Fault` — hang, close, no-nul, trailing-comma, status-14, noop, ...
+    #[arg(long, value_delimiter = ',')]
+    fault: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    raise_fd_limit();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Miners(args) => runtime.block_on(miners(args)),
+    }
+}
+
+/// Thousands of listeners need thousands of descriptors: lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit; large fleets may fail to bind");
+        }
+    }
+}
+
+async fn miners(args: MinersArgs) -> Result<()> {
+    let dialects: Vec<Dialect> = if args.dialect == "mixed" {
+        Dialect::ALL.to_vec()
+    } else {
+        vec![args.dialect.parse()?]
+    };
+    let faults = args
+        .fault
+        .iter()
+        .filter(|f| !f.is_empty())
+        .map(|f| f.parse::<Fault>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("known faults: {}", Fault::NAMES))?;
+    let timing = if args.fast {
+        Timing::fast()
+    } else {
+        Timing::realistic()
+    };
+    let specs = (0..args.count)
+        .map(|i| {
+            let dialect = dialects[i % dialects.len()];
+            MinerSpec::new(dialect)
+                .timing(timing)
+                .faults(faults.clone())
+                .serial(u32::try_from(i + 1).unwrap_or(u32::MAX))
+        })
+        .collect();
+    let addressing = match (args.ip_range, args.port_base) {
+        (Some(ip), _) => Addressing::IpRange(ip),
+        (None, Some(base)) => Addressing::PortBase(base),
+        (None, None) => anyhow::bail!("give --ip-range or --port-base"),
+    };
+    let fleet = spawn_fleet(specs, addressing).await?;
+    let mut out = std::io::stdout().lock();
+    for m in &fleet {
+        match m.http_addr() {
+            Some(http) => writeln!(out, "{} {} http={}", m.dialect(), m.api_addr(), http)?,
+            None => writeln!(out, "{} {}", m.dialect(), m.api_addr())?,
+        }
+    }
+    out.flush()?;
+    drop(out);
+    wait_for_signal().await?;
+    drop(fleet);
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 /// The workspace root (the folder holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
     // CARGO_MANIFEST_DIR of this crate is <root>/sim.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The Python interpreter of the test virtualenv: `$PIVOT_TEST_PYTHON`, else `<root>/.venv/bin/python`.

@@ -68,7 +68,10 @@ pub(crate) fn md5crypt(password: &[u8], salt: &str) -> String {
         }
     };
     for (a, b, c) in [(0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5)] {
-        to64((u32::from(fin[a]) << 16) | (u32::from(fin[b]) << 8) | u32::from(fin[c]), 4);
+        to64(
+            (u32::from(fin[a]) << 16) | (u32::from(fin[b]) << 8) | u32::from(fin[c]),
+            4,
+        );
     }
     to64(u32::from(fin[11]), 2);
     out
@@ -76,7 +79,11 @@ pub(crate) fn md5crypt(password: &[u8], salt: &str) -> String {
 
 /// The hash part of an md5crypt string (what follows the third `$`).
 pub(crate) fn md5crypt_hash(password: &[u8], salt: &str) -> String {
-    md5crypt(password, salt).rsplit('$').next().unwrap_or("").to_owned()
+    md5crypt(password, salt)
+        .rsplit('$')
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }
 
 const fn gf_mul(mut a: u8, mut b: u8) -> u8 {
@@ -149,7 +156,12 @@ impl Aes256 {
         for i in 8..60 {
             let mut t = w[i - 1];
             if i % 8 == 0 {
-                t = [SBOX[t[1] as usize] ^ rcon, SBOX[t[2] as usize], SBOX[t[3] as usize], SBOX[t[0] as usize]];
+                t = [
+                    SBOX[t[1] as usize] ^ rcon,
+                    SBOX[t[2] as usize],
+                    SBOX[t[3] as usize],
+                    SBOX[t[0] as usize],
+                ];
                 rcon = gf_mul(rcon, 2);
             } else if i % 8 == 4 {
                 t = t.map(|b| SBOX[b as usize]);
@@ -208,7 +220,10 @@ impl Aes256 {
                 for c in 0..4 {
                     let a = [s[4 * c], s[4 * c + 1], s[4 * c + 2], s[4 * c + 3]];
                     let m = |x: [u8; 4]| {
-                        gf_mul(a[0], x[0]) ^ gf_mul(a[1], x[1]) ^ gf_mul(a[2], x[2]) ^ gf_mul(a[3], x[3])
+                        gf_mul(a[0], x[0])
+                            ^ gf_mul(a[1], x[1])
+                            ^ gf_mul(a[2], x[2])
+                            ^ gf_mul(a[3], x[3])
                     };
                     s[4 * c] = m([14, 11, 13, 9]);
                     s[4 * c + 1] = m([9, 14, 11, 13]);
@@ -257,7 +272,10 @@ mod tests {
     fn aes256_matches_fips197() {
         let key: [u8; 32] = std::array::from_fn(|i| i as u8);
         let aes = Aes256::new(&key);
-        let mut block: [u8; 16] = hex::decode("00112233445566778899aabbccddeeff").unwrap().try_into().unwrap();
+        let mut block: [u8; 16] = hex::decode("00112233445566778899aabbccddeeff")
+            .unwrap()
+            .try_into()
+            .unwrap();
         aes.encrypt_block(&mut block);
         assert_eq!(hex::encode(block), "8ea2b7ca516745bfeafc49904b496089");
         aes.decrypt_block(&mut block);
@@ -269,7 +287,13 @@ mod tests {
     #[test]
     fn md5crypt_matches_known_hashes() {
         // Reference values computed with passlib's md5_crypt.
-        assert_eq!(md5crypt(b"password", "saltsalt"), "$1$saltsalt$qjXMvbEw8oaL.CzflDtaK/");
-        assert_eq!(md5crypt(b"admin", "BQ5hoXV9"), "$1$BQ5hoXV9$RxmaDUO33TS7O26yeMHZ81");
+        assert_eq!(
+            md5crypt(b"password", "saltsalt"),
+            "$1$saltsalt$qjXMvbEw8oaL.CzflDtaK/"
+        );
+        assert_eq!(
+            md5crypt(b"admin", "BQ5hoXV9"),
+            "$1$BQ5hoXV9$RxmaDUO33TS7O26yeMHZ81"
+        );
     }
 }

@@ -26,7 +26,6 @@ const MAX_BODY: usize = 1 << 20;
 pub(crate) struct HttpRequest {
     pub method: Method,
     pub path: String,
-    pub query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -79,7 +78,6 @@ async fn connection(stream: TcpStream, core: Arc<Core>, handler: WebHandler) {
             let request = HttpRequest {
                 method: parts.method,
                 path: parts.uri.path().to_owned(),
-                query: parts.uri.query().unwrap_or("").to_owned(),
                 headers: parts.headers,
                 body,
             };

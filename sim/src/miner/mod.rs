@@ -25,6 +25,7 @@ mod crypto;
 mod faults;
 mod http;
 mod luxos;
+mod readings;
 mod state;
 mod whatsminer_v2;
 mod whatsminer_v3;

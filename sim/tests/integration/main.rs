@@ -1,0 +1,7 @@
+//! pivot-sim's integration tests: one binary (see sim/Cargo.toml), one module per subject.
+
+// Helpers outside #[test] functions panic too: in a test binary that is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod dialects;
+mod pyasic;
