@@ -233,6 +233,10 @@ impl<'a> PowerCapper<'a> {
                 if applied.confirmed {
                     Ok(r)
                 } else {
+                    tracing::warn!(
+                        gpu = r.index, uuid = %r.uuid, draw_w = r.draw_w, cap_w = r.enforced_w,
+                        "GPU draw still above its new cap after the confirm window; cap left applied"
+                    );
                     Err(GpuError::DrawAboveCap {
                         gpu: format!("{} ({})", gpu_label(r.index), r.uuid),
                         draw_w: r.draw_w,
@@ -274,6 +278,10 @@ impl<'a> PowerCapper<'a> {
                 "Another limit holder keeps this GPU below the requested cap"
             );
         }
+        tracing::info!(
+            gpu = index, %uuid, requested_w, previous_limit_w, enforced_w = limits.enforced_w,
+            enforced_after_ms, "GPU power cap applied"
+        );
         let persisted = match store {
             Some(store) => {
                 store.record(&uuid, index, requested_w)?;

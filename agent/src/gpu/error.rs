@@ -14,10 +14,10 @@ pub enum GpuError {
     LibraryNotFound { library: String, detail: String },
 
     #[error(
-        "the NVIDIA kernel driver is not loaded (NVML library {library}): load it \
-         (`modprobe nvidia`, then check `nvidia-smi`); pivot leaves the GPUs alone until then"
+        "the NVIDIA kernel driver is not loaded ({context}): load it (`modprobe nvidia`, then \
+         check `nvidia-smi`); pivot leaves the GPUs alone until then"
     )]
-    DriverNotLoaded { library: String },
+    DriverNotLoaded { context: String },
 
     #[error(
         "NVML ({library}) refused access to the GPUs: run pivot-agent as root, or give its user \
@@ -97,7 +97,9 @@ impl GpuError {
         match source {
             NvmlError::NoPermission => GpuError::NoPermission { gpu, action },
             NvmlError::GpuLost => GpuError::GpuLost { gpu, action },
-            NvmlError::DriverNotLoaded => GpuError::DriverNotLoaded { library: gpu },
+            NvmlError::DriverNotLoaded => GpuError::DriverNotLoaded {
+                context: format!("{gpu}, while trying to {action}"),
+            },
             source => GpuError::Nvml {
                 gpu,
                 action,
@@ -118,7 +120,9 @@ impl GpuError {
                 detail: format!("it is not an NVML library: {detail}"),
                 library,
             },
-            NvmlError::DriverNotLoaded => GpuError::DriverNotLoaded { library },
+            NvmlError::DriverNotLoaded => GpuError::DriverNotLoaded {
+                context: format!("NVML library {library}"),
+            },
             NvmlError::NoPermission => GpuError::InitNoPermission { library },
             source => GpuError::Nvml {
                 gpu: format!("NVML ({library})"),
