@@ -73,3 +73,30 @@ pub fn start_dev_controller(extra: &[&str]) -> Running {
         });
     Running { child, addr }
 }
+
+pub mod fake_controller;
+
+/// Starts a binary with arguments and waits for the stdout line that starts with `prefix`;
+/// returns the rest of that line.
+pub fn start_and_wait(binary: &str, args: &[&str], prefix: &str, within: Duration) -> Running {
+    let mut child = Command::new(bin(binary))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(&wanted) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(within)
+        .unwrap_or_else(|_| panic!("{binary} did not print `{prefix}` within {within:?}"));
+    Running { child, addr }
+}
