@@ -682,3 +682,202 @@ pub unsafe extern "C" fn nvmlDeviceGetPowerManagementLimitConstraints(
 pub extern "C" fn nvmlDeviceSetPowerManagementLimit(device: Device, limit: c_uint) -> NvmlReturn {
     on_device(device, |rt, gpu| rt.set_limit_mw(gpu.index, limit))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The C contract at its edges: small buffers, NULL pointers, wrong struct versions, calls
+    //! before init. One runtime per process, so these tests take turns.
+
+    use std::sync::Mutex;
+
+    use super::*;
+
+    static TURN: Mutex<()> = Mutex::new(());
+
+    /// Runs `f` with the library initialised on `state`, then shuts it down.
+    fn with_library(state: &str, f: impl FnOnce()) {
+        let _turn = TURN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = std::env::temp_dir().join(format!("fake-nvml-ffi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        std::fs::write(&path, state).unwrap();
+        assert_eq!(runtime::init(Ok(path)), codes::SUCCESS);
+        f();
+        assert_eq!(nvmlShutdown(), codes::SUCCESS);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn device(index: u32) -> Device {
+        let mut device = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer.
+        let result = unsafe { nvmlDeviceGetHandleByIndex_v2(index, &mut device) };
+        assert_eq!(result, codes::SUCCESS);
+        device
+    }
+
+    #[test]
+    fn calls_before_init_are_uninitialized() {
+        let _turn = TURN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut count = 0;
+        // SAFETY: a valid out-pointer.
+        let result = unsafe { nvmlDeviceGetCount_v2(&mut count) };
+        assert_eq!(result, codes::ERROR_UNINITIALIZED);
+        assert_eq!(nvmlShutdown(), codes::ERROR_UNINITIALIZED);
+    }
+
+    #[test]
+    fn strings_need_room_for_their_nul() {
+        with_library("{}", || {
+            let mut buf = [0 as c_char; 96];
+            let name = "NVIDIA H100 80GB HBM3";
+            let exact = c_uint::try_from(name.len()).unwrap();
+            // SAFETY: `buf` holds 96 bytes, more than either length passed.
+            unsafe {
+                let d = device(0);
+                assert_eq!(
+                    nvmlDeviceGetName(d, buf.as_mut_ptr(), exact),
+                    codes::ERROR_INSUFFICIENT_SIZE
+                );
+                assert_eq!(
+                    nvmlDeviceGetName(d, buf.as_mut_ptr(), exact + 1),
+                    codes::SUCCESS
+                );
+                assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str().unwrap(), name);
+            }
+        });
+    }
+
+    #[test]
+    fn null_pointers_and_bad_handles_are_invalid_arguments() {
+        with_library(r#"{"count": 2}"#, || {
+            let mut value: c_uint = 0;
+            // SAFETY: NULL is allowed by contract and must be refused, not written through.
+            unsafe {
+                assert_eq!(
+                    nvmlDeviceGetCount_v2(std::ptr::null_mut()),
+                    codes::ERROR_INVALID_ARGUMENT
+                );
+                assert_eq!(
+                    nvmlDeviceGetPowerUsage(device(0), std::ptr::null_mut()),
+                    codes::ERROR_INVALID_ARGUMENT
+                );
+                assert_eq!(
+                    nvmlDeviceGetHandleByUUID(std::ptr::null(), std::ptr::null_mut()),
+                    codes::ERROR_INVALID_ARGUMENT
+                );
+                assert_eq!(
+                    nvmlDeviceGetPowerUsage(std::ptr::null_mut(), &mut value),
+                    codes::ERROR_INVALID_ARGUMENT
+                );
+                assert_eq!(
+                    nvmlDeviceGetPowerUsage(handle(2), &mut value),
+                    codes::ERROR_INVALID_ARGUMENT
+                );
+                let mut d = std::ptr::null_mut();
+                assert_eq!(
+                    nvmlDeviceGetHandleByIndex_v2(2, &mut d),
+                    codes::ERROR_INVALID_ARGUMENT
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn memory_v2_checks_the_struct_version() {
+        with_library("{}", || {
+            let mut info = MemoryV2 {
+                version: 1,
+                total: 0,
+                reserved: 0,
+                free: 0,
+                used: 0,
+            };
+            // SAFETY: `info` is a valid, writable nvmlMemory_v2_t.
+            unsafe {
+                assert_eq!(
+                    nvmlDeviceGetMemoryInfo_v2(device(0), &mut info),
+                    codes::ERROR_ARGUMENT_VERSION_MISMATCH
+                );
+                info.version = MEMORY_V2_VERSION;
+                assert_eq!(
+                    nvmlDeviceGetMemoryInfo_v2(device(0), &mut info),
+                    codes::SUCCESS
+                );
+            }
+            assert_eq!(info.version, 0x0200_0028, "pynvml's nvmlMemory_v2");
+            assert_eq!(info.total, info.reserved + info.free + info.used);
+        });
+    }
+
+    #[test]
+    fn processes_are_counted_then_filled() {
+        let state = r#"{"gpus": {"0": {"processes": [{"pid": 7, "used_memory_bytes": 10}, {"pid": 8, "used_memory_bytes": 20}]}}}"#;
+        with_library(state, || {
+            let d = device(0);
+            let mut count: c_uint = 0;
+            let mut infos: Vec<ProcessInfo> = (0..3)
+                .map(|_| ProcessInfo {
+                    pid: 0,
+                    used_gpu_memory: 0,
+                    gpu_instance_id: 0,
+                    compute_instance_id: 0,
+                })
+                .collect();
+            // SAFETY: `count` is writable, `infos` holds 3 entries and `count` never exceeds 3.
+            unsafe {
+                assert_eq!(
+                    nvmlDeviceGetComputeRunningProcesses_v3(d, &mut count, std::ptr::null_mut()),
+                    codes::ERROR_INSUFFICIENT_SIZE
+                );
+                assert_eq!(count, 2);
+                count = 1;
+                assert_eq!(
+                    nvmlDeviceGetComputeRunningProcesses_v3(d, &mut count, infos.as_mut_ptr()),
+                    codes::ERROR_INSUFFICIENT_SIZE
+                );
+                count = 3;
+                assert_eq!(
+                    nvmlDeviceGetComputeRunningProcesses_v3(d, &mut count, infos.as_mut_ptr()),
+                    codes::SUCCESS
+                );
+            }
+            assert_eq!(count, 2);
+            let filled: Vec<(u32, u64)> = infos
+                .iter()
+                .take(2)
+                .map(|p| (p.pid, p.used_gpu_memory))
+                .collect();
+            assert_eq!(filled, vec![(7, 10), (8, 20)]);
+        });
+    }
+
+    #[test]
+    fn a_limit_outside_the_constraints_is_refused_and_not_written() {
+        with_library("{}", || {
+            let d = device(0);
+            assert_eq!(
+                nvmlDeviceSetPowerManagementLimit(d, 199_999),
+                codes::ERROR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                nvmlDeviceSetPowerManagementLimit(d, 700_001),
+                codes::ERROR_INVALID_ARGUMENT
+            );
+            let mut limit = 0;
+            // SAFETY: a valid out-pointer.
+            unsafe { nvmlDeviceGetEnforcedPowerLimit(d, &mut limit) };
+            assert_eq!(limit, 700_000);
+            assert_eq!(
+                nvmlDeviceSetPowerManagementLimit(d, 200_000),
+                codes::SUCCESS
+            );
+            // SAFETY: a valid out-pointer.
+            unsafe { nvmlDeviceGetEnforcedPowerLimit(d, &mut limit) };
+            assert_eq!(limit, 200_000);
+        });
+    }
+}
