@@ -12,6 +12,8 @@ use pivot_proto::v1;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::gpu::{GpuManager, NvmlGpus};
+use crate::gpus::{self, GpuObservations, GpuSlot};
 use crate::host::HostSampler;
 use crate::inventory::{self, MinerSlot};
 use crate::link::{self, LinkState};
@@ -25,13 +27,18 @@ struct AgentSource {
     host_id: String,
     slots: Arc<Vec<MinerSlot>>,
     obs: Arc<Observations>,
+    gpu_slots: Arc<Vec<GpuSlot>>,
+    gpu_obs: Arc<GpuObservations>,
     reconciler: Arc<Reconciler>,
     host: Mutex<Option<HostSampler>>,
 }
 
 impl AgentSource {
     fn host_reading(&self) -> Option<v1::HostReading> {
-        let mut guard = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .host
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let h = guard.as_mut()?.sample();
         let [l1, l5, l15] = h.load_average.map_or([None; 3], |l| l.map(Some));
         Some(v1::HostReading {
@@ -41,7 +48,9 @@ impl AgentSource {
             load_1m: l1,
             load_5m: l5,
             load_15m: l15,
-            uptime: h.uptime_s.map(|s| pivot_proto::model::duration_to_proto(Duration::from_secs(s))),
+            uptime: h
+                .uptime_s
+                .map(|s| pivot_proto::model::duration_to_proto(Duration::from_secs(s))),
             temperature_c: h.max_temperature_c.map(f64::from).filter(|v| v.is_finite()),
             workload_state: v1::WorkloadState::Unspecified as i32,
             observed_at: Some(pivot_proto::model::timestamp_to_proto(Utc::now())),
@@ -52,22 +61,39 @@ impl AgentSource {
 impl link::Source for AgentSource {
     fn hello(&self) -> v1::Hello {
         let host = {
-            let mut guard = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut guard = self
+                .host
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             guard.as_mut().map(HostSampler::sample)
         };
         v1::Hello {
             host_id: self.host_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             host: Some(v1::HostInventory {
-                hostname: host.as_ref().and_then(|h| h.hostname.clone()).unwrap_or_default(),
-                cpu_count: host.as_ref().map_or(0, |h| u32::try_from(h.cpu_count).unwrap_or(u32::MAX)),
+                hostname: host
+                    .as_ref()
+                    .and_then(|h| h.hostname.clone())
+                    .unwrap_or_default(),
+                cpu_count: host
+                    .as_ref()
+                    .map_or(0, |h| u32::try_from(h.cpu_count).unwrap_or(u32::MAX)),
                 memory_total_bytes: host.as_ref().map_or(0, |h| h.memory_total_bytes),
                 workload_managers: Vec::new(),
                 workload_node_name: String::new(),
             }),
-            miners: self.slots.iter().map(|s| inventory::miner_inventory(s, None)).collect(),
-            gpus: Vec::new(),
-            held_intents: self.reconciler.held_intents().iter().map(pivot_proto::model::Intent::to_proto).collect(),
+            miners: self
+                .slots
+                .iter()
+                .map(|s| inventory::miner_inventory(s, None))
+                .collect(),
+            gpus: self.gpu_slots.iter().map(gpus::inventory).collect(),
+            held_intents: self
+                .reconciler
+                .held_intents()
+                .iter()
+                .map(pivot_proto::model::Intent::to_proto)
+                .collect(),
         }
     }
 
@@ -75,15 +101,27 @@ impl link::Source for AgentSource {
         let miners = self.obs.miners();
         v1::TelemetrySnapshot {
             taken_at: Some(pivot_proto::model::timestamp_to_proto(Utc::now())),
-            miners: miners.iter().map(|(id, m)| inventory::miner_reading(id, &m.reading, m.at)).collect(),
-            gpus: Vec::new(),
+            miners: miners
+                .iter()
+                .map(|(id, m)| inventory::miner_reading(id, &m.reading, m.at))
+                .collect(),
+            gpus: self
+                .gpu_obs
+                .snapshot()
+                .iter()
+                .map(|(id, o)| gpus::reading(id, o))
+                .collect(),
             host: self.host_reading(),
         }
     }
 }
 
 /// Runs the agent until `shutdown` completes.
-pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let state = StateDir::open(&config.state_dir)?;
     let targets = config.miner_targets(config_path)?;
     let configured = targets.len();
@@ -91,16 +129,46 @@ pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Outpu
     for m in &missing {
         warn!(miner = %m.target.addr, error = %m.error, "Configured miner not found; it is not managed until the agent restarts");
     }
-    info!(configured, managed = slots.len(), "Inventory ready");
-    let devices: BTreeMap<_, _> = slots.iter().map(|s| (s.device_id.clone(), inventory::miner_device(s, None))).collect();
+    let mut devices: BTreeMap<_, _> = slots
+        .iter()
+        .map(|s| (s.device_id.clone(), inventory::miner_device(s, None)))
+        .collect();
+    let (gpu_manager, gpu_slots) = if config.gpus.enabled {
+        let library = config.gpus.nvml_lib.clone();
+        let manager: Arc<dyn GpuManager> = Arc::new(
+            NvmlGpus::open(library.as_deref()).context("gpus.enabled is true but NVML cannot be used (set gpus.enabled = false on hosts without GPUs)")?,
+        );
+        gpus::reapply_persisted(manager.as_ref(), state.path()).await;
+        let found = gpus::discover(manager.as_ref(), &config.gpus).context("discovering GPUs")?;
+        for g in &found {
+            devices.insert(
+                g.device_id.clone(),
+                gpus::device(g, &manager, &config.gpus, state.path()),
+            );
+        }
+        (Some(manager), found)
+    } else {
+        (None, Vec::new())
+    };
+    info!(
+        configured,
+        miners = slots.len(),
+        gpus = gpu_slots.len(),
+        "Inventory ready"
+    );
     let reconciler = Reconciler::new(
         devices,
         state.clone(),
-        Settings { confirm_timeout: Duration::from_secs_f64(config.poll.confirm_s), fallback: config.fallback },
+        Settings {
+            confirm_timeout: Duration::from_secs_f64(config.poll.confirm_s),
+            fallback: config.fallback,
+        },
     )
     .context("loading held intents")?;
     let slots = Arc::new(slots);
+    let gpu_slots = Arc::new(gpu_slots);
     let obs = Arc::new(Observations::default());
+    let gpu_obs = Arc::new(GpuObservations::default());
     let link_state = Arc::new(LinkState::default());
     let host = match HostSampler::new() {
         Ok(h) => Some(h),
@@ -113,6 +181,8 @@ pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Outpu
         host_id: config.host_id.clone(),
         slots: Arc::clone(&slots),
         obs: Arc::clone(&obs),
+        gpu_slots: Arc::clone(&gpu_slots),
+        gpu_obs: Arc::clone(&gpu_obs),
         reconciler: Arc::clone(&reconciler),
         host: Mutex::new(host),
     });
@@ -129,6 +199,15 @@ pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Outpu
         config.poll.concurrency,
         deadline,
     ));
+    if let Some(manager) = gpu_manager {
+        tasks.spawn(gpus::run_poll(
+            manager,
+            Arc::clone(&gpu_slots),
+            Arc::clone(&gpu_obs),
+            Arc::clone(&reconciler),
+            config.poll.gpu_interval(),
+        ));
+    }
     {
         // Lease expiries and confirmation deadlines are checked between polls too.
         let reconciler = Arc::clone(&reconciler);
@@ -140,11 +219,26 @@ pub async fn run(config: Config, config_path: &Path, shutdown: impl Future<Outpu
             }
         });
     }
-    tasks.spawn(link::run(config.controller.clone(), source, Arc::clone(&reconciler), Arc::clone(&link_state)));
+    tasks.spawn(link::run(
+        config.controller.clone(),
+        source,
+        Arc::clone(&reconciler),
+        Arc::clone(&link_state),
+    ));
     if !config.metrics.listen.is_empty() {
         let addr = config.metrics.listen.parse().context("metrics.listen")?;
-        let exposition = Exposition { host_id: config.host_id.clone(), obs: Arc::clone(&obs), link: Arc::clone(&link_state), extra: Vec::new() };
-        let (local, server) = metrics::serve(addr, exposition).await.with_context(|| format!("binding metrics listener on {addr}"))?;
+        let (host_id, g) = (config.host_id.clone(), Arc::clone(&gpu_obs));
+        let gpu_series: Arc<dyn Fn(&mut metrics::MetricsWriter) + Send + Sync> =
+            Arc::new(move |w| gpus::render(w, &host_id, &g));
+        let exposition = Exposition {
+            host_id: config.host_id.clone(),
+            obs: Arc::clone(&obs),
+            link: Arc::clone(&link_state),
+            extra: vec![gpu_series],
+        };
+        let (local, server) = metrics::serve(addr, exposition)
+            .await
+            .with_context(|| format!("binding metrics listener on {addr}"))?;
         // The line tests and scripts wait for.
         println!("pivot-agent metrics on {local}");
         tasks.spawn(async move {

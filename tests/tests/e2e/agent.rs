@@ -37,9 +37,19 @@ fn miner_addr(m: &SimMiner) -> String {
 
 /// Starts the agent on `miners` against `controller`, with `extra` TOML appended.
 fn start_agent(controller: &str, miners: Vec<SimMiner>, extra: &str) -> Site {
-    let dir = tempfile::tempdir().unwrap();
+    start_agent_with(tempfile::tempdir().unwrap(), controller, miners, extra, "")
+}
+
+/// As [`start_agent`], in `dir`, with `tables` (TOML tables) after the controller's.
+fn start_agent_with(
+    dir: tempfile::TempDir,
+    controller: &str,
+    miners: Vec<SimMiner>,
+    extra: &str,
+    tables: &str,
+) -> Site {
     let mut toml = format!(
-        "host_id = \"rack-1\"\nstate_dir = \"{}\"\n{extra}\n[controller]\nurl = \"{controller}\"\nreconnect_max_s = 1\n\
+        "host_id = \"rack-1\"\nstate_dir = \"{}\"\n{extra}\n{tables}\n[controller]\nurl = \"{controller}\"\nreconnect_max_s = 1\n\
          [poll]\nminer_interval_s = 0.5\ntimeout_ms = 1000\nsettle_s = 10\nconfirm_s = 10\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("state").display()
@@ -342,4 +352,100 @@ async fn prometheus_scrapes_the_agent_and_serves_miner_power() {
                 .starts_with("miner/127.0.0.1:")
         );
     }
+}
+
+/// Two fake H100s (pivot-fake-nvml, loaded through the real nvml-wrapper by the agent binary).
+fn fake_gpus(dir: &std::path::Path) -> std::path::PathBuf {
+    let lib = dir.join("libnvidia-ml.so.1");
+    std::fs::copy(pivot_e2e::bin("libpivot_fake_nvml.so"), &lib).unwrap();
+    std::fs::write(
+        dir.join("fake-nvml.json"),
+        serde_json::json!({ "count": 2, "power_demand_w": 650.0 }).to_string(),
+    )
+    .unwrap();
+    lib
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_caps_from_intents_are_confirmed_and_out_of_range_ones_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = fake_gpus(dir.path());
+    let mut ctl = FakeController::start(Duration::from_millis(500)).await;
+    let tables = format!(
+        "[gpus]\nenabled = true\nnvml_lib = \"{}\"\nconfirm_s = 2\nmin_cap_w = 250\n",
+        lib.display()
+    );
+    let site = start_agent_with(
+        dir,
+        &ctl.url(),
+        vec![miner(Dialect::Bitaxe).await],
+        "",
+        &tables,
+    );
+    let hello = ctl.hello(WAIT).await;
+    assert_eq!(hello.gpus.len(), 2);
+    let gpu = hello.gpus[0].clone();
+    assert!(gpu.device_id.starts_with("gpu/GPU-"), "{}", gpu.device_id);
+    assert_eq!(
+        gpu.power_cap_min_w, 250,
+        "configured floor above the GPU's own minimum"
+    );
+    assert!(gpu.power_cap_max_w >= 650);
+
+    ctl.send_intents(vec![
+        intent(
+            &gpu.device_id,
+            1,
+            Target::Gpu { power_cap_w: 300 },
+            Duration::from_secs(60),
+        ),
+        intent(
+            &hello.gpus[1].device_id,
+            1,
+            Target::Gpu { power_cap_w: 100 },
+            Duration::from_secs(60),
+        ),
+    ])
+    .await;
+    let r = ctl
+        .status(WAIT, &hello.gpus[1].device_id, 1, v1::IntentPhase::Rejected)
+        .await;
+    assert!(
+        r.detail.contains("outside the allowed range 250-"),
+        "{}",
+        r.detail
+    );
+    let c = ctl
+        .status(WAIT, &gpu.device_id, 1, v1::IntentPhase::Confirmed)
+        .await;
+    assert!(c.observed_power_w.unwrap() <= 300.0 * 1.05, "{c:?}");
+
+    // Telemetry carries the enforced cap; /metrics serves dcgm-exporter's names.
+    let reading = ctl
+        .expect(WAIT, "GPU telemetry with the new cap", |m| match &m.msg {
+            Some(v1::agent_message::Msg::Telemetry(t)) => t
+                .gpus
+                .iter()
+                .find(|g| g.device_id == gpu.device_id && g.enforced_power_limit_w == Some(300.0))
+                .cloned(),
+            _ => None,
+        })
+        .await;
+    assert!(reading.power_w.unwrap() <= 301.0);
+    let text = reqwest::get(&site.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("DCGM_FI_DEV_POWER_USAGE{") && l.contains(&gpu.uuid))
+        .unwrap_or_else(|| panic!("no DCGM power series for {}:\n{text}", gpu.uuid));
+    assert!(
+        line.contains("gpu=\"0\"")
+            && line.contains("modelName=")
+            && line.contains("Hostname=\"rack-1\""),
+        "{line}"
+    );
 }

@@ -1,0 +1,329 @@
+//! The daemon's GPUs: discovery into device slots, the cap actuator the reconciler drives, the
+//! GPU poll, and their shapes on the wire and in `/metrics` (dcgm-exporter's names and labels).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pivot_proto::model::Target;
+use pivot_proto::v1;
+use tracing::{info, warn};
+
+use crate::config::GpuConfig;
+use crate::gpu::{
+    CapStore, ConfirmPolicy, GpuError, GpuIdentity, GpuManager, GpuStatus, PowerCapper,
+    PowerLimits, read_all,
+};
+use crate::metrics::MetricsWriter;
+use crate::reconcile::{Actuator, Device, Limits, Observed, Reconciler};
+
+/// One GPU this agent drives.
+#[derive(Debug, Clone)]
+pub struct GpuSlot {
+    pub device_id: String,
+    pub identity: GpuIdentity,
+    pub limits: PowerLimits,
+    /// The cap range intents may ask for: the GPU's constraints within the configured range.
+    pub min_cap_w: u32,
+    pub max_cap_w: u32,
+}
+
+/// The device id of a GPU: its UUID, stable across reboots (indices are not).
+pub fn gpu_device_id(uuid: &str) -> String {
+    format!("gpu/{uuid}")
+}
+
+/// Finds the GPUs and the cap range each accepts.
+pub fn discover(gpus: &dyn GpuManager, config: &GpuConfig) -> Result<Vec<GpuSlot>, GpuError> {
+    let mut out = Vec::new();
+    for index in 0..gpus.count()? {
+        let identity = gpus.identity(index)?;
+        let limits = gpus.power_limits(index)?;
+        let min = (limits.min_w.ceil() as u32).max(config.min_cap_w.unwrap_or(0));
+        let max = (limits.max_w.floor() as u32).min(config.max_cap_w.unwrap_or(u32::MAX));
+        if min > max {
+            warn!(gpu = index, uuid = %identity.uuid, min, max, "Configured cap range does not overlap the GPU's constraints; it takes no caps");
+        }
+        out.push(GpuSlot {
+            device_id: gpu_device_id(&identity.uuid),
+            identity,
+            limits,
+            min_cap_w: min,
+            max_cap_w: max,
+        });
+    }
+    Ok(out)
+}
+
+/// Re-applies the caps persisted in the state directory (NVML forgets them on reboot or driver
+/// reload). Never raises a limit: that waits for the controller's lease.
+pub async fn reapply_persisted(gpus: &dyn GpuManager, state_dir: &std::path::Path) {
+    let capper =
+        PowerCapper::new(gpus, ConfirmPolicy::default()).with_store(CapStore::in_dir(state_dir));
+    match capper.reapply().await {
+        Ok(list) => {
+            for r in list {
+                info!("{r}");
+            }
+        }
+        Err(e) => warn!(error = %e, "Could not re-apply persisted GPU caps"),
+    }
+}
+
+/// Sets a GPU's cap through [`PowerCapper`]: checked, applied, read back, confirmed on the draw,
+/// persisted.
+pub struct GpuActuator {
+    pub gpus: Arc<dyn GpuManager>,
+    pub uuid: String,
+    pub policy: ConfirmPolicy,
+    pub store: CapStore,
+}
+
+#[async_trait]
+impl Actuator for GpuActuator {
+    async fn apply(&self, target: &Target) -> Result<Observed, String> {
+        let Target::Gpu { power_cap_w } = target else {
+            return Err(format!("a GPU cannot take {target:?}"));
+        };
+        // Indices can change across a driver reload; the UUID cannot.
+        let index = self
+            .gpus
+            .index_of_uuid(&self.uuid)
+            .map_err(|e| e.to_string())?;
+        let capper =
+            PowerCapper::new(self.gpus.as_ref(), self.policy).with_store(self.store.clone());
+        let report = capper
+            .set(index, f64::from(*power_cap_w))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Observed::Gpu {
+            enforced_cap_w: Some(report.enforced_w),
+            power_w: Some(report.draw_w),
+        })
+    }
+}
+
+/// The reconciler's view of a GPU.
+pub fn device(
+    slot: &GpuSlot,
+    gpus: &Arc<dyn GpuManager>,
+    config: &GpuConfig,
+    state_dir: &std::path::Path,
+) -> Device {
+    Device {
+        limits: Limits::Gpu {
+            min_cap_w: slot.min_cap_w,
+            max_cap_w: slot.max_cap_w,
+        },
+        actuator: Arc::new(GpuActuator {
+            gpus: Arc::clone(gpus),
+            uuid: slot.identity.uuid.clone(),
+            policy: ConfirmPolicy {
+                window: Duration::from_secs_f64(config.confirm_s),
+                ..ConfirmPolicy::default()
+            },
+            store: CapStore::in_dir(state_dir),
+        }),
+        pacing: Duration::from_secs(5),
+    }
+}
+
+pub fn inventory(slot: &GpuSlot) -> v1::GpuInventory {
+    v1::GpuInventory {
+        device_id: slot.device_id.clone(),
+        index: slot.identity.index,
+        uuid: slot.identity.uuid.clone(),
+        name: slot.identity.name.clone(),
+        pci_bus_id: slot.identity.pci_bus_id.clone(),
+        power_cap_min_w: slot.min_cap_w,
+        power_cap_max_w: slot.max_cap_w,
+        power_cap_default_w: slot.limits.default_w.round() as u32,
+    }
+}
+
+/// One GPU's latest poll.
+#[derive(Debug, Clone)]
+pub struct GpuObservation {
+    pub status: Result<GpuStatus, String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The latest GPU readings, by device id.
+#[derive(Debug, Default)]
+pub struct GpuObservations(pub RwLock<BTreeMap<String, GpuObservation>>);
+
+impl GpuObservations {
+    pub fn snapshot(&self) -> BTreeMap<String, GpuObservation> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+pub fn reading(device_id: &str, o: &GpuObservation) -> v1::GpuReading {
+    let at = Some(pivot_proto::model::timestamp_to_proto(o.at));
+    match &o.status {
+        Err(e) => v1::GpuReading {
+            device_id: device_id.to_owned(),
+            read_error: e.clone(),
+            observed_at: at,
+            ..Default::default()
+        },
+        Ok(s) => {
+            let t = &s.telemetry;
+            v1::GpuReading {
+                device_id: device_id.to_owned(),
+                power_w: finite(t.power_w),
+                energy_j: t.energy_j.and_then(finite),
+                temperature_c: t.temperature_c.map(f64::from),
+                utilization_pct: t.utilization_gpu_pct.map(f64::from),
+                memory_used_bytes: Some(t.memory_used_bytes),
+                memory_total_bytes: Some(t.memory_total_bytes),
+                sm_clock_mhz: t.sm_clock_mhz,
+                memory_clock_mhz: t.memory_clock_mhz,
+                throttle_reasons: t
+                    .throttle_reasons
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                enforced_power_limit_w: finite(t.limits.enforced_w),
+                power_cap_w: finite(t.limits.limit_w),
+                compute_processes: u32::try_from(t.processes.len()).unwrap_or(u32::MAX),
+                read_error: String::new(),
+                observed_at: at,
+            }
+        }
+    }
+}
+
+/// Polls every GPU each `interval`, records the readings and hands them to the reconciler.
+pub async fn run_poll(
+    gpus: Arc<dyn GpuManager>,
+    slots: Arc<Vec<GpuSlot>>,
+    obs: Arc<GpuObservations>,
+    reconciler: Arc<Reconciler>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let g = Arc::clone(&gpus);
+        // NVML calls block (briefly): keep them off the runtime's workers.
+        let reads = match tokio::task::spawn_blocking(move || read_all(g.as_ref())).await {
+            Ok(Ok(reads)) => reads,
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot read GPUs");
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "GPU poll task failed");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        let mut observed = Vec::new();
+        {
+            let mut map = obs
+                .0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (index, status) in reads {
+                let Some(slot) = slots.iter().find(|s| match &status {
+                    Ok(st) => st.identity.uuid == s.identity.uuid,
+                    Err(_) => s.identity.index == index,
+                }) else {
+                    continue;
+                };
+                if let Ok(st) = &status {
+                    observed.push((
+                        slot.device_id.clone(),
+                        Observed::Gpu {
+                            enforced_cap_w: finite(st.telemetry.limits.enforced_w),
+                            power_w: finite(st.telemetry.power_w),
+                        },
+                    ));
+                }
+                map.insert(
+                    slot.device_id.clone(),
+                    GpuObservation {
+                        status: status.map_err(|e| e.to_string()),
+                        at: now,
+                    },
+                );
+            }
+        }
+        reconciler.observe_all(observed);
+    }
+}
+
+/// GPU series under dcgm-exporter's names and labels, plus pivot's cap series.
+pub fn render(w: &mut MetricsWriter, host: &str, obs: &GpuObservations) {
+    let gpus = obs.snapshot();
+    let rows: Vec<(String, &GpuStatus)> = gpus
+        .values()
+        .filter_map(|o| o.status.as_ref().ok())
+        .map(|s| (s.identity.index.to_string(), s))
+        .collect();
+    let families: [(&str, &str, &str, fn(&GpuStatus) -> Option<f64>); 6] = [
+        (
+            "DCGM_FI_DEV_POWER_USAGE",
+            "gauge",
+            "Power draw (in W).",
+            |s| Some(s.telemetry.power_w),
+        ),
+        (
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "counter",
+            "Total energy consumption since boot (in mJ).",
+            |s| s.telemetry.energy_j.map(|j| j * 1000.0),
+        ),
+        (
+            "DCGM_FI_DEV_GPU_TEMP",
+            "gauge",
+            "GPU temperature (in C).",
+            |s| s.telemetry.temperature_c.map(f64::from),
+        ),
+        (
+            "DCGM_FI_DEV_GPU_UTIL",
+            "gauge",
+            "GPU utilization (in %).",
+            |s| s.telemetry.utilization_gpu_pct.map(f64::from),
+        ),
+        (
+            "DCGM_FI_DEV_FB_USED",
+            "gauge",
+            "Framebuffer memory used (in MiB).",
+            |s| Some(s.telemetry.memory_used_bytes as f64 / 1_048_576.0),
+        ),
+        (
+            "pivot_gpu_power_limit_watts",
+            "gauge",
+            "Power limit the GPU enforces (lowest of all limits set on it).",
+            |s| Some(s.telemetry.limits.enforced_w),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        w.family(name, kind, help);
+        for (gpu, s) in &rows {
+            if let Some(v) = value(s) {
+                let labels = [
+                    ("gpu", gpu.as_str()),
+                    ("UUID", s.identity.uuid.as_str()),
+                    ("pci_bus_id", s.identity.pci_bus_id.as_str()),
+                    ("modelName", s.identity.name.as_str()),
+                    ("Hostname", host),
+                ];
+                w.sample(name, &labels, v);
+            }
+        }
+    }
+}
