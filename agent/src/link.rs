@@ -40,7 +40,10 @@ pub enum LinkError {
     #[error("controller URL `{url}`: {problem}")]
     Url { url: String, problem: String },
     #[error("controller TLS file {path}: {source}")]
-    TlsFile { path: String, source: std::io::Error },
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("controller TLS: {0}")]
     Tls(tonic::transport::Error),
 }
@@ -48,16 +51,23 @@ pub enum LinkError {
 /// Builds the endpoint for the controller, with TLS material when configured.
 pub fn endpoint(config: &ControllerConfig) -> Result<Endpoint, LinkError> {
     let mut ep = Endpoint::from_shared(config.url.clone())
-        .map_err(|e| LinkError::Url { url: config.url.clone(), problem: e.to_string() })?
+        .map_err(|e| LinkError::Url {
+            url: config.url.clone(),
+            problem: e.to_string(),
+        })?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     if let Some(tls) = &config.tls {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| LinkError::TlsFile { path: p.display().to_string(), source })
+            std::fs::read(p).map_err(|source| LinkError::TlsFile {
+                path: p.display().to_string(),
+                source,
+            })
         };
-        let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
+        let mut t =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file)?));
         if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
             t = t.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
@@ -72,13 +82,20 @@ pub fn endpoint(config: &ControllerConfig) -> Result<Endpoint, LinkError> {
 /// The wait before redial `attempt` (0-based): exponential from 0.5 s up to `max`, with the
 /// upper half jittered so a site's agents do not all redial at once after a controller restart.
 pub fn backoff(attempt: u32, max: Duration) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(16)).min(max);
+    let base = Duration::from_millis(500)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max);
     let half = base / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
 /// Runs the link until the task is dropped.
-pub async fn run(config: ControllerConfig, source: Arc<dyn Source>, reconciler: Arc<Reconciler>, state: Arc<LinkState>) {
+pub async fn run(
+    config: ControllerConfig,
+    source: Arc<dyn Source>,
+    reconciler: Arc<Reconciler>,
+    state: Arc<LinkState>,
+) {
     let endpoint = match endpoint(&config) {
         Ok(e) => e,
         Err(e) => {
@@ -99,10 +116,14 @@ pub async fn run(config: ControllerConfig, source: Arc<dyn Source>, reconciler: 
                         info!(controller = %config.url, "Controller closed the session; redialling");
                         attempt = 0;
                     }
-                    Err(e) => warn!(controller = %config.url, error = %e, "Controller session ended; holding current intents and redialling"),
+                    Err(e) => {
+                        warn!(controller = %config.url, error = %e, "Controller session ended; holding current intents and redialling")
+                    }
                 }
             }
-            Err(e) => warn!(controller = %config.url, error = %e, attempt, "Cannot reach the controller; holding current intents"),
+            Err(e) => {
+                warn!(controller = %config.url, error = %e, attempt, "Cannot reach the controller; holding current intents")
+            }
         }
         let wait = backoff(attempt, max);
         attempt = attempt.saturating_add(1);
@@ -120,11 +141,16 @@ async fn session(
         .max_decoding_message_size(32 * 1024 * 1024)
         .max_encoding_message_size(32 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
-    tx.send(v1::AgentMessage { msg: Some(Up::Hello(source.hello())) })
-        .await
-        .map_err(|_| tonic::Status::cancelled("session closed"))?;
+    tx.send(v1::AgentMessage {
+        msg: Some(Up::Hello(source.hello())),
+    })
+    .await
+    .map_err(|_| tonic::Status::cancelled("session closed"))?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-    let first = inbound.message().await?.ok_or_else(|| tonic::Status::unavailable("controller closed before welcome"))?;
+    let first = inbound
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unavailable("controller closed before welcome"))?;
     let interval = match first.msg {
         Some(Down::Welcome(w)) => w
             .telemetry_interval
@@ -132,7 +158,11 @@ async fn session(
             .and_then(|d| model::duration_from_proto(d, "telemetry_interval").ok())
             .filter(|d| !d.is_zero())
             .unwrap_or(Duration::from_secs(10)),
-        _ => return Err(tonic::Status::invalid_argument("controller's first message was not welcome")),
+        _ => {
+            return Err(tonic::Status::invalid_argument(
+                "controller's first message was not welcome",
+            ));
+        }
     };
     state.connected.store(true, Ordering::SeqCst);
     state.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +197,9 @@ async fn session(
 }
 
 async fn send(tx: &mpsc::Sender<v1::AgentMessage>, msg: Up) -> Result<(), tonic::Status> {
-    tx.send(v1::AgentMessage { msg: Some(msg) }).await.map_err(|_| tonic::Status::cancelled("session closed"))
+    tx.send(v1::AgentMessage { msg: Some(msg) })
+        .await
+        .map_err(|_| tonic::Status::cancelled("session closed"))
 }
 
 #[cfg(test)]
@@ -179,7 +211,9 @@ mod tests {
         let max = Duration::from_secs(30);
         for attempt in 0..40 {
             let b = backoff(attempt, max);
-            let base = Duration::from_millis(500).saturating_mul(1u32 << attempt.min(16)).min(max);
+            let base = Duration::from_millis(500)
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(max);
             assert!(b >= base / 2 && b <= base, "attempt {attempt}: {b:?}");
         }
         assert!(backoff(0, max) <= Duration::from_millis(500));

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use pivot_agent::config::{Config, ProcessEnv};
 
 #[derive(Parser)]
-#[command(name = "pivot-agent", version, about = "Pivot per-host agent: ASIC miners, GPUs, host")]
+#[command(
+    name = "pivot-agent",
+    version,
+    about = "Pivot per-host agent: ASIC miners, GPUs, host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => match Config::load(&config, &ProcessEnv) {
-            Ok(c) => pivot_agent::daemon::run(c, &config, shutdown_signal()).await.map(|()| ExitCode::SUCCESS),
+            Ok(c) => pivot_agent::daemon::run(c, &config, shutdown_signal())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Err(e) => Err(e.into()),
         },
         Command::CheckConfig { config } => check_config(&config),

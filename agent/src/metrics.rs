@@ -32,7 +32,9 @@ pub struct Exposition {
 
 impl std::fmt::Debug for Exposition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exposition").field("host_id", &self.host_id).finish_non_exhaustive()
+        f.debug_struct("Exposition")
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,8 +85,13 @@ impl MetricsWriter {
     }
 }
 
-const STATES: [MinerState; 5] =
-    [MinerState::Mining, MinerState::Sleeping, MinerState::Ramping, MinerState::Faulted, MinerState::Unknown];
+const STATES: [MinerState; 5] = [
+    MinerState::Mining,
+    MinerState::Sleeping,
+    MinerState::Ramping,
+    MinerState::Faulted,
+    MinerState::Unknown,
+];
 
 /// Renders every series.
 pub fn render(e: &Exposition) -> String {
@@ -92,39 +99,79 @@ pub fn render(e: &Exposition) -> String {
     let miners = e.obs.miners();
     let host = e.host_id.as_str();
 
-    w.family("pivot_miner_up", "gauge", "Whether the miner answered its last poll (1) or not (0).");
+    w.family(
+        "pivot_miner_up",
+        "gauge",
+        "Whether the miner answered its last poll (1) or not (0).",
+    );
     for (id, m) in &miners {
         let ok = m.reading.reachable && m.reading.error.is_none();
-        w.sample("pivot_miner_up", &miner_labels(host, id, m), if ok { 1.0 } else { 0.0 });
+        w.sample(
+            "pivot_miner_up",
+            &miner_labels(host, id, m),
+            if ok { 1.0 } else { 0.0 },
+        );
     }
-    w.family("pivot_miner_power_watts", "gauge", "Power the miner measures; absent where its firmware reports none.");
+    w.family(
+        "pivot_miner_power_watts",
+        "gauge",
+        "Power the miner measures; absent where its firmware reports none.",
+    );
     for (id, m) in &miners {
         if let Some(p) = m.reading.power_w {
             w.sample("pivot_miner_power_watts", &miner_labels(host, id, m), p);
         }
     }
-    w.family("pivot_miner_power_target_watts", "gauge", "Power target set on the miner.");
+    w.family(
+        "pivot_miner_power_target_watts",
+        "gauge",
+        "Power target set on the miner.",
+    );
     for (id, m) in &miners {
         if let Some(p) = m.reading.power_target_w {
-            w.sample("pivot_miner_power_target_watts", &miner_labels(host, id, m), f64::from(p));
+            w.sample(
+                "pivot_miner_power_target_watts",
+                &miner_labels(host, id, m),
+                f64::from(p),
+            );
         }
     }
-    w.family("pivot_miner_hashrate_hashes_per_second", "gauge", "Hashrate the miner reports.");
+    w.family(
+        "pivot_miner_hashrate_hashes_per_second",
+        "gauge",
+        "Hashrate the miner reports.",
+    );
     for (id, m) in &miners {
         if let Some(h) = m.reading.hashrate_ths {
-            w.sample("pivot_miner_hashrate_hashes_per_second", &miner_labels(host, id, m), h * 1e12);
+            w.sample(
+                "pivot_miner_hashrate_hashes_per_second",
+                &miner_labels(host, id, m),
+                h * 1e12,
+            );
         }
     }
-    w.family("pivot_miner_state", "gauge", "1 for the state the miner is in.");
+    w.family(
+        "pivot_miner_state",
+        "gauge",
+        "1 for the state the miner is in.",
+    );
     for (id, m) in &miners {
         let base = miner_labels(host, id, m);
         for s in STATES {
             let mut labels = base.clone();
             labels.push(("state", s.as_str()));
-            w.sample("pivot_miner_state", &labels, if m.reading.state == s { 1.0 } else { 0.0 });
+            w.sample(
+                "pivot_miner_state",
+                &labels,
+                if m.reading.state == s { 1.0 } else { 0.0 },
+            );
         }
     }
-    w.family("pivot_miner_board_temperature_celsius", "gauge", "Hashboard temperature.");
+    w.family(
+        "pivot_miner_board_temperature_celsius",
+        "gauge",
+        "Hashboard temperature.",
+    );
     for (id, m) in &miners {
         for b in &m.reading.boards {
             if let Some(t) = b.temperature_c {
@@ -135,26 +182,78 @@ pub fn render(e: &Exposition) -> String {
             }
         }
     }
-    w.family("pivot_miner_consecutive_poll_failures", "gauge", "Polls in a row the miner did not answer.");
+    w.family(
+        "pivot_miner_consecutive_poll_failures",
+        "gauge",
+        "Polls in a row the miner did not answer.",
+    );
     for (id, m) in &miners {
-        w.sample("pivot_miner_consecutive_poll_failures", &miner_labels(host, id, m), f64::from(m.health.consecutive_failures));
+        w.sample(
+            "pivot_miner_consecutive_poll_failures",
+            &miner_labels(host, id, m),
+            f64::from(m.health.consecutive_failures),
+        );
     }
-    w.family("pivot_miner_last_seen_timestamp_seconds", "gauge", "When the miner last answered (Unix time).");
+    w.family(
+        "pivot_miner_last_seen_timestamp_seconds",
+        "gauge",
+        "When the miner last answered (Unix time).",
+    );
     for (id, m) in &miners {
         if let Some(t) = m.health.last_seen {
-            w.sample("pivot_miner_last_seen_timestamp_seconds", &miner_labels(host, id, m), t.timestamp_millis() as f64 / 1000.0);
+            w.sample(
+                "pivot_miner_last_seen_timestamp_seconds",
+                &miner_labels(host, id, m),
+                t.timestamp_millis() as f64 / 1000.0,
+            );
         }
     }
 
     let sweep = e.obs.sweep();
-    w.family("pivot_agent_sweep_duration_seconds", "gauge", "How long the last poll of every miner took.");
-    w.sample("pivot_agent_sweep_duration_seconds", &[("Hostname", host)], sweep.duration.as_secs_f64());
-    w.family("pivot_agent_sweeps_total", "counter", "Polls of every miner completed.");
-    w.sample("pivot_agent_sweeps_total", &[("Hostname", host)], sweep.sweeps_total as f64);
-    w.family("pivot_agent_controller_connected", "gauge", "Whether a controller session is up.");
-    w.sample("pivot_agent_controller_connected", &[("Hostname", host)], if e.link.connected.load(Ordering::Relaxed) { 1.0 } else { 0.0 });
-    w.family("pivot_agent_controller_sessions_total", "counter", "Controller sessions opened.");
-    w.sample("pivot_agent_controller_sessions_total", &[("Hostname", host)], e.link.sessions_total.load(Ordering::Relaxed) as f64);
+    w.family(
+        "pivot_agent_sweep_duration_seconds",
+        "gauge",
+        "How long the last poll of every miner took.",
+    );
+    w.sample(
+        "pivot_agent_sweep_duration_seconds",
+        &[("Hostname", host)],
+        sweep.duration.as_secs_f64(),
+    );
+    w.family(
+        "pivot_agent_sweeps_total",
+        "counter",
+        "Polls of every miner completed.",
+    );
+    w.sample(
+        "pivot_agent_sweeps_total",
+        &[("Hostname", host)],
+        sweep.sweeps_total as f64,
+    );
+    w.family(
+        "pivot_agent_controller_connected",
+        "gauge",
+        "Whether a controller session is up.",
+    );
+    w.sample(
+        "pivot_agent_controller_connected",
+        &[("Hostname", host)],
+        if e.link.connected.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    w.family(
+        "pivot_agent_controller_sessions_total",
+        "counter",
+        "Controller sessions opened.",
+    );
+    w.sample(
+        "pivot_agent_controller_sessions_total",
+        &[("Hostname", host)],
+        e.link.sessions_total.load(Ordering::Relaxed) as f64,
+    );
 
     for f in &e.extra {
         f(&mut w);
@@ -162,7 +261,11 @@ pub fn render(e: &Exposition) -> String {
     w.finish()
 }
 
-fn miner_labels<'a>(host: &'a str, id: &'a str, m: &'a crate::poll::MinerStatus) -> Vec<(&'a str, &'a str)> {
+fn miner_labels<'a>(
+    host: &'a str,
+    id: &'a str,
+    m: &'a crate::poll::MinerStatus,
+) -> Vec<(&'a str, &'a str)> {
     vec![
         ("device", id),
         ("dialect", m.reading.dialect.as_str()),
@@ -172,7 +275,13 @@ fn miner_labels<'a>(host: &'a str, id: &'a str, m: &'a crate::poll::MinerStatus)
 }
 
 async fn metrics(State(e): State<Exposition>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&e))
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&e),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -184,11 +293,21 @@ async fn readyz(State(e): State<Exposition>) -> (StatusCode, String) {
     let swept = e.obs.sweep().sweeps_total > 0;
     let linked = e.link.connected.load(Ordering::Relaxed);
     let body = format!("sweep_done={swept} controller_connected={linked}\n");
-    if swept && linked { (StatusCode::OK, body) } else { (StatusCode::SERVICE_UNAVAILABLE, body) }
+    if swept && linked {
+        (StatusCode::OK, body)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
 }
 
 /// Binds `addr`; the returned future serves until dropped.
-pub async fn serve(addr: SocketAddr, e: Exposition) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    e: Exposition,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()

@@ -51,11 +51,17 @@ pub struct Observations {
 
 impl Observations {
     pub fn miners(&self) -> BTreeMap<String, MinerStatus> {
-        self.miners.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.miners
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn sweep(&self) -> SweepStats {
-        *self.sweep.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .sweep
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -68,13 +74,21 @@ pub async fn read_one(slot: &MinerSlot, deadline: Duration) -> Reading {
         Err(_) => Reading::failed(
             &addr,
             slot.identity.dialect,
-            &MinerError::Timeout { addr: addr.to_string(), during: "poll".into(), after: deadline },
+            &MinerError::Timeout {
+                addr: addr.to_string(),
+                during: "poll".into(),
+                after: deadline,
+            },
         ),
     }
 }
 
 /// Reads every miner once, `concurrency` at a time; results in the order they complete.
-pub async fn sweep(slots: &Arc<Vec<MinerSlot>>, concurrency: usize, deadline: Duration) -> Vec<(String, Reading)> {
+pub async fn sweep(
+    slots: &Arc<Vec<MinerSlot>>,
+    concurrency: usize,
+    deadline: Duration,
+) -> Vec<(String, Reading)> {
     futures::stream::iter(0..slots.len())
         .map(|i| {
             let slots = Arc::clone(slots);
@@ -89,12 +103,20 @@ pub async fn sweep(slots: &Arc<Vec<MinerSlot>>, concurrency: usize, deadline: Du
 }
 
 /// Records a sweep's readings and hands them to the reconciler.
-pub fn record(obs: &Observations, reconciler: Option<&Arc<Reconciler>>, readings: Vec<(String, Reading)>, took: Duration) {
+pub fn record(
+    obs: &Observations,
+    reconciler: Option<&Arc<Reconciler>>,
+    readings: Vec<(String, Reading)>,
+    took: Duration,
+) {
     let now = Utc::now();
     let mut reachable = 0;
     let mut for_reconciler = Vec::with_capacity(readings.len());
     {
-        let mut miners = obs.miners.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut miners = obs
+            .miners
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (id, reading) in readings {
             let ok = reading.reachable && reading.error.is_none();
             let entry = miners.entry(id.clone()).or_insert_with(|| MinerStatus {
@@ -117,14 +139,22 @@ pub fn record(obs: &Observations, reconciler: Option<&Arc<Reconciler>>, readings
     }
     let total = for_reconciler.len();
     {
-        let mut s = obs.sweep.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = obs
+            .sweep
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.miners = total;
         s.reachable = reachable;
         s.duration = took;
         s.completed_at = Some(now);
         s.sweeps_total += 1;
     }
-    debug!(miners = total, reachable, took_ms = took.as_millis() as u64, "Sweep done");
+    debug!(
+        miners = total,
+        reachable,
+        took_ms = took.as_millis() as u64,
+        "Sweep done"
+    );
     if let Some(r) = reconciler {
         r.observe_all(for_reconciler);
     }

@@ -708,7 +708,10 @@ impl Reconciler {
                 // It was there and drifted (a reboot lost a sleep): back within one poll. Pacing
                 // is for attempts that have not yet taken, not for a device that changed since.
                 info!(device = %id, generation = h.intent.generation, "Device drifted from its intent; re-applying");
-            } else if h.last_attempt.is_some_and(|t| now.duration_since(t) < device.pacing) {
+            } else if h
+                .last_attempt
+                .is_some_and(|t| now.duration_since(t) < device.pacing)
+            {
                 continue;
             }
             h.in_flight = true;
@@ -951,9 +954,16 @@ mod tests {
         let broken = Arc::new(Broken(AtomicUsize::new(0)));
         let devices = BTreeMap::from([(
             "m1".to_owned(),
-            Device { limits: limits(), actuator: broken.clone(), pacing: Duration::from_secs(120) },
+            Device {
+                limits: limits(),
+                actuator: broken.clone(),
+                pacing: Duration::from_secs(120),
+            },
         )]);
-        let settings = Settings { confirm_timeout: Duration::from_secs(60), fallback: Fallback::Hold };
+        let settings = Settings {
+            confirm_timeout: Duration::from_secs(60),
+            fallback: Fallback::Hold,
+        };
         let r = Reconciler::new(devices, StateDir::open(dir.path()).unwrap(), settings).unwrap();
         r.receive(&[intent(1, SLEEP, 300)]);
         settle().await;
