@@ -336,13 +336,13 @@ impl Config {
                 "an https:// controller needs [controller.tls] with ca_file".into(),
             ));
         }
-        if let Some(tls) = &self.controller.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(invalid(
-                    "controller.tls".into(),
-                    "cert_file and key_file go together".into(),
-                ));
-            }
+        if let Some(tls) = &self.controller.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err(invalid(
+                "controller.tls".into(),
+                "cert_file and key_file go together".into(),
+            ));
         }
         let p = &self.poll;
         for (key, v) in [
@@ -371,13 +371,13 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if let (Some(lo), Some(hi)) = (self.gpus.min_cap_w, self.gpus.max_cap_w) {
-            if lo > hi {
-                return Err(invalid(
-                    "gpus.min_cap_w".into(),
-                    format!("{lo} is above gpus.max_cap_w {hi}"),
-                ));
-            }
+        if let (Some(lo), Some(hi)) = (self.gpus.min_cap_w, self.gpus.max_cap_w)
+            && lo > hi
+        {
+            return Err(invalid(
+                "gpus.min_cap_w".into(),
+                format!("{lo} is above gpus.max_cap_w {hi}"),
+            ));
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
@@ -404,13 +404,13 @@ impl Config {
                     "give exactly one of password_env, password_file, password".into(),
                 ));
             }
-            if let Some(var) = &c.password_env {
-                if env.get(var).is_none() {
-                    return Err(invalid(
-                        format!("{key}.password_env"),
-                        format!("environment variable {var} is not set"),
-                    ));
-                }
+            if let Some(var) = &c.password_env
+                && env.get(var).is_none()
+            {
+                return Err(invalid(
+                    format!("{key}.password_env"),
+                    format!("environment variable {var} is not set"),
+                ));
             }
         }
         self.miner_targets(path)?;
@@ -436,13 +436,13 @@ impl Config {
                         .map_err(|e| invalid(key("dialect"), e.to_string()))?,
                 )
             };
-            if let Some(name) = &m.credentials {
-                if !self.credentials.contains_key(name) {
-                    return Err(invalid(
-                        key("credentials"),
-                        format!("no [credentials.{name}] table"),
-                    ));
-                }
+            if let Some(name) = &m.credentials
+                && !self.credentials.contains_key(name)
+            {
+                return Err(invalid(
+                    key("credentials"),
+                    format!("no [credentials.{name}] table"),
+                ));
             }
             match (&m.addr, &m.range) {
                 (Some(a), None) => {

@@ -228,8 +228,7 @@ pub async fn run(
     if !config.metrics.listen.is_empty() {
         let addr = config.metrics.listen.parse().context("metrics.listen")?;
         let (host_id, g) = (config.host_id.clone(), Arc::clone(&gpu_obs));
-        let gpu_series: Arc<dyn Fn(&mut metrics::MetricsWriter) + Send + Sync> =
-            Arc::new(move |w| gpus::render(w, &host_id, &g));
+        let gpu_series: metrics::ExtraSeries = Arc::new(move |w| gpus::render(w, &host_id, &g));
         let exposition = Exposition {
             host_id: config.host_id.clone(),
             obs: Arc::clone(&obs),

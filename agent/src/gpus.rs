@@ -273,7 +273,13 @@ pub fn render(w: &mut MetricsWriter, host: &str, obs: &GpuObservations) {
         .filter_map(|o| o.status.as_ref().ok())
         .map(|s| (s.identity.index.to_string(), s))
         .collect();
-    let families: [(&str, &str, &str, fn(&GpuStatus) -> Option<f64>); 6] = [
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&GpuStatus) -> Option<f64>,
+    );
+    let families: [Family; 6] = [
         (
             "DCGM_FI_DEV_POWER_USAGE",
             "gauge",

@@ -20,6 +20,9 @@ use pivot_proto::model::MinerState;
 use crate::link::LinkState;
 use crate::poll::Observations;
 
+/// Series rendered by another part of the agent (GPUs, host).
+pub type ExtraSeries = Arc<dyn Fn(&mut MetricsWriter) + Send + Sync>;
+
 /// What the HTTP endpoints read.
 #[derive(Clone)]
 pub struct Exposition {
@@ -27,7 +30,7 @@ pub struct Exposition {
     pub obs: Arc<Observations>,
     pub link: Arc<LinkState>,
     /// Extra series (GPUs, host), rendered by their owners.
-    pub extra: Vec<Arc<dyn Fn(&mut MetricsWriter) + Send + Sync>>,
+    pub extra: Vec<ExtraSeries>,
 }
 
 impl std::fmt::Debug for Exposition {

@@ -133,21 +133,20 @@ pub fn check(intent: &Intent, limits: &Limits) -> Result<(), String> {
 pub fn raises_power(target: &Target, observed: Option<&Observed>) -> bool {
     match (target, observed) {
         (Target::Miner(MinerTarget::Sleep), _) => false,
+        // Waking a miner that is not hashing raises power; a target on a hashing one raises it
+        // when it is above the current target (or the current one is unknown).
         (
             Target::Miner(MinerTarget::Run { power_target_w }),
             Some(Observed::Miner {
                 reachable: true,
-                state,
+                state: MinerState::Mining | MinerState::Ramping,
                 power_target_w: current,
                 ..
             }),
-        ) => match state {
-            MinerState::Mining | MinerState::Ramping => match (power_target_w, current) {
-                (None, _) => false,
-                (Some(new), Some(cur)) => new > cur,
-                (Some(_), None) => true,
-            },
-            _ => true,
+        ) => match (power_target_w, current) {
+            (None, _) => false,
+            (Some(new), Some(cur)) => new > cur,
+            (Some(_), None) => true,
         },
         (
             Target::Gpu { power_cap_w },
@@ -621,17 +620,18 @@ impl Reconciler {
                 continue;
             };
             let obs = observed.get(id);
-            if h.fallback.is_none() && !h.intent.lease_valid_at(now_wall) {
-                if let Some(t) = fallback_target(self.settings.fallback, &device.limits) {
-                    warn!(device = %id, lease = %h.intent.lease_expires_at, fallback = ?t, "Lease expired: applying fallback");
-                    h.fallback = Some(t);
-                    h.phase = IntentPhase::Pending;
-                    h.detail = format!(
-                        "lease expired at {}: fallback {:?}",
-                        h.intent.lease_expires_at, self.settings.fallback
-                    );
-                    h.last_attempt = None;
-                }
+            if h.fallback.is_none()
+                && !h.intent.lease_valid_at(now_wall)
+                && let Some(t) = fallback_target(self.settings.fallback, &device.limits)
+            {
+                warn!(device = %id, lease = %h.intent.lease_expires_at, fallback = ?t, "Lease expired: applying fallback");
+                h.fallback = Some(t);
+                h.phase = IntentPhase::Pending;
+                h.detail = format!(
+                    "lease expired at {}: fallback {:?}",
+                    h.intent.lease_expires_at, self.settings.fallback
+                );
+                h.last_attempt = None;
             }
             if h.in_flight {
                 continue;

@@ -14,11 +14,13 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 type Down = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
+/// The sender of the current session's downstream, if a session is up.
+type Session = Arc<Mutex<Option<mpsc::Sender<Result<v1::ControllerMessage, Status>>>>>;
 
 #[derive(Clone)]
 struct Service {
     up: mpsc::UnboundedSender<v1::AgentMessage>,
-    down: Arc<Mutex<Option<mpsc::Sender<Result<v1::ControllerMessage, Status>>>>>,
+    down: Session,
     telemetry_interval: Duration,
 }
 
@@ -61,7 +63,7 @@ impl v1::agent_service_server::AgentService for Service {
 pub struct FakeController {
     pub addr: SocketAddr,
     up: mpsc::UnboundedReceiver<v1::AgentMessage>,
-    down: Arc<Mutex<Option<mpsc::Sender<Result<v1::ControllerMessage, Status>>>>>,
+    down: Session,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }

@@ -3,6 +3,9 @@
 //! The binaries are those of the workspace's own build (`scripts/test` builds them first);
 //! a missing one is a test failure with the command that builds it, never a skip.
 
+// Test support: a panic here is a failed test with its message.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -1,4 +1,7 @@
 //! pivot-agent's integration tests: one binary (each file under tests/ would link the crate again).
 
+// Helpers outside #[test] functions are test code too: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod gpu;
 mod miner;

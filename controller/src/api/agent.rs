@@ -186,13 +186,13 @@ pub fn validate_hello(h: &v1::Hello) -> Result<AgentEntry, FieldError> {
             format!("{f}.nameplate_hashrate_ths"),
         )?;
         let caps = m.capabilities.unwrap_or_default();
-        if let (Some(lo), Some(hi)) = (caps.power_target_min_w, caps.power_target_max_w) {
-            if lo > hi {
-                return Err(FieldError::new(
-                    format!("{f}.capabilities"),
-                    format!("power_target_min_w {lo} is above power_target_max_w {hi}"),
-                ));
-            }
+        if let (Some(lo), Some(hi)) = (caps.power_target_min_w, caps.power_target_max_w)
+            && lo > hi
+        {
+            return Err(FieldError::new(
+                format!("{f}.capabilities"),
+                format!("power_target_min_w {lo} is above power_target_max_w {hi}"),
+            ));
         }
         miners.insert(
             device_id.clone(),
@@ -324,7 +324,7 @@ pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, Fie
             finite_field(v, format!("host.{name}"))?;
         }
     }
-    Ok((miners, gpus, t.host.clone()))
+    Ok((miners, gpus, t.host))
 }
 
 #[cfg(test)]

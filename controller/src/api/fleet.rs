@@ -146,7 +146,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                     host_id: a.host_id.clone(),
                     kind: v1::DeviceKind::Host as i32,
                     inventory: Some(v1::device::Inventory::Host(a.host.clone())),
-                    reading: a.host_reading.clone().map(v1::device::Reading::HostReading),
+                    reading: a.host_reading.map(v1::device::Reading::HostReading),
                     last_seen,
                     ..Default::default()
                 });

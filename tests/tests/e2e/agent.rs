@@ -325,12 +325,12 @@ async fn prometheus_scrapes_the_agent_and_serves_miner_power() {
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query=pivot_miner_power_watts");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let result = loop {
-        if let Ok(resp) = http.get(&url).send().await {
-            if let Ok(v) = resp.json::<serde_json::Value>().await {
-                let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
-                if series.len() == 2 {
-                    break series;
-                }
+        if let Ok(resp) = http.get(&url).send().await
+            && let Ok(v) = resp.json::<serde_json::Value>().await
+        {
+            let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            if series.len() == 2 {
+                break series;
             }
         }
         if tokio::time::Instant::now() > deadline {
