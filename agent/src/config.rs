@@ -86,6 +86,13 @@ pub struct PollConfig {
     /// How long after an intent is applied its physical effect must show, seconds.
     #[serde(default = "default_confirm_s")]
     pub confirm_s: f64,
+    /// How often configured miners that were not found are looked for again, seconds.
+    #[serde(default = "default_rediscover_s")]
+    pub rediscover_s: f64,
+}
+
+fn default_rediscover_s() -> f64 {
+    300.0
 }
 
 fn default_miner_interval() -> f64 {
@@ -116,6 +123,7 @@ impl Default for PollConfig {
             timeout_ms: default_timeout_ms(),
             settle_s: default_settle_s(),
             confirm_s: default_confirm_s(),
+            rediscover_s: default_rediscover_s(),
         }
     }
 }
@@ -350,6 +358,7 @@ impl Config {
             ("poll.gpu_interval_s", p.gpu_interval_s),
             ("poll.settle_s", p.settle_s),
             ("poll.confirm_s", p.confirm_s),
+            ("poll.rediscover_s", p.rediscover_s),
             ("gpus.confirm_s", self.gpus.confirm_s),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 86_400.0) {

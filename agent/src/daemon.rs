@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::gpu::{GpuManager, NvmlGpus};
 use crate::gpus::{self, GpuObservations, GpuSlot};
 use crate::host::HostSampler;
-use crate::inventory::{self, MinerSlot};
+use crate::inventory;
 use crate::link::{self, LinkState};
 use crate::metrics::{self, Exposition};
 use crate::poll::{self, Observations};
@@ -25,7 +25,7 @@ use crate::state::StateDir;
 /// What the link reports, assembled from the agent's parts.
 struct AgentSource {
     host_id: String,
-    slots: Arc<Vec<MinerSlot>>,
+    miners: Arc<inventory::MinerSet>,
     obs: Arc<Observations>,
     gpu_slots: Arc<Vec<GpuSlot>>,
     gpu_obs: Arc<GpuObservations>,
@@ -83,7 +83,8 @@ impl link::Source for AgentSource {
                 workload_node_name: String::new(),
             }),
             miners: self
-                .slots
+                .miners
+                .slots()
                 .iter()
                 .map(|s| inventory::miner_inventory(s, None))
                 .collect(),
@@ -95,6 +96,10 @@ impl link::Source for AgentSource {
                 .map(pivot_proto::model::Intent::to_proto)
                 .collect(),
         }
+    }
+
+    fn inventory_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.miners.subscribe()
     }
 
     fn telemetry(&self) -> v1::TelemetrySnapshot {
@@ -127,7 +132,7 @@ pub async fn run(
     let configured = targets.len();
     let (slots, missing) = inventory::discover_miners(&config, state.path(), targets).await;
     for m in &missing {
-        warn!(miner = %m.target.addr, error = %m.error, "Configured miner not found; it is not managed until the agent restarts");
+        warn!(miner = %m.target.addr, error = %m.error, "Configured miner not found; looked for again every poll.rediscover_s");
     }
     let mut devices: BTreeMap<_, _> = slots
         .iter()
@@ -165,7 +170,7 @@ pub async fn run(
         },
     )
     .context("loading held intents")?;
-    let slots = Arc::new(slots);
+    let miners = Arc::new(inventory::MinerSet::new(slots, missing));
     let gpu_slots = Arc::new(gpu_slots);
     let obs = Arc::new(Observations::default());
     let gpu_obs = Arc::new(GpuObservations::default());
@@ -179,7 +184,7 @@ pub async fn run(
     };
     let source = Arc::new(AgentSource {
         host_id: config.host_id.clone(),
-        slots: Arc::clone(&slots),
+        miners: Arc::clone(&miners),
         obs: Arc::clone(&obs),
         gpu_slots: Arc::clone(&gpu_slots),
         gpu_obs: Arc::clone(&gpu_obs),
@@ -191,8 +196,15 @@ pub async fn run(
     // A request deadline per miner: connect and reply each get the timeout; a dialect may need
     // a few requests per read (login, then reads), so the whole read gets four.
     let deadline = config.poll.timeout() * 4;
+    tasks.spawn(inventory::rediscover(
+        config.clone(),
+        state.path().to_owned(),
+        Arc::clone(&miners),
+        Arc::clone(&reconciler),
+        Duration::from_secs_f64(config.poll.rediscover_s),
+    ));
     tasks.spawn(poll::run(
-        Arc::clone(&slots),
+        Arc::clone(&miners),
         Arc::clone(&obs),
         Arc::clone(&reconciler),
         config.poll.miner_interval(),

@@ -297,6 +297,98 @@ pub fn miner_reading(
     }
 }
 
+/// The miners the agent manages now. Grows when the rediscovery finds a configured miner that
+/// was missing; `changes` ticks each time, so the link can say hello again with the new
+/// inventory.
+#[derive(Debug)]
+pub struct MinerSet {
+    slots: std::sync::RwLock<Arc<Vec<MinerSlot>>>,
+    missing: std::sync::Mutex<Vec<Missing>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl MinerSet {
+    pub fn new(slots: Vec<MinerSlot>, missing: Vec<Missing>) -> Self {
+        Self {
+            slots: std::sync::RwLock::new(Arc::new(slots)),
+            missing: std::sync::Mutex::new(missing),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// The current miners (a cheap snapshot).
+    pub fn slots(&self) -> Arc<Vec<MinerSlot>> {
+        Arc::clone(
+            &self
+                .slots
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Configured miners not found yet.
+    pub fn missing(&self) -> Vec<Missing> {
+        self.missing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ticks when miners are added.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Adds found miners and replaces the missing list.
+    pub fn extend(&self, found: Vec<MinerSlot>, still_missing: Vec<Missing>) {
+        *self
+            .missing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = still_missing;
+        if found.is_empty() {
+            return;
+        }
+        {
+            let mut guard = self
+                .slots
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut all: Vec<MinerSlot> = guard.as_ref().clone();
+            all.extend(found);
+            all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+            all.dedup_by(|a, b| a.device_id == b.device_id);
+            *guard = Arc::new(all);
+        }
+        self.changes.send_modify(|v| *v += 1);
+    }
+}
+
+/// Looks for the missing configured miners every `every`; adds those that answer to the set and
+/// to the reconciler (which gives them back any intent saved for them).
+pub async fn rediscover(
+    config: Config,
+    state_dir: std::path::PathBuf,
+    set: Arc<MinerSet>,
+    reconciler: Arc<crate::reconcile::Reconciler>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let targets: Vec<ConfiguredMiner> = set.missing().into_iter().map(|m| m.target).collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let (found, missing) = discover_miners(&config, &state_dir, targets).await;
+        for slot in &found {
+            info!(miner = %slot.driver.addr(), dialect = %slot.identity.dialect, "Configured miner found");
+            reconciler.add_device(slot.device_id.clone(), miner_device(slot, None));
+        }
+        set.extend(found, missing);
+    }
+}
+
 /// Device ids of the miners, in order, with their slots.
 pub fn by_id(slots: &[MinerSlot]) -> BTreeMap<String, MinerSlot> {
     slots

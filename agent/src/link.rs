@@ -26,6 +26,8 @@ pub trait Source: Send + Sync {
     fn hello(&self) -> v1::Hello;
     /// A telemetry snapshot of the latest readings.
     fn telemetry(&self) -> v1::TelemetrySnapshot;
+    /// Ticks when the inventory changes: the session then starts again with a new hello.
+    fn inventory_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// Whether a session is up, for `/readyz` and metrics.
@@ -141,6 +143,9 @@ async fn session(
         .max_decoding_message_size(32 * 1024 * 1024)
         .max_encoding_message_size(32 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+    // Subscribed before the hello is built, so no inventory change falls between them.
+    let mut changes = source.inventory_changes();
+    changes.mark_unchanged();
     tx.send(v1::AgentMessage {
         msg: Some(Up::Hello(source.hello())),
     })
@@ -176,6 +181,10 @@ async fn session(
     loop {
         tokio::select! {
             _ = tick.tick() => send(&tx, Up::Telemetry(source.telemetry())).await?,
+            Ok(()) = changes.changed() => {
+                info!("Inventory changed; starting a new session to say hello again");
+                return Ok(());
+            }
             () = reconciler.reports.ready() => {
                 for s in reconciler.reports.drain() {
                     send(&tx, Up::IntentStatus(s)).await?;

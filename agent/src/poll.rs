@@ -160,9 +160,9 @@ pub fn record(
     }
 }
 
-/// Polls `slots` every `interval` until the task is dropped.
+/// Polls the miners of `set` every `interval` until the task is dropped.
 pub async fn run(
-    slots: Arc<Vec<MinerSlot>>,
+    set: Arc<crate::inventory::MinerSet>,
     obs: Arc<Observations>,
     reconciler: Arc<Reconciler>,
     interval: Duration,
@@ -174,6 +174,7 @@ pub async fn run(
     loop {
         tick.tick().await;
         let start = Instant::now();
+        let slots = set.slots();
         let readings = sweep(&slots, concurrency, deadline).await;
         record(&obs, Some(&reconciler), readings, start.elapsed());
     }

@@ -328,8 +328,24 @@ pub struct Settings {
 }
 
 struct Inner {
+    devices: BTreeMap<String, Device>,
     held: BTreeMap<String, Held>,
     observed: BTreeMap<String, Observed>,
+    /// Saved intents of devices not (yet) in the inventory: a curtailed miner that is offline
+    /// when the agent starts gets its intent back when it is found.
+    orphans: BTreeMap<String, Intent>,
+}
+
+fn restored(intent: Intent) -> Held {
+    Held {
+        intent,
+        phase: IntentPhase::Pending,
+        detail: "restored from the state directory".into(),
+        applied_at: None,
+        last_attempt: None,
+        in_flight: false,
+        fallback: None,
+    }
 }
 
 /// Wall-clock time, for leases (they are absolute times set by the controller).
@@ -338,7 +354,6 @@ pub type WallClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// Holds intents and drives devices to them.
 pub struct Reconciler {
     clock: WallClock,
-    devices: BTreeMap<String, Device>,
     inner: Mutex<Inner>,
     state: StateDir,
     settings: Settings,
@@ -347,9 +362,7 @@ pub struct Reconciler {
 
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reconciler")
-            .field("devices", &self.devices.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Reconciler").finish_non_exhaustive()
     }
 }
 
@@ -396,30 +409,22 @@ impl Reconciler {
     ) -> Result<Arc<Self>, crate::state::StateError> {
         let saved = state.load_intents()?;
         let mut held = BTreeMap::new();
+        let mut orphans = BTreeMap::new();
         for (id, intent) in saved {
             if devices.contains_key(&id) {
-                held.insert(
-                    id,
-                    Held {
-                        intent,
-                        phase: IntentPhase::Pending,
-                        detail: "restored from the state directory".into(),
-                        applied_at: None,
-                        last_attempt: None,
-                        in_flight: false,
-                        fallback: None,
-                    },
-                );
+                held.insert(id, restored(intent));
             } else {
-                warn!(device = %id, "Held intent for a device no longer in the inventory; dropped");
+                warn!(device = %id, "Held intent for a device not in the inventory; kept until it is found");
+                orphans.insert(id, intent);
             }
         }
         Ok(Arc::new(Self {
             clock,
-            devices,
             inner: Mutex::new(Inner {
+                devices,
                 held,
                 observed: BTreeMap::new(),
+                orphans,
             }),
             state,
             settings,
@@ -434,12 +439,27 @@ impl Reconciler {
     }
 
     fn persist(&self, inner: &Inner) {
-        if let Err(e) = self
-            .state
-            .save_intents(inner.held.values().map(|h| &h.intent))
-        {
+        if let Err(e) = self.state.save_intents(
+            inner
+                .held
+                .values()
+                .map(|h| &h.intent)
+                .chain(inner.orphans.values()),
+        ) {
             warn!(error = %e, "Could not save held intents; they hold until the agent restarts");
         }
+    }
+
+    /// Adds a device found after start; it takes back an intent saved for it, if any.
+    pub fn add_device(self: &Arc<Self>, id: String, device: Device) {
+        let mut inner = self.lock();
+        if let Some(intent) = inner.orphans.remove(&id) {
+            info!(device = %id, generation = intent.generation, "Found device takes back its saved intent");
+            inner.held.insert(id.clone(), restored(intent));
+        }
+        inner.devices.insert(id, device);
+        drop(inner);
+        self.reconcile();
     }
 
     /// The intents held, for the hello of a new session.
@@ -495,7 +515,7 @@ impl Reconciler {
                 warn!(device = %id, generation = intent.generation, %reason, "Rejected intent; nothing changed");
                 status(&id, intent.generation, IntentPhase::Rejected, reason, None)
             };
-            let Some(device) = self.devices.get(&id) else {
+            let Some(device) = inner.devices.get(&id) else {
                 self.reports
                     .push(reject(format!("no device `{id}` on this host")));
                 continue;
@@ -614,9 +634,14 @@ impl Reconciler {
         let now = Instant::now();
         let mut to_apply = Vec::new();
         let mut inner = self.lock();
-        let Inner { held, observed } = &mut *inner;
+        let Inner {
+            devices,
+            held,
+            observed,
+            ..
+        } = &mut *inner;
         for (id, h) in held.iter_mut() {
-            let Some(device) = self.devices.get(id) else {
+            let Some(device) = devices.get(id) else {
                 continue;
             };
             let obs = observed.get(id);
@@ -740,11 +765,16 @@ impl Reconciler {
         target: Target,
         result: Result<Observed, String>,
     ) {
-        let Some(device) = self.devices.get(id) else {
+        let mut inner = self.lock();
+        let Inner {
+            devices,
+            held,
+            observed,
+            ..
+        } = &mut *inner;
+        let Some(device) = devices.get(id) else {
             return;
         };
-        let mut inner = self.lock();
-        let Inner { held, observed } = &mut *inner;
         let Some(h) = held.get_mut(id) else { return };
         h.in_flight = false;
         if h.intent.generation != generation || h.target() != target {

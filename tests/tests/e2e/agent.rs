@@ -13,10 +13,35 @@ use pivot_sim::miner::{Bind, Dialect, MinerSpec, RunState, SimMiner, Timing, spa
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Site {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     agent: Running,
     miners: Vec<SimMiner>,
     metrics: String,
+}
+
+impl Site {
+    /// Stops (kills) the agent process.
+    fn stop_agent(&mut self) {
+        let _ = self.agent.child.kill();
+        let _ = self.agent.child.wait();
+    }
+
+    /// Stops the agent process and starts it again on the same configuration and state.
+    fn restart_agent(&mut self) {
+        self.stop_agent();
+        let path = self.dir.path().join("agent.toml");
+        self.agent = run_agent(&path);
+        self.metrics = format!("http://{}/metrics", self.agent.addr);
+    }
+}
+
+fn run_agent(config: &std::path::Path) -> Running {
+    pivot_e2e::start_and_wait(
+        "pivot-agent",
+        &["run", "--config", config.to_str().unwrap()],
+        "pivot-agent metrics on ",
+        WAIT,
+    )
 }
 
 async fn miner(dialect: Dialect) -> SimMiner {
@@ -50,7 +75,7 @@ fn start_agent_with(
 ) -> Site {
     let mut toml = format!(
         "host_id = \"rack-1\"\nstate_dir = \"{}\"\n{extra}\n{tables}\n[controller]\nurl = \"{controller}\"\nreconnect_max_s = 1\n\
-         [poll]\nminer_interval_s = 0.5\ntimeout_ms = 1000\nsettle_s = 10\nconfirm_s = 10\n\
+         [poll]\nminer_interval_s = 0.5\ntimeout_ms = 1000\nsettle_s = 10\nconfirm_s = 10\nrediscover_s = 1\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("state").display()
     );
@@ -63,15 +88,10 @@ fn start_agent_with(
     }
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, toml).unwrap();
-    let agent = pivot_e2e::start_and_wait(
-        "pivot-agent",
-        &["run", "--config", path.to_str().unwrap()],
-        "pivot-agent metrics on ",
-        WAIT,
-    );
+    let agent = run_agent(&path);
     let metrics = format!("http://{}/metrics", agent.addr);
     Site {
-        _dir: dir,
+        dir,
         agent,
         miners,
         metrics,
@@ -447,5 +467,64 @@ async fn gpu_caps_from_intents_are_confirmed_and_out_of_range_ones_rejected() {
             && line.contains("modelName=")
             && line.contains("Hostname=\"rack-1\""),
         "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_re_applies_its_held_intents_without_a_controller() {
+    let mut ctl = FakeController::start(Duration::from_millis(500)).await;
+    let mut site = start_agent(&ctl.url(), vec![miner(Dialect::WhatsminerV2).await], "");
+    let id = ctl.hello(WAIT).await.miners[0].device_id.clone();
+    ctl.send_intents(vec![intent(&id, 7, SLEEP, Duration::from_secs(300))])
+        .await;
+    ctl.status(WAIT, &id, 7, v1::IntentPhase::Confirmed).await;
+    ctl.stop().await;
+    // While the agent is down, someone wakes the miner.
+    site.stop_agent();
+    let m = &site.miners[0];
+    m.handle().wake();
+    wait_for_state(m, RunState::Mining, WAIT).await;
+    // The agent comes back with no controller to talk to: its held intent puts the miner to sleep.
+    site.restart_agent();
+    wait_for_state(&site.miners[0], RunState::Sleeping, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_miner_that_appears_later_is_found_and_reported() {
+    let mut ctl = FakeController::start(Duration::from_millis(500)).await;
+    let late = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // A second, auto-detected miner is configured at an address where nothing listens yet.
+    let tables = format!("[[miners]]\naddr = \"{late}\"\ndialect = \"auto\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let _site = start_agent_with(
+        dir,
+        &ctl.url(),
+        vec![miner(Dialect::Luxos).await],
+        "",
+        &tables,
+    );
+    let first = ctl.hello(WAIT).await;
+    assert_eq!(first.miners.len(), 1, "the late miner is not there yet");
+    // It comes up: the agent finds it at its next rediscovery and says hello with it.
+    let spec = MinerSpec::new(Dialect::Luxos).timing(Timing::fast());
+    let _late = spawn(
+        spec,
+        Bind::Explicit {
+            api: late,
+            http: None,
+        },
+    )
+    .await
+    .unwrap();
+    let hello = ctl.hello(WAIT).await;
+    assert_eq!(hello.miners.len(), 2, "{hello:?}");
+    assert!(
+        hello
+            .miners
+            .iter()
+            .any(|m| m.addr == late.to_string() && m.dialect == v1::MinerDialect::Luxos as i32)
     );
 }
