@@ -528,3 +528,49 @@ async fn a_configured_miner_that_appears_later_is_found_and_reported() {
             .any(|m| m.addr == late.to_string() && m.dialect == v1::MinerDialect::Luxos as i32)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_controller_sees_the_agent_fleet_through_pivotctl() {
+    let ctl = pivot_e2e::start_dev_controller(&[]);
+    let miners = vec![
+        miner(Dialect::Antminer).await,
+        miner(Dialect::Luxos).await,
+        miner(Dialect::Bitaxe).await,
+    ];
+    miners[2].handle().sleep();
+    let _site = start_agent(&format!("http://{}", ctl.addr), miners, "");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let out = std::process::Command::new(pivot_e2e::bin("pivotctl"))
+            .args([
+                "--controller",
+                &format!("http://{}", ctl.addr),
+                "status",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["miners_mining"] == 2 && status["miners_sleeping"] == 1 {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "controller never saw the fleet: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["agents_connected"], 1);
+    assert_eq!(status["miners_total"], 3);
+    assert_eq!(status["miners_unreachable"], 0);
+    // LuxOS and the Bitaxe measure their power; stock Antminer firmware does not.
+    assert!(
+        status["measured_power_w"].as_f64().unwrap() > 1000.0,
+        "{status}"
+    );
+}
