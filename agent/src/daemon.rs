@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::gpu::{GpuManager, NvmlGpus};
-use crate::gpus::{self, GpuObservations, GpuSlot};
+use crate::inventory::gpus::{self, GpuObservations, GpuSlot};
 use crate::host::HostSampler;
 use crate::inventory;
 use crate::link::{self, LinkState};

@@ -3,7 +3,6 @@
 pub mod config;
 pub mod daemon;
 pub mod gpu;
-pub mod gpus;
 pub mod host;
 pub mod inventory;
 pub mod link;

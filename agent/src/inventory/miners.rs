@@ -1,6 +1,5 @@
-//! What this agent drives: the miners its configuration names (ranges expanded, dialects
-//! detected, identities read) and its GPUs, each with a stable device id, the limits intents are
-//! checked against, and the actuator that applies them.
+//! Miners in the daemon: discovery into device slots, the actuator the reconciler drives, the
+//! rediscovery of configured miners that were missing, and their shapes on the wire.
 
 use std::collections::BTreeMap;
 use std::path::Path;
