@@ -52,6 +52,135 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Pin a device or host to a state, overriding the policies.
+    Override {
+        #[command(subcommand)]
+        action: OverrideAction,
+    },
+    /// Demand response: bring the site's draw down to a target by a deadline.
+    Dr {
+        /// Site draw to reach, kW.
+        #[arg(long)]
+        target_kw: f64,
+        /// Reach it within this long (e.g. 10m, 30s, 1h).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        within: std::time::Duration,
+        /// Hold it this long after the deadline.
+        #[arg(long, value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// The program's dispatch id, for the audit log.
+        #[arg(long, default_value = "")]
+        event_id: String,
+    },
+    /// Follow the controller's live events (audit records as they are written).
+    Events,
+}
+
+#[derive(Subcommand)]
+enum OverrideAction {
+    /// Pin a target (`miner/...`, `gpu/...`, or `host/<host_id>`).
+    Set {
+        target: String,
+        /// What to pin it to.
+        #[command(flatten)]
+        pin: PinArgs,
+        /// Until then (e.g. 2h); until cleared when absent.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Remove a pin.
+    Clear { target: String },
+    /// Every pin in force.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct PinArgs {
+    /// Miner: asleep.
+    #[arg(long)]
+    sleep: bool,
+    /// Miner: hashing at its own mode.
+    #[arg(long)]
+    run: bool,
+    /// Miner: hashing at this power target, W.
+    #[arg(long)]
+    power_target_w: Option<u32>,
+    /// GPU: this power cap, W.
+    #[arg(long)]
+    gpu_cap_w: Option<u32>,
+    /// Host: drained of AI jobs.
+    #[arg(long)]
+    drain: bool,
+    /// Host: released to AI jobs.
+    #[arg(long)]
+    release: bool,
+}
+
+impl PinArgs {
+    fn to_proto(&self) -> v1::r#override::Pin {
+        use v1::r#override::Pin;
+        let miner = |mode: v1::MinerMode, power_target_w| {
+            Pin::Miner(v1::MinerTarget {
+                mode: mode as i32,
+                power_target_w,
+            })
+        };
+        let workload = |state: v1::WorkloadState| {
+            Pin::Workload(v1::WorkloadTarget {
+                state: state as i32,
+            })
+        };
+        if self.sleep {
+            miner(v1::MinerMode::Sleep, None)
+        } else if let Some(w) = self.power_target_w {
+            miner(v1::MinerMode::Run, Some(w))
+        } else if let Some(w) = self.gpu_cap_w {
+            Pin::Gpu(v1::GpuTarget { power_cap_w: w })
+        } else if self.drain {
+            workload(v1::WorkloadState::Drained)
+        } else if self.release {
+            workload(v1::WorkloadState::Released)
+        } else {
+            miner(v1::MinerMode::Run, None)
+        }
+    }
+}
+
+/// Parses durations such as `90s`, `10m`, `2h`, `1d` (a bare number is seconds).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 90s, 10m, 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+    };
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn actor() -> String {
+    std::env::var("USER").map_or_else(|_| "pivotctl".to_owned(), |u| format!("pivotctl:{u}"))
+}
+
+fn in_future(d: std::time::Duration) -> anyhow::Result<prost_types::Timestamp> {
+    let d = chrono::Duration::from_std(d).context("duration too long")?;
+    Ok(pivot_proto::model::timestamp_to_proto(
+        chrono::Utc::now() + d,
+    ))
 }
 
 #[derive(Subcommand)]
@@ -265,7 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => {
                 let doc = std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?;
-                let actor = std::env::var("USER").unwrap_or_else(|_| "pivotctl".into());
+                let actor = actor();
                 let p = client
                     .set_policy(v1::SetPolicyRequest {
                         document_toml: doc,
@@ -278,6 +407,123 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("policy `{}` now at revision {}", p.name, p.revision);
             }
         },
+        Command::Override { action } => match action {
+            OverrideAction::Set {
+                target,
+                pin,
+                expires_in,
+                reason,
+            } => {
+                let o = v1::Override {
+                    target,
+                    pin: Some(pin.to_proto()),
+                    expires_at: expires_in.map(in_future).transpose()?,
+                    reason,
+                    actor: actor(),
+                    created_at: None,
+                };
+                let o = client
+                    .set_override(v1::SetOverrideRequest {
+                        r#override: Some(o),
+                    })
+                    .await
+                    .map_err(rpc_error("setting the override", url))?
+                    .into_inner();
+                println!(
+                    "{} pinned ({})",
+                    o.target,
+                    ts(o.expires_at.as_ref())
+                        .as_str()
+                        .map_or("until cleared".to_owned(), |t| format!("until {t}"))
+                );
+            }
+            OverrideAction::Clear { target } => {
+                let r = client
+                    .clear_override(v1::ClearOverrideRequest {
+                        target: target.clone(),
+                        actor: actor(),
+                    })
+                    .await
+                    .map_err(rpc_error("clearing the override", url))?
+                    .into_inner();
+                if !r.cleared {
+                    anyhow::bail!("{target} had no override");
+                }
+                println!("{target}: override cleared");
+            }
+            OverrideAction::List { json } => {
+                let list = client
+                    .list_overrides(v1::ListOverridesRequest {})
+                    .await
+                    .map_err(rpc_error("override list", url))?
+                    .into_inner();
+                for o in &list.overrides {
+                    let pin = format!("{:?}", o.pin);
+                    if json {
+                        println!(
+                            "{}",
+                            json!({ "target": o.target, "pin": pin, "expires_at": ts(o.expires_at.as_ref()), "reason": o.reason, "actor": o.actor })
+                        );
+                    } else {
+                        println!(
+                            "{:<40} {:<60} {} {}",
+                            o.target,
+                            pin,
+                            ts(o.expires_at.as_ref()).as_str().unwrap_or("-"),
+                            o.reason
+                        );
+                    }
+                }
+            }
+        },
+        Command::Dr {
+            target_kw,
+            within,
+            duration,
+            event_id,
+        } => {
+            let e = client
+                .demand_response(v1::DemandResponseRequest {
+                    target_power_w: target_kw * 1000.0,
+                    deadline: Some(in_future(within)?),
+                    duration: Some(pivot_proto::model::duration_to_proto(duration)),
+                    event_id,
+                    actor: actor(),
+                })
+                .await
+                .map_err(rpc_error("demand response", url))?
+                .into_inner();
+            println!(
+                "demand response {}: {} by {}, until {}",
+                e.event_id,
+                mw(e.target_power_w),
+                ts(e.deadline.as_ref()).as_str().unwrap_or("-"),
+                ts(e.ends_at.as_ref()).as_str().unwrap_or("-")
+            );
+        }
+        Command::Events => {
+            let mut stream = client
+                .watch_events(v1::WatchEventsRequest {})
+                .await
+                .map_err(rpc_error("event stream", url))?
+                .into_inner();
+            while let Some(e) = stream
+                .message()
+                .await
+                .map_err(rpc_error("event stream", url))?
+            {
+                if let Some(v1::event::Event::Audit(r)) = e.event {
+                    println!(
+                        "{} {:<16} {:<28} {:<12} {}",
+                        ts(r.at.as_ref()).as_str().unwrap_or("-"),
+                        r.kind,
+                        r.subject,
+                        r.actor,
+                        r.reason
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

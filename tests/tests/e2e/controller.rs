@@ -307,3 +307,109 @@ fn undecodable_messages_are_invalid_argument_and_change_nothing() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("override"));
 }
+
+fn pivotctl(addr: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin("pivotctl"))
+        .arg("--controller")
+        .arg(url(addr))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
+    let ctl = start_dev_controller(&[]);
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(pivotctl(
+        &ctl.addr,
+        &[
+            "override",
+            "set",
+            "miner/10.0.0.7:4028",
+            "--sleep",
+            "--expires-in",
+            "2h",
+            "--reason",
+            "fan swap",
+        ],
+    ));
+    let list = ok(pivotctl(&ctl.addr, &["override", "list", "--json"]));
+    let row: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    assert_eq!(row["target"], "miner/10.0.0.7:4028");
+    assert_eq!(row["reason"], "fan swap");
+    ok(pivotctl(
+        &ctl.addr,
+        &["override", "clear", "miner/10.0.0.7:4028"],
+    ));
+    let again = pivotctl(&ctl.addr, &["override", "clear", "miner/10.0.0.7:4028"]);
+    assert!(
+        !again.status.success(),
+        "clearing twice must say there was nothing to clear"
+    );
+
+    ok(pivotctl(
+        &ctl.addr,
+        &[
+            "dr",
+            "--target-kw",
+            "1500",
+            "--within",
+            "10m",
+            "--duration",
+            "2h",
+            "--event-id",
+            "ercot-4cp-1",
+        ],
+    ));
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(pivotctl(&ctl.addr, &["status", "--json"]))).unwrap();
+    assert_eq!(status["demand_response"]["event_id"], "ercot-4cp-1");
+    assert_eq!(status["demand_response"]["target_power_w"], 1_500_000.0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n[economic]\nmin_margin = 1\n").unwrap();
+    let out = pivotctl(&ctl.addr, &["policy", "validate", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_margin"));
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "name = \"night-curtail\"\n[[schedule]]\nname = \"4cp\"\nstart = \"20:00\"\nend = \"22:00\"\n").unwrap();
+    assert!(
+        ok(pivotctl(
+            &ctl.addr,
+            &["policy", "set", good.to_str().unwrap()]
+        ))
+        .contains("revision 1")
+    );
+    let out = pivotctl(
+        &ctl.addr,
+        &[
+            "policy",
+            "set",
+            good.to_str().unwrap(),
+            "--expected-revision",
+            "7",
+        ],
+    );
+    assert!(!out.status.success(), "a stale revision must be refused");
+
+    let audit = ok(pivotctl(&ctl.addr, &["audit", "--json", "--limit", "50"]));
+    let kinds: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["policy", "demand_response", "override", "override"]);
+}
