@@ -13,9 +13,9 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::gpu::{GpuManager, NvmlGpus};
-use crate::inventory::gpus::{self, GpuObservations, GpuSlot};
 use crate::host::HostSampler;
 use crate::inventory;
+use crate::inventory::gpus::{self, GpuObservations, GpuSlot};
 use crate::link::{self, LinkState};
 use crate::metrics::{self, Exposition};
 use crate::poll::{self, Observations};
