@@ -1,6 +1,10 @@
 //! Bitaxe AxeOS (≥ 2.14): HTTP REST, no auth. `GET /api/system/info` (`hashRate` GH/s, `power`
 //! W, `temp`, `miningPaused`, `ASICModel`), `POST /api/system/pause` and `/resume`; the web root
 //! says AxeOS. A pause is lost on restart.
+//!
+//! Like ESP-Miner (main/http_server/http_server.c), `/api/system/info` names the chip
+//! (`ASICModel`) and the PCB revision (`boardVersion`, "601" on a Gamma) but not the device;
+//! the family name (`deviceModel`, "Gamma") is only in `GET /api/system/asic`.
 
 use std::sync::Arc;
 
@@ -11,6 +15,12 @@ use serde_json::json;
 use super::http::{HttpRequest, HttpResponse, json as json_reply, text};
 use super::readings::Reading;
 use super::state::Core;
+
+/// The family name AxeOS reports as `deviceModel` ("Gamma" for a "Bitaxe Gamma").
+fn device_model(core: &Core) -> &'static str {
+    let name = core.spec.model.name;
+    name.strip_prefix("Bitaxe ").unwrap_or(name)
+}
 
 pub(crate) fn web(core: Arc<Core>, req: HttpRequest) -> BoxFuture<'static, HttpResponse> {
     Box::pin(async move {
@@ -41,13 +51,21 @@ pub(crate) fn web(core: Arc<Core>, req: HttpRequest) -> BoxFuture<'static, HttpR
                         "sharesAccepted": r.accepted, "sharesRejected": 0, "uptimeSeconds": r.uptime_s,
                         "asicCount": 1, "smallCoreCount": 2040, "ASICModel": "BM1370",
                         "stratumURL": "stratum.pivot.invalid", "stratumPort": 3333,
-                        "stratumUser": format!("pivot.sim{}", r.serial), "version": "v2.6.0",
+                        "stratumUser": format!("pivot.sim{}", r.serial), "version": "v2.14.0", "axeOSVersion": "v2.14.0",
                         "idfVersion": "v5.4", "boardVersion": "601", "runningPartition": "ota_0",
                         "fanspeed": 60, "autofanspeed": 1, "fanrpm": r.fan_rpm(0),
                         "miningPaused": s.sleep_requested,
                     }),
                 )
             }
+            (&Method::GET, "/api/system/asic") => json_reply(
+                StatusCode::OK,
+                &json!({
+                    "ASICModel": "BM1370", "deviceModel": device_model(&core), "swarmColor": "purple",
+                    "asicCount": 1, "defaultFrequency": 525, "frequencyOptions": [400, 490, 525, 550, 600, 625],
+                    "defaultVoltage": 1150, "voltageOptions": [1000, 1060, 1100, 1150, 1200, 1250],
+                }),
+            ),
             (&Method::POST, "/api/system/pause") => {
                 core.set_awake(false);
                 text(StatusCode::OK, "")

@@ -18,6 +18,31 @@ use crate::miner::{
 
 const DIALECT: MinerDialect = MinerDialect::Bitaxe;
 
+/// The model from `/api/system/info` (or `/api/system/asic`). AxeOS's info carries `ASICModel`
+/// (`BM1370`) and `boardVersion` (`601`, a PCB revision, not a model); only some builds and
+/// forks add `deviceModel` (ESP-Miner's `/api/system/asic` has it: `Gamma`). The family
+/// follows from the chip as pyasic's and asic-rs's Bitaxe models map it: BM1397 Max,
+/// BM1366 Ultra, BM1368 Supra, BM1370 Gamma. Sources: bitaxeorg/ESP-Miner
+/// main/http_server/http_server.c `GET_system_info`, pyasic `get_miner_model_bitaxe`.
+fn model_of(v: &Value) -> Option<String> {
+    if let Some(device) = string_at(v, &["deviceModel", "DeviceModel"]) {
+        return Some(if device.to_ascii_lowercase().starts_with("bitaxe") {
+            device
+        } else {
+            format!("Bitaxe {device}")
+        });
+    }
+    let asic = string_at(v, &["ASICModel", "asicModel"])?;
+    let family = match asic.to_ascii_uppercase().as_str() {
+        "BM1397" => "Max",
+        "BM1366" => "Ultra",
+        "BM1368" => "Supra",
+        "BM1370" => "Gamma",
+        _ => return Some(format!("Bitaxe ({asic})")),
+    };
+    Some(format!("Bitaxe {family}"))
+}
+
 pub struct Bitaxe {
     addr: MinerAddr,
     ctx: DriverContext,
@@ -71,9 +96,23 @@ impl MinerDriver for Bitaxe {
 
     async fn identify(&self) -> Result<Identity, MinerError> {
         let v = self.info().await?;
+        // `/api/system/asic` names the device family on current AxeOS; older builds lack it.
+        let asic = self
+            .ctx
+            .http
+            .send_ok(
+                &self.addr,
+                HttpRequest::new(Method::GET, self.port(), "/api/system/asic"),
+            )
+            .await
+            .ok()
+            .and_then(|reply| reply.json(&self.addr, "/api/system/asic").ok())
+            .unwrap_or(Value::Null);
         Ok(Identity {
             dialect: DIALECT,
-            model: string_at(&v, &["deviceModel", "boardVersion", "ASICModel"]),
+            model: string_at(&asic, &["deviceModel"])
+                .and_then(|_| model_of(&asic))
+                .or_else(|| model_of(&v)),
             firmware: string_at(&v, &["version", "axeOSVersion"]),
             serial: None,
             mac: string_at(&v, &["macAddr"]),
@@ -89,7 +128,7 @@ impl MinerDriver for Bitaxe {
     async fn read(&self) -> Result<Reading, MinerError> {
         let v = self.info().await?;
         let mut r = Reading::empty(&self.addr, DIALECT);
-        r.model = string_at(&v, &["deviceModel", "boardVersion", "ASICModel"]);
+        r.model = model_of(&v);
         r.hashrate_ths = number_at(&v, &["hashRate"]).map(|g| g / 1000.0);
         r.power_w = number_at(&v, &["power"]);
         r.uptime_s = number_at(&v, &["uptimeSeconds"]).map(|u| u.max(0.0) as u64);
@@ -142,5 +181,32 @@ impl MinerDriver for Bitaxe {
             dialect: DIALECT,
             what: "a power target".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn model_comes_from_the_device_or_the_chip_never_the_board_revision() {
+        // AxeOS 2.x `/api/system/info`: chip and PCB revision only.
+        let info = json!({"ASICModel": "BM1370", "boardVersion": "601"});
+        assert_eq!(model_of(&info).as_deref(), Some("Bitaxe Gamma"));
+        assert_eq!(
+            model_of(&json!({"ASICModel": "BM1366", "boardVersion": "204"})).as_deref(),
+            Some("Bitaxe Ultra")
+        );
+        assert_eq!(
+            model_of(&json!({"ASICModel": "BM1999"})).as_deref(),
+            Some("Bitaxe (BM1999)")
+        );
+        // `/api/system/asic` (and forks' info) name the device.
+        assert_eq!(
+            model_of(&json!({"deviceModel": "Supra", "ASICModel": "BM1368"})).as_deref(),
+            Some("Bitaxe Supra")
+        );
+        assert_eq!(model_of(&json!({"boardVersion": "601"})), None);
     }
 }

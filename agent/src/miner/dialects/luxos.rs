@@ -20,7 +20,22 @@ use crate::miner::{
 };
 
 const DIALECT: MinerDialect = MinerDialect::Luxos;
-const READ: [&str; 6] = ["summary", "stats", "pools", "power", "config", "profiles"];
+// `version` is in the poll for the model: LuxOS reports it only as `VERSION[0].Type`
+// ("Antminer S19"; luxos-tooling README, pyasic `get_miner_model_luxos`), not in `config`.
+const READ: [&str; 7] = [
+    "summary", "stats", "pools", "power", "config", "profiles", "version",
+];
+
+/// The model from `version` (`"Type":"Antminer S19 (xyz)"` → `Antminer S19`, as pyasic trims
+/// it), else from `config.Model` (older builds' guess; none seen in the wild).
+fn model_of(version: Option<&Value>, conf: &Value) -> Option<String> {
+    common::section(version, "VERSION")
+        .first()
+        .and_then(|v| string_at(v, &["Type", "Model"]))
+        .map(|t| t.split(" (").next().unwrap_or(&t).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .or_else(|| string_at(conf, &["Model"]))
+}
 
 pub struct Luxos {
     addr: MinerAddr,
@@ -174,7 +189,7 @@ impl MinerDriver for Luxos {
             .collect();
         Ok(Identity {
             dialect: DIALECT,
-            model: string_at(&conf, &["Model"]).or_else(|| string_at(&ver, &["Type", "Model"])),
+            model: model_of(r.get("version"), &conf),
             firmware: string_at(&ver, &["LUXminer", "Miner"]),
             serial: string_at(&conf, &["SerialNumber"]),
             mac: string_at(&conf, &["MACAddr"]),
@@ -206,7 +221,7 @@ impl MinerDriver for Luxos {
             .first()
             .cloned()
             .unwrap_or(Value::Null);
-        r.model = string_at(&conf, &["Model"]);
+        r.model = model_of(replies.get("version"), &conf);
         let active = string_at(&conf, &["Profile"]);
         r.power_target_w = active.as_ref().and_then(|name| {
             profiles(replies.get("profiles"))
@@ -294,5 +309,24 @@ impl MinerDriver for Luxos {
             |r| r.power_target_w == expected,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn model_from_version_type_then_config() {
+        // luxos-tooling README: `version` → `{"LUXminer": "2024.9.17...", "Type": "Antminer S19"}`.
+        let v = json!({"STATUS": [{"STATUS": "S"}], "VERSION": [{"Type": "Antminer S19 (88)"}]});
+        assert_eq!(
+            model_of(Some(&v), &Value::Null).as_deref(),
+            Some("Antminer S19")
+        );
+        let conf = json!({"Model": "Antminer S21"});
+        assert_eq!(model_of(None, &conf).as_deref(), Some("Antminer S21"));
+        assert_eq!(model_of(None, &Value::Null), None);
     }
 }

@@ -29,6 +29,15 @@ pub struct WhatsminerV2 {
     token: Mutex<Option<V2Token>>,
 }
 
+/// The model code btminer reports in `devdetails` (`DEVDETAILS[0].Model`, e.g. `M50S_VH50`;
+/// pyasic `get_miner_model_whatsminer`, asic-rs `get_model_whatsminer_v2`). Its `summary`
+/// carries no model.
+fn model_of(devdetails: Option<&Value>) -> Option<String> {
+    common::section(devdetails, "DEVDETAILS")
+        .iter()
+        .find_map(|d| string_at(d, &["Model"]))
+}
+
 impl WhatsminerV2 {
     pub fn new(addr: MinerAddr, ctx: DriverContext) -> Self {
         let cg = CgClient::new(addr.clone(), addr.api_port(DIALECT), ctx.options.timeouts);
@@ -136,14 +145,21 @@ impl MinerDriver for WhatsminerV2 {
     async fn identify(&self) -> Result<Identity, MinerError> {
         let r = self.cg.multi(&["devdetails", "summary"]).await?;
         let info = self.cg.command("get_version", None).await.ok();
-        let model = common::section(r.get("devdetails"), "DEVDETAILS")
-            .first()
-            .and_then(|d| string_at(d, &["Model", "Name"]))
-            .or_else(|| {
-                common::section(r.get("summary"), "SUMMARY")
-                    .first()
-                    .and_then(|s| string_at(s, &["Miner Type", "Type"]))
-            });
+        // Older btminer builds without a model in `devdetails` name it in `get_version`'s
+        // `Msg.miner_type` (pyasic `get_miner_model_whatsminer` falls back the same way).
+        let model = model_of(r.get("devdetails")).or_else(|| {
+            info.as_ref()
+                .and_then(|v| v.get("Msg"))
+                .and_then(|m| string_at(m, &["miner_type"]))
+        });
+        // Serial and MAC: `get_miner_info` (`Msg.minersn`, `Msg.mac`; pyasic rpc/btminer.py).
+        let miner_info = self
+            .cg
+            .command("get_miner_info", None)
+            .await
+            .ok()
+            .and_then(|v| v.get("Msg").cloned())
+            .unwrap_or(Value::Null);
         let msg = info
             .as_ref()
             .and_then(|v| v.get("Msg"))
@@ -153,8 +169,8 @@ impl MinerDriver for WhatsminerV2 {
             dialect: DIALECT,
             model,
             firmware: string_at(&msg, &["fw_ver", "api_ver"]),
-            serial: None,
-            mac: None,
+            serial: string_at(&miner_info, &["minersn"]),
+            mac: string_at(&miner_info, &["mac"]),
             capabilities: Capabilities {
                 can_sleep: true,
                 power_target: true,
@@ -167,16 +183,14 @@ impl MinerDriver for WhatsminerV2 {
     async fn read(&self) -> Result<Reading, MinerError> {
         let replies = self
             .cg
-            .multi(&["summary", "pools", "edevs", "status"])
+            .multi(&["summary", "pools", "edevs", "status", "devdetails"])
             .await?;
         let mut r = Reading::empty(&self.addr, DIALECT);
         common::apply_summary(&mut r, replies.get("summary"));
         r.boards = common::boards_from_devs(replies.get("edevs"));
         r.fans = common::fans_from(None, replies.get("summary"));
         r.pool = common::active_pool(replies.get("pools"));
-        r.model = common::section(replies.get("summary"), "SUMMARY")
-            .first()
-            .and_then(|s| string_at(s, &["Miner Type", "Type"]));
+        r.model = model_of(replies.get("devdetails"));
         common::fill_hashrate_from_boards(&mut r);
         let off = replies
             .get("status")
