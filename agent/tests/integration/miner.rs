@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use pivot_agent::miner::cgminer::{CgClient, parse};
 use pivot_agent::miner::detect::detect;
+use pivot_agent::miner::dialects::wm_crypto::V2Token;
 use pivot_agent::miner::http::HttpClient;
 use pivot_agent::miner::{
     Credentials, DriverContext, DriverOptions, MinerAddr, MinerDriver, MinerError, Timeouts,
@@ -74,6 +76,17 @@ async fn lifecycle(dialect: Dialect) {
     let r = drv.read().await.unwrap();
     assert!(r.reachable);
     assert_eq!(r.state, MinerState::Mining, "{dialect}: {r:?}");
+    // The poll names the model too (`miner probe` showed "-" for LuxOS and Whatsminer v2, and
+    // the Bitaxe's board revision "601").
+    let want = match dialect {
+        Dialect::Antminer => "Antminer S19j Pro",
+        Dialect::Braiins | Dialect::Luxos => "Antminer S21",
+        Dialect::WhatsminerV2 => "M50S_VH50",
+        Dialect::WhatsminerV3 => "M60S_VK30",
+        Dialect::Bitaxe => "Bitaxe Gamma",
+    };
+    assert_eq!(r.model.as_deref(), Some(want), "{dialect}: {r:?}");
+    assert_eq!(id.model.as_deref(), Some(want), "{dialect}: {id:?}");
     assert!(
         r.hashrate_ths.unwrap_or(0.0) > 0.0,
         "{dialect}: hashrate: {r:?}"
@@ -269,10 +282,174 @@ async fn luxos_session_faults() {
     let e = drv.sleep().await.unwrap_err();
     assert!(matches!(e, MinerError::AuthRejected { .. }), "{e}");
     assert!(e.to_string().contains("402"), "{e}");
-    let (_m, drv) =
+    // Every session expires before use: one fresh logon, then a typed error naming the miner.
+    let (m, drv) =
         start(MinerSpec::new(Dialect::Luxos).faults(vec![Fault::LuxosSessionExpired])).await;
     let e = drv.sleep().await.unwrap_err();
-    assert!(e.to_string().contains("127.0.0.1"), "{e}");
+    assert!(
+        matches!(
+            e,
+            MinerError::Status { .. } | MinerError::AuthRejected { .. }
+        ),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("127.0.0.1") && text.to_ascii_lowercase().contains("session"),
+        "{text}"
+    );
+    assert!(!m.handle().snapshot().sleep_requested, "nothing changed");
+}
+
+#[tokio::test]
+async fn luxos_session_that_expired_while_idle_gets_a_fresh_logon() {
+    let timing = Timing {
+        session_idle: Duration::from_millis(250),
+        ..Timing::fast()
+    };
+    let (m, drv) = start(MinerSpec::new(Dialect::Luxos).timing(timing)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drv.sleep().await.unwrap();
+    // The driver's cached session id is now stale: the miner dropped it after 250 ms idle.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let woke = drv.wake().await.unwrap();
+    assert!(
+        matches!(woke.state, MinerState::Mining | MinerState::Ramping),
+        "{woke:?}"
+    );
+    assert!(!m.handle().snapshot().sleep_requested);
+}
+
+#[tokio::test]
+async fn wrong_credentials_fault_for_each_dialect_with_auth() {
+    // The miner holds other credentials than the client's (`wrong-credentials`): the write is
+    // refused by name, nothing changes, and no secret appears in the error.
+    for d in [
+        Dialect::Antminer,
+        Dialect::Braiins,
+        Dialect::WhatsminerV2,
+        Dialect::WhatsminerV3,
+    ] {
+        let (m, drv) = start(MinerSpec::new(d).faults(vec![Fault::WrongCredentials])).await;
+        let e = drv.sleep().await.unwrap_err();
+        assert!(matches!(e, MinerError::AuthRejected { .. }), "{d}: {e}");
+        let text = e.to_string();
+        assert!(text.contains("127.0.0.1"), "{d}: {text}");
+        let (_, password) = MinerSpec::new(d).login();
+        assert!(
+            !text.contains(&format!(":{password}")) && !text.contains(&format!("\"{password}\"")),
+            "{d}: {text}"
+        );
+        assert!(
+            !m.handle().snapshot().sleep_requested,
+            "{d}: nothing changed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn antminer_noop_on_wake_is_caught_by_read_back() {
+    let (m, drv) = start(MinerSpec::new(Dialect::Antminer)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drv.sleep().await.unwrap();
+    m.handle().set_faults(vec![Fault::AntminerNoop]);
+    let e = drv.wake().await.unwrap_err();
+    assert!(matches!(e, MinerError::NotApplied { .. }), "{e}");
+    assert!(e.to_string().contains("M000"), "{e}");
+    assert!(m.handle().snapshot().sleep_requested, "still asleep");
+}
+
+#[tokio::test]
+async fn braiins_4028_quirks_read_through_the_tolerant_parser() {
+    // Braiins reads over REST, but its 4028 API (what detection and other tools use) sends the
+    // same malformed JSON; the cgminer client must read it over a real socket.
+    let (m, _drv) = start(MinerSpec::new(Dialect::Braiins)).await;
+    let cg = CgClient::new(addr_of(&m), m.api_addr().port(), options().timeouts);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for q in [
+        JsonQuirk::TrailingComma,
+        JsonQuirk::MissingComma,
+        JsonQuirk::LeadingComma,
+        JsonQuirk::RawNewline,
+        JsonQuirk::MissingCommaTemp,
+        JsonQuirk::InfNan,
+        JsonQuirk::GarbageBeforeId,
+        JsonQuirk::NumbersAsStrings,
+        JsonQuirk::HashrateUnit(HashUnit::Mhs),
+        JsonQuirk::HashrateUnit(HashUnit::Ghs),
+        JsonQuirk::HashrateUnit(HashUnit::Ths),
+        JsonQuirk::NonUtf8,
+    ] {
+        m.handle().set_faults(vec![Fault::Quirk(q)]);
+        let replies = cg
+            .multi(&["summary", "pools"])
+            .await
+            .unwrap_or_else(|e| panic!("{q:?}: {e}"));
+        let ths = replies
+            .get("summary")
+            .and_then(|s| s.pointer("/SUMMARY/0"))
+            .and_then(parse::hashrate_ths);
+        assert!(ths.is_some_and(|t| t > 100.0), "{q:?}: {replies:?}");
+    }
+    m.handle()
+        .set_faults(vec![Fault::Quirk(JsonQuirk::Truncated)]);
+    let _ = cg.command("summary", None).await;
+    m.handle().set_faults(vec![Fault::NoNul]);
+    cg.command("summary", None).await.unwrap();
+}
+
+/// One encrypted Whatsminer v2 write by hand: `get_token`, md5crypt key and sign, AES-256-ECB
+/// request, encrypted answer decrypted with the same key.
+async fn v2_write(cg: &CgClient, password: &str, cmd: serde_json::Value) -> serde_json::Value {
+    let t = cg.command("get_token", None).await.unwrap();
+    let msg = &t["Msg"];
+    let token = V2Token::derive(
+        password,
+        msg["time"].as_str().unwrap(),
+        msg["salt"].as_str().unwrap(),
+        msg["newsalt"].as_str().unwrap(),
+    );
+    let mut plain = cmd;
+    plain["token"] = serde_json::json!(token.sign);
+    let payload = serde_json::json!({"enc": 1, "data": token.encrypt(&plain.to_string())});
+    let raw = cg.raw(payload.to_string().as_bytes(), "enc").await.unwrap();
+    match raw.get("enc").and_then(serde_json::Value::as_str) {
+        Some(b64) => parse::parse_reply(&token.decrypt(b64).unwrap()).unwrap(),
+        None => raw,
+    }
+}
+
+#[tokio::test]
+async fn whatsminer_v2_encrypted_write_round_trip() {
+    let (m, _drv) = start(MinerSpec::new(Dialect::WhatsminerV2)).await;
+    let cg = CgClient::new(addr_of(&m), m.api_addr().port(), options().timeouts);
+    let r = v2_write(
+        &cg,
+        "admin",
+        serde_json::json!({"cmd": "power_off", "respbefore": "true"}),
+    )
+    .await;
+    assert_eq!(r["STATUS"], "S", "{r}");
+    assert!(m.handle().snapshot().sleep_requested);
+    let r = v2_write(&cg, "admin", serde_json::json!({"cmd": "power_on"})).await;
+    assert_eq!(r["STATUS"], "S", "{r}");
+    assert!(!m.handle().snapshot().sleep_requested);
+    // A key from the wrong password does not decrypt on the miner: plain 135.
+    let r = v2_write(&cg, "wrong", serde_json::json!({"cmd": "power_off"})).await;
+    assert_eq!(
+        (r["STATUS"].as_str(), r["Code"].as_u64()),
+        (Some("E"), Some(135)),
+        "{r}"
+    );
+    for code in [135, 136] {
+        m.handle().set_faults(vec![Fault::WhatsminerToken(code)]);
+        let r = v2_write(&cg, "admin", serde_json::json!({"cmd": "power_off"})).await;
+        assert_eq!(r["Code"].as_u64(), Some(u64::from(code)), "{r}");
+    }
+    assert!(
+        !m.handle().snapshot().sleep_requested,
+        "refused writes change nothing"
+    );
 }
 
 #[tokio::test]

@@ -79,7 +79,8 @@ pub enum Fault {
     StatusError(u32),
     /// LuxOS: `logon` answers Code 402 (another session is active).
     LuxosSessionBusy,
-    /// LuxOS: every session id is rejected as expired.
+    /// LuxOS: every session expires before it is used: the use is rejected as an invalid
+    /// session and the session dropped, so a new `logon` succeeds (and expires in turn).
     LuxosSessionExpired,
     /// Whatsminer: encrypted writes fail with this token error (135 token check failed,
     /// 136 token expired / too many tokens); v3 writes fail the same way.

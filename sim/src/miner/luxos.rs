@@ -157,7 +157,12 @@ fn check_session(core: &Core, req: &Request, desc: &str) -> Result<String, Value
     let now = Instant::now();
     let mut inner = core.lock();
     core.settle(&mut inner, now);
+    // luxos-expired: the session is gone by the time it is used, as after 60 s idle — dropped
+    // (so `session` reports none and a new `logon` succeeds), and this use is refused.
     let expired = inner.faults.contains(&Fault::LuxosSessionExpired);
+    if expired {
+        inner.session = None;
+    }
     match &mut inner.session {
         Some(s) if s.id == sid.trim() && !expired => {
             s.last_used = now;
