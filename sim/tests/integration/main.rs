@@ -3,5 +3,7 @@
 // Helpers outside #[test] functions panic too: in a test binary that is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cli;
 mod dialects;
 mod pyasic;
+mod rest;
