@@ -18,7 +18,9 @@ use axum::routing::get;
 use pivot_proto::model::MinerState;
 
 use crate::link::LinkState;
-use crate::poll::Observations;
+use std::collections::BTreeMap;
+
+use crate::poll::{MinerStatus, Observations};
 
 /// Series rendered by another part of the agent (GPUs, host).
 pub type ExtraSeries = Arc<dyn Fn(&mut MetricsWriter) + Send + Sync>;
@@ -99,118 +101,9 @@ const STATES: [MinerState; 5] = [
 /// Renders every series.
 pub fn render(e: &Exposition) -> String {
     let mut w = MetricsWriter::default();
-    let miners = e.obs.miners();
     let host = e.host_id.as_str();
-
-    w.family(
-        "pivot_miner_up",
-        "gauge",
-        "Whether the miner answered its last poll (1) or not (0).",
-    );
-    for (id, m) in &miners {
-        let ok = m.reading.reachable && m.reading.error.is_none();
-        w.sample(
-            "pivot_miner_up",
-            &miner_labels(host, id, m),
-            if ok { 1.0 } else { 0.0 },
-        );
-    }
-    w.family(
-        "pivot_miner_power_watts",
-        "gauge",
-        "Power the miner measures; absent where its firmware reports none.",
-    );
-    for (id, m) in &miners {
-        if let Some(p) = m.reading.power_w {
-            w.sample("pivot_miner_power_watts", &miner_labels(host, id, m), p);
-        }
-    }
-    w.family(
-        "pivot_miner_power_target_watts",
-        "gauge",
-        "Power target set on the miner.",
-    );
-    for (id, m) in &miners {
-        if let Some(p) = m.reading.power_target_w {
-            w.sample(
-                "pivot_miner_power_target_watts",
-                &miner_labels(host, id, m),
-                f64::from(p),
-            );
-        }
-    }
-    w.family(
-        "pivot_miner_hashrate_hashes_per_second",
-        "gauge",
-        "Hashrate the miner reports.",
-    );
-    for (id, m) in &miners {
-        if let Some(h) = m.reading.hashrate_ths {
-            w.sample(
-                "pivot_miner_hashrate_hashes_per_second",
-                &miner_labels(host, id, m),
-                h * 1e12,
-            );
-        }
-    }
-    w.family(
-        "pivot_miner_state",
-        "gauge",
-        "1 for the state the miner is in.",
-    );
-    for (id, m) in &miners {
-        let base = miner_labels(host, id, m);
-        for s in STATES {
-            let mut labels = base.clone();
-            labels.push(("state", s.as_str()));
-            w.sample(
-                "pivot_miner_state",
-                &labels,
-                if m.reading.state == s { 1.0 } else { 0.0 },
-            );
-        }
-    }
-    w.family(
-        "pivot_miner_board_temperature_celsius",
-        "gauge",
-        "Hashboard temperature.",
-    );
-    for (id, m) in &miners {
-        for b in &m.reading.boards {
-            if let Some(t) = b.temperature_c {
-                let idx = b.index.to_string();
-                let mut labels = miner_labels(host, id, m);
-                labels.push(("board", &idx));
-                w.sample("pivot_miner_board_temperature_celsius", &labels, t);
-            }
-        }
-    }
-    w.family(
-        "pivot_miner_consecutive_poll_failures",
-        "gauge",
-        "Polls in a row the miner did not answer.",
-    );
-    for (id, m) in &miners {
-        w.sample(
-            "pivot_miner_consecutive_poll_failures",
-            &miner_labels(host, id, m),
-            f64::from(m.health.consecutive_failures),
-        );
-    }
-    w.family(
-        "pivot_miner_last_seen_timestamp_seconds",
-        "gauge",
-        "When the miner last answered (Unix time).",
-    );
-    for (id, m) in &miners {
-        if let Some(t) = m.health.last_seen {
-            w.sample(
-                "pivot_miner_last_seen_timestamp_seconds",
-                &miner_labels(host, id, m),
-                t.timestamp_millis() as f64 / 1000.0,
-            );
-        }
-    }
+    e.obs
+        .with_miners(|miners| render_miners(&mut w, host, miners));
 
     let sweep = e.obs.sweep();
     w.family(
@@ -264,11 +157,120 @@ pub fn render(e: &Exposition) -> String {
     w.finish()
 }
 
-fn miner_labels<'a>(
-    host: &'a str,
-    id: &'a str,
-    m: &'a crate::poll::MinerStatus,
-) -> Vec<(&'a str, &'a str)> {
+/// The per-miner families, from the latest statuses (read under their lock, not copied).
+fn render_miners(w: &mut MetricsWriter, host: &str, miners: &BTreeMap<String, MinerStatus>) {
+    w.family(
+        "pivot_miner_up",
+        "gauge",
+        "Whether the miner answered its last poll (1) or not (0).",
+    );
+    for (id, m) in miners {
+        let ok = m.reading.reachable && m.reading.error.is_none();
+        w.sample(
+            "pivot_miner_up",
+            &miner_labels(host, id, m),
+            if ok { 1.0 } else { 0.0 },
+        );
+    }
+    w.family(
+        "pivot_miner_power_watts",
+        "gauge",
+        "Power the miner measures; absent where its firmware reports none.",
+    );
+    for (id, m) in miners {
+        if let Some(p) = m.reading.power_w {
+            w.sample("pivot_miner_power_watts", &miner_labels(host, id, m), p);
+        }
+    }
+    w.family(
+        "pivot_miner_power_target_watts",
+        "gauge",
+        "Power target set on the miner.",
+    );
+    for (id, m) in miners {
+        if let Some(p) = m.reading.power_target_w {
+            w.sample(
+                "pivot_miner_power_target_watts",
+                &miner_labels(host, id, m),
+                f64::from(p),
+            );
+        }
+    }
+    w.family(
+        "pivot_miner_hashrate_hashes_per_second",
+        "gauge",
+        "Hashrate the miner reports.",
+    );
+    for (id, m) in miners {
+        if let Some(h) = m.reading.hashrate_ths {
+            w.sample(
+                "pivot_miner_hashrate_hashes_per_second",
+                &miner_labels(host, id, m),
+                h * 1e12,
+            );
+        }
+    }
+    w.family(
+        "pivot_miner_state",
+        "gauge",
+        "1 for the state the miner is in.",
+    );
+    for (id, m) in miners {
+        let base = miner_labels(host, id, m);
+        for s in STATES {
+            let mut labels = base.clone();
+            labels.push(("state", s.as_str()));
+            w.sample(
+                "pivot_miner_state",
+                &labels,
+                if m.reading.state == s { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    w.family(
+        "pivot_miner_board_temperature_celsius",
+        "gauge",
+        "Hashboard temperature.",
+    );
+    for (id, m) in miners {
+        for b in &m.reading.boards {
+            if let Some(t) = b.temperature_c {
+                let idx = b.index.to_string();
+                let mut labels = miner_labels(host, id, m);
+                labels.push(("board", &idx));
+                w.sample("pivot_miner_board_temperature_celsius", &labels, t);
+            }
+        }
+    }
+    w.family(
+        "pivot_miner_consecutive_poll_failures",
+        "gauge",
+        "Polls in a row the miner did not answer.",
+    );
+    for (id, m) in miners {
+        w.sample(
+            "pivot_miner_consecutive_poll_failures",
+            &miner_labels(host, id, m),
+            f64::from(m.health.consecutive_failures),
+        );
+    }
+    w.family(
+        "pivot_miner_last_seen_timestamp_seconds",
+        "gauge",
+        "When the miner last answered (Unix time).",
+    );
+    for (id, m) in miners {
+        if let Some(t) = m.health.last_seen {
+            w.sample(
+                "pivot_miner_last_seen_timestamp_seconds",
+                &miner_labels(host, id, m),
+                t.timestamp_millis() as f64 / 1000.0,
+            );
+        }
+    }
+}
+
+fn miner_labels<'a>(host: &'a str, id: &'a str, m: &'a MinerStatus) -> Vec<(&'a str, &'a str)> {
     vec![
         ("device", id),
         ("dialect", m.reading.dialect.as_str()),

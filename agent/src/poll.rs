@@ -57,6 +57,14 @@ impl Observations {
             .clone()
     }
 
+    /// Runs `f` on the latest miner statuses without copying them.
+    pub fn with_miners<T>(&self, f: impl FnOnce(&BTreeMap<String, MinerStatus>) -> T) -> T {
+        f(&self
+            .miners
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     pub fn sweep(&self) -> SweepStats {
         *self
             .sweep
