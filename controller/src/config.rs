@@ -65,12 +65,39 @@ pub struct AgentsConfig {
     /// How often agents send telemetry, seconds.
     #[serde(default = "default_telemetry_interval_s")]
     pub telemetry_interval_s: u64,
+    /// Maximum draw assumed for a miner whose firmware reports neither nameplate nor power
+    /// range (stock Antminer), W. Counted whenever it is not asleep or cannot be seen.
+    #[serde(default = "default_unknown_miner_max_w")]
+    pub unknown_miner_max_w: f64,
+    /// Draw assumed for a sleeping miner that measures none, W.
+    #[serde(default = "default_sleeping_miner_w")]
+    pub sleeping_miner_w: f64,
+}
+
+fn default_unknown_miner_max_w() -> f64 {
+    // An S21-class air-cooled miner at stock settings draws about 3.5 kW.
+    3600.0
+}
+
+fn default_sleeping_miner_w() -> f64 {
+    100.0
 }
 
 impl Default for AgentsConfig {
     fn default() -> Self {
         Self {
             telemetry_interval_s: default_telemetry_interval_s(),
+            unknown_miner_max_w: default_unknown_miner_max_w(),
+            sleeping_miner_w: default_sleeping_miner_w(),
+        }
+    }
+}
+
+impl AgentsConfig {
+    pub fn assumptions(&self) -> crate::fleet::Assumptions {
+        crate::fleet::Assumptions {
+            unknown_miner_max_w: self.unknown_miner_max_w,
+            sleeping_miner_w: self.sleeping_miner_w,
         }
     }
 }
@@ -172,6 +199,20 @@ impl Config {
                     self.site.cap_w, self.site.reserve_w
                 ),
             ));
+        }
+        for (key, v) in [
+            (
+                "agents.unknown_miner_max_w",
+                self.agents.unknown_miner_max_w,
+            ),
+            ("agents.sleeping_miner_w", self.agents.sleeping_miner_w),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(
+                    key,
+                    format!("must be a number of watts >= 0, got {v}"),
+                ));
+            }
         }
         if self.agents.telemetry_interval_s == 0 {
             return Err(invalid(

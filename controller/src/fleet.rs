@@ -83,6 +83,16 @@ fn max_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// What the controller assumes where a miner's firmware tells nothing (stock Antminer firmware
+/// measures no power and reports no nameplate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assumptions {
+    /// Maximum draw of a miner whose maximum is unknown, W.
+    pub unknown_miner_max_w: f64,
+    /// Draw of a sleeping miner that measures nothing (control board and fans), W.
+    pub sleeping_miner_w: f64,
+}
+
 /// All agents known to this controller.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -159,7 +169,7 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
-    pub fn summary(&self) -> FleetSummary {
+    pub fn summary(&self, assume: &Assumptions) -> FleetSummary {
         let agents = self.lock();
         let mut s = FleetSummary::default();
         for a in agents.values() {
@@ -168,7 +178,10 @@ impl Registry {
             }
             for (info, obs) in a.miners.values() {
                 s.miners_total += 1;
-                let max = max_of(info.nameplate_power_w, info.power_target_max_w);
+                // What the miner may draw at most: its nameplate or top power target, and where
+                // the firmware says neither, the site's assumption (never zero).
+                let max = max_of(info.nameplate_power_w, info.power_target_max_w)
+                    .or(Some(assume.unknown_miner_max_w));
                 let seen = obs.as_ref().filter(|o| a.connected && o.reachable);
                 match seen {
                     None => {
@@ -182,10 +195,11 @@ impl Registry {
                             _ => {}
                         }
                         s.measured_power_w += o.power_w.unwrap_or(0.0);
-                        // A sleeping miner is committed at what it draws; any other state may
-                        // draw up to its maximum.
+                        // A sleeping miner is committed at what it draws (or the site's assumption
+                        // for an asleep miner that measures nothing); any other state may draw up
+                        // to its maximum.
                         let committed = if o.state == MinerState::Sleeping {
-                            o.power_w
+                            o.power_w.or(Some(assume.sleeping_miner_w))
                         } else {
                             max_of(max_of(max, o.power_w), o.power_target_w)
                         };
@@ -258,11 +272,29 @@ mod tests {
         }
     }
 
+    const ASSUME: Assumptions = Assumptions {
+        unknown_miner_max_w: 3600.0,
+        sleeping_miner_w: 100.0,
+    };
+
+    #[test]
+    fn a_miner_that_tells_nothing_counts_at_the_assumptions() {
+        let r = Registry::default();
+        let mut m = miner("a", 0.0);
+        m.1.0.nameplate_power_w = None;
+        r.connect(agent(vec![m]));
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 3600.0);
+        let mut o = obs("a", MinerState::Sleeping, 0.0);
+        o.power_w = None;
+        r.observe("h1", vec![o], vec![], None, Utc::now());
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 100.0);
+    }
+
     #[test]
     fn unseen_devices_count_at_their_maximum() {
         let r = Registry::default();
         r.connect(agent(vec![miner("a", 3500.0), miner("b", 3000.0)]));
-        let s = r.summary();
+        let s = r.summary(&ASSUME);
         assert_eq!(s.miners_unreachable, 2);
         assert_eq!(s.committed_power_w, 6500.0);
         r.observe(
@@ -272,12 +304,12 @@ mod tests {
             None,
             Utc::now(),
         );
-        let s = r.summary();
+        let s = r.summary(&ASSUME);
         assert_eq!(s.miners_sleeping, 1);
         assert_eq!(s.committed_power_w, 3040.0);
         assert_eq!(s.measured_power_w, 40.0);
         r.disconnect("h1");
-        assert_eq!(r.summary().committed_power_w, 6500.0);
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 6500.0);
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl Controller {
             .blocking(move |s| s.active_demand_response(now))
             .await?;
         let policy = self.blocking(|s| s.get_policy()).await?;
-        let f = self.registry.summary();
+        let f = self.registry.summary(&self.config.agents.assumptions());
         Ok(v1::SiteStatus {
             site_id: self.config.site.id.clone(),
             site_cap_w: self.config.site.cap_w,
