@@ -38,14 +38,28 @@ pub struct ListenConfig {
     /// gRPC listen address (AgentService, FleetService, health, reflection).
     #[serde(default = "default_grpc")]
     pub grpc: SocketAddr,
+    /// TLS for the gRPC port; plaintext when absent (dev, or behind a TLS proxy).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             grpc: default_grpc(),
+            tls: None,
         }
     }
+}
+
+/// PEM files for the controller's TLS.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients (agents, pivotctl) must present a certificate signed by this CA.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_grpc() -> SocketAddr {

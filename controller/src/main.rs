@@ -65,11 +65,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding gRPC listener on {addr}"))?;
+    let tls = config
+        .listen
+        .tls
+        .as_ref()
+        .map(api::server_tls)
+        .transpose()?;
     let ctl = Controller::new(config, Arc::new(store));
     info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
     // The line tests and scripts wait for.
     println!("pivot-controller listening on {}", listener.local_addr()?);
-    api::serve(ctl, listener, shutdown_signal()).await?;
+    api::serve(ctl, listener, tls, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -120,7 +126,10 @@ async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()
             cap_w: site_cap_w,
             reserve_w: site_cap_w * 0.02,
         },
-        listen: config::ListenConfig { grpc: listen },
+        listen: config::ListenConfig {
+            grpc: listen,
+            tls: None,
+        },
         store: config::StoreConfig {
             path: dir.path().join("pivot.db"),
         },

@@ -24,10 +24,12 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the controller's gRPC API on `listener` until `shutdown` completes.
+/// Serves the controller's gRPC API on `listener` (over TLS when `tls` is given) until `shutdown`
+/// completes.
 pub async fn serve(
     ctl: Arc<Controller>,
     listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -41,7 +43,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pivot_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -52,4 +58,32 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("TLS file {path}: {source}")]
+pub struct TlsFileError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+/// Reads the configured PEM files into a server TLS configuration.
+pub fn server_tls(
+    files: &crate::config::ServerTlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, TlsFileError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| TlsFileError {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&files.cert_file)?,
+        read(&files.key_file)?,
+    ));
+    if let Some(ca) = &files.client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }

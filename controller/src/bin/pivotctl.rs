@@ -20,6 +20,14 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     controller: String,
+    /// CA bundle (PEM) the controller's certificate must chain to (https:// controllers).
+    #[arg(long, global = true, env = "PIVOT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) when the controller requires them.
+    #[arg(long, global = true, env = "PIVOT_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    #[arg(long, global = true, env = "PIVOT_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -232,12 +240,25 @@ fn mw(w: f64) -> String {
     format!("{:.3} MW", w / 1e6)
 }
 
-async fn connect(url: &str) -> anyhow::Result<FleetServiceClient<Channel>> {
-    let endpoint = Channel::from_shared(url.to_owned())
+async fn connect(cli: &Cli) -> anyhow::Result<FleetServiceClient<Channel>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let url = cli.controller.as_str();
+    let mut endpoint = Channel::from_shared(url.to_owned())
         .with_context(|| {
             format!("`{url}` is not a valid controller URL (e.g. http://127.0.0.1:50051)")
         })?
         .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(ca) = &cli.ca_file {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&cli.cert_file, &cli.key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("controller TLS configuration")?;
+    }
     let channel = endpoint.connect().await.with_context(|| {
         format!("cannot reach the controller at {url} (is pivot-controller running?)")
     })?;
@@ -262,8 +283,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli).await?;
     let url = cli.controller.as_str();
-    let mut client = connect(url).await?;
     match cli.command {
         Command::Status { json } => {
             let s = client
