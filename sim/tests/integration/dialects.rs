@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Send one cgminer request and read until EOF (a reset counts as an empty reply).
-async fn cgminer(addr: SocketAddr, request: &str) -> Vec<u8> {
+pub async fn cgminer(addr: SocketAddr, request: &str) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(request.as_bytes()).await;
     let mut out = Vec::new();
@@ -18,7 +18,7 @@ async fn cgminer(addr: SocketAddr, request: &str) -> Vec<u8> {
     out
 }
 
-fn json_of(raw: &[u8]) -> serde_json::Value {
+pub fn json_of(raw: &[u8]) -> serde_json::Value {
     assert_eq!(raw.last(), Some(&0), "reply must end with NUL");
     serde_json::from_slice(&raw[..raw.len() - 1]).unwrap()
 }

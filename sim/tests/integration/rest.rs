@@ -157,17 +157,9 @@ async fn bitaxe_info_names_the_chip_and_board_and_asic_names_the_device() {
     assert_eq!(asic["deviceModel"], "Gamma");
 }
 
-/// Send raw bytes to a 4028 port, read until EOF, drop the NUL.
+/// Send raw bytes to a 4028 port; the reply as JSON (it must end with NUL).
 async fn cgminer(addr: SocketAddr, request: &str) -> Value {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(out.pop(), Some(0));
-    serde_json::from_slice(&out).unwrap()
+    crate::dialects::json_of(&crate::dialects::cgminer(addr, request).await)
 }
 
 #[tokio::test]
