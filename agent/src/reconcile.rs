@@ -887,25 +887,43 @@ mod tests {
             asleep: Mutex::new(false),
             calls: AtomicUsize::new(0),
         });
+        let r = reconciler(
+            &dir,
+            miner.clone(),
+            Duration::from_secs(10),
+            fallback,
+            clock,
+        );
+        (dir, miner, r)
+    }
+
+    /// A reconciler in `dir` for one miner "m1" driven by `actuator`.
+    fn reconciler(
+        dir: &tempfile::TempDir,
+        actuator: Arc<dyn Actuator>,
+        pacing: Duration,
+        fallback: Fallback,
+        clock: WallClock,
+    ) -> Arc<Reconciler> {
         let devices = BTreeMap::from([(
             "m1".to_owned(),
             Device {
                 limits: limits(),
-                actuator: miner.clone(),
-                pacing: Duration::from_secs(10),
+                actuator,
+                pacing,
             },
         )]);
-        let r = Reconciler::with_clock(
+        let settings = Settings {
+            confirm_timeout: Duration::from_secs(60),
+            fallback,
+        };
+        Reconciler::with_clock(
             devices,
             StateDir::open(dir.path()).unwrap(),
-            Settings {
-                confirm_timeout: Duration::from_secs(60),
-                fallback,
-            },
+            settings,
             clock,
         )
-        .unwrap();
-        (dir, miner, r)
+        .unwrap()
     }
 
     fn intent(generation: u64, target: Target, lease_s: i64) -> v1::Intent {
@@ -982,19 +1000,13 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let broken = Arc::new(Broken(AtomicUsize::new(0)));
-        let devices = BTreeMap::from([(
-            "m1".to_owned(),
-            Device {
-                limits: limits(),
-                actuator: broken.clone(),
-                pacing: Duration::from_secs(120),
-            },
-        )]);
-        let settings = Settings {
-            confirm_timeout: Duration::from_secs(60),
-            fallback: Fallback::Hold,
-        };
-        let r = Reconciler::new(devices, StateDir::open(dir.path()).unwrap(), settings).unwrap();
+        let r = reconciler(
+            &dir,
+            broken.clone(),
+            Duration::from_secs(120),
+            Fallback::Hold,
+            Arc::new(Utc::now),
+        );
         r.receive(&[intent(1, SLEEP, 300)]);
         settle().await;
         assert_eq!(phases(&r).last(), Some(&(1, IntentPhase::Failed)));
@@ -1117,23 +1129,13 @@ mod tests {
         r.receive(&[intent(4, SLEEP, 300)]);
         settle().await;
         drop(r);
-        let devices = BTreeMap::from([(
-            "m1".to_owned(),
-            Device {
-                limits: limits(),
-                actuator: miner.clone(),
-                pacing: Duration::from_secs(10),
-            },
-        )]);
-        let r = Reconciler::new(
-            devices,
-            StateDir::open(dir.path()).unwrap(),
-            Settings {
-                confirm_timeout: Duration::from_secs(60),
-                fallback: Fallback::Hold,
-            },
-        )
-        .unwrap();
+        let r = reconciler(
+            &dir,
+            miner.clone(),
+            Duration::from_secs(10),
+            Fallback::Hold,
+            Arc::new(Utc::now),
+        );
         assert_eq!(r.held_intents()[0].generation, 4);
         *miner.asleep.lock().unwrap() = false;
         r.observe("m1", miner.observed());
