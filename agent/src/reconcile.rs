@@ -268,6 +268,25 @@ struct Held {
 }
 
 impl Held {
+    /// Moves to `phase` with `detail`; returns the status to report.
+    fn transition(
+        &mut self,
+        id: &str,
+        phase: IntentPhase,
+        detail: String,
+        power: Option<f64>,
+    ) -> v1::IntentStatus {
+        self.phase = phase;
+        self.detail = detail;
+        status(
+            id,
+            self.intent.generation,
+            phase,
+            self.detail.clone(),
+            power,
+        )
+    }
+
     /// The target in force: the fallback's once the lease expired, else the intent's.
     fn target(&self) -> Target {
         self.fallback.unwrap_or(self.intent.target)
@@ -665,13 +684,10 @@ impl Reconciler {
             let ok = obs.is_some_and(|o| satisfied(&target, o, &device.limits));
             match h.phase {
                 IntentPhase::Applied if ok => {
-                    h.phase = IntentPhase::Confirmed;
-                    h.detail = "physical effect verified".into();
-                    self.reports.push(status(
+                    self.reports.push(h.transition(
                         id,
-                        h.intent.generation,
-                        h.phase,
-                        h.detail.clone(),
+                        IntentPhase::Confirmed,
+                        "physical effect verified".into(),
                         observed_power(obs),
                     ));
                     continue;
@@ -680,17 +696,15 @@ impl Reconciler {
                     if h.applied_at
                         .is_some_and(|t| now.duration_since(t) > self.settings.confirm_timeout)
                     {
-                        h.phase = IntentPhase::Failed;
-                        h.detail = format!(
+                        let detail = format!(
                             "applied but not confirmed within {:?}: device shows {obs:?}",
                             self.settings.confirm_timeout
                         );
-                        warn!(device = %id, detail = %h.detail, "Intent not confirmed");
-                        self.reports.push(status(
+                        warn!(device = %id, %detail, "Intent not confirmed");
+                        self.reports.push(h.transition(
                             id,
-                            h.intent.generation,
-                            h.phase,
-                            h.detail.clone(),
+                            IntentPhase::Failed,
+                            detail,
                             observed_power(obs),
                         ));
                     }
@@ -702,13 +716,10 @@ impl Reconciler {
             }
             if ok {
                 // Already there (restored after a restart, or the device got there itself).
-                h.phase = IntentPhase::Confirmed;
-                h.detail = "device already in the intended state".into();
-                self.reports.push(status(
+                self.reports.push(h.transition(
                     id,
-                    h.intent.generation,
-                    h.phase,
-                    h.detail.clone(),
+                    IntentPhase::Confirmed,
+                    "device already in the intended state".into(),
                     observed_power(obs),
                 ));
                 continue;
@@ -785,36 +796,28 @@ impl Reconciler {
         }
         match result {
             Ok(o) => {
-                let ok = satisfied(&target, &o, &device.limits);
-                h.phase = IntentPhase::Applied;
-                h.detail = "applied and read back".into();
+                let power = observed_power(Some(&o));
                 h.applied_at = Some(Instant::now());
-                self.reports.push(status(
+                self.reports.push(h.transition(
                     id,
-                    generation,
                     IntentPhase::Applied,
-                    h.detail.clone(),
-                    observed_power(Some(&o)),
+                    "applied and read back".into(),
+                    power,
                 ));
-                if ok {
-                    h.phase = IntentPhase::Confirmed;
-                    h.detail = "physical effect verified".into();
-                    self.reports.push(status(
+                if satisfied(&target, &o, &device.limits) {
+                    self.reports.push(h.transition(
                         id,
-                        generation,
-                        h.phase,
-                        h.detail.clone(),
-                        observed_power(Some(&o)),
+                        IntentPhase::Confirmed,
+                        "physical effect verified".into(),
+                        power,
                     ));
                 }
                 observed.insert(id.to_owned(), o);
             }
             Err(e) => {
                 warn!(device = %id, generation, error = %e, "Applying intent failed; will retry");
-                h.phase = IntentPhase::Failed;
-                h.detail = e;
                 self.reports
-                    .push(status(id, generation, h.phase, h.detail.clone(), None));
+                    .push(h.transition(id, IntentPhase::Failed, e, None));
             }
         }
     }
