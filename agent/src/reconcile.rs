@@ -160,8 +160,15 @@ pub fn raises_power(target: &Target, observed: Option<&Observed>) -> bool {
     }
 }
 
-/// Whether the device shows the target's physical effect.
-pub fn satisfied(target: &Target, observed: &Observed, limits: &Limits) -> bool {
+/// Whether the device shows the target's physical effect. `power_before` is what the device
+/// drew when the agent last acted on it, when measured: a sleep is confirmed only once the draw
+/// fell well below it (or below nameplate).
+pub fn satisfied(
+    target: &Target,
+    observed: &Observed,
+    limits: &Limits,
+    power_before: Option<f64>,
+) -> bool {
     match (target, observed) {
         (
             Target::Miner(t),
@@ -181,12 +188,14 @@ pub fn satisfied(target: &Target, observed: &Observed, limits: &Limits) -> bool 
                         } => *nameplate_power_w,
                         Limits::Gpu { .. } => None,
                     };
-                    // Power actually fell: asleep, not hashing, and (where measured) drawing
-                    // at most a sixth of nameplate (control board and fans).
+                    // Power actually fell: asleep, not hashing, and (where measured) drawing at
+                    // most a sixth of nameplate or of what it drew before (control board and
+                    // fans). A firmware that says "sleeping" while still drawing is not asleep.
+                    let reference = nameplate.or(power_before.filter(|p| *p > 0.0));
                     *state == MinerState::Sleeping
                         && hashrate_ths.is_none_or(|h| h < 0.5)
-                        && match (power_w, nameplate) {
-                            (Some(p), Some(n)) => *p <= n / 6.0,
+                        && match (power_w, reference) {
+                            (Some(p), Some(r)) => *p <= r / 6.0,
                             _ => true,
                         }
                 }
@@ -265,6 +274,8 @@ struct Held {
     in_flight: bool,
     /// Set once the lease expired and the fallback took over.
     fallback: Option<Target>,
+    /// The draw measured when the agent last acted on the device.
+    power_before: Option<f64>,
 }
 
 impl Held {
@@ -364,6 +375,7 @@ fn restored(intent: Intent) -> Held {
         last_attempt: None,
         in_flight: false,
         fallback: None,
+        power_before: None,
     }
 }
 
@@ -600,6 +612,7 @@ impl Reconciler {
                     last_attempt: None,
                     in_flight: false,
                     fallback: None,
+                    power_before: None,
                 },
             );
             changed = true;
@@ -681,7 +694,7 @@ impl Reconciler {
                 continue;
             }
             let target = h.target();
-            let ok = obs.is_some_and(|o| satisfied(&target, o, &device.limits));
+            let ok = obs.is_some_and(|o| satisfied(&target, o, &device.limits, h.power_before));
             match h.phase {
                 IntentPhase::Applied if ok => {
                     self.reports.push(h.transition(
@@ -752,6 +765,7 @@ impl Reconciler {
             }
             h.in_flight = true;
             h.last_attempt = Some(now);
+            h.power_before = observed_power(obs).or(h.power_before);
             to_apply.push((
                 id.clone(),
                 h.intent.generation,
@@ -804,7 +818,7 @@ impl Reconciler {
                     "applied and read back".into(),
                     power,
                 ));
-                if satisfied(&target, &o, &device.limits) {
+                if satisfied(&target, &o, &device.limits, h.power_before) {
                     self.reports.push(h.transition(
                         id,
                         IntentPhase::Confirmed,
@@ -989,6 +1003,67 @@ mod tests {
         settle().await;
         assert_eq!(miner.calls.load(Ordering::SeqCst), 2);
         assert!(*miner.asleep.lock().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_is_confirmed_only_once_the_draw_falls() {
+        /// Says "sleeping" at once, but the draw falls only later.
+        struct SlowToFall;
+        #[async_trait]
+        impl Actuator for SlowToFall {
+            async fn apply(&self, _: &Target) -> Result<Observed, String> {
+                Ok(asleep_drawing(2900.0))
+            }
+        }
+        fn asleep_drawing(w: f64) -> Observed {
+            Observed::Miner {
+                reachable: true,
+                state: MinerState::Sleeping,
+                power_w: Some(w),
+                hashrate_ths: Some(0.0),
+                power_target_w: None,
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let unknown_nameplate = Limits::Miner {
+            can_sleep: true,
+            power_target: false,
+            power_target_min_w: None,
+            power_target_max_w: None,
+            nameplate_power_w: None,
+        };
+        let devices = BTreeMap::from([(
+            "m1".to_owned(),
+            Device {
+                limits: unknown_nameplate,
+                actuator: Arc::new(SlowToFall),
+                pacing: Duration::from_secs(10),
+            },
+        )]);
+        let settings = Settings {
+            confirm_timeout: Duration::from_secs(60),
+            fallback: Fallback::Hold,
+        };
+        let r = Reconciler::new(devices, StateDir::open(dir.path()).unwrap(), settings).unwrap();
+        r.observe(
+            "m1",
+            Observed::Miner {
+                reachable: true,
+                state: MinerState::Mining,
+                power_w: Some(3000.0),
+                hashrate_ths: Some(100.0),
+                power_target_w: None,
+            },
+        );
+        r.receive(&[intent(1, SLEEP, 300)]);
+        settle().await;
+        assert_eq!(
+            phases(&r),
+            [(1, IntentPhase::Pending), (1, IntentPhase::Applied)]
+        );
+        r.observe("m1", asleep_drawing(30.0));
+        settle().await;
+        assert_eq!(phases(&r), [(1, IntentPhase::Confirmed)]);
     }
 
     #[tokio::test(start_paused = true)]
