@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use pivot_proto::model::MinerState;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::debug;
 
@@ -50,13 +49,6 @@ pub struct Observations {
 }
 
 impl Observations {
-    pub fn miners(&self) -> BTreeMap<String, MinerStatus> {
-        self.miners
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
     /// Runs `f` on the latest miner statuses without copying them.
     pub fn with_miners<T>(&self, f: impl FnOnce(&BTreeMap<String, MinerStatus>) -> T) -> T {
         f(&self
@@ -186,13 +178,4 @@ pub async fn run(
         let readings = sweep(&slots, concurrency, deadline).await;
         record(&obs, Some(&reconciler), readings, start.elapsed());
     }
-}
-
-/// Counts of miners by state, for logs and metrics.
-pub fn count_states(miners: &BTreeMap<String, MinerStatus>) -> BTreeMap<MinerState, usize> {
-    let mut out = BTreeMap::new();
-    for m in miners.values() {
-        *out.entry(m.reading.state).or_insert(0) += 1;
-    }
-    out
 }

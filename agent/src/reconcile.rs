@@ -906,6 +906,7 @@ mod tests {
         });
         let r = reconciler(
             &dir,
+            limits(),
             miner.clone(),
             Duration::from_secs(10),
             fallback,
@@ -917,6 +918,7 @@ mod tests {
     /// A reconciler in `dir` for one miner "m1" driven by `actuator`.
     fn reconciler(
         dir: &tempfile::TempDir,
+        limits: Limits,
         actuator: Arc<dyn Actuator>,
         pacing: Duration,
         fallback: Fallback,
@@ -925,7 +927,7 @@ mod tests {
         let devices = BTreeMap::from([(
             "m1".to_owned(),
             Device {
-                limits: limits(),
+                limits,
                 actuator,
                 pacing,
             },
@@ -1032,19 +1034,14 @@ mod tests {
             power_target_max_w: None,
             nameplate_power_w: None,
         };
-        let devices = BTreeMap::from([(
-            "m1".to_owned(),
-            Device {
-                limits: unknown_nameplate,
-                actuator: Arc::new(SlowToFall),
-                pacing: Duration::from_secs(10),
-            },
-        )]);
-        let settings = Settings {
-            confirm_timeout: Duration::from_secs(60),
-            fallback: Fallback::Hold,
-        };
-        let r = Reconciler::new(devices, StateDir::open(dir.path()).unwrap(), settings).unwrap();
+        let r = reconciler(
+            &dir,
+            unknown_nameplate,
+            Arc::new(SlowToFall),
+            Duration::from_secs(10),
+            Fallback::Hold,
+            Arc::new(Utc::now),
+        );
         r.observe(
             "m1",
             Observed::Miner {
@@ -1080,6 +1077,7 @@ mod tests {
         let broken = Arc::new(Broken(AtomicUsize::new(0)));
         let r = reconciler(
             &dir,
+            limits(),
             broken.clone(),
             Duration::from_secs(120),
             Fallback::Hold,
@@ -1209,6 +1207,7 @@ mod tests {
         drop(r);
         let r = reconciler(
             &dir,
+            limits(),
             miner.clone(),
             Duration::from_secs(10),
             Fallback::Hold,

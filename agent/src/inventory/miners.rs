@@ -1,7 +1,6 @@
 //! Miners in the daemon: discovery into device slots, the actuator the reconciler drives, the
 //! rediscovery of configured miners that were missing, and their shapes on the wire.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -386,12 +385,4 @@ pub async fn rediscover(
         }
         set.extend(found, missing);
     }
-}
-
-/// Device ids of the miners, in order, with their slots.
-pub fn by_id(slots: &[MinerSlot]) -> BTreeMap<String, MinerSlot> {
-    slots
-        .iter()
-        .map(|s| (s.device_id.clone(), s.clone()))
-        .collect()
 }
