@@ -54,6 +54,8 @@ impl AgentSource {
             temperature_c: h.max_temperature_c.map(f64::from).filter(|v| v.is_finite()),
             workload_state: v1::WorkloadState::Unspecified as i32,
             observed_at: Some(pivot_proto::model::timestamp_to_proto(Utc::now())),
+            power_w: None,
+            workload: None,
         })
     }
 }
@@ -81,6 +83,8 @@ impl link::Source for AgentSource {
                 memory_total_bytes: host.as_ref().map_or(0, |h| h.memory_total_bytes),
                 workload_managers: Vec::new(),
                 workload_node_name: String::new(),
+                base_power_w: None,
+                max_power_w: None,
             }),
             miners: self
                 .miners

@@ -411,6 +411,7 @@ fn status(
         detail,
         observed_power_w: power,
         at: Some(model::timestamp_to_proto(Utc::now())),
+        ..Default::default()
     }
 }
 
@@ -953,6 +954,7 @@ mod tests {
             target,
             reason: "test".into(),
             phase: 0,
+            plan_id: String::new(),
         }
         .to_proto()
     }

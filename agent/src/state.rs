@@ -127,6 +127,7 @@ mod tests {
             target: Target::Miner(MinerTarget::Sleep),
             reason: "price spike".into(),
             phase: 0,
+            plan_id: String::new(),
         };
         s.save_intents([&i]).unwrap();
         assert_eq!(s.load_intents().unwrap()["miner/a"], i);

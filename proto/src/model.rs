@@ -285,6 +285,9 @@ pub struct Intent {
     pub target: Target,
     pub reason: String,
     pub phase: u32,
+    /// The plan this intent belongs to; empty for intents from no plan.
+    #[serde(default)]
+    pub plan_id: String,
 }
 
 impl Intent {
@@ -308,6 +311,7 @@ impl Intent {
             target: Some(target),
             reason: self.reason.clone(),
             phase: self.phase,
+            plan_id: self.plan_id.clone(),
         }
     }
 
@@ -353,6 +357,7 @@ impl Intent {
             target,
             reason: m.reason.clone(),
             phase: m.phase,
+            plan_id: m.plan_id.clone(),
         })
     }
 }
@@ -482,6 +487,7 @@ mod tests {
             }),
             reason: "economic".into(),
             phase: 2,
+            plan_id: "plan-9".into(),
         };
         assert_eq!(Intent::from_proto(&i.to_proto(), "intent").unwrap(), i);
     }
@@ -558,6 +564,7 @@ mod tests {
                 target,
                 reason: String::new(),
                 phase: 0,
+                plan_id: String::new(),
             };
             if let Ok(i) = Intent::from_proto(&m, "i") {
                 prop_assert_eq!(Intent::from_proto(&i.to_proto(), "i").unwrap(), i);

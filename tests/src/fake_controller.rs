@@ -40,6 +40,7 @@ impl v1::agent_service_server::AgentService for Service {
                 telemetry_interval: Some(pivot_proto::model::duration_to_proto(
                     self.telemetry_interval,
                 )),
+                controller_time: Some(pivot_proto::model::timestamp_to_proto(chrono::Utc::now())),
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
@@ -131,6 +132,7 @@ impl FakeController {
     pub async fn send_intents(&self, intents: Vec<v1::Intent>) {
         self.send(v1::controller_message::Msg::Intents(v1::IntentBatch {
             intents,
+            controller_time: Some(pivot_proto::model::timestamp_to_proto(chrono::Utc::now())),
         }))
         .await;
     }

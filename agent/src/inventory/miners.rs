@@ -252,7 +252,9 @@ pub fn miner_inventory(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> v1::
             power_target: id.capabilities.power_target,
             power_target_min_w: id.capabilities.power_target_min_w,
             power_target_max_w: id.capabilities.power_target_max_w,
+            power_target_steps_w: Vec::new(),
         }),
+        nameplate_source: String::new(),
     }
 }
 

@@ -80,6 +80,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             msg: Some(Down::Welcome(v1::Welcome {
                 controller_id: self.ctl.config.site.id.clone(),
                 telemetry_interval: Some(model::duration_to_proto(self.ctl.telemetry_interval())),
+                controller_time: Some(model::timestamp_to_proto(Utc::now())),
             })),
         };
         tx.send(Ok(welcome))
@@ -185,7 +186,7 @@ pub fn validate_hello(h: &v1::Hello) -> Result<AgentEntry, FieldError> {
             m.nameplate_hashrate_ths,
             format!("{f}.nameplate_hashrate_ths"),
         )?;
-        let caps = m.capabilities.unwrap_or_default();
+        let caps = m.capabilities.clone().unwrap_or_default();
         if let (Some(lo), Some(hi)) = (caps.power_target_min_w, caps.power_target_max_w)
             && lo > hi
         {
@@ -324,7 +325,7 @@ pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, Fie
             finite_field(v, format!("host.{name}"))?;
         }
     }
-    Ok((miners, gpus, t.host))
+    Ok((miners, gpus, t.host.clone()))
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ fn intent(device: &str, generation: u64, target: Target, lease: Duration) -> v1:
         target,
         reason: "e2e".into(),
         phase: 0,
+        plan_id: String::new(),
     }
     .to_proto()
 }
