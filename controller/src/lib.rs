@@ -92,9 +92,12 @@ impl Controller {
     /// The site at a glance.
     pub async fn site_status(&self) -> Result<v1::SiteStatus, Status> {
         let now = Utc::now();
+        // Overlapping events: the lowest target is the one in force.
         let dr = self
-            .blocking(move |s| s.active_demand_response(now))
-            .await?;
+            .blocking(move |s| s.demand_responses_in_force(now))
+            .await?
+            .into_iter()
+            .min_by(|a, b| a.target_power_w.total_cmp(&b.target_power_w));
         let policy = self.blocking(|s| s.get_policy()).await?;
         let f = self.registry.summary(&self.config.agents.assumptions());
         Ok(v1::SiteStatus {

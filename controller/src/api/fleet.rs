@@ -286,6 +286,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
             ends_at: deadline + duration,
             actor: actor_or(&req.actor, "unknown"),
             created_at: now,
+            cancelled_at: None,
         };
         let stored = event.clone();
         self.ctl

@@ -1,4 +1,6 @@
-//! The controller's durable state: audit log, overrides, policy, demand-response events.
+//! The controller's durable state: audit log, overrides, policy, demand-response events, the
+//! desired state of every device (intents with their generations and last statuses), plans and
+//! their progress, and market and site history.
 //!
 //! [`Store`] is the seam; [`sqlite::SqliteStore`] is the embedded default. Calls are blocking
 //! (SQLite is local and fast); async callers go through `tokio::task::spawn_blocking`.
@@ -6,7 +8,7 @@
 pub mod sqlite;
 
 use chrono::{DateTime, Utc};
-use pivot_proto::model::Target;
+use pivot_proto::model::{Intent, IntentPhase, Target};
 use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
@@ -64,6 +66,115 @@ pub struct DemandResponse {
     pub ends_at: DateTime<Utc>,
     pub actor: String,
     pub created_at: DateTime<Utc>,
+    /// When it was cancelled, if it was.
+    #[serde(default)]
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl DemandResponse {
+    /// Whether the event constrains the site at `now` (from its creation until it ends, unless
+    /// cancelled): the site sheds towards the target from the moment the event is known.
+    pub fn in_force(&self, now: DateTime<Utc>) -> bool {
+        self.cancelled_at.is_none() && now < self.ends_at
+    }
+}
+
+/// The last status an agent reported for the generation the controller holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub phase: IntentPhase,
+    pub detail: String,
+    /// With `Failed`: whether the agent retries this generation.
+    pub retrying: bool,
+    pub observed_power_w: Option<f64>,
+    pub at: DateTime<Utc>,
+}
+
+/// The controller's desired state for one device: the intent it issued (generation, lease,
+/// target, plan) and where the agent says it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceIntent {
+    pub host_id: String,
+    pub intent: Intent,
+    pub issued_at: DateTime<Utc>,
+    /// What the device was committed at before this intent, W: the "before" of a transition,
+    /// counted until the intent is confirmed (DESIGN.md invariant 1).
+    pub before_w: Option<f64>,
+    pub status: Option<StatusRecord>,
+}
+
+/// Where a plan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanState {
+    /// Phases are being sent and confirmed.
+    Executing,
+    /// Every phase done.
+    Completed,
+    /// A newer plan took over before it finished.
+    Superseded,
+    /// Stopped in a safe state (a phase that releases power failed); see the audit log.
+    Stopped,
+}
+
+impl PlanState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanState::Executing => "executing",
+            PlanState::Completed => "completed",
+            PlanState::Superseded => "superseded",
+            PlanState::Stopped => "stopped",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "executing" => PlanState::Executing,
+            "completed" => PlanState::Completed,
+            "superseded" => PlanState::Superseded,
+            "stopped" => PlanState::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+/// A plan as stored: its id, progress, and the plan itself as JSON (the planner's serialised
+/// plan; the store does not look inside).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPlan {
+    pub plan_id: String,
+    pub created_at: DateTime<Utc>,
+    pub state: PlanState,
+    /// The phase being executed (or the last one, once done).
+    pub current_phase: u32,
+    pub updated_at: DateTime<Utc>,
+    pub document: serde_json::Value,
+}
+
+/// One sample of the market inputs the planner saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MarketSample {
+    pub at: DateTime<Utc>,
+    pub hashprice_usd_per_ph_day: Option<f64>,
+    pub energy_usd_per_mwh: Option<f64>,
+    pub ai_usd_per_gpu_hour: Option<f64>,
+    pub ai_gpu_demand: Option<u32>,
+    /// Whether the planner could run on it; `problems` says why not.
+    pub usable: bool,
+    pub problems: Vec<String>,
+}
+
+/// One sample of the site's power and margin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteSample {
+    pub at: DateTime<Utc>,
+    /// The cap in force (site cap minus reserve, or lower under DR / a schedule window), W.
+    pub cap_w: f64,
+    pub committed_w: f64,
+    pub measured_w: f64,
+    pub mining_w: f64,
+    pub ai_w: f64,
+    pub margin_usd_per_h: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +188,22 @@ pub enum StoreError {
     RevisionConflict { expected: u64, actual: u64 },
     #[error("store record {what} is corrupt: {problem}")]
     Corrupt { what: String, problem: String },
+    #[error("{what} already exists")]
+    Exists { what: String },
+    #[error(
+        "intent for {device_id}: generation {generation} is not above the {stored} already issued"
+    )]
+    StaleGeneration {
+        device_id: String,
+        generation: u64,
+        stored: u64,
+    },
+    #[error("store {path}: schema version {found} is newer than this controller's {supported}")]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
 }
 
 /// Durable controller state.
@@ -103,10 +230,59 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         expected_revision: u64,
     ) -> Result<StoredPolicy, StoreError>;
+    /// Stores a new event; an id that exists already is refused (`Exists`), never replaced.
     fn put_demand_response(&self, e: &DemandResponse) -> Result<(), StoreError>;
-    /// The event in force at `now`, if any (the latest created one).
-    fn active_demand_response(
+    /// Marks an event cancelled at `at`; whether it existed and was not cancelled before.
+    fn cancel_demand_response(&self, event_id: &str, at: DateTime<Utc>)
+    -> Result<bool, StoreError>;
+    /// Events in force at `now` (not cancelled, not ended), oldest first.
+    fn demand_responses_in_force(
         &self,
         now: DateTime<Utc>,
-    ) -> Result<Option<DemandResponse>, StoreError>;
+    ) -> Result<Vec<DemandResponse>, StoreError>;
+    /// The most recent events (any state), newest first.
+    fn list_demand_responses(&self, limit: u32) -> Result<Vec<DemandResponse>, StoreError>;
+
+    /// Stores intents issued together, in one transaction: all or none. Each must carry a
+    /// generation above the one stored for its device (`StaleGeneration` otherwise: generations
+    /// never go down, even across restarts).
+    fn put_intents(&self, intents: &[DeviceIntent]) -> Result<(), StoreError>;
+    /// Records an agent's status for `(device_id, generation)`; ignored (false) when the
+    /// controller holds another generation for the device.
+    fn set_intent_status(
+        &self,
+        device_id: &str,
+        generation: u64,
+        status: &StatusRecord,
+    ) -> Result<bool, StoreError>;
+    /// Every device's desired state.
+    fn list_intents(&self) -> Result<Vec<DeviceIntent>, StoreError>;
+    /// The highest generation ever issued for a device (0 when none).
+    fn max_generation(&self, device_id: &str) -> Result<u64, StoreError>;
+
+    fn put_plan(&self, plan: &StoredPlan) -> Result<(), StoreError>;
+    fn update_plan(
+        &self,
+        plan_id: &str,
+        state: PlanState,
+        current_phase: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The plan being executed, if any (the newest with state `Executing`).
+    fn plan_in_flight(&self) -> Result<Option<StoredPlan>, StoreError>;
+    /// The newest plans, newest first.
+    fn list_plans(&self, limit: u32) -> Result<Vec<StoredPlan>, StoreError>;
+
+    fn append_market(&self, sample: &MarketSample) -> Result<(), StoreError>;
+    fn append_site(&self, sample: &SiteSample) -> Result<(), StoreError>;
+    /// Samples at or after `since`, oldest first, at most `limit`.
+    fn market_history(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<MarketSample>, StoreError>;
+    fn site_history(&self, since: DateTime<Utc>, limit: u32)
+    -> Result<Vec<SiteSample>, StoreError>;
+    /// Drops market and site samples older than `before`; how many.
+    fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -1,14 +1,24 @@
-//! SQLite store (rusqlite, bundled): one file, WAL mode, schema created on open.
+//! SQLite store (rusqlite, bundled): one file, WAL mode, schema migrated on open.
+//!
+//! The schema's version is SQLite's `user_version`; each migration runs once, in a transaction,
+//! in order. A file written by a newer controller is refused rather than misread.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use pivot_proto::model::{Intent, Target};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRecord, DemandResponse, NewAudit, Override, Store, StoreError, StoredPolicy};
+use super::{
+    AuditRecord, DemandResponse, DeviceIntent, MarketSample, NewAudit, Override, PlanState,
+    SiteSample, StatusRecord, Store, StoreError, StoredPlan, StoredPolicy,
+};
 
-const SCHEMA: &str = r#"
+/// Migrations, in order; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -45,6 +55,42 @@ CREATE TABLE IF NOT EXISTS demand_response (
 );
 "#;
 
+const SCHEMA_V2: &str = r#"
+ALTER TABLE demand_response ADD COLUMN cancelled_at TEXT;
+CREATE TABLE device_intents (
+    device_id TEXT PRIMARY KEY,
+    host_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    target_json TEXT NOT NULL,
+    lease_expires_at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    plan_id TEXT NOT NULL,
+    plan_phase INTEGER NOT NULL,
+    issued_at TEXT NOT NULL,
+    before_w REAL,
+    status_json TEXT
+);
+CREATE TABLE plans (
+    plan_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    current_phase INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    document_json TEXT NOT NULL
+);
+CREATE INDEX plans_state ON plans(state, created_at);
+CREATE TABLE market_history (
+    at TEXT NOT NULL,
+    sample_json TEXT NOT NULL
+);
+CREATE INDEX market_history_at ON market_history(at);
+CREATE TABLE site_history (
+    at TEXT NOT NULL,
+    sample_json TEXT NOT NULL
+);
+CREATE INDEX site_history_at ON site_history(at);
+"#;
+
 /// The embedded default store.
 pub struct SqliteStore {
     path: String,
@@ -67,14 +113,14 @@ impl SqliteStore {
             path: display.clone(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&mut conn, &display)?;
         Ok(Self {
             path: display,
             conn: Mutex::new(conn),
@@ -100,6 +146,59 @@ impl SqliteStore {
             source,
         }
     }
+}
+
+/// Brings the schema to the newest version, one migration per transaction.
+fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let mut version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version > supported {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            supported,
+        });
+    }
+    // Files from before versioning have the first schema's tables and version 0; its
+    // statements are all `IF NOT EXISTS`, so running it again is harmless.
+    while version < supported {
+        let step = MIGRATIONS
+            .get(usize::try_from(version).unwrap_or(usize::MAX))
+            .copied()
+            .unwrap_or_default();
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(step).map_err(err)?;
+        version += 1;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+fn corrupt(what: impl Into<String>, problem: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what: what.into(),
+        problem: problem.to_string(),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T, what: &str) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt(what, e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn time(s: &str, what: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -350,61 +449,434 @@ impl Store for SqliteStore {
     fn put_demand_response(&self, e: &DemandResponse) -> Result<(), StoreError> {
         let sql = self.sql();
         self.with(|c| {
+            let inserted = c
+                .execute(
+                    "INSERT OR IGNORE INTO demand_response
+                     (event_id, target_power_w, deadline, ends_at, actor, created_at, cancelled_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        e.event_id,
+                        e.target_power_w,
+                        e.deadline.to_rfc3339(),
+                        e.ends_at.to_rfc3339(),
+                        e.actor,
+                        e.created_at.to_rfc3339(),
+                        e.cancelled_at.map(|t| t.to_rfc3339()),
+                    ],
+                )
+                .map_err(&sql)?;
+            if inserted == 0 {
+                return Err(StoreError::Exists {
+                    what: format!("demand-response event `{}`", e.event_id),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn cancel_demand_response(
+        &self,
+        event_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE demand_response SET cancelled_at = ?2
+                 WHERE event_id = ?1 AND cancelled_at IS NULL",
+                params![event_id, at.to_rfc3339()],
+            )
+            .map_err(&sql)?
+                > 0)
+        })
+    }
+
+    fn demand_responses_in_force(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DemandResponse>, StoreError> {
+        // Times are stored as RFC 3339 in UTC, so they compare as text only when they have the
+        // same shape; compare parsed values instead.
+        let mut all = self.query_dr("ORDER BY created_at ASC", u32::MAX)?;
+        all.retain(|e| e.in_force(now));
+        Ok(all)
+    }
+
+    fn list_demand_responses(&self, limit: u32) -> Result<Vec<DemandResponse>, StoreError> {
+        self.query_dr("ORDER BY created_at DESC", limit)
+    }
+
+    fn put_intents(&self, intents: &[DeviceIntent]) -> Result<(), StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let tx = c.transaction().map_err(&sql)?;
+            for di in intents {
+                let i = &di.intent;
+                let stored: Option<i64> = tx
+                    .query_row(
+                        "SELECT generation FROM device_intents WHERE device_id = ?1",
+                        params![i.device_id],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(&sql)?;
+                let stored = stored.map_or(0, |g| u64::try_from(g).unwrap_or(0));
+                if i.generation <= stored {
+                    return Err(StoreError::StaleGeneration {
+                        device_id: i.device_id.clone(),
+                        generation: i.generation,
+                        stored,
+                    });
+                }
+                let what = format!("intent {}", i.device_id);
+                tx.execute(
+                    "INSERT OR REPLACE INTO device_intents
+                     (device_id, host_id, generation, target_json, lease_expires_at, reason,
+                      plan_id, plan_phase, issued_at, before_w, status_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        i.device_id,
+                        di.host_id,
+                        to_i64(i.generation),
+                        json(&i.target, &what)?,
+                        i.lease_expires_at.to_rfc3339(),
+                        i.reason,
+                        i.plan_id,
+                        i.phase,
+                        di.issued_at.to_rfc3339(),
+                        di.before_w,
+                        di.status.as_ref().map(|s| json(s, &what)).transpose()?,
+                    ],
+                )
+                .map_err(&sql)?;
+            }
+            tx.commit().map_err(&sql)?;
+            Ok(())
+        })
+    }
+
+    fn set_intent_status(
+        &self,
+        device_id: &str,
+        generation: u64,
+        status: &StatusRecord,
+    ) -> Result<bool, StoreError> {
+        let sql = self.sql();
+        let status = json(status, &format!("intent status {device_id}"))?;
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE device_intents SET status_json = ?3 WHERE device_id = ?1 AND generation = ?2",
+                params![device_id, to_i64(generation), status],
+            )
+            .map_err(&sql)?
+                > 0)
+        })
+    }
+
+    fn list_intents(&self) -> Result<Vec<DeviceIntent>, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT device_id, host_id, generation, target_json, lease_expires_at, reason,
+                            plan_id, plan_phase, issued_at, before_w, status_json
+                     FROM device_intents ORDER BY device_id",
+                )
+                .map_err(&sql)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, i64>(7)?,
+                        r.get::<_, String>(8)?,
+                        r.get::<_, Option<f64>>(9)?,
+                        r.get::<_, Option<String>>(10)?,
+                    ))
+                })
+                .map_err(&sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (
+                    device_id,
+                    host_id,
+                    generation,
+                    target,
+                    lease,
+                    reason,
+                    plan_id,
+                    plan_phase,
+                    issued_at,
+                    before_w,
+                    status,
+                ) = row.map_err(&sql)?;
+                let what = format!("intent {device_id}");
+                let target: Target = from_json(&target, &what)?;
+                out.push(DeviceIntent {
+                    host_id,
+                    intent: Intent {
+                        generation: u64::try_from(generation)
+                            .map_err(|e| corrupt(what.clone(), e))?,
+                        lease_expires_at: time(&lease, &what)?,
+                        target,
+                        reason,
+                        phase: u32::try_from(plan_phase).map_err(|e| corrupt(what.clone(), e))?,
+                        plan_id,
+                        device_id,
+                    },
+                    issued_at: time(&issued_at, &what)?,
+                    before_w,
+                    status: status.map(|s| from_json(&s, &what)).transpose()?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn max_generation(&self, device_id: &str) -> Result<u64, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let g: Option<i64> = c
+                .query_row(
+                    "SELECT generation FROM device_intents WHERE device_id = ?1",
+                    params![device_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&sql)?;
+            Ok(g.map_or(0, |g| u64::try_from(g).unwrap_or(0)))
+        })
+    }
+
+    fn put_plan(&self, plan: &StoredPlan) -> Result<(), StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let inserted = c
+                .execute(
+                    "INSERT OR IGNORE INTO plans
+                     (plan_id, created_at, state, current_phase, updated_at, document_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        plan.plan_id,
+                        plan.created_at.to_rfc3339(),
+                        plan.state.as_str(),
+                        plan.current_phase,
+                        plan.updated_at.to_rfc3339(),
+                        plan.document.to_string(),
+                    ],
+                )
+                .map_err(&sql)?;
+            if inserted == 0 {
+                return Err(StoreError::Exists {
+                    what: format!("plan `{}`", plan.plan_id),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn update_plan(
+        &self,
+        plan_id: &str,
+        state: PlanState,
+        current_phase: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO demand_response (event_id, target_power_w, deadline, ends_at, actor, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    e.event_id,
-                    e.target_power_w,
-                    e.deadline.to_rfc3339(),
-                    e.ends_at.to_rfc3339(),
-                    e.actor,
-                    e.created_at.to_rfc3339()
-                ],
+                "UPDATE plans SET state = ?2, current_phase = ?3, updated_at = ?4 WHERE plan_id = ?1",
+                params![plan_id, state.as_str(), current_phase, at.to_rfc3339()],
             )
             .map_err(&sql)?;
             Ok(())
         })
     }
 
-    fn active_demand_response(
+    fn plan_in_flight(&self) -> Result<Option<StoredPlan>, StoreError> {
+        Ok(self
+            .query_plans(
+                "WHERE state = 'executing' ORDER BY created_at DESC, rowid DESC",
+                1,
+            )?
+            .pop())
+    }
+
+    fn list_plans(&self, limit: u32) -> Result<Vec<StoredPlan>, StoreError> {
+        self.query_plans("ORDER BY created_at DESC, rowid DESC", limit)
+    }
+
+    fn append_market(&self, sample: &MarketSample) -> Result<(), StoreError> {
+        self.append_sample("market_history", sample.at, &json(sample, "market sample")?)
+    }
+
+    fn append_site(&self, sample: &SiteSample) -> Result<(), StoreError> {
+        self.append_sample("site_history", sample.at, &json(sample, "site sample")?)
+    }
+
+    fn market_history(
         &self,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DemandResponse>, StoreError> {
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<MarketSample>, StoreError> {
+        self.samples("market_history", since, limit)
+    }
+
+    fn site_history(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<SiteSample>, StoreError> {
+        self.samples("site_history", since, limit)
+    }
+
+    fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let sql = self.sql();
+        let before = sample_key(before);
+        self.with(|c| {
+            let mut n = 0;
+            for table in ["market_history", "site_history"] {
+                n += c
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE at < ?1"),
+                        params![before],
+                    )
+                    .map_err(&sql)?;
+            }
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}
+
+/// History samples are keyed by a fixed-width UTC time, so that text order is time order.
+fn sample_key(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+impl SqliteStore {
+    fn query_dr(&self, order: &str, limit: u32) -> Result<Vec<DemandResponse>, StoreError> {
         let sql = self.sql();
         self.with(|c| {
-            let row = c
-                .query_row(
-                    "SELECT event_id, target_power_w, deadline, ends_at, actor, created_at
-                     FROM demand_response WHERE ends_at > ?1 ORDER BY created_at DESC LIMIT 1",
-                    params![now.to_rfc3339()],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, f64>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, String>(5)?,
-                        ))
-                    },
-                )
-                .optional()
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT event_id, target_power_w, deadline, ends_at, actor, created_at, cancelled_at
+                     FROM demand_response {order} LIMIT ?1"
+                ))
                 .map_err(&sql)?;
-            row.map(
-                |(event_id, target_power_w, deadline, ends_at, actor, created_at)| {
-                    let what = format!("demand_response {event_id}");
-                    Ok(DemandResponse {
-                        deadline: time(&deadline, &what)?,
-                        ends_at: time(&ends_at, &what)?,
-                        created_at: time(&created_at, &what)?,
-                        event_id,
-                        target_power_w,
-                        actor,
-                    })
-                },
+            let rows = stmt
+                .query_map(params![limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, f64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
+                })
+                .map_err(&sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (event_id, target_power_w, deadline, ends_at, actor, created_at, cancelled) =
+                    row.map_err(&sql)?;
+                let what = format!("demand_response {event_id}");
+                out.push(DemandResponse {
+                    deadline: time(&deadline, &what)?,
+                    ends_at: time(&ends_at, &what)?,
+                    created_at: time(&created_at, &what)?,
+                    cancelled_at: cancelled.as_deref().map(|t| time(t, &what)).transpose()?,
+                    event_id,
+                    target_power_w,
+                    actor,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn query_plans(&self, clause: &str, limit: u32) -> Result<Vec<StoredPlan>, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT plan_id, created_at, state, current_phase, updated_at, document_json
+                     FROM plans {clause} LIMIT ?1"
+                ))
+                .map_err(&sql)?;
+            let rows = stmt
+                .query_map(params![limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })
+                .map_err(&sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (plan_id, created_at, state, phase, updated_at, doc) = row.map_err(&sql)?;
+                let what = format!("plan {plan_id}");
+                out.push(StoredPlan {
+                    created_at: time(&created_at, &what)?,
+                    state: PlanState::parse(&state)
+                        .ok_or_else(|| corrupt(what.clone(), format!("unknown state `{state}`")))?,
+                    current_phase: u32::try_from(phase).map_err(|e| corrupt(what.clone(), e))?,
+                    updated_at: time(&updated_at, &what)?,
+                    document: from_json(&doc, &what)?,
+                    plan_id,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn append_sample(
+        &self,
+        table: &'static str,
+        at: DateTime<Utc>,
+        sample_json: &str,
+    ) -> Result<(), StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            c.execute(
+                &format!("INSERT INTO {table} (at, sample_json) VALUES (?1, ?2)"),
+                params![sample_key(at), sample_json],
             )
-            .transpose()
+            .map_err(&sql)?;
+            Ok(())
+        })
+    }
+
+    fn samples<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<T>, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT sample_json FROM {table} WHERE at >= ?1 ORDER BY at ASC LIMIT ?2"
+                ))
+                .map_err(&sql)?;
+            let rows = stmt
+                .query_map(params![sample_key(since), limit], |r| r.get::<_, String>(0))
+                .map_err(&sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(from_json(&row.map_err(&sql)?, table)?);
+            }
+            Ok(out)
         })
     }
 }
@@ -412,7 +884,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pivot_proto::model::{MinerTarget, Target};
+    use pivot_proto::model::{IntentPhase, MinerTarget, Target};
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -491,5 +963,181 @@ mod tests {
         );
         assert!(s.clear_override("miner/a").unwrap());
         assert!(!s.clear_override("miner/a").unwrap());
+    }
+
+    fn intent(device: &str, generation: u64, target: Target) -> DeviceIntent {
+        DeviceIntent {
+            host_id: "h1".into(),
+            intent: Intent {
+                device_id: device.into(),
+                generation,
+                lease_expires_at: Utc::now() + chrono::Duration::seconds(60),
+                target,
+                reason: "test".into(),
+                phase: 1,
+                plan_id: "p1".into(),
+            },
+            issued_at: Utc::now(),
+            before_w: Some(3000.0),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn generations_never_go_down_and_a_batch_is_all_or_nothing() {
+        let (_d, s) = store();
+        let sleep = Target::Miner(MinerTarget::Sleep);
+        s.put_intents(&[intent("m1", 3, sleep), intent("m2", 1, sleep)])
+            .unwrap();
+        assert_eq!(s.max_generation("m1").unwrap(), 3);
+        assert_eq!(s.max_generation("nope").unwrap(), 0);
+        // m3 is new but m1's generation 3 is not above the stored 3: nothing is stored.
+        let err = s
+            .put_intents(&[intent("m3", 1, sleep), intent("m1", 3, sleep)])
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::StaleGeneration { ref device_id, generation: 3, stored: 3 } if device_id == "m1"),
+            "{err}"
+        );
+        assert_eq!(s.max_generation("m3").unwrap(), 0);
+        let run = Target::Miner(MinerTarget::Run {
+            power_target_w: None,
+        });
+        s.put_intents(&[intent("m1", 4, run)]).unwrap();
+        let all = s.list_intents().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].intent.generation, 4);
+        assert_eq!(all[0].intent.target, run);
+        assert_eq!(all[0].intent.plan_id, "p1");
+        assert_eq!(all[0].before_w, Some(3000.0));
+    }
+
+    #[test]
+    fn statuses_land_only_on_the_generation_held() {
+        let (_d, s) = store();
+        s.put_intents(&[intent("m1", 2, Target::Miner(MinerTarget::Sleep))])
+            .unwrap();
+        let st = StatusRecord {
+            phase: IntentPhase::Confirmed,
+            detail: "asleep".into(),
+            retrying: false,
+            observed_power_w: Some(12.0),
+            at: Utc::now(),
+        };
+        assert!(!s.set_intent_status("m1", 1, &st).unwrap());
+        assert!(s.list_intents().unwrap()[0].status.is_none());
+        assert!(s.set_intent_status("m1", 2, &st).unwrap());
+        assert_eq!(s.list_intents().unwrap()[0].status, Some(st));
+    }
+
+    fn dr(id: &str, target: f64, ends_in_s: i64) -> DemandResponse {
+        let now = Utc::now();
+        DemandResponse {
+            event_id: id.into(),
+            target_power_w: target,
+            deadline: now + chrono::Duration::seconds(10),
+            ends_at: now + chrono::Duration::seconds(ends_in_s),
+            actor: "op".into(),
+            created_at: now,
+            cancelled_at: None,
+        }
+    }
+
+    #[test]
+    fn demand_response_ids_cannot_collide_and_events_cancel() {
+        let (_d, s) = store();
+        s.put_demand_response(&dr("ecrs-1", 5e6, 600)).unwrap();
+        let err = s.put_demand_response(&dr("ecrs-1", 1e6, 600)).unwrap_err();
+        assert!(matches!(err, StoreError::Exists { .. }), "{err}");
+        s.put_demand_response(&dr("ecrs-2", 3e6, 600)).unwrap();
+        s.put_demand_response(&dr("old", 1e6, -1)).unwrap();
+        let now = Utc::now();
+        let in_force = s.demand_responses_in_force(now).unwrap();
+        assert_eq!(
+            in_force
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["ecrs-1", "ecrs-2"]
+        );
+        assert_eq!(
+            in_force[0].target_power_w, 5e6,
+            "the first event was not replaced"
+        );
+        assert!(s.cancel_demand_response("ecrs-2", now).unwrap());
+        assert!(!s.cancel_demand_response("ecrs-2", now).unwrap());
+        assert!(!s.cancel_demand_response("nope", now).unwrap());
+        assert_eq!(s.demand_responses_in_force(now).unwrap().len(), 1);
+        assert_eq!(s.list_demand_responses(10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn plans_and_history_round_trip() {
+        let (_d, s) = store();
+        let now = Utc::now();
+        let p = StoredPlan {
+            plan_id: "p1".into(),
+            created_at: now,
+            state: PlanState::Executing,
+            current_phase: 0,
+            updated_at: now,
+            document: serde_json::json!({"phases": []}),
+        };
+        s.put_plan(&p).unwrap();
+        assert!(matches!(s.put_plan(&p), Err(StoreError::Exists { .. })));
+        assert_eq!(s.plan_in_flight().unwrap(), Some(p));
+        s.update_plan("p1", PlanState::Completed, 2, now).unwrap();
+        assert_eq!(s.plan_in_flight().unwrap(), None);
+        assert_eq!(s.list_plans(5).unwrap()[0].current_phase, 2);
+
+        for i in 0..5 {
+            s.append_site(&SiteSample {
+                at: now + chrono::Duration::seconds(i),
+                cap_w: 1e6,
+                committed_w: 9e5,
+                measured_w: 8e5,
+                mining_w: 5e5,
+                ai_w: 3e5,
+                margin_usd_per_h: Some(f64::from(i32::try_from(i).unwrap())),
+            })
+            .unwrap();
+        }
+        let h = s
+            .site_history(now + chrono::Duration::seconds(2), 100)
+            .unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0].margin_usd_per_h, Some(2.0));
+        assert_eq!(
+            s.prune_history(now + chrono::Duration::seconds(4)).unwrap(),
+            4
+        );
+        assert_eq!(s.site_history(now, 100).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_store_from_before_versioning_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute(
+                "INSERT INTO demand_response VALUES ('e', 1.0, ?1, ?1, 'op', ?1)",
+                params![Utc::now().to_rfc3339()],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.list_demand_responses(10).unwrap().len(), 1);
+        drop(s);
+        // Opening again runs nothing twice.
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.list_intents().unwrap().is_empty());
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(e.contains("newer"), "{e}");
     }
 }
