@@ -86,6 +86,15 @@ pub struct AgentsConfig {
     /// Draw assumed for a sleeping miner that measures none, W.
     #[serde(default = "default_sleeping_miner_w")]
     pub sleeping_miner_w: f64,
+    /// How long an intent's lease runs, seconds; renewed every quarter of it while the
+    /// controller lives and stands behind the intent. On controller loss an agent holds (never
+    /// raises) once it runs out.
+    #[serde(default = "default_lease_s")]
+    pub lease_s: u64,
+}
+
+fn default_lease_s() -> u64 {
+    120
 }
 
 fn default_unknown_miner_max_w() -> f64 {
@@ -103,6 +112,7 @@ impl Default for AgentsConfig {
             telemetry_interval_s: default_telemetry_interval_s(),
             unknown_miner_max_w: default_unknown_miner_max_w(),
             sleeping_miner_w: default_sleeping_miner_w(),
+            lease_s: default_lease_s(),
         }
     }
 }
@@ -227,6 +237,15 @@ impl Config {
                     format!("must be a number of watts >= 0, got {v}"),
                 ));
             }
+        }
+        if !(8..=86_400).contains(&self.agents.lease_s) {
+            return Err(invalid(
+                "agents.lease_s",
+                format!(
+                    "must be between 8 and 86400 seconds, got {}",
+                    self.agents.lease_s
+                ),
+            ));
         }
         if self.agents.telemetry_interval_s == 0 {
             return Err(invalid(

@@ -1,13 +1,50 @@
 //! The registry of agents and their devices, and the observed state the controller plans from.
 //!
-//! Everything here was validated at the gRPC edge (`api::agent`); the registry trusts it.
+//! Everything here was validated at the gRPC edge (`api::agent`); the registry trusts it. Each
+//! agent has at most one live session: a new session for a host supersedes the old one, which is
+//! closed, and nothing the superseded session does afterwards (telemetry, its end) changes the
+//! host's state.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use pivot_proto::model::{MinerDialect, MinerState};
 use pivot_proto::v1;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// What the controller sends down one agent's session.
+pub type Downlink = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
+
+/// One agent session: its id (unique in this controller's life) and the way down to it.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    tx: Downlink,
+}
+
+impl SessionHandle {
+    pub fn new(id: u64, tx: Downlink) -> Self {
+        Self { id, tx }
+    }
+
+    /// Ends the session from the controller's side: the agent's stream gets `status`.
+    pub fn close(&self, status: Status) {
+        // A full queue or a gone agent both end the session anyway.
+        let _ = self.tx.try_send(Err(status));
+    }
+}
+
+/// Why a message could not be handed to an agent's session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("agent {host_id} is not connected")]
+    NotConnected { host_id: String },
+    #[error("agent {host_id} is not reading its session (queue full); will retry")]
+    Full { host_id: String },
+}
 
 /// A miner as its agent identified it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,9 +63,24 @@ pub struct MinerObservation {
     pub reachable: bool,
     pub state: MinerState,
     pub power_w: Option<f64>,
+    pub hashrate_ths: Option<f64>,
     pub power_target_w: Option<f64>,
     pub observed_at: DateTime<Utc>,
+    /// Kept from an earlier session: shown, but not believed until a new reading arrives.
+    pub restored: bool,
     pub reading: v1::MinerReading,
+}
+
+impl MinerObservation {
+    /// J/TH while mining, when both power and hashrate are measured and plausible.
+    pub fn mining_j_per_th(&self) -> Option<f64> {
+        match (self.state, self.power_w, self.hashrate_ths) {
+            (MinerState::Mining, Some(p), Some(h)) if p > 0.0 && h > 0.1 => {
+                Some(p / h).filter(|e| e.is_finite() && *e > 1.0 && *e < 500.0)
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,21 +95,58 @@ pub struct GpuObservation {
     pub power_w: Option<f64>,
     pub enforced_power_limit_w: Option<f64>,
     pub observed_at: DateTime<Utc>,
+    /// Kept from an earlier session: shown, but not believed until a new reading arrives.
+    pub restored: bool,
     pub reading: v1::GpuReading,
 }
 
-/// One agent and what it reported.
+/// A miner in the registry: what its agent said it is, its last reading, and its efficiency when
+/// it last mined (kept while it sleeps: sleeping miners are the ones the planner ranks for waking).
 #[derive(Debug, Clone, PartialEq)]
+pub struct MinerSlot {
+    pub info: MinerInfo,
+    pub obs: Option<MinerObservation>,
+    pub last_mining_j_per_th: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSlot {
+    pub info: GpuInfo,
+    pub obs: Option<GpuObservation>,
+}
+
+/// The host's own draw, from its agent's configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostPower {
+    /// Draw without the GPUs (CPUs, memory, NICs, fans) at full load, W.
+    pub base_w: Option<f64>,
+    /// The most the whole host can draw, W.
+    pub max_w: Option<f64>,
+}
+
+/// One telemetry snapshot, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Telemetry {
+    pub miners: Vec<MinerObservation>,
+    pub gpus: Vec<GpuObservation>,
+    pub host: Option<v1::HostReading>,
+}
+
+/// One agent and what it reported.
+#[derive(Debug, Clone)]
 pub struct AgentEntry {
     pub host_id: String,
     pub agent_version: String,
     pub connected: bool,
+    /// The live session; `None` once disconnected.
+    pub session: Option<SessionHandle>,
     pub connected_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub host: v1::HostInventory,
+    pub host_power: HostPower,
     pub host_reading: Option<v1::HostReading>,
-    pub miners: BTreeMap<String, (MinerInfo, Option<MinerObservation>)>,
-    pub gpus: BTreeMap<String, (GpuInfo, Option<GpuObservation>)>,
+    pub miners: BTreeMap<String, MinerSlot>,
+    pub gpus: BTreeMap<String, GpuSlot>,
 }
 
 /// Counts and power sums over the fleet.
@@ -97,6 +186,16 @@ pub struct Assumptions {
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: Mutex<BTreeMap<String, AgentEntry>>,
+    next_session: AtomicU64,
+}
+
+/// What `connect` did.
+#[derive(Debug)]
+pub struct Connected {
+    /// The new session's id; the session passes it to every later call.
+    pub session_id: u64,
+    /// The session it superseded, to be closed by the caller.
+    pub superseded: Option<SessionHandle>,
 }
 
 impl Registry {
@@ -106,67 +205,148 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers (or re-registers) an agent from its hello; keeps observations of devices it still has.
-    pub fn connect(&self, entry: AgentEntry) {
+    /// Registers an agent from its hello with the session's downlink. A host that already has a
+    /// session is taken over by the new one (the old one is returned, to be closed). Readings of
+    /// devices it still has are kept for display, marked restored: not believed until new ones
+    /// arrive; so is each miner's last mining efficiency.
+    pub fn connect(&self, mut entry: AgentEntry, downlink: Downlink) -> Connected {
+        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         let mut agents = self.lock();
-        let mut entry = entry;
+        let mut superseded = None;
         if let Some(old) = agents.remove(&entry.host_id) {
-            for (id, (_, obs)) in old.miners {
-                if let Some(slot) = entry.miners.get_mut(&id) {
-                    slot.1 = obs;
+            superseded = old.session;
+            for (id, slot) in old.miners {
+                if let Some(new) = entry.miners.get_mut(&id) {
+                    new.obs = slot.obs.map(|o| MinerObservation {
+                        restored: true,
+                        ..o
+                    });
+                    new.last_mining_j_per_th = slot.last_mining_j_per_th;
                 }
             }
-            for (id, (_, obs)) in old.gpus {
-                if let Some(slot) = entry.gpus.get_mut(&id) {
-                    slot.1 = obs;
+            for (id, slot) in old.gpus {
+                if let Some(new) = entry.gpus.get_mut(&id) {
+                    new.obs = slot.obs.map(|o| GpuObservation {
+                        restored: true,
+                        ..o
+                    });
                 }
             }
         }
+        entry.connected = true;
+        entry.session = Some(SessionHandle::new(session_id, downlink));
         agents.insert(entry.host_id.clone(), entry);
-    }
-
-    pub fn disconnect(&self, host_id: &str) {
-        if let Some(a) = self.lock().get_mut(host_id) {
-            a.connected = false;
+        Connected {
+            session_id,
+            superseded,
         }
     }
 
-    /// Records a telemetry snapshot. Readings for devices not in the agent's inventory are
-    /// returned by id and otherwise ignored.
+    /// Marks the host disconnected, if `session_id` is still its live session (a superseded
+    /// session ending changes nothing). Whether it did.
+    pub fn disconnect(&self, host_id: &str, session_id: u64) -> bool {
+        let mut agents = self.lock();
+        match agents.get_mut(host_id) {
+            Some(a) if a.session.as_ref().is_some_and(|s| s.id == session_id) => {
+                a.connected = false;
+                a.session = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `session_id` is the host's live session.
+    pub fn is_live(&self, host_id: &str, session_id: u64) -> bool {
+        self.lock()
+            .get(host_id)
+            .and_then(|a| a.session.as_ref())
+            .is_some_and(|s| s.id == session_id)
+    }
+
+    /// Hands a message to the host's live session without waiting.
+    pub fn send(&self, host_id: &str, msg: v1::ControllerMessage) -> Result<(), SendError> {
+        let tx = self
+            .lock()
+            .get(host_id)
+            .and_then(|a| a.session.as_ref())
+            .map(|s| s.tx.clone())
+            .ok_or_else(|| SendError::NotConnected {
+                host_id: host_id.to_owned(),
+            })?;
+        tx.try_send(Ok(msg)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full {
+                host_id: host_id.to_owned(),
+            },
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected {
+                host_id: host_id.to_owned(),
+            },
+        })
+    }
+
+    /// Hosts with a live session.
+    pub fn connected_hosts(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|a| a.session.is_some())
+            .map(|a| a.host_id.clone())
+            .collect()
+    }
+
+    /// The host a device belongs to, if any agent declared it.
+    pub fn host_of(&self, device_id: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|a| a.miners.contains_key(device_id) || a.gpus.contains_key(device_id))
+            .map(|a| a.host_id.clone())
+    }
+
+    /// Records a telemetry snapshot from the host's live session; from any other session it is
+    /// ignored (`None`). Readings for devices not in the agent's inventory are returned by id
+    /// and otherwise ignored.
     pub fn observe(
         &self,
         host_id: &str,
-        miners: Vec<MinerObservation>,
-        gpus: Vec<GpuObservation>,
-        host: Option<v1::HostReading>,
+        session_id: u64,
+        t: Telemetry,
         now: DateTime<Utc>,
-    ) -> Vec<String> {
-        let mut unknown = Vec::new();
+    ) -> Option<Vec<String>> {
         let mut agents = self.lock();
-        let Some(agent) = agents.get_mut(host_id) else {
-            return miners.into_iter().map(|m| m.reading.device_id).collect();
-        };
+        let agent = agents
+            .get_mut(host_id)
+            .filter(|a| a.session.as_ref().is_some_and(|s| s.id == session_id))?;
+        let mut unknown = Vec::new();
         agent.last_seen = now;
-        if host.is_some() {
-            agent.host_reading = host;
+        if t.host.is_some() {
+            agent.host_reading = t.host;
         }
-        for m in miners {
+        for m in t.miners {
             match agent.miners.get_mut(&m.reading.device_id) {
-                Some(slot) => slot.1 = Some(m),
+                Some(slot) => {
+                    if let Some(e) = m.mining_j_per_th() {
+                        slot.last_mining_j_per_th = Some(e);
+                    }
+                    slot.obs = Some(m);
+                }
                 None => unknown.push(m.reading.device_id),
             }
         }
-        for g in gpus {
+        for g in t.gpus {
             match agent.gpus.get_mut(&g.reading.device_id) {
-                Some(slot) => slot.1 = Some(g),
+                Some(slot) => slot.obs = Some(g),
                 None => unknown.push(g.reading.device_id),
             }
         }
-        unknown
+        Some(unknown)
     }
 
     pub fn agents(&self) -> Vec<AgentEntry> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Runs `f` over the agents without copying them.
+    pub fn with_agents<T>(&self, f: impl FnOnce(&BTreeMap<String, AgentEntry>) -> T) -> T {
+        f(&self.lock())
     }
 
     pub fn summary(&self, assume: &Assumptions) -> FleetSummary {
@@ -176,13 +356,17 @@ impl Registry {
             if a.connected {
                 s.agents_connected += 1;
             }
-            for (info, obs) in a.miners.values() {
+            for slot in a.miners.values() {
+                let info = &slot.info;
                 s.miners_total += 1;
                 // What the miner may draw at most: its nameplate or top power target, and where
                 // the firmware says neither, the site's assumption (never zero).
                 let max = max_of(info.nameplate_power_w, info.power_target_max_w)
                     .or(Some(assume.unknown_miner_max_w));
-                let seen = obs.as_ref().filter(|o| a.connected && o.reachable);
+                let seen = slot
+                    .obs
+                    .as_ref()
+                    .filter(|o| a.connected && o.reachable && !o.restored);
                 match seen {
                     None => {
                         s.miners_unreachable += 1;
@@ -207,15 +391,16 @@ impl Registry {
                     }
                 }
             }
-            for (info, obs) in a.gpus.values() {
+            for slot in a.gpus.values() {
                 s.gpus_total += 1;
-                match obs.as_ref().filter(|_| a.connected) {
+                match slot.obs.as_ref().filter(|o| a.connected && !o.restored) {
                     Some(o) => {
                         s.measured_power_w += o.power_w.unwrap_or(0.0);
-                        s.committed_power_w +=
-                            o.enforced_power_limit_w.unwrap_or(info.power_cap_max_w);
+                        s.committed_power_w += o
+                            .enforced_power_limit_w
+                            .unwrap_or(slot.info.power_cap_max_w);
                     }
-                    None => s.committed_power_w += info.power_cap_max_w,
+                    None => s.committed_power_w += slot.info.power_cap_max_w,
                 }
             }
         }
@@ -227,31 +412,34 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn miner(id: &str, nameplate: f64) -> (String, (MinerInfo, Option<MinerObservation>)) {
+    fn miner(id: &str, nameplate: f64) -> (String, MinerSlot) {
         (
             id.to_owned(),
-            (
-                MinerInfo {
+            MinerSlot {
+                info: MinerInfo {
                     device_id: id.to_owned(),
                     dialect: MinerDialect::Antminer,
                     nameplate_power_w: Some(nameplate),
                     power_target_max_w: None,
                     inventory: v1::MinerInventory::default(),
                 },
-                None,
-            ),
+                obs: None,
+                last_mining_j_per_th: None,
+            },
         )
     }
 
-    fn agent(miners: Vec<(String, (MinerInfo, Option<MinerObservation>))>) -> AgentEntry {
+    fn agent(miners: Vec<(String, MinerSlot)>) -> AgentEntry {
         let now = Utc::now();
         AgentEntry {
             host_id: "h1".into(),
             agent_version: "0.1.0".into(),
             connected: true,
+            session: None,
             connected_at: now,
             last_seen: now,
             host: v1::HostInventory::default(),
+            host_power: HostPower::default(),
             host_reading: None,
             miners: miners.into_iter().collect(),
             gpus: BTreeMap::new(),
@@ -263,8 +451,14 @@ mod tests {
             reachable: true,
             state,
             power_w: Some(power),
+            hashrate_ths: Some(if state == MinerState::Mining {
+                100.0
+            } else {
+                0.0
+            }),
             power_target_w: None,
             observed_at: Utc::now(),
+            restored: false,
             reading: v1::MinerReading {
                 device_id: id.into(),
                 ..Default::default()
@@ -272,57 +466,124 @@ mod tests {
         }
     }
 
+    fn downlink() -> (
+        Downlink,
+        mpsc::Receiver<Result<v1::ControllerMessage, Status>>,
+    ) {
+        mpsc::channel(4)
+    }
+
     const ASSUME: Assumptions = Assumptions {
         unknown_miner_max_w: 3600.0,
         sleeping_miner_w: 100.0,
     };
 
+    fn observe(r: &Registry, session: u64, o: Vec<MinerObservation>) -> bool {
+        let t = Telemetry {
+            miners: o,
+            ..Default::default()
+        };
+        r.observe("h1", session, t, Utc::now()).is_some()
+    }
+
     #[test]
     fn a_miner_that_tells_nothing_counts_at_the_assumptions() {
         let r = Registry::default();
         let mut m = miner("a", 0.0);
-        m.1.0.nameplate_power_w = None;
-        r.connect(agent(vec![m]));
+        m.1.info.nameplate_power_w = None;
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![m]), tx);
         assert_eq!(r.summary(&ASSUME).committed_power_w, 3600.0);
         let mut o = obs("a", MinerState::Sleeping, 0.0);
         o.power_w = None;
-        r.observe("h1", vec![o], vec![], None, Utc::now());
+        assert!(observe(&r, c.session_id, vec![o]));
         assert_eq!(r.summary(&ASSUME).committed_power_w, 100.0);
     }
 
     #[test]
     fn unseen_devices_count_at_their_maximum() {
         let r = Registry::default();
-        r.connect(agent(vec![miner("a", 3500.0), miner("b", 3000.0)]));
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![miner("a", 3500.0), miner("b", 3000.0)]), tx);
         let s = r.summary(&ASSUME);
         assert_eq!(s.miners_unreachable, 2);
         assert_eq!(s.committed_power_w, 6500.0);
-        r.observe(
-            "h1",
-            vec![obs("a", MinerState::Sleeping, 40.0)],
-            vec![],
-            None,
-            Utc::now(),
-        );
+        observe(&r, c.session_id, vec![obs("a", MinerState::Sleeping, 40.0)]);
         let s = r.summary(&ASSUME);
         assert_eq!(s.miners_sleeping, 1);
         assert_eq!(s.committed_power_w, 3040.0);
         assert_eq!(s.measured_power_w, 40.0);
-        r.disconnect("h1");
+        assert!(r.disconnect("h1", c.session_id));
         assert_eq!(r.summary(&ASSUME).committed_power_w, 6500.0);
     }
 
     #[test]
     fn readings_for_unknown_devices_are_reported() {
         let r = Registry::default();
-        r.connect(agent(vec![miner("a", 3500.0)]));
-        let unknown = r.observe(
-            "h1",
-            vec![obs("zzz", MinerState::Mining, 1.0)],
-            vec![],
-            None,
-            Utc::now(),
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![miner("a", 3500.0)]), tx);
+        let t = Telemetry {
+            miners: vec![obs("zzz", MinerState::Mining, 1.0)],
+            ..Default::default()
+        };
+        let unknown = r.observe("h1", c.session_id, t, Utc::now());
+        assert_eq!(unknown, Some(vec!["zzz".to_owned()]));
+    }
+
+    #[test]
+    fn a_new_session_supersedes_the_old_which_then_changes_nothing() {
+        let r = Registry::default();
+        let (tx1, mut rx1) = downlink();
+        let first = r.connect(agent(vec![miner("a", 3500.0)]), tx1);
+        observe(
+            &r,
+            first.session_id,
+            vec![obs("a", MinerState::Sleeping, 30.0)],
         );
-        assert_eq!(unknown, vec!["zzz".to_owned()]);
+        let (tx2, mut rx2) = downlink();
+        let second = r.connect(agent(vec![miner("a", 3500.0)]), tx2);
+        assert_eq!(
+            second.superseded.as_ref().map(|s| s.id),
+            Some(first.session_id)
+        );
+        // The reading from the old session is kept for display but not believed.
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 3500.0);
+        // The old session's telemetry and its end change nothing.
+        assert!(!observe(
+            &r,
+            first.session_id,
+            vec![obs("a", MinerState::Sleeping, 30.0)]
+        ));
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 3500.0);
+        assert!(!r.disconnect("h1", first.session_id));
+        assert_eq!(r.connected_hosts(), ["h1"]);
+        // Messages go to the live session only.
+        r.send("h1", v1::ControllerMessage::default()).unwrap();
+        assert!(rx2.try_recv().is_ok());
+        assert!(rx1.try_recv().is_err());
+        assert!(observe(
+            &r,
+            second.session_id,
+            vec![obs("a", MinerState::Sleeping, 30.0)]
+        ));
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 30.0);
+        assert!(r.disconnect("h1", second.session_id));
+        assert!(matches!(
+            r.send("h1", v1::ControllerMessage::default()),
+            Err(SendError::NotConnected { .. })
+        ));
+    }
+
+    #[test]
+    fn a_miners_efficiency_survives_its_sleep_and_a_reconnect() {
+        let r = Registry::default();
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![miner("a", 3500.0)]), tx);
+        observe(&r, c.session_id, vec![obs("a", MinerState::Mining, 3000.0)]);
+        observe(&r, c.session_id, vec![obs("a", MinerState::Sleeping, 30.0)]);
+        let (tx, _rx) = downlink();
+        r.connect(agent(vec![miner("a", 3500.0)]), tx);
+        let e = r.with_agents(|a| a["h1"].miners["a"].last_mining_j_per_th);
+        assert_eq!(e, Some(30.0));
     }
 }

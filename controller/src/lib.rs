@@ -2,23 +2,27 @@
 
 pub mod api;
 pub mod config;
+pub mod executor;
 pub mod fleet;
+pub mod intents;
 pub mod policy;
 pub mod store;
 pub mod trace;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use pivot_proto::model;
 use pivot_proto::v1;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tonic::Status;
 use tracing::error;
 
 use crate::config::Config;
+use crate::executor::{Execution, Failures};
 use crate::fleet::Registry;
+use crate::intents::Ledger;
 use crate::store::{AuditRecord, NewAudit, Store, StoreError};
 
 /// The controller's shared state.
@@ -26,6 +30,15 @@ pub struct Controller {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub registry: Registry,
+    /// The desired state of every device.
+    pub ledger: Arc<Ledger>,
+    /// Woken when something should make the controller plan again (an agent joined or left, an
+    /// override, a DR event, a plan finished).
+    pub replan: Notify,
+    /// Woken when an intent's status moved (the executor looks again).
+    pub progress: Notify,
+    execution: Mutex<Option<Execution>>,
+    failures: Mutex<Failures>,
     events: broadcast::Sender<v1::Event>,
 }
 
@@ -38,14 +51,21 @@ impl std::fmt::Debug for Controller {
 }
 
 impl Controller {
-    pub fn new(config: Config, store: Arc<dyn Store>) -> Arc<Self> {
+    /// A controller over `store`, with the desired state the store holds.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
         let (events, _) = broadcast::channel(1024);
-        Arc::new(Self {
+        let ledger = Arc::new(Ledger::load(Arc::clone(&store))?);
+        Ok(Arc::new(Self {
             config,
             store,
             registry: Registry::default(),
+            ledger,
+            replan: Notify::new(),
+            progress: Notify::new(),
+            execution: Mutex::new(None),
+            failures: Mutex::new(Failures::default()),
             events,
-        })
+        }))
     }
 
     pub fn telemetry_interval(&self) -> Duration {
@@ -55,6 +75,17 @@ impl Controller {
     /// Subscribes to live events (audit records as they are written).
     pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
         self.events.subscribe()
+    }
+
+    /// Devices whose last move failed recently, with the reason.
+    pub fn recent_failures(&self, memory: chrono::Duration) -> Vec<(String, String)> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recent(Utc::now(), memory)
+            .into_iter()
+            .map(|(d, r)| (d.to_owned(), r.to_owned()))
+            .collect()
     }
 
     /// Runs a store call off the async runtime.

@@ -71,7 +71,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .map(api::server_tls)
         .transpose()?;
-    let ctl = Controller::new(config, Arc::new(store));
+    let ctl = Controller::new(config, Arc::new(store)).context("loading the desired state")?;
+    tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
     info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
     // The line tests and scripts wait for.
     println!("pivot-controller listening on {}", listener.local_addr()?);

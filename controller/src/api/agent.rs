@@ -19,7 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::Controller;
-use crate::fleet::{AgentEntry, GpuInfo, GpuObservation, MinerInfo, MinerObservation};
+use crate::fleet::{
+    AgentEntry, GpuInfo, GpuObservation, GpuSlot, HostPower, MinerInfo, MinerObservation,
+    MinerSlot, Telemetry,
+};
 use crate::store::NewAudit;
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::ControllerMessage, Status>> + Send>>;
@@ -60,22 +63,17 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 ));
             }
         };
-        let entry = validate_hello(&hello).map_err(|e| e.within("hello"))?;
+        let (entry, held) = validate_hello(&hello).map_err(|e| e.within("hello"))?;
         let host_id = entry.host_id.clone();
-        let devices = entry.miners.len() + entry.gpus.len();
-        self.ctl.registry.connect(entry);
-        info!(host = %host_id, %peer, devices, "Agent connected");
-        self.ctl
-            .audit(NewAudit {
-                kind: "agent",
-                subject: format!("host/{host_id}"),
-                actor: host_id.clone(),
-                reason: "agent connected".into(),
-                detail: serde_json::json!({ "peer": peer, "agent_version": hello.agent_version, "devices": devices }),
-            })
-            .await;
+        let devices: Vec<String> = entry
+            .miners
+            .keys()
+            .chain(entry.gpus.keys())
+            .cloned()
+            .chain(std::iter::once(format!("host/{host_id}")))
+            .collect();
 
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
         let welcome = v1::ControllerMessage {
             msg: Some(Down::Welcome(v1::Welcome {
                 controller_id: self.ctl.config.site.id.clone(),
@@ -87,14 +85,61 @@ impl v1::agent_service_server::AgentService for AgentApi {
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
 
+        // What the agent holds against what the controller wants, before the session is live:
+        // the intents it missed go down right after the welcome.
+        let ledger = Arc::clone(&self.ctl.ledger);
+        let (h, d) = (host_id.clone(), devices.clone());
+        let outcome = self
+            .ctl
+            .blocking(move |_| ledger.on_hello(&h, &held, &d, Utc::now()))
+            .await?;
+        let connected = self.ctl.registry.connect(entry, tx.clone());
+        let session_id = connected.session_id;
+        if let Some(old) = connected.superseded {
+            info!(host = %host_id, old_session = old.id, "A new session supersedes the host's previous one");
+            old.close(Status::aborted(format!(
+                "superseded by a new session for host `{host_id}` from {peer}"
+            )));
+        }
+        info!(host = %host_id, %peer, session = session_id, devices = devices.len() - 1, "Agent connected");
+        self.ctl
+            .audit(NewAudit {
+                kind: "agent",
+                subject: format!("host/{host_id}"),
+                actor: host_id.clone(),
+                reason: "agent connected".into(),
+                detail: serde_json::json!({
+                    "peer": peer,
+                    "session": session_id,
+                    "agent_version": hello.agent_version,
+                    "devices": devices.len() - 1,
+                    "adopted": outcome.adopted.iter().map(|i| (&i.device_id, i.generation)).collect::<Vec<_>>(),
+                    "resent": outcome.resend.len(),
+                    "conflicts": outcome.conflicts,
+                }),
+            })
+            .await;
+        if !outcome.resend.is_empty() {
+            let batch = crate::executor::intent_batch(
+                outcome
+                    .resend
+                    .iter()
+                    .map(|i| self.ctl.lease_for(i, Utc::now())),
+            );
+            if let Err(e) = self.ctl.registry.send(&host_id, batch) {
+                warn!(host = %host_id, error = %e, "Could not re-send held intents; the next lease round retries");
+            }
+        }
+        self.ctl.replan.notify_one();
+
         let ctl = Arc::clone(&self.ctl);
         tokio::spawn(async move {
-            let result = serve_session(&ctl, &host_id, &mut inbound).await;
-            ctl.registry.disconnect(&host_id);
+            let result = serve_session(&ctl, &host_id, session_id, &mut inbound).await;
+            let was_live = ctl.registry.disconnect(&host_id, session_id);
             let reason = match &result {
                 Ok(()) => "agent disconnected".to_owned(),
                 Err(status) => {
-                    warn!(host = %host_id, error = %status.message(), "Agent session ended with an error");
+                    warn!(host = %host_id, session = session_id, error = %status.message(), "Agent session ended with an error");
                     format!("agent session ended: {}", status.message())
                 }
             };
@@ -102,12 +147,19 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 // The agent learns why its session ended; it may already be gone.
                 let _ = tx.send(Err(status)).await;
             }
+            if was_live {
+                ctl.replan.notify_one();
+            }
             ctl.audit(NewAudit {
                 kind: "agent",
                 subject: format!("host/{host_id}"),
                 actor: host_id.clone(),
-                reason,
-                detail: serde_json::Value::Null,
+                reason: if was_live {
+                    reason
+                } else {
+                    format!("superseded session {session_id} ended: {reason}")
+                },
+                detail: serde_json::json!({ "session": session_id }),
             })
             .await;
         });
@@ -117,13 +169,22 @@ impl v1::agent_service_server::AgentService for AgentApi {
     }
 }
 
+/// Messages queued for one agent before the controller counts it as not reading its session.
+const DOWNLINK_QUEUE: usize = 64;
+
 async fn serve_session(
-    ctl: &Controller,
+    ctl: &Arc<Controller>,
     host_id: &str,
+    session_id: u64,
     inbound: &mut Streaming<v1::AgentMessage>,
 ) -> Result<(), Status> {
     while let Some(msg) = inbound.next().await {
         let msg = msg?;
+        if !ctl.registry.is_live(host_id, session_id) {
+            return Err(Status::aborted(format!(
+                "session {session_id} was superseded by a newer session for host `{host_id}`"
+            )));
+        }
         match msg.msg {
             None => return Err(Status::invalid_argument("msg: required but missing")),
             Some(Up::Hello(_)) => {
@@ -132,30 +193,57 @@ async fn serve_session(
                 ));
             }
             Some(Up::Telemetry(t)) => {
-                let (miners, gpus, host) =
-                    validate_telemetry(&t).map_err(|e| e.within("telemetry"))?;
+                let t = validate_telemetry(&t).map_err(|e| e.within("telemetry"))?;
                 let unknown = ctl
                     .registry
-                    .observe(host_id, miners, gpus, host, Utc::now());
+                    .observe(host_id, session_id, t, Utc::now())
+                    .unwrap_or_default();
                 if !unknown.is_empty() {
                     warn!(host = %host_id, devices = ?unknown, "Telemetry for devices not in the agent's inventory; ignored");
                 }
             }
-            Some(Up::IntentStatus(s)) => {
+            Some(Up::IntentStatus(mut s)) => {
                 let phase = IntentPhase::from_proto(s.phase, "intent_status.phase")?;
                 model::non_empty(&s.device_id, "intent_status.device_id")?;
-                ctl.audit(NewAudit {
-                    kind: "status",
-                    subject: s.device_id.clone(),
-                    actor: host_id.to_owned(),
-                    reason: s.detail.clone(),
-                    detail: serde_json::json!({
-                        "generation": s.generation,
-                        "phase": format!("{phase:?}").to_lowercase(),
-                        "observed_power_w": s.observed_power_w,
-                    }),
-                })
-                .await;
+                s.device_id = crate::executor::site_device_id(host_id, &s.device_id);
+                let ledger = Arc::clone(&ctl.ledger);
+                let (h, st) = (host_id.to_owned(), s.clone());
+                let change = ctl
+                    .blocking(move |_| Ok(ledger.on_status(&h, &st, Utc::now())))
+                    .await?;
+                let change = match change {
+                    Ok(c) => c,
+                    Err(refused) => {
+                        warn!(host = %host_id, error = %refused, "Refused an intent status");
+                        ctl.audit(NewAudit {
+                            kind: "status",
+                            subject: s.device_id.clone(),
+                            actor: host_id.to_owned(),
+                            reason: format!("refused: {refused}"),
+                            detail: serde_json::Value::Null,
+                        })
+                        .await;
+                        continue;
+                    }
+                };
+                if change.is_some() {
+                    ctl.progress.notify_one();
+                    ctl.audit(NewAudit {
+                        kind: "status",
+                        subject: s.device_id.clone(),
+                        actor: host_id.to_owned(),
+                        reason: s.detail.clone(),
+                        detail: serde_json::json!({
+                            "generation": s.generation,
+                            "phase": format!("{phase:?}").to_lowercase(),
+                            "retrying": s.retrying,
+                            "plan_id": s.plan_id,
+                            "plan_phase": s.plan_phase,
+                            "observed_power_w": s.observed_power_w,
+                        }),
+                    })
+                    .await;
+                }
             }
         }
     }
@@ -166,8 +254,8 @@ fn finite_field(v: Option<f64>, field: String) -> Result<Option<f64>, FieldError
     model::finite(v, &field)
 }
 
-/// Checks a hello and turns it into a registry entry.
-pub fn validate_hello(h: &v1::Hello) -> Result<AgentEntry, FieldError> {
+/// Checks a hello and turns it into a registry entry and the intents the agent holds.
+pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>), FieldError> {
     let host_id = model::non_empty(&h.host_id, "host_id")?;
     let mut seen = HashSet::new();
     let mut miners = BTreeMap::new();
@@ -197,16 +285,17 @@ pub fn validate_hello(h: &v1::Hello) -> Result<AgentEntry, FieldError> {
         }
         miners.insert(
             device_id.clone(),
-            (
-                MinerInfo {
+            MinerSlot {
+                info: MinerInfo {
                     device_id,
                     dialect,
                     nameplate_power_w: nameplate,
                     power_target_max_w: caps.power_target_max_w.map(f64::from),
                     inventory: m.clone(),
                 },
-                None,
-            ),
+                obs: None,
+                last_mining_j_per_th: None,
+            },
         );
     }
     let mut gpus = BTreeMap::new();
@@ -230,41 +319,79 @@ pub fn validate_hello(h: &v1::Hello) -> Result<AgentEntry, FieldError> {
         }
         gpus.insert(
             device_id.clone(),
-            (
-                GpuInfo {
+            GpuSlot {
+                info: GpuInfo {
                     device_id,
                     power_cap_max_w: f64::from(g.power_cap_max_w),
                     inventory: g.clone(),
                 },
-                None,
-            ),
+                obs: None,
+            },
         );
     }
+    let host_device = format!("host/{host_id}");
+    let mut held = Vec::with_capacity(h.held_intents.len());
+    let mut held_devices = HashSet::new();
     for (i, intent) in h.held_intents.iter().enumerate() {
-        model::Intent::from_proto(intent, &format!("held_intents[{i}]"))?;
+        let f = format!("held_intents[{i}]");
+        let intent = model::Intent::from_proto(intent, &f)?;
+        // The agent names its host's workload "host"; the site knows it as "host/<host_id>".
+        let intent = if intent.device_id == "host" {
+            model::Intent {
+                device_id: host_device.clone(),
+                ..intent
+            }
+        } else {
+            intent
+        };
+        if intent.device_id != host_device && !seen.contains(&intent.device_id) {
+            return Err(FieldError::new(
+                format!("{f}.device_id"),
+                format!("`{}` is not in this hello's inventory", intent.device_id),
+            ));
+        }
+        if !held_devices.insert(intent.device_id.clone()) {
+            return Err(FieldError::new(
+                format!("{f}.device_id"),
+                format!("a second intent for `{}`", intent.device_id),
+            ));
+        }
+        held.push(intent);
+    }
+    let host = h.host.clone().unwrap_or_default();
+    let host_power = HostPower {
+        base_w: host.base_power_w.map(f64::from),
+        max_w: host.max_power_w.map(f64::from),
+    };
+    if let (Some(base), Some(max)) = (host_power.base_w, host_power.max_w)
+        && base > max
+    {
+        return Err(FieldError::new(
+            "host.base_power_w",
+            format!("{base} W is above host.max_power_w {max} W"),
+        ));
     }
     let now = Utc::now();
-    Ok(AgentEntry {
-        host_id,
-        agent_version: h.agent_version.clone(),
-        connected: true,
-        connected_at: now,
-        last_seen: now,
-        host: h.host.clone().unwrap_or_default(),
-        host_reading: None,
-        miners,
-        gpus,
-    })
+    Ok((
+        AgentEntry {
+            host_id,
+            agent_version: h.agent_version.clone(),
+            connected: true,
+            session: None,
+            connected_at: now,
+            last_seen: now,
+            host,
+            host_power,
+            host_reading: None,
+            miners,
+            gpus,
+        },
+        held,
+    ))
 }
 
-type Observations = (
-    Vec<MinerObservation>,
-    Vec<GpuObservation>,
-    Option<v1::HostReading>,
-);
-
 /// Checks a telemetry snapshot and turns it into observations.
-pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, FieldError> {
+pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Telemetry, FieldError> {
     let now = Utc::now();
     let at = |ts: &Option<prost_types::Timestamp>, field: String| match ts {
         Some(ts) => model::timestamp_from_proto(ts, &field),
@@ -274,7 +401,6 @@ pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, Fie
     for (i, m) in t.miners.iter().enumerate() {
         let f = format!("miners[{i}]");
         model::non_empty(&m.device_id, &format!("{f}.device_id"))?;
-        finite_field(m.hashrate_ths, format!("{f}.hashrate_ths"))?;
         for (j, b) in m.boards.iter().enumerate() {
             finite_field(b.temperature_c, format!("{f}.boards[{j}].temperature_c"))?;
             finite_field(b.hashrate_ths, format!("{f}.boards[{j}].hashrate_ths"))?;
@@ -287,8 +413,10 @@ pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, Fie
                 MinerState::Unknown
             },
             power_w: finite_field(m.power_w, format!("{f}.power_w"))?,
+            hashrate_ths: finite_field(m.hashrate_ths, format!("{f}.hashrate_ths"))?,
             power_target_w: finite_field(m.power_target_w, format!("{f}.power_target_w"))?,
             observed_at: at(&m.observed_at, format!("{f}.observed_at"))?,
+            restored: false,
             reading: m.clone(),
         });
     }
@@ -311,6 +439,7 @@ pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, Fie
                 format!("{f}.enforced_power_limit_w"),
             )?,
             observed_at: at(&g.observed_at, format!("{f}.observed_at"))?,
+            restored: false,
             reading: g.clone(),
         });
     }
@@ -325,7 +454,11 @@ pub fn validate_telemetry(t: &v1::TelemetrySnapshot) -> Result<Observations, Fie
             finite_field(v, format!("host.{name}"))?;
         }
     }
-    Ok((miners, gpus, t.host.clone()))
+    Ok(Telemetry {
+        miners,
+        gpus,
+        host: t.host.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -393,7 +526,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate_telemetry(&t).unwrap().0[0].state,
+            validate_telemetry(&t).unwrap().miners[0].state,
             MinerState::Unknown
         );
     }

@@ -152,7 +152,8 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                 });
             }
             if matches!(kind, v1::DeviceKind::Unspecified | v1::DeviceKind::Miner) {
-                for (info, obs) in a.miners.values() {
+                for slot in a.miners.values() {
+                    let (info, obs) = (&slot.info, &slot.obs);
                     devices.push(v1::Device {
                         device_id: info.device_id.clone(),
                         host_id: a.host_id.clone(),
@@ -169,7 +170,8 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                 }
             }
             if matches!(kind, v1::DeviceKind::Unspecified | v1::DeviceKind::Gpu) {
-                for (info, obs) in a.gpus.values() {
+                for slot in a.gpus.values() {
+                    let (info, obs) = (&slot.info, &slot.obs);
                     devices.push(v1::Device {
                         device_id: info.device_id.clone(),
                         host_id: a.host_id.clone(),
@@ -184,6 +186,22 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                         ..Default::default()
                     });
                 }
+            }
+        }
+        for d in &mut devices {
+            if let Some(di) = self.ctl.ledger.get(&d.device_id) {
+                d.intent = Some(di.intent.to_proto());
+                d.intent_status = di.status.map(|s| v1::IntentStatus {
+                    device_id: d.device_id.clone(),
+                    generation: di.intent.generation,
+                    phase: s.phase.to_proto() as i32,
+                    detail: s.detail,
+                    observed_power_w: s.observed_power_w,
+                    at: Some(model::timestamp_to_proto(s.at)),
+                    plan_id: di.intent.plan_id.clone(),
+                    plan_phase: di.intent.phase,
+                    retrying: s.retrying,
+                });
             }
         }
         Ok(Response::new(v1::ListDevicesResponse { devices }))

@@ -1,0 +1,512 @@
+//! The desired state of every device: the intent the controller issued (generation, lease,
+//! target, plan and phase) and the last status its agent reported, kept in memory and in the
+//! store, written to the store before anything is sent.
+//!
+//! Generations only go up, per device, across restarts: a new intent takes the highest of what
+//! the store holds and what the agent said it holds, plus one. On a hello the controller adopts
+//! what an agent holds that it does not know (a newer generation from before a store was lost)
+//! and re-sends what the agent missed. It renews the lease only of intents it *endorses*: ones
+//! issued or re-confirmed by a plan of this controller's life. After a restart nothing is
+//! endorsed until the first plan has looked at the site, so a restarted controller never
+//! re-authorises a stale raising intent by renewing it blindly.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use pivot_proto::model::{Intent, IntentPhase, Target};
+use pivot_proto::v1;
+
+use crate::store::{DeviceIntent, StatusRecord, Store, StoreError};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    di: DeviceIntent,
+    endorsed: bool,
+}
+
+/// One intent to issue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewIntent {
+    pub host_id: String,
+    pub device_id: String,
+    pub target: Target,
+    pub reason: String,
+    pub plan_id: String,
+    pub phase: u32,
+    /// What the device is committed at now (the "before" of the transition), W.
+    pub before_w: Option<f64>,
+}
+
+/// What a hello asks of the controller.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HelloOutcome {
+    /// Intents to send to the agent (it missed them, or holds an older generation).
+    pub resend: Vec<Intent>,
+    /// Intents the agent held that the controller did not know, now recorded as its own
+    /// (not endorsed: their leases are not renewed until a plan wants them).
+    pub adopted: Vec<Intent>,
+    /// Devices where the agent held the controller's generation with another target; the
+    /// controller's target was re-issued at a new generation.
+    pub conflicts: Vec<String>,
+}
+
+/// A status that moved an intent the controller holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub device_id: String,
+    pub generation: u64,
+    pub plan_id: String,
+    pub phase: u32,
+    pub status: StatusRecord,
+}
+
+/// Why a status was not taken.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatusRefused {
+    #[error("status for device `{device_id}`, which belongs to host `{owner}`, not `{host_id}`")]
+    WrongHost {
+        device_id: String,
+        host_id: String,
+        owner: String,
+    },
+    #[error("status for device `{device_id}`: {problem}")]
+    Invalid { device_id: String, problem: String },
+}
+
+/// The controller's desired state, per device.
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    entries: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Loads the desired state from the store. Nothing is endorsed until a plan says so.
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let entries = store
+            .list_intents()?
+            .into_iter()
+            .map(|di| {
+                (
+                    di.intent.device_id.clone(),
+                    Entry {
+                        di,
+                        endorsed: false,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            store,
+            entries: Mutex::new(entries),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The desired state of one device.
+    pub fn get(&self, device_id: &str) -> Option<DeviceIntent> {
+        self.lock().get(device_id).map(|e| e.di.clone())
+    }
+
+    /// Every device's desired state.
+    pub fn all(&self) -> Vec<DeviceIntent> {
+        self.lock().values().map(|e| e.di.clone()).collect()
+    }
+
+    /// Runs `f` over the desired state without copying it.
+    pub fn with_all<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &DeviceIntent>) -> T) -> T {
+        let entries = self.lock();
+        let mut it = entries.values().map(|e| &e.di);
+        f(&mut it)
+    }
+
+    /// Whether the controller stands behind the device's current intent (renews its lease).
+    pub fn endorsed(&self, device_id: &str) -> bool {
+        self.lock().get(device_id).is_some_and(|e| e.endorsed)
+    }
+
+    /// Stands behind (or stops standing behind) the device's current intent.
+    pub fn endorse(&self, device_id: &str, endorsed: bool) {
+        if let Some(e) = self.lock().get_mut(device_id) {
+            e.endorsed = endorsed;
+        }
+    }
+
+    /// The endorsed intents of a host, for its lease renewal.
+    pub fn endorsed_refs(&self, host_id: &str) -> Vec<v1::IntentRef> {
+        self.lock()
+            .values()
+            .filter(|e| e.endorsed && e.di.host_id == host_id)
+            .map(|e| v1::IntentRef {
+                device_id: e.di.intent.device_id.clone(),
+                generation: e.di.intent.generation,
+            })
+            .collect()
+    }
+
+    /// Issues intents: each at a generation above any the device has had, written to the store
+    /// in one transaction before anything is returned to be sent. All or none.
+    pub fn issue(
+        &self,
+        new: Vec<NewIntent>,
+        lease_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DeviceIntent>, StoreError> {
+        let mut entries = self.lock();
+        let mut batch = Vec::with_capacity(new.len());
+        for n in new {
+            let current = entries
+                .get(&n.device_id)
+                .map_or(0, |e| e.di.intent.generation);
+            let generation = current.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                what: format!("intent {}", n.device_id),
+                problem: "generation at its maximum".into(),
+            })?;
+            batch.push(DeviceIntent {
+                host_id: n.host_id,
+                intent: Intent {
+                    device_id: n.device_id,
+                    generation,
+                    lease_expires_at,
+                    target: n.target,
+                    reason: n.reason,
+                    phase: n.phase,
+                    plan_id: n.plan_id,
+                },
+                issued_at: now,
+                before_w: n.before_w,
+                status: None,
+            });
+        }
+        self.store.put_intents(&batch)?;
+        for di in &batch {
+            entries.insert(
+                di.intent.device_id.clone(),
+                Entry {
+                    di: di.clone(),
+                    endorsed: true,
+                },
+            );
+        }
+        Ok(batch)
+    }
+
+    /// Reconciles what an agent holds (`held`, validated) with the desired state of its
+    /// devices (`devices`: every device id the agent declared).
+    pub fn on_hello(
+        &self,
+        host_id: &str,
+        held: &[Intent],
+        devices: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<HelloOutcome, StoreError> {
+        let mut out = HelloOutcome::default();
+        let mut entries = self.lock();
+        let mut adopt = Vec::new();
+        let mut reissue = Vec::new();
+        let held_by_device: BTreeMap<&str, &Intent> =
+            held.iter().map(|i| (i.device_id.as_str(), i)).collect();
+        for (device, h) in &held_by_device {
+            match entries.get(*device) {
+                Some(e) if e.di.intent.generation > h.generation => {
+                    out.resend.push(e.di.intent.clone());
+                }
+                Some(e) if e.di.intent.generation == h.generation => {
+                    if e.di.intent.target != h.target {
+                        reissue.push(e.di.clone());
+                    }
+                }
+                _ => adopt.push(DeviceIntent {
+                    host_id: host_id.to_owned(),
+                    intent: (*h).clone(),
+                    issued_at: now,
+                    before_w: None,
+                    status: None,
+                }),
+            }
+        }
+        for device in devices {
+            if held_by_device.contains_key(device.as_str()) {
+                continue;
+            }
+            if let Some(e) = entries.get(device) {
+                out.resend.push(e.di.intent.clone());
+            }
+        }
+        if !adopt.is_empty() {
+            self.store.put_intents(&adopt)?;
+            for di in adopt {
+                out.adopted.push(di.intent.clone());
+                entries.insert(
+                    di.intent.device_id.clone(),
+                    Entry {
+                        di,
+                        endorsed: false,
+                    },
+                );
+            }
+        }
+        if !reissue.is_empty() {
+            let mut batch = Vec::new();
+            for mut di in reissue {
+                out.conflicts.push(di.intent.device_id.clone());
+                di.intent.generation = di.intent.generation.saturating_add(1);
+                di.issued_at = now;
+                di.status = None;
+                batch.push(di);
+            }
+            self.store.put_intents(&batch)?;
+            for di in batch {
+                out.resend.push(di.intent.clone());
+                let endorsed = entries
+                    .get(&di.intent.device_id)
+                    .is_some_and(|e| e.endorsed);
+                entries.insert(di.intent.device_id.clone(), Entry { di, endorsed });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes an agent's status report. A status for another generation than the one held is
+    /// not an error (it is history: `Ok(None)`); a status for another host's device is.
+    pub fn on_status(
+        &self,
+        host_id: &str,
+        s: &v1::IntentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StatusChange>, StatusRefused> {
+        let phase =
+            IntentPhase::from_proto(s.phase, "phase").map_err(|e| StatusRefused::Invalid {
+                device_id: s.device_id.clone(),
+                problem: e.to_string(),
+            })?;
+        let observed_power_w = s.observed_power_w.filter(|p| p.is_finite());
+        let mut entries = self.lock();
+        let Some(e) = entries.get_mut(&s.device_id) else {
+            return Ok(None);
+        };
+        if e.di.host_id != host_id {
+            return Err(StatusRefused::WrongHost {
+                device_id: s.device_id.clone(),
+                host_id: host_id.to_owned(),
+                owner: e.di.host_id.clone(),
+            });
+        }
+        if e.di.intent.generation != s.generation {
+            return Ok(None);
+        }
+        let at =
+            s.at.as_ref()
+                .and_then(|t| pivot_proto::model::timestamp_from_proto(t, "at").ok())
+                .unwrap_or(now);
+        let status = StatusRecord {
+            phase,
+            detail: s.detail.clone(),
+            retrying: s.retrying,
+            observed_power_w,
+            at,
+        };
+        if e.di.status.as_ref() == Some(&status) {
+            return Ok(None);
+        }
+        e.di.status = Some(status.clone());
+        let change = StatusChange {
+            device_id: s.device_id.clone(),
+            generation: s.generation,
+            plan_id: e.di.intent.plan_id.clone(),
+            phase: e.di.intent.phase,
+            status,
+        };
+        drop(entries);
+        if let Err(err) =
+            self.store
+                .set_intent_status(&change.device_id, change.generation, &change.status)
+        {
+            // The status is in memory and the agent re-reports it after a reconnect; a lost
+            // status costs a re-confirmation, not an effect.
+            tracing::warn!(device = %change.device_id, error = %err, "Could not store intent status");
+        }
+        Ok(Some(change))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use pivot_proto::model::MinerTarget;
+
+    const SLEEP: Target = Target::Miner(MinerTarget::Sleep);
+    const RUN: Target = Target::Miner(MinerTarget::Run {
+        power_target_w: None,
+    });
+
+    fn ledger() -> (tempfile::TempDir, Arc<dyn Store>, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("p.db")).unwrap());
+        let l = Ledger::load(Arc::clone(&store)).unwrap();
+        (dir, store, l)
+    }
+
+    fn new(device: &str, target: Target) -> NewIntent {
+        NewIntent {
+            host_id: "h1".into(),
+            device_id: device.into(),
+            target,
+            reason: "test".into(),
+            plan_id: "p1".into(),
+            phase: 0,
+            before_w: Some(3000.0),
+        }
+    }
+
+    fn held(device: &str, generation: u64, target: Target) -> Intent {
+        Intent {
+            device_id: device.into(),
+            generation,
+            lease_expires_at: Utc::now(),
+            target,
+            reason: String::new(),
+            phase: 0,
+            plan_id: String::new(),
+        }
+    }
+
+    fn status(device: &str, generation: u64, phase: IntentPhase) -> v1::IntentStatus {
+        v1::IntentStatus {
+            device_id: device.into(),
+            generation,
+            phase: phase.to_proto() as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn generations_continue_from_the_highest_seen_and_survive_a_restart() {
+        let (_d, store, l) = ledger();
+        let now = Utc::now();
+        // The agent holds generation 7 from a controller whose store was lost.
+        let out = l
+            .on_hello("h1", &[held("m1", 7, SLEEP)], &["m1".into()], now)
+            .unwrap();
+        assert_eq!(out.adopted.len(), 1);
+        assert!(!l.endorsed("m1"), "an adopted intent is not endorsed");
+        let issued = l.issue(vec![new("m1", RUN)], now, now).unwrap();
+        assert_eq!(issued[0].intent.generation, 8);
+        assert!(l.endorsed("m1"));
+        assert_eq!(l.endorsed_refs("h1")[0].generation, 8);
+        let l = Ledger::load(store).unwrap();
+        assert_eq!(l.get("m1").unwrap().intent.generation, 8);
+        assert!(!l.endorsed("m1"), "nothing is endorsed after a restart");
+        assert_eq!(
+            l.issue(vec![new("m1", SLEEP)], now, now).unwrap()[0]
+                .intent
+                .generation,
+            9
+        );
+    }
+
+    #[test]
+    fn a_hello_gets_what_the_agent_missed_and_conflicts_are_reissued() {
+        let (_d, _s, l) = ledger();
+        let now = Utc::now();
+        l.issue(
+            vec![new("m1", SLEEP), new("m2", SLEEP), new("m3", SLEEP)],
+            now,
+            now,
+        )
+        .unwrap();
+        let out = l
+            .on_hello(
+                "h1",
+                // m1 is current; m2 holds the same generation with another target; m3 is
+                // missing (the agent lost its state directory).
+                &[held("m1", 1, SLEEP), held("m2", 1, RUN)],
+                &["m1".into(), "m2".into(), "m3".into()],
+                now,
+            )
+            .unwrap();
+        assert_eq!(out.conflicts, ["m2"]);
+        let mut resent: Vec<_> = out
+            .resend
+            .iter()
+            .map(|i| (i.device_id.as_str(), i.generation, i.target))
+            .collect();
+        resent.sort_by_key(|r| r.0);
+        assert_eq!(resent, [("m2", 2, SLEEP), ("m3", 1, SLEEP)]);
+        assert!(out.adopted.is_empty());
+    }
+
+    #[test]
+    fn statuses_are_taken_only_for_the_held_generation_from_its_own_host() {
+        let (_d, store, l) = ledger();
+        let now = Utc::now();
+        l.issue(vec![new("m1", SLEEP)], now, now).unwrap();
+        assert_eq!(
+            l.on_status("h1", &status("m1", 5, IntentPhase::Confirmed), now),
+            Ok(None)
+        );
+        let c = l
+            .on_status("h1", &status("m1", 1, IntentPhase::Confirmed), now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.status.phase, IntentPhase::Confirmed);
+        assert_eq!(c.plan_id, "p1");
+        // The same status again changes nothing.
+        assert_eq!(
+            l.on_status("h1", &status("m1", 1, IntentPhase::Confirmed), now),
+            Ok(None)
+        );
+        assert!(matches!(
+            l.on_status("h2", &status("m1", 1, IntentPhase::Failed), now),
+            Err(StatusRefused::WrongHost { .. })
+        ));
+        assert_eq!(
+            store.list_intents().unwrap()[0]
+                .status
+                .as_ref()
+                .unwrap()
+                .phase,
+            IntentPhase::Confirmed
+        );
+        let mut bad = status("m1", 1, IntentPhase::Confirmed);
+        bad.phase = 99;
+        assert!(matches!(
+            l.on_status("h1", &bad, now),
+            Err(StatusRefused::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_store_write_issues_nothing() {
+        let (_d, store, l) = ledger();
+        let now = Utc::now();
+        // Generation 1 for m1 is already in the store behind the ledger's back.
+        store
+            .put_intents(&[DeviceIntent {
+                host_id: "h1".into(),
+                intent: held("m1", 1, SLEEP),
+                issued_at: now,
+                before_w: None,
+                status: None,
+            }])
+            .unwrap();
+        assert!(
+            l.issue(vec![new("m2", SLEEP), new("m1", RUN)], now, now)
+                .is_err()
+        );
+        assert!(l.get("m2").is_none());
+        assert!(l.get("m1").is_none());
+    }
+}
