@@ -5,6 +5,8 @@ pub mod config;
 pub mod executor;
 pub mod fleet;
 pub mod intents;
+pub mod outlook;
+pub mod planview;
 pub mod policy;
 pub mod store;
 pub mod trace;
@@ -23,6 +25,7 @@ use crate::config::Config;
 use crate::executor::{Execution, Failures};
 use crate::fleet::Registry;
 use crate::intents::Ledger;
+use crate::outlook::Outlook;
 use crate::store::{AuditRecord, NewAudit, Store, StoreError};
 
 /// The controller's shared state.
@@ -39,6 +42,7 @@ pub struct Controller {
     pub progress: Notify,
     execution: Mutex<Option<Execution>>,
     failures: Mutex<Failures>,
+    outlook: Mutex<Outlook>,
     events: broadcast::Sender<v1::Event>,
 }
 
@@ -64,6 +68,7 @@ impl Controller {
             progress: Notify::new(),
             execution: Mutex::new(None),
             failures: Mutex::new(Failures::default()),
+            outlook: Mutex::new(Outlook::default()),
             events,
         }))
     }
@@ -75,6 +80,27 @@ impl Controller {
     /// Subscribes to live events (audit records as they are written).
     pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
         self.events.subscribe()
+    }
+
+    /// What the latest planning round saw.
+    pub fn outlook(&self) -> Outlook {
+        self.outlook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records what a planning round saw.
+    pub fn set_outlook(&self, o: Outlook) {
+        *self
+            .outlook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = o;
+    }
+
+    /// The site cap minus its reserve, W.
+    pub fn usable_cap_w(&self) -> f64 {
+        self.config.site.cap_w - self.config.site.reserve_w
     }
 
     /// Devices whose last move failed recently, with the reason.
@@ -123,19 +149,27 @@ impl Controller {
     /// The site at a glance.
     pub async fn site_status(&self) -> Result<v1::SiteStatus, Status> {
         let now = Utc::now();
-        // Overlapping events: the lowest target is the one in force.
-        let dr = self
+        let events = self
             .blocking(move |s| s.demand_responses_in_force(now))
-            .await?
-            .into_iter()
-            .min_by(|a, b| a.target_power_w.total_cmp(&b.target_power_w));
+            .await?;
         let policy = self.blocking(|s| s.get_policy()).await?;
+        let plan = self.blocking(|s| s.list_plans(1)).await?.pop();
         let f = self.registry.summary(&self.config.agents.assumptions());
+        let o = self.outlook();
+        // Overlapping events: the lowest target is the one in force.
+        let dr = events
+            .iter()
+            .min_by(|a, b| a.target_power_w.total_cmp(&b.target_power_w))
+            .map(|e| self.dr_to_proto(e, now, &o));
         Ok(v1::SiteStatus {
             site_id: self.config.site.id.clone(),
             site_cap_w: self.config.site.cap_w,
             reserve_w: self.config.site.reserve_w,
-            committed_power_w: f.committed_power_w,
+            committed_power_w: if o.at.is_some() {
+                o.committed_w.max(f.committed_power_w)
+            } else {
+                f.committed_power_w
+            },
             measured_power_w: f.measured_power_w,
             agents_connected: f.agents_connected,
             miners_total: f.miners_total,
@@ -144,17 +178,83 @@ impl Controller {
             miners_unreachable: f.miners_unreachable,
             gpus_total: f.gpus_total,
             policy: policy.map_or_else(|| "economic".to_owned(), |p| p.name),
-            demand_response: dr.map(|e| v1::DemandResponseEvent {
-                event_id: e.event_id,
-                target_power_w: e.target_power_w,
-                deadline: Some(model::timestamp_to_proto(e.deadline)),
-                ends_at: Some(model::timestamp_to_proto(e.ends_at)),
-                actor: e.actor,
-                created_at: Some(model::timestamp_to_proto(e.created_at)),
-            }),
+            demand_response: dr,
             as_of: Some(model::timestamp_to_proto(now)),
             controller_version: env!("CARGO_PKG_VERSION").to_owned(),
+            mining_power_w: o.mining_w,
+            ai_power_w: o.ai_w,
+            cap_in_force_w: o.cap_in_force_w.unwrap_or_else(|| self.usable_cap_w()),
+            cap_reason: if o.cap_reason.is_empty() {
+                "site cap minus reserve".into()
+            } else {
+                o.cap_reason.clone()
+            },
+            economics: o.economics.clone(),
+            plan: plan.map(|p| plan_summary(&p)),
+            mode: if o.mode.is_empty() {
+                "starting: no plan yet".into()
+            } else {
+                o.mode.clone()
+            },
+            margin_usd_per_h: o.margin_usd_per_h,
+            gpu_hosts_total: o.gpu_hosts_total,
+            gpu_hosts_serving: o.gpu_hosts_serving,
         })
+    }
+
+    /// A demand-response event as the API shows it: its state, and while it is in force the
+    /// draw achieved and the lowest the site can reach.
+    pub fn dr_to_proto(
+        &self,
+        e: &store::DemandResponse,
+        now: chrono::DateTime<Utc>,
+        o: &Outlook,
+    ) -> v1::DemandResponseEvent {
+        let in_force = e.in_force(now);
+        let achievable = o.min_reachable_w.filter(|_| in_force);
+        let note = match achievable {
+            Some(a) if a > e.target_power_w => format!(
+                "target {:.0} W cannot be reached: the controllable load goes down to {a:.0} W",
+                e.target_power_w
+            ),
+            _ => String::new(),
+        };
+        v1::DemandResponseEvent {
+            event_id: e.event_id.clone(),
+            target_power_w: e.target_power_w,
+            deadline: Some(model::timestamp_to_proto(e.deadline)),
+            ends_at: Some(model::timestamp_to_proto(e.ends_at)),
+            actor: e.actor.clone(),
+            created_at: Some(model::timestamp_to_proto(e.created_at)),
+            state: e.state(now).to_owned(),
+            achieved_power_w: in_force.then_some(o.committed_w).filter(|_| o.at.is_some()),
+            achievable_power_w: achievable,
+            cancelled_at: e.cancelled_at.map(model::timestamp_to_proto),
+            note,
+        }
+    }
+}
+
+/// A stored plan at a glance.
+pub fn plan_summary(p: &store::StoredPlan) -> v1::PlanSummary {
+    let phases = p
+        .document
+        .get("exec")
+        .and_then(|e| e.get("phases"))
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, Vec::len);
+    v1::PlanSummary {
+        plan_id: p.plan_id.clone(),
+        created_at: Some(model::timestamp_to_proto(p.created_at)),
+        state: p.state.as_str().to_owned(),
+        current_phase: p.current_phase,
+        phases: u32::try_from(phases).unwrap_or(u32::MAX),
+        reason: p
+            .document
+            .get("reason")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 

@@ -32,6 +32,7 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::RevisionConflict { .. } => Status::aborted(e.to_string()),
+            StoreError::Exists { .. } => Status::already_exists(e.to_string()),
             other => Status::internal(other.to_string()),
         }
     }
@@ -101,14 +102,82 @@ fn override_from_proto(o: &v1::Override) -> Result<Override, FieldError> {
     })
 }
 
-fn dr_to_proto(e: &DemandResponse) -> v1::DemandResponseEvent {
-    v1::DemandResponseEvent {
-        event_id: e.event_id.clone(),
-        target_power_w: e.target_power_w,
-        deadline: Some(model::timestamp_to_proto(e.deadline)),
-        ends_at: Some(model::timestamp_to_proto(e.ends_at)),
-        actor: e.actor.clone(),
-        created_at: Some(model::timestamp_to_proto(e.created_at)),
+/// The longest a demand-response event may last or be announced ahead.
+const DR_HORIZON: chrono::Duration = chrono::Duration::days(366);
+
+/// Checks a demand-response request at the edge: a target in watts, a deadline in the future
+/// within the horizon, a positive duration within it, and an id from the documented set.
+pub fn validate_demand_response(
+    req: &v1::DemandResponseRequest,
+    now: chrono::DateTime<Utc>,
+) -> Result<DemandResponse, FieldError> {
+    if !(req.target_power_w.is_finite() && req.target_power_w >= 0.0) {
+        return Err(FieldError::new(
+            "target_power_w",
+            "must be a number of watts >= 0",
+        ));
+    }
+    let deadline = req
+        .deadline
+        .as_ref()
+        .ok_or_else(|| FieldError::new("deadline", "required but missing"))?;
+    let deadline = model::timestamp_from_proto(deadline, "deadline")?;
+    // A second of slack for the caller's clock and the trip here.
+    if deadline < now - chrono::Duration::seconds(1) {
+        return Err(FieldError::new(
+            "deadline",
+            format!("{} is in the past", deadline.to_rfc3339()),
+        ));
+    }
+    if deadline > now + DR_HORIZON {
+        return Err(FieldError::new("deadline", "is more than a year ahead"));
+    }
+    let duration = req
+        .duration
+        .as_ref()
+        .ok_or_else(|| FieldError::new("duration", "required but missing"))?;
+    let duration = model::duration_from_proto(duration, "duration")?;
+    if duration.is_zero() {
+        return Err(FieldError::new("duration", "must be positive"));
+    }
+    let duration = chrono::Duration::from_std(duration)
+        .ok()
+        .filter(|d| *d <= DR_HORIZON)
+        .ok_or_else(|| FieldError::new("duration", "must be at most a year"))?;
+    let event_id = if req.event_id.is_empty() {
+        format!("dr-{}", now.format("%Y%m%dT%H%M%S%.3fZ"))
+    } else {
+        check_id(&req.event_id, "event_id")?
+    };
+    Ok(DemandResponse {
+        event_id,
+        target_power_w: req.target_power_w,
+        deadline,
+        ends_at: deadline + duration,
+        actor: actor_or(&req.actor, "unknown"),
+        created_at: now,
+        cancelled_at: None,
+    })
+}
+
+/// Identifiers (event ids, host ids) are 1–128 characters of `A–Z a–z 0–9 . _ : / @ -`: they
+/// are printed in terminals and logs, so nothing that can forge a line or an escape.
+pub fn check_id(id: &str, field: &str) -> Result<String, FieldError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '-'));
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ -",
+                id.chars().take(40).collect::<String>()
+            ),
+        ))
     }
 }
 
@@ -277,52 +346,163 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         request: Request<v1::DemandResponseRequest>,
     ) -> Result<Response<v1::DemandResponseEvent>, Status> {
         let req = request.into_inner();
-        if !(req.target_power_w.is_finite() && req.target_power_w >= 0.0) {
-            return Err(FieldError::new("target_power_w", "must be a number of watts >= 0").into());
-        }
-        let deadline = req
-            .deadline
-            .as_ref()
-            .ok_or_else(|| FieldError::new("deadline", "required but missing"))?;
-        let deadline = model::timestamp_from_proto(deadline, "deadline")?;
-        let duration = req
-            .duration
-            .as_ref()
-            .ok_or_else(|| FieldError::new("duration", "required but missing"))?;
-        let duration = model::duration_from_proto(duration, "duration")?;
-        let duration = chrono::Duration::from_std(duration)
-            .map_err(|_| FieldError::new("duration", "too long"))?;
         let now = Utc::now();
-        let event = DemandResponse {
-            event_id: if req.event_id.is_empty() {
-                format!("dr-{}", now.timestamp())
-            } else {
-                req.event_id.clone()
-            },
-            target_power_w: req.target_power_w,
-            deadline,
-            ends_at: deadline + duration,
-            actor: actor_or(&req.actor, "unknown"),
-            created_at: now,
-            cancelled_at: None,
-        };
+        let event = validate_demand_response(&req, now)?;
         let stored = event.clone();
         self.ctl
             .blocking(move |s| s.put_demand_response(&stored))
             .await?;
+        let reply = self.ctl.dr_to_proto(&event, now, &self.ctl.outlook());
         self.ctl
             .audit(NewAudit {
                 kind: "demand_response",
                 subject: format!("site/{}", self.ctl.config.site.id),
                 actor: event.actor.clone(),
                 reason: format!(
-                    "demand response {}: reach {} W by {}",
-                    event.event_id, event.target_power_w, event.deadline
+                    "demand response {}: reach {:.0} W by {} and hold it until {}{}",
+                    event.event_id,
+                    event.target_power_w,
+                    event.deadline.to_rfc3339(),
+                    event.ends_at.to_rfc3339(),
+                    if reply.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", reply.note)
+                    }
                 ),
-                detail: serde_json::to_value(&event).unwrap_or_default(),
+                detail: serde_json::json!({
+                    "event": event,
+                    "achievable_power_w": reply.achievable_power_w,
+                }),
             })
             .await;
-        Ok(Response::new(dr_to_proto(&event)))
+        self.ctl.replan.notify_one();
+        Ok(Response::new(reply))
+    }
+
+    async fn cancel_demand_response(
+        &self,
+        request: Request<v1::CancelDemandResponseRequest>,
+    ) -> Result<Response<v1::DemandResponseEvent>, Status> {
+        let req = request.into_inner();
+        let id = model::non_empty(&req.event_id, "event_id")?;
+        let now = Utc::now();
+        let i = id.clone();
+        let cancelled = self
+            .ctl
+            .blocking(move |s| s.cancel_demand_response(&i, now))
+            .await?;
+        let all = self.ctl.blocking(|s| s.list_demand_responses(1000)).await?;
+        let Some(event) = all.into_iter().find(|e| e.event_id == id) else {
+            return Err(Status::not_found(format!(
+                "event_id: no demand-response event `{id}`"
+            )));
+        };
+        if !cancelled {
+            return Err(Status::failed_precondition(format!(
+                "event_id: demand-response event `{id}` was already cancelled"
+            )));
+        }
+        self.ctl
+            .audit(NewAudit {
+                kind: "demand_response",
+                subject: format!("site/{}", self.ctl.config.site.id),
+                actor: actor_or(&req.actor, "unknown"),
+                reason: format!("demand response {id} cancelled"),
+                detail: serde_json::Value::Null,
+            })
+            .await;
+        self.ctl.replan.notify_one();
+        Ok(Response::new(self.ctl.dr_to_proto(
+            &event,
+            now,
+            &self.ctl.outlook(),
+        )))
+    }
+
+    async fn list_demand_responses(
+        &self,
+        request: Request<v1::ListDemandResponsesRequest>,
+    ) -> Result<Response<v1::ListDemandResponsesResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 20,
+            n => n.min(1000),
+        };
+        let now = Utc::now();
+        let o = self.ctl.outlook();
+        let events = self
+            .ctl
+            .blocking(move |s| s.list_demand_responses(limit))
+            .await?;
+        Ok(Response::new(v1::ListDemandResponsesResponse {
+            events: events
+                .iter()
+                .map(|e| self.ctl.dr_to_proto(e, now, &o))
+                .collect(),
+        }))
+    }
+
+    async fn get_plan(
+        &self,
+        _request: Request<v1::GetPlanRequest>,
+    ) -> Result<Response<v1::PlanView>, Status> {
+        let plan = self.ctl.blocking(|s| s.list_plans(1)).await?.pop();
+        Ok(Response::new(match plan {
+            Some(p) => crate::planview::plan_view(&p, &self.ctl.ledger),
+            None => v1::PlanView::default(),
+        }))
+    }
+
+    async fn get_history(
+        &self,
+        request: Request<v1::GetHistoryRequest>,
+    ) -> Result<Response<v1::History>, Status> {
+        let req = request.into_inner();
+        let since = req
+            .since
+            .as_ref()
+            .map(|t| model::timestamp_from_proto(t, "since"))
+            .transpose()?
+            .unwrap_or_else(|| Utc::now() - chrono::Duration::hours(1));
+        let limit = match req.limit {
+            0 => 1000,
+            n => n.min(10_000),
+        };
+        let (site, market) = self
+            .ctl
+            .blocking(move |s| {
+                Ok((
+                    s.site_history(since, limit)?,
+                    s.market_history(since, limit)?,
+                ))
+            })
+            .await?;
+        Ok(Response::new(v1::History {
+            site: site
+                .into_iter()
+                .map(|x| v1::SiteSample {
+                    at: Some(model::timestamp_to_proto(x.at)),
+                    cap_w: x.cap_w,
+                    committed_w: x.committed_w,
+                    measured_w: x.measured_w,
+                    mining_w: x.mining_w,
+                    ai_w: x.ai_w,
+                    margin_usd_per_h: x.margin_usd_per_h,
+                })
+                .collect(),
+            market: market
+                .into_iter()
+                .map(|x| v1::MarketSample {
+                    at: Some(model::timestamp_to_proto(x.at)),
+                    hashprice_usd_per_ph_day: x.hashprice_usd_per_ph_day,
+                    energy_usd_per_mwh: x.energy_usd_per_mwh,
+                    ai_usd_per_gpu_hour: x.ai_usd_per_gpu_hour,
+                    ai_gpu_demand: x.ai_gpu_demand,
+                    usable: x.usable,
+                    problems: x.problems,
+                })
+                .collect(),
+        }))
     }
 
     async fn get_policy(
@@ -409,7 +589,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         };
         let records = self
             .ctl
-            .blocking(move |s| s.list_audit(limit, req.before_id, &req.subject))
+            .blocking(move |s| s.list_audit(limit, req.before_id, &req.subject, &req.kind))
             .await?;
         Ok(Response::new(v1::ListAuditResponse {
             records: records.iter().map(crate::audit_to_proto).collect(),

@@ -77,6 +77,19 @@ impl DemandResponse {
     pub fn in_force(&self, now: DateTime<Utc>) -> bool {
         self.cancelled_at.is_none() && now < self.ends_at
     }
+
+    /// "shedding" (before the deadline), "holding" (deadline to end), "ended", "cancelled".
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.cancelled_at.is_some() {
+            "cancelled"
+        } else if now >= self.ends_at {
+            "ended"
+        } else if now < self.deadline {
+            "shedding"
+        } else {
+            "holding"
+        }
+    }
 }
 
 /// The last status an agent reported for the generation the controller holds.
@@ -209,12 +222,13 @@ pub enum StoreError {
 /// Durable controller state.
 pub trait Store: Send + Sync + 'static {
     fn append_audit(&self, entry: NewAudit) -> Result<AuditRecord, StoreError>;
-    /// Newest first; `before_id` 0 for the newest; `subject` empty for all.
+    /// Newest first; `before_id` 0 for the newest; `subject` and `kind` empty for all.
     fn list_audit(
         &self,
         limit: u32,
         before_id: u64,
         subject: &str,
+        kind: &str,
     ) -> Result<Vec<AuditRecord>, StoreError>;
     fn put_override(&self, o: &Override) -> Result<(), StoreError>;
     /// Whether an override existed.

@@ -244,6 +244,7 @@ impl Store for SqliteStore {
         limit: u32,
         before_id: u64,
         subject: &str,
+        kind: &str,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let sql = self.sql();
         let before = if before_id == 0 {
@@ -255,11 +256,12 @@ impl Store for SqliteStore {
             let mut stmt = c
                 .prepare(
                     "SELECT id, at, kind, subject, actor, reason, detail_json FROM audit
-                     WHERE id < ?1 AND (?2 = '' OR subject = ?2) ORDER BY id DESC LIMIT ?3",
+                     WHERE id < ?1 AND (?2 = '' OR subject = ?2) AND (?4 = '' OR kind = ?4)
+                     ORDER BY id DESC LIMIT ?3",
                 )
                 .map_err(&sql)?;
             let rows = stmt
-                .query_map(params![before, subject, limit], |r| {
+                .query_map(params![before, subject, limit, kind], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
@@ -909,17 +911,19 @@ mod tests {
             })
             .unwrap();
         }
-        let all = s.list_audit(10, 0, "").unwrap();
+        let all = s.list_audit(10, 0, "", "").unwrap();
         assert_eq!(
             all.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
             ["r4", "r3", "r2", "r1", "r0"]
         );
-        let page = s.list_audit(2, all[1].id, "").unwrap();
+        let page = s.list_audit(2, all[1].id, "", "").unwrap();
         assert_eq!(
             page.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
             ["r2", "r1"]
         );
-        assert_eq!(s.list_audit(10, 0, "host/b").unwrap().len(), 2);
+        assert_eq!(s.list_audit(10, 0, "host/b", "").unwrap().len(), 2);
+        assert_eq!(s.list_audit(10, 0, "", "agent").unwrap().len(), 5);
+        assert!(s.list_audit(10, 0, "", "plan").unwrap().is_empty());
         assert_eq!(all[0].detail["i"], 4);
     }
 

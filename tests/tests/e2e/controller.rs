@@ -260,6 +260,7 @@ async fn agent_session_registers_devices_and_telemetry() {
             limit: 10,
             before_id: 0,
             subject: "host/rack-7".into(),
+            kind: String::new(),
         })
         .await
         .unwrap()
@@ -359,6 +360,7 @@ fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
         &ctl.addr,
         &[
             "dr",
+            "start",
             "--target-kw",
             "1500",
             "--within",

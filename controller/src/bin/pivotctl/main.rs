@@ -1,5 +1,7 @@
 //! `pivotctl`: the operator's command line for a pivot controller.
 
+mod render;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,6 +10,8 @@ use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
 use serde_json::json;
 use tonic::transport::Channel;
+
+use render::{clean, mw, ts, ts_text};
 
 #[derive(Parser)]
 #[command(name = "pivotctl", version, about = "Operate a pivot site controller")]
@@ -34,9 +38,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The site at a glance.
+    /// The site at a glance: power by load class against the cap, economics, the plan.
     Status {
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hashprice, energy price, AI value, each miner class's breakeven, and the inputs' health.
+    Economics {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current plan and why: its phases, each move and where it stands.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The controller's decisions over time (from the audit log), newest first.
+    History {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
         #[arg(long)]
         json: bool,
     },
@@ -52,8 +73,27 @@ enum Command {
         /// Only records about this device or host.
         #[arg(long, default_value = "")]
         subject: String,
+        /// Only records of this kind (decision, plan, status, override, policy, agent, ...).
+        #[arg(long, default_value = "")]
+        kind: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Curtail mining: site-wide, or one miner or host (an override: sleep).
+    Curtail {
+        /// `miners` (default: every miner), a miner id, or `host/<host_id>`.
+        #[arg(default_value = "miners")]
+        target: String,
+        /// Until then (e.g. 2h); until `resume` when absent.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        #[arg(long, default_value = "curtailed by an operator")]
+        reason: String,
+    },
+    /// Undo `curtail`: the policies decide again.
+    Resume {
+        #[arg(default_value = "miners")]
+        target: String,
     },
     /// Show, check or replace the site policy.
     Policy {
@@ -67,6 +107,18 @@ enum Command {
     },
     /// Demand response: bring the site's draw down to a target by a deadline.
     Dr {
+        #[command(subcommand)]
+        action: DrAction,
+    },
+    /// Follow the controller's live events (decisions, intents, confirmations, agents).
+    #[command(alias = "events")]
+    Watch,
+}
+
+#[derive(Subcommand)]
+enum DrAction {
+    /// Start an event.
+    Start {
         /// Site draw to reach, kW.
         #[arg(long)]
         target_kw: f64,
@@ -76,17 +128,26 @@ enum Command {
         /// Hold it this long after the deadline.
         #[arg(long, value_parser = parse_duration)]
         duration: std::time::Duration,
-        /// The program's dispatch id, for the audit log.
+        /// The program's dispatch id, for the audit log (made up when absent).
         #[arg(long, default_value = "")]
         event_id: String,
+        #[arg(long)]
+        json: bool,
     },
-    /// Follow the controller's live events (audit records as they are written).
-    Events,
+    /// Cancel an event.
+    Stop { event_id: String },
+    /// Events, newest first, with their state and the draw achieved.
+    Status {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum OverrideAction {
-    /// Pin a target (`miner/...`, `gpu/...`, or `host/<host_id>`).
+    /// Pin a target (`miner/...`, `gpu/...`, `host/<host_id>`, or `miners` for every miner).
     Set {
         target: String,
         /// What to pin it to.
@@ -160,7 +221,8 @@ impl PinArgs {
     }
 }
 
-/// Parses durations such as `90s`, `10m`, `2h`, `1d` (a bare number is seconds).
+/// Parses durations such as `90s`, `10m`, `2h`, `1d` (a bare number is seconds), up to ten
+/// years: anything longer is a typo, not an intention.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(
@@ -177,6 +239,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "d" => n * 86_400.0,
         _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
     };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("`{s}`: must be positive"));
+    }
+    if secs > 10.0 * 366.0 * 86_400.0 {
+        return Err(format!("`{s}`: longer than ten years"));
+    }
     std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
 
@@ -186,9 +254,10 @@ fn actor() -> String {
 
 fn in_future(d: std::time::Duration) -> anyhow::Result<prost_types::Timestamp> {
     let d = chrono::Duration::from_std(d).context("duration too long")?;
-    Ok(pivot_proto::model::timestamp_to_proto(
-        chrono::Utc::now() + d,
-    ))
+    let t = chrono::Utc::now()
+        .checked_add_signed(d)
+        .context("duration too long")?;
+    Ok(pivot_proto::model::timestamp_to_proto(t))
 }
 
 #[derive(Subcommand)]
@@ -204,40 +273,6 @@ enum PolicyAction {
         #[arg(long, default_value_t = 0)]
         expected_revision: u64,
     },
-}
-
-fn ts(t: Option<&prost_types::Timestamp>) -> serde_json::Value {
-    t.and_then(|t| pivot_proto::model::timestamp_from_proto(t, "t").ok())
-        .map_or(serde_json::Value::Null, |t| json!(t.to_rfc3339()))
-}
-
-fn status_json(s: &v1::SiteStatus) -> serde_json::Value {
-    json!({
-        "site_id": s.site_id,
-        "site_cap_w": s.site_cap_w,
-        "reserve_w": s.reserve_w,
-        "committed_power_w": s.committed_power_w,
-        "measured_power_w": s.measured_power_w,
-        "agents_connected": s.agents_connected,
-        "miners_total": s.miners_total,
-        "miners_mining": s.miners_mining,
-        "miners_sleeping": s.miners_sleeping,
-        "miners_unreachable": s.miners_unreachable,
-        "gpus_total": s.gpus_total,
-        "policy": s.policy,
-        "demand_response": s.demand_response.as_ref().map(|d| json!({
-            "event_id": d.event_id,
-            "target_power_w": d.target_power_w,
-            "deadline": ts(d.deadline.as_ref()),
-            "ends_at": ts(d.ends_at.as_ref()),
-        })),
-        "as_of": ts(s.as_of.as_ref()),
-        "controller_version": s.controller_version,
-    })
-}
-
-fn mw(w: f64) -> String {
-    format!("{:.3} MW", w / 1e6)
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<FleetServiceClient<Channel>> {
@@ -282,6 +317,24 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+fn pin_override(
+    target: String,
+    pin: v1::r#override::Pin,
+    expires_in: Option<std::time::Duration>,
+    reason: String,
+) -> anyhow::Result<v1::SetOverrideRequest> {
+    Ok(v1::SetOverrideRequest {
+        r#override: Some(v1::Override {
+            target,
+            pin: Some(pin),
+            expires_at: expires_in.map(in_future).transpose()?,
+            reason,
+            actor: actor(),
+            created_at: None,
+        }),
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = connect(&cli).await?;
     let url = cli.controller.as_str();
@@ -293,28 +346,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(rpc_error("site status", url))?
                 .into_inner();
             if json {
-                println!("{}", status_json(&s));
+                println!("{}", render::status_json(&s));
             } else {
-                println!(
-                    "site        {} (controller {})",
-                    s.site_id, s.controller_version
+                render::print_status(&s);
+            }
+        }
+        Command::Economics { json } => {
+            let e = client
+                .get_economics(v1::GetEconomicsRequest {})
+                .await
+                .map_err(rpc_error("economics", url))?
+                .into_inner();
+            if json {
+                println!("{}", render::economics_json(&e));
+            } else {
+                render::print_economics(&e);
+            }
+        }
+        Command::Plan { json } => {
+            let p = client
+                .get_plan(v1::GetPlanRequest {})
+                .await
+                .map_err(rpc_error("plan", url))?
+                .into_inner();
+            if json {
+                println!("{}", render::plan_json(&p));
+            } else {
+                render::print_plan(&p);
+            }
+        }
+        Command::History { limit, json } => {
+            let mut records = Vec::new();
+            for kind in ["decision", "plan", "demand_response"] {
+                records.extend(
+                    client
+                        .list_audit(v1::ListAuditRequest {
+                            limit,
+                            before_id: 0,
+                            subject: String::new(),
+                            kind: kind.into(),
+                        })
+                        .await
+                        .map_err(rpc_error("history", url))?
+                        .into_inner()
+                        .records,
                 );
-                println!(
-                    "cap         {} (reserve {})",
-                    mw(s.site_cap_w),
-                    mw(s.reserve_w)
-                );
-                println!("committed   {}", mw(s.committed_power_w));
-                println!("measured    {}", mw(s.measured_power_w));
-                println!("agents      {} connected", s.agents_connected);
-                println!(
-                    "miners      {} total: {} mining, {} sleeping, {} unreachable",
-                    s.miners_total, s.miners_mining, s.miners_sleeping, s.miners_unreachable
-                );
-                println!("gpus        {}", s.gpus_total);
-                println!("policy      {}", s.policy);
-                if let Some(d) = &s.demand_response {
-                    println!("demand resp {} -> {}", d.event_id, mw(d.target_power_w));
+            }
+            records.sort_by_key(|r| std::cmp::Reverse(r.id));
+            records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            if json {
+                let rows: Vec<_> = records.iter().map(audit_json).collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in &records {
+                    println!(
+                        "{} {:<16} {}",
+                        ts_text(r.at.as_ref()),
+                        clean(&r.kind),
+                        clean(&r.reason)
+                    );
                 }
             }
         }
@@ -325,24 +415,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(rpc_error("device list", url))?
                 .into_inner();
             if json {
-                let rows: Vec<_> = list.devices.iter().map(device_json).collect();
+                let rows: Vec<_> = list.devices.iter().map(render::device_json).collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
                 println!(
-                    "{:<40} {:<16} {:<6} {:<10} {:>10}",
-                    "DEVICE", "HOST", "KIND", "STATE", "POWER W"
+                    "{:<40} {:<16} {:<6} {:<10} {:>10} {:<10}",
+                    "DEVICE", "HOST", "KIND", "STATE", "POWER W", "INTENT"
                 );
                 for d in &list.devices {
-                    let j = device_json(d);
+                    let j = render::device_json(d);
                     println!(
-                        "{:<40} {:<16} {:<6} {:<10} {:>10}",
-                        d.device_id,
-                        d.host_id,
+                        "{:<40} {:<16} {:<6} {:<10} {:>10} {:<10}",
+                        clean(&d.device_id),
+                        clean(&d.host_id),
                         j["kind"].as_str().unwrap_or("?"),
                         j["state"].as_str().unwrap_or("-"),
                         j["power_w"]
                             .as_f64()
-                            .map_or_else(|| "-".to_owned(), |p| format!("{p:.0}"))
+                            .map_or_else(|| "-".to_owned(), |p| format!("{p:.0}")),
+                        j["intent_status"]["phase"]
+                            .as_str()
+                            .map_or("-", |p| p.trim_start_matches("INTENT_PHASE_"))
+                            .to_lowercase()
                     );
                 }
             }
@@ -350,6 +444,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             limit,
             subject,
+            kind,
             json,
         } => {
             let list = client
@@ -357,30 +452,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     limit,
                     before_id: 0,
                     subject,
+                    kind,
                 })
                 .await
                 .map_err(rpc_error("audit log", url))?
                 .into_inner();
             for r in &list.records {
                 if json {
-                    println!(
-                        "{}",
-                        json!({ "id": r.id, "at": ts(r.at.as_ref()), "kind": r.kind, "subject": r.subject,
-                                "actor": r.actor, "reason": r.reason,
-                                "detail": serde_json::from_str::<serde_json::Value>(&r.detail_json).unwrap_or_default() })
-                    );
+                    println!("{}", audit_json(r));
                 } else {
                     println!(
                         "{:>6} {} {:<16} {:<28} {:<12} {}",
                         r.id,
-                        ts(r.at.as_ref()).as_str().unwrap_or("-"),
-                        r.kind,
-                        r.subject,
-                        r.actor,
-                        r.reason
+                        ts_text(r.at.as_ref()),
+                        clean(&r.kind),
+                        clean(&r.subject),
+                        clean(&r.actor),
+                        clean(&r.reason)
                     );
                 }
             }
+        }
+        Command::Curtail {
+            target,
+            expires_in,
+            reason,
+        } => {
+            let pin = v1::r#override::Pin::Miner(v1::MinerTarget {
+                mode: v1::MinerMode::Sleep as i32,
+                power_target_w: None,
+            });
+            let o = client
+                .set_override(pin_override(target, pin, expires_in, reason)?)
+                .await
+                .map_err(rpc_error("curtailing", url))?
+                .into_inner();
+            println!(
+                "{}: curtailed ({})",
+                clean(&o.target),
+                ts(o.expires_at.as_ref())
+                    .as_str()
+                    .map_or("until resumed".to_owned(), |t| format!("until {t}"))
+            );
+        }
+        Command::Resume { target } => {
+            let r = client
+                .clear_override(v1::ClearOverrideRequest {
+                    target: target.clone(),
+                    actor: actor(),
+                })
+                .await
+                .map_err(rpc_error("resuming", url))?
+                .into_inner();
+            if !r.cleared {
+                anyhow::bail!("{} was not curtailed by an operator", clean(&target));
+            }
+            println!("{}: resumed; the policies decide again", clean(&target));
         }
         Command::Policy { action } => match action {
             PolicyAction::Get => {
@@ -435,24 +562,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 expires_in,
                 reason,
             } => {
-                let o = v1::Override {
-                    target,
-                    pin: Some(pin.to_proto()),
-                    expires_at: expires_in.map(in_future).transpose()?,
-                    reason,
-                    actor: actor(),
-                    created_at: None,
-                };
                 let o = client
-                    .set_override(v1::SetOverrideRequest {
-                        r#override: Some(o),
-                    })
+                    .set_override(pin_override(target, pin.to_proto(), expires_in, reason)?)
                     .await
                     .map_err(rpc_error("setting the override", url))?
                     .into_inner();
                 println!(
-                    "{} pinned ({})",
-                    o.target,
+                    "{} pinned to {} ({})",
+                    clean(&o.target),
+                    render::pin_words(o.pin.as_ref()),
                     ts(o.expires_at.as_ref())
                         .as_str()
                         .map_or("until cleared".to_owned(), |t| format!("until {t}"))
@@ -468,9 +586,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(rpc_error("clearing the override", url))?
                     .into_inner();
                 if !r.cleared {
-                    anyhow::bail!("{target} had no override");
+                    anyhow::bail!("{} had no override", clean(&target));
                 }
-                println!("{target}: override cleared");
+                println!("{}: override cleared", clean(&target));
             }
             OverrideAction::List { json } => {
                 let list = client
@@ -479,7 +597,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(rpc_error("override list", url))?
                     .into_inner();
                 for o in &list.overrides {
-                    let pin = format!("{:?}", o.pin);
+                    let pin = render::pin_words(o.pin.as_ref());
                     if json {
                         println!(
                             "{}",
@@ -487,42 +605,97 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     } else {
                         println!(
-                            "{:<40} {:<60} {} {}",
-                            o.target,
+                            "{:<40} {:<16} {:<26} {}",
+                            clean(&o.target),
                             pin,
-                            ts(o.expires_at.as_ref()).as_str().unwrap_or("-"),
-                            o.reason
+                            ts(o.expires_at.as_ref())
+                                .as_str()
+                                .unwrap_or("until cleared"),
+                            clean(&o.reason)
                         );
                     }
                 }
             }
         },
-        Command::Dr {
-            target_kw,
-            within,
-            duration,
-            event_id,
-        } => {
-            let e = client
-                .demand_response(v1::DemandResponseRequest {
-                    target_power_w: target_kw * 1000.0,
-                    deadline: Some(in_future(within)?),
-                    duration: Some(pivot_proto::model::duration_to_proto(duration)),
-                    event_id,
-                    actor: actor(),
-                })
-                .await
-                .map_err(rpc_error("demand response", url))?
-                .into_inner();
-            println!(
-                "demand response {}: {} by {}, until {}",
-                e.event_id,
-                mw(e.target_power_w),
-                ts(e.deadline.as_ref()).as_str().unwrap_or("-"),
-                ts(e.ends_at.as_ref()).as_str().unwrap_or("-")
-            );
-        }
-        Command::Events => {
+        Command::Dr { action } => match action {
+            DrAction::Start {
+                target_kw,
+                within,
+                duration,
+                event_id,
+                json,
+            } => {
+                if !(target_kw.is_finite() && target_kw >= 0.0) {
+                    anyhow::bail!("--target-kw must be a number of kW >= 0, got {target_kw}");
+                }
+                let e = client
+                    .demand_response(v1::DemandResponseRequest {
+                        target_power_w: target_kw * 1000.0,
+                        deadline: Some(in_future(within)?),
+                        duration: Some(pivot_proto::model::duration_to_proto(duration)),
+                        event_id,
+                        actor: actor(),
+                    })
+                    .await
+                    .map_err(rpc_error("demand response", url))?
+                    .into_inner();
+                if json {
+                    println!("{}", render::dr_json(&e));
+                } else {
+                    println!(
+                        "demand response {}: {} by {}, until {}",
+                        clean(&e.event_id),
+                        mw(e.target_power_w),
+                        ts_text(e.deadline.as_ref()),
+                        ts_text(e.ends_at.as_ref())
+                    );
+                    if !e.note.is_empty() {
+                        println!("warning: {}", clean(&e.note));
+                    }
+                }
+            }
+            DrAction::Stop { event_id } => {
+                let e = client
+                    .cancel_demand_response(v1::CancelDemandResponseRequest {
+                        event_id,
+                        actor: actor(),
+                    })
+                    .await
+                    .map_err(rpc_error("cancelling the demand response", url))?
+                    .into_inner();
+                println!("demand response {} cancelled", clean(&e.event_id));
+            }
+            DrAction::Status { limit, json } => {
+                let list = client
+                    .list_demand_responses(v1::ListDemandResponsesRequest { limit })
+                    .await
+                    .map_err(rpc_error("demand responses", url))?
+                    .into_inner();
+                if json {
+                    let rows: Vec<_> = list.events.iter().map(render::dr_json).collect();
+                    println!("{}", serde_json::Value::Array(rows));
+                } else {
+                    for e in &list.events {
+                        println!(
+                            "{:<24} {:<10} target {} by {} until {}{}{}",
+                            clean(&e.event_id),
+                            clean(&e.state),
+                            mw(e.target_power_w),
+                            ts_text(e.deadline.as_ref()),
+                            ts_text(e.ends_at.as_ref()),
+                            e.achieved_power_w
+                                .map_or_else(String::new, |a| format!(", now {}", mw(a))),
+                            if e.note.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", clean(&e.note))
+                            }
+                        );
+                    }
+                }
+            }
+        },
+        Command::Watch => {
             let mut stream = client
                 .watch_events(v1::WatchEventsRequest {})
                 .await
@@ -536,11 +709,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(v1::event::Event::Audit(r)) = e.event {
                     println!(
                         "{} {:<16} {:<28} {:<12} {}",
-                        ts(r.at.as_ref()).as_str().unwrap_or("-"),
-                        r.kind,
-                        r.subject,
-                        r.actor,
-                        r.reason
+                        ts_text(r.at.as_ref()),
+                        clean(&r.kind),
+                        clean(&r.subject),
+                        clean(&r.actor),
+                        clean(&r.reason)
                     );
                 }
             }
@@ -549,31 +722,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn device_json(d: &v1::Device) -> serde_json::Value {
-    let kind = match v1::DeviceKind::try_from(d.kind) {
-        Ok(v1::DeviceKind::Miner) => "miner",
-        Ok(v1::DeviceKind::Gpu) => "gpu",
-        Ok(v1::DeviceKind::Host) => "host",
-        _ => "unknown",
-    };
-    let (state, power_w) = match &d.reading {
-        Some(v1::device::Reading::MinerReading(r)) => (
-            Some(
-                pivot_proto::model::MinerState::from_proto(r.state)
-                    .as_str()
-                    .to_owned(),
-            ),
-            r.power_w,
-        ),
-        Some(v1::device::Reading::GpuReading(r)) => (None, r.power_w),
-        _ => (None, None),
-    };
-    json!({
-        "device_id": d.device_id,
-        "host_id": d.host_id,
-        "kind": kind,
-        "state": state,
-        "power_w": power_w,
-        "last_seen": ts(d.last_seen.as_ref()),
-    })
+fn audit_json(r: &v1::AuditRecord) -> serde_json::Value {
+    json!({ "id": r.id, "at": ts(r.at.as_ref()), "kind": r.kind, "subject": r.subject,
+            "actor": r.actor, "reason": r.reason,
+            "detail": serde_json::from_str::<serde_json::Value>(&r.detail_json).unwrap_or_default() })
 }
