@@ -47,6 +47,9 @@ pub struct ExecPhase {
     /// How long the phase may take before its unconfirmed moves count as failed.
     #[serde(with = "secs")]
     pub timeout: Duration,
+    /// Not to be issued before then (the site's ramp limit staggers grants).
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// A plan as the executor sees it.
@@ -127,6 +130,9 @@ pub fn next_step(
         .map(|(i, _)| i)
         .collect();
     if !to_issue.is_empty() {
+        if let Some(t) = phase.not_before.filter(|t| now < *t) {
+            return Step::Wait { until: t };
+        }
         return Step::Issue {
             phase: progress.phase,
             moves: to_issue,
@@ -629,6 +635,7 @@ mod tests {
                         })
                         .collect(),
                     timeout: Duration::from_secs(60),
+                    not_before: None,
                 })
                 .collect(),
         }
@@ -699,6 +706,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_phase_is_not_issued_before_its_time() {
+        let mut p = plan(&[1]);
+        p.phases[0].not_before = Some(t(90));
+        let at = Progress { phase: 0 };
+        assert_eq!(
+            next_step(&p, at, &[MoveState::NotIssued], t(30)),
+            Step::Wait { until: t(90) }
+        );
+        assert_eq!(
+            next_step(&p, at, &[MoveState::NotIssued], t(90)),
+            Step::Issue {
+                phase: 0,
+                moves: vec![0]
+            }
+        );
     }
 
     #[test]
