@@ -18,6 +18,9 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub agents: AgentsConfig,
+    /// Identities and roles (`[auth]`); enforced unless `mode = "open"`.
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -91,6 +94,17 @@ pub struct AgentsConfig {
     /// raises) once it runs out.
     #[serde(default = "default_lease_s")]
     pub lease_s: u64,
+    /// The most devices one host may declare.
+    #[serde(default = "default_max_devices_per_host")]
+    pub max_devices_per_host: usize,
+    /// The most power one host's inventory may declare (miners at maximum, GPUs at maximum
+    /// caps, host base), W; default: the site cap.
+    #[serde(default)]
+    pub max_host_power_w: Option<f64>,
+}
+
+fn default_max_devices_per_host() -> usize {
+    20_000
 }
 
 fn default_lease_s() -> u64 {
@@ -113,6 +127,8 @@ impl Default for AgentsConfig {
             unknown_miner_max_w: default_unknown_miner_max_w(),
             sleeping_miner_w: default_sleeping_miner_w(),
             lease_s: default_lease_s(),
+            max_devices_per_host: default_max_devices_per_host(),
+            max_host_power_w: None,
         }
     }
 }
@@ -237,6 +253,14 @@ impl Config {
                     format!("must be a number of watts >= 0, got {v}"),
                 ));
             }
+        }
+        if let Some(w) = self.agents.max_host_power_w
+            && !(w.is_finite() && w > 0.0)
+        {
+            return Err(invalid(
+                "agents.max_host_power_w",
+                format!("must be a positive number of watts, got {w}"),
+            ));
         }
         if !(8..=86_400).contains(&self.agents.lease_s) {
             return Err(invalid(

@@ -1,11 +1,13 @@
 //! pivot-controller: the site's brain — fleet registry, policies, store and the gRPC API.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod executor;
 pub mod fleet;
 pub mod intents;
 pub mod outlook;
+pub mod overrides;
 pub mod planview;
 pub mod policy;
 pub mod store;
@@ -35,6 +37,8 @@ pub struct Controller {
     pub registry: Registry,
     /// The desired state of every device.
     pub ledger: Arc<Ledger>,
+    /// Who callers are and what they may do.
+    pub auth: auth::Authenticator,
     /// Woken when something should make the controller plan again (an agent joined or left, an
     /// override, a DR event, a plan finished).
     pub replan: Notify,
@@ -59,11 +63,13 @@ impl Controller {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
         let (events, _) = broadcast::channel(1024);
         let ledger = Arc::new(Ledger::load(Arc::clone(&store))?);
+        let auth = auth::Authenticator::new(config.auth.clone(), Arc::clone(&store));
         Ok(Arc::new(Self {
             config,
             store,
             registry: Registry::default(),
             ledger,
+            auth,
             replan: Notify::new(),
             progress: Notify::new(),
             execution: Mutex::new(None),
@@ -96,6 +102,20 @@ impl Controller {
             .outlook
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = o;
+    }
+
+    /// Whether a host may join with the inventory of its hello.
+    pub fn admit(&self, entry: &fleet::AgentEntry) -> Result<(), Status> {
+        let limits = fleet::HostLimits {
+            max_devices: self.config.agents.max_devices_per_host,
+            max_power_w: self
+                .config
+                .agents
+                .max_host_power_w
+                .unwrap_or(self.config.site.cap_w),
+        };
+        self.registry
+            .admit(entry, &limits, &self.config.agents.assumptions())
     }
 
     /// The site cap minus its reserve, W.

@@ -71,6 +71,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .map(api::server_tls)
         .transpose()?;
+    if config.auth.mode == pivot_controller::auth::AuthMode::Open {
+        tracing::warn!(
+            "[auth] mode = \"open\": every caller is an admin and agents may speak for any host"
+        );
+    }
     let ctl = Controller::new(config, Arc::new(store)).context("loading the desired state")?;
     tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
     info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
@@ -135,7 +140,15 @@ async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()
             path: dir.path().join("pivot.db"),
         },
         agents: config::AgentsConfig::default(),
+        // A development controller on a laptop: anyone who reaches the port is an admin.
+        auth: pivot_controller::auth::AuthConfig {
+            mode: pivot_controller::auth::AuthMode::Open,
+            ..Default::default()
+        },
     };
+    eprintln!(
+        "pivot-controller dev: authentication is OFF (every caller is an admin and agents may speak for any host); use `serve` with [auth] for a real site"
+    );
     eprintln!(
         "pivot-controller dev: store {}",
         config.store.path.display()

@@ -50,6 +50,10 @@ impl v1::agent_service_server::AgentService for AgentApi {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let who = self
+            .ctl
+            .auth
+            .authorize(&request, crate::auth::Right::AgentSession)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -65,6 +69,35 @@ impl v1::agent_service_server::AgentService for AgentApi {
         };
         let (entry, held) = validate_hello(&hello).map_err(|e| e.within("hello"))?;
         let host_id = entry.host_id.clone();
+        if !who.may_be_host(&host_id) {
+            warn!(host = %host_id, identity = %who.name, %peer, "Refused a session for a host the identity is not bound to");
+            self.ctl
+                .audit(NewAudit {
+                    kind: "agent",
+                    subject: format!("host/{host_id}"),
+                    actor: who.name.clone(),
+                    reason: format!("refused: {} may not speak for host `{host_id}`", who.name),
+                    detail: serde_json::json!({ "peer": peer }),
+                })
+                .await;
+            return Err(Status::permission_denied(format!(
+                "hello.host_id: {} is bound to host `{}`, not `{host_id}`",
+                who.name,
+                who.host.as_deref().unwrap_or("-")
+            )));
+        }
+        if let Err(e) = self.ctl.admit(&entry) {
+            self.ctl
+                .audit(NewAudit {
+                    kind: "agent",
+                    subject: format!("host/{host_id}"),
+                    actor: who.name.clone(),
+                    reason: format!("refused: {}", e.message()),
+                    detail: serde_json::json!({ "peer": peer }),
+                })
+                .await;
+            return Err(e);
+        }
         let devices: Vec<String> = entry
             .miners
             .keys()
@@ -106,7 +139,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             .audit(NewAudit {
                 kind: "agent",
                 subject: format!("host/{host_id}"),
-                actor: host_id.clone(),
+                actor: who.name.clone(),
                 reason: "agent connected".into(),
                 detail: serde_json::json!({
                     "peer": peer,
@@ -133,8 +166,9 @@ impl v1::agent_service_server::AgentService for AgentApi {
         self.ctl.replan.notify_one();
 
         let ctl = Arc::clone(&self.ctl);
+        let actor = who.name;
         tokio::spawn(async move {
-            let result = serve_session(&ctl, &host_id, session_id, &mut inbound).await;
+            let result = serve_session(&ctl, &host_id, &actor, session_id, &mut inbound).await;
             let was_live = ctl.registry.disconnect(&host_id, session_id);
             let reason = match &result {
                 Ok(()) => "agent disconnected".to_owned(),
@@ -153,7 +187,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             ctl.audit(NewAudit {
                 kind: "agent",
                 subject: format!("host/{host_id}"),
-                actor: host_id.clone(),
+                actor,
                 reason: if was_live {
                     reason
                 } else {
@@ -169,15 +203,34 @@ impl v1::agent_service_server::AgentService for AgentApi {
     }
 }
 
+/// When each device was last complained about in the audit log.
+#[derive(Debug, Default)]
+struct Complaints(std::collections::HashMap<String, chrono::DateTime<Utc>>);
+
+impl Complaints {
+    /// Whether to complain about `device` now (at most once a quarter hour).
+    fn fresh(&mut self, device: &str, now: chrono::DateTime<Utc>) -> bool {
+        match self.0.get(device) {
+            Some(t) if now - *t < chrono::Duration::minutes(15) => false,
+            _ => {
+                self.0.insert(device.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
 /// Messages queued for one agent before the controller counts it as not reading its session.
 const DOWNLINK_QUEUE: usize = 64;
 
 async fn serve_session(
     ctl: &Arc<Controller>,
     host_id: &str,
+    actor: &str,
     session_id: u64,
     inbound: &mut Streaming<v1::AgentMessage>,
 ) -> Result<(), Status> {
+    let mut complaints = Complaints::default();
     while let Some(msg) = inbound.next().await {
         let msg = msg?;
         if !ctl.registry.is_live(host_id, session_id) {
@@ -194,12 +247,44 @@ async fn serve_session(
             }
             Some(Up::Telemetry(t)) => {
                 let t = validate_telemetry(&t).map_err(|e| e.within("telemetry"))?;
-                let unknown = ctl
+                let now = Utc::now();
+                let seen = ctl
                     .registry
-                    .observe(host_id, session_id, t, Utc::now())
+                    .observe(
+                        host_id,
+                        session_id,
+                        t,
+                        now,
+                        &ctl.config.agents.assumptions(),
+                    )
                     .unwrap_or_default();
-                if !unknown.is_empty() {
-                    warn!(host = %host_id, devices = ?unknown, "Telemetry for devices not in the agent's inventory; ignored");
+                if !seen.unknown.is_empty() {
+                    warn!(host = %host_id, devices = ?seen.unknown, "Telemetry for devices not in the agent's inventory; ignored");
+                }
+                for (device, why, refused) in seen
+                    .refused
+                    .into_iter()
+                    .map(|(d, w)| (d, w, true))
+                    .chain(seen.flagged.into_iter().map(|(d, w)| (d, w, false)))
+                {
+                    // One record per device per quarter hour: a stuck sensor must not flood the
+                    // audit log.
+                    if !complaints.fresh(&device, now) {
+                        continue;
+                    }
+                    warn!(host = %host_id, device = %device, reason = %why, refused, "Implausible reading");
+                    ctl.audit(NewAudit {
+                        kind: "telemetry",
+                        subject: device,
+                        actor: actor.to_owned(),
+                        reason: if refused {
+                            format!("reading refused, device counts as unseen: {why}")
+                        } else {
+                            format!("flagged: {why}")
+                        },
+                        detail: serde_json::Value::Null,
+                    })
+                    .await;
                 }
             }
             Some(Up::IntentStatus(mut s)) => {
@@ -218,7 +303,7 @@ async fn serve_session(
                         ctl.audit(NewAudit {
                             kind: "status",
                             subject: s.device_id.clone(),
-                            actor: host_id.to_owned(),
+                            actor: actor.to_owned(),
                             reason: format!("refused: {refused}"),
                             detail: serde_json::Value::Null,
                         })
@@ -231,7 +316,7 @@ async fn serve_session(
                     ctl.audit(NewAudit {
                         kind: "status",
                         subject: s.device_id.clone(),
-                        actor: host_id.to_owned(),
+                        actor: actor.to_owned(),
                         reason: s.detail.clone(),
                         detail: serde_json::json!({
                             "generation": s.generation,
@@ -257,11 +342,13 @@ fn finite_field(v: Option<f64>, field: String) -> Result<Option<f64>, FieldError
 /// Checks a hello and turns it into a registry entry and the intents the agent holds.
 pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>), FieldError> {
     let host_id = model::non_empty(&h.host_id, "host_id")?;
+    crate::api::fleet::check_id(&host_id, "host_id")?;
     let mut seen = HashSet::new();
     let mut miners = BTreeMap::new();
     for (i, m) in h.miners.iter().enumerate() {
         let f = format!("miners[{i}]");
         let device_id = model::non_empty(&m.device_id, &format!("{f}.device_id"))?;
+        crate::api::fleet::check_id(&device_id, &format!("{f}.device_id"))?;
         if !seen.insert(device_id.clone()) {
             return Err(FieldError::new(
                 format!("{f}.device_id"),
@@ -302,6 +389,7 @@ pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>),
     for (i, g) in h.gpus.iter().enumerate() {
         let f = format!("gpus[{i}]");
         let device_id = model::non_empty(&g.device_id, &format!("{f}.device_id"))?;
+        crate::api::fleet::check_id(&device_id, &format!("{f}.device_id"))?;
         if !seen.insert(device_id.clone()) {
             return Err(FieldError::new(
                 format!("{f}.device_id"),

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::Controller;
+use crate::auth::Right;
 use crate::policy;
 use crate::store::{DemandResponse, NewAudit, Override, StoreError};
 
@@ -38,14 +39,6 @@ impl From<StoreError> for Status {
     }
 }
 
-fn actor_or(actor: &str, fallback: &str) -> String {
-    if actor.trim().is_empty() {
-        fallback.to_owned()
-    } else {
-        actor.to_owned()
-    }
-}
-
 fn override_to_proto(o: &Override) -> v1::Override {
     let pin = match o.pin {
         Target::Miner(m) => v1::r#override::Pin::Miner(m.to_proto()),
@@ -64,7 +57,7 @@ fn override_to_proto(o: &Override) -> v1::Override {
     }
 }
 
-fn override_from_proto(o: &v1::Override) -> Result<Override, FieldError> {
+fn override_from_proto(o: &v1::Override, actor: &str) -> Result<Override, FieldError> {
     let target = model::non_empty(&o.target, "override.target")?;
     let pin = match &o.pin {
         None => return Err(FieldError::new("override.pin", "required but missing")),
@@ -89,15 +82,25 @@ fn override_from_proto(o: &v1::Override) -> Result<Override, FieldError> {
         .as_ref()
         .map(|t| model::timestamp_from_proto(t, "override.expires_at"))
         .transpose()?;
-    if expires_at.is_some_and(|t| t <= Utc::now()) {
+    let now = Utc::now();
+    if expires_at.is_some_and(|t| t <= now) {
         return Err(FieldError::new("override.expires_at", "is in the past"));
+    }
+    if expires_at.is_some_and(|t| t > now + chrono::Duration::days(3660)) {
+        return Err(FieldError::new(
+            "override.expires_at",
+            "is more than ten years ahead; leave it out for an override until cleared",
+        ));
+    }
+    if o.reason.len() > 1024 {
+        return Err(FieldError::new("override.reason", "longer than 1024 bytes"));
     }
     Ok(Override {
         target,
         pin,
         expires_at,
         reason: o.reason.clone(),
-        actor: actor_or(&o.actor, "unknown"),
+        actor: actor.to_owned(),
         created_at: Utc::now(),
     })
 }
@@ -110,6 +113,7 @@ const DR_HORIZON: chrono::Duration = chrono::Duration::days(366);
 pub fn validate_demand_response(
     req: &v1::DemandResponseRequest,
     now: chrono::DateTime<Utc>,
+    actor: &str,
 ) -> Result<DemandResponse, FieldError> {
     if !(req.target_power_w.is_finite() && req.target_power_w >= 0.0) {
         return Err(FieldError::new(
@@ -154,27 +158,28 @@ pub fn validate_demand_response(
         target_power_w: req.target_power_w,
         deadline,
         ends_at: deadline + duration,
-        actor: actor_or(&req.actor, "unknown"),
+        actor: actor.to_owned(),
         created_at: now,
         cancelled_at: None,
     })
 }
 
-/// Identifiers (event ids, host ids) are 1–128 characters of `A–Z a–z 0–9 . _ : / @ -`: they
-/// are printed in terminals and logs, so nothing that can forge a line or an escape.
+/// Identifiers (host, device and event ids) are 1–128 characters of
+/// `A–Z a–z 0–9 . _ : / @ - [ ]` (brackets for IPv6 addresses): they are printed in terminals and
+/// logs, so nothing that can forge a line or an escape.
 pub fn check_id(id: &str, field: &str) -> Result<String, FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '-'));
+        && id.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '-' | '[' | ']')
+        });
     if ok {
         Ok(id.to_owned())
     } else {
         Err(FieldError::new(
             field,
             format!(
-                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ -",
+                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ - [ ]",
                 id.chars().take(40).collect::<String>()
             ),
         ))
@@ -192,8 +197,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
 
     async fn get_site_status(
         &self,
-        _request: Request<v1::GetSiteStatusRequest>,
+        request: Request<v1::GetSiteStatusRequest>,
     ) -> Result<Response<v1::SiteStatus>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         Ok(Response::new(self.ctl.site_status().await?))
     }
 
@@ -201,6 +207,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let req = request.into_inner();
         let kind = device_kind_filter(req.kind)?;
         let mut devices = Vec::new();
@@ -278,8 +285,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
 
     async fn get_economics(
         &self,
-        _request: Request<v1::GetEconomicsRequest>,
+        request: Request<v1::GetEconomicsRequest>,
     ) -> Result<Response<v1::Economics>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         Err(Status::unavailable(
             "no market data source is configured on this controller (hashprice and energy price sources are not built yet)",
         ))
@@ -289,12 +297,19 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::SetOverrideRequest>,
     ) -> Result<Response<v1::Override>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Operate)?;
         let req = request.into_inner();
         let o = req
             .r#override
             .as_ref()
             .ok_or_else(|| FieldError::new("override", "required but missing"))?;
-        let o = override_from_proto(o)?;
+        let note = req
+            .r#override
+            .as_ref()
+            .map(|o| o.actor.clone())
+            .unwrap_or_default();
+        let o = override_from_proto(o, &who.name)?;
+        crate::overrides::check_against_fleet(&o, &self.ctl.registry)?;
         let stored = o.clone();
         self.ctl.blocking(move |s| s.put_override(&stored)).await?;
         self.ctl
@@ -303,9 +318,14 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                 subject: o.target.clone(),
                 actor: o.actor.clone(),
                 reason: o.reason.clone(),
-                detail: serde_json::json!({ "pin": o.pin, "expires_at": o.expires_at }),
+                detail: serde_json::json!({
+                    "pin": o.pin,
+                    "expires_at": o.expires_at,
+                    "client_actor": note,
+                }),
             })
             .await;
+        self.ctl.replan.notify_one();
         Ok(Response::new(override_to_proto(&o)))
     }
 
@@ -313,6 +333,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::ClearOverrideRequest>,
     ) -> Result<Response<v1::ClearOverrideResponse>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Operate)?;
         let req = request.into_inner();
         let target = model::non_empty(&req.target, "target")?;
         let t = target.clone();
@@ -322,19 +343,21 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                 .audit(NewAudit {
                     kind: "override",
                     subject: target,
-                    actor: actor_or(&req.actor, "unknown"),
+                    actor: who.name,
                     reason: "override cleared".into(),
-                    detail: serde_json::Value::Null,
+                    detail: serde_json::json!({ "client_actor": req.actor }),
                 })
                 .await;
+            self.ctl.replan.notify_one();
         }
         Ok(Response::new(v1::ClearOverrideResponse { cleared }))
     }
 
     async fn list_overrides(
         &self,
-        _request: Request<v1::ListOverridesRequest>,
+        request: Request<v1::ListOverridesRequest>,
     ) -> Result<Response<v1::ListOverridesResponse>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let list = self.ctl.blocking(|s| s.list_overrides(Utc::now())).await?;
         Ok(Response::new(v1::ListOverridesResponse {
             overrides: list.iter().map(override_to_proto).collect(),
@@ -345,9 +368,10 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::DemandResponseRequest>,
     ) -> Result<Response<v1::DemandResponseEvent>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Operate)?;
         let req = request.into_inner();
         let now = Utc::now();
-        let event = validate_demand_response(&req, now)?;
+        let event = validate_demand_response(&req, now, &who.name)?;
         let stored = event.clone();
         self.ctl
             .blocking(move |s| s.put_demand_response(&stored))
@@ -373,6 +397,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                 detail: serde_json::json!({
                     "event": event,
                     "achievable_power_w": reply.achievable_power_w,
+                    "client_actor": req.actor,
                 }),
             })
             .await;
@@ -384,6 +409,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::CancelDemandResponseRequest>,
     ) -> Result<Response<v1::DemandResponseEvent>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Operate)?;
         let req = request.into_inner();
         let id = model::non_empty(&req.event_id, "event_id")?;
         let now = Utc::now();
@@ -407,9 +433,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
             .audit(NewAudit {
                 kind: "demand_response",
                 subject: format!("site/{}", self.ctl.config.site.id),
-                actor: actor_or(&req.actor, "unknown"),
+                actor: who.name,
                 reason: format!("demand response {id} cancelled"),
-                detail: serde_json::Value::Null,
+                detail: serde_json::json!({ "client_actor": req.actor }),
             })
             .await;
         self.ctl.replan.notify_one();
@@ -424,6 +450,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::ListDemandResponsesRequest>,
     ) -> Result<Response<v1::ListDemandResponsesResponse>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let limit = match request.into_inner().limit {
             0 => 20,
             n => n.min(1000),
@@ -444,8 +471,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
 
     async fn get_plan(
         &self,
-        _request: Request<v1::GetPlanRequest>,
+        request: Request<v1::GetPlanRequest>,
     ) -> Result<Response<v1::PlanView>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let plan = self.ctl.blocking(|s| s.list_plans(1)).await?.pop();
         Ok(Response::new(match plan {
             Some(p) => crate::planview::plan_view(&p, &self.ctl.ledger),
@@ -457,6 +485,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::GetHistoryRequest>,
     ) -> Result<Response<v1::History>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let req = request.into_inner();
         let since = req
             .since
@@ -507,8 +536,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
 
     async fn get_policy(
         &self,
-        _request: Request<v1::GetPolicyRequest>,
+        request: Request<v1::GetPolicyRequest>,
     ) -> Result<Response<v1::Policy>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let p = self.ctl.blocking(|s| s.get_policy()).await?;
         Ok(Response::new(match p {
             Some(p) => v1::Policy {
@@ -532,6 +562,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::ValidatePolicyRequest>,
     ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let errors = policy::validate(&request.into_inner().document_toml)
             .err()
             .unwrap_or_default();
@@ -545,11 +576,12 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::SetPolicyRequest>,
     ) -> Result<Response<v1::Policy>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Administer)?;
         let req = request.into_inner();
         let doc = policy::validate(&req.document_toml).map_err(|errors| {
             Status::invalid_argument(format!("document_toml: {}", errors.join("; ")))
         })?;
-        let actor = actor_or(&req.actor, "unknown");
+        let actor = who.name.clone();
         let (name, text, a, expected) = (
             doc.name.clone(),
             req.document_toml.clone(),
@@ -566,7 +598,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                 subject: format!("site/{}", self.ctl.config.site.id),
                 actor,
                 reason: format!("policy `{}` set (revision {})", p.name, p.revision),
-                detail: serde_json::json!({ "revision": p.revision }),
+                detail: serde_json::json!({ "revision": p.revision, "client_actor": req.actor }),
             })
             .await;
         Ok(Response::new(v1::Policy {
@@ -582,6 +614,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         &self,
         request: Request<v1::ListAuditRequest>,
     ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 100,
@@ -598,8 +631,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
 
     async fn watch_events(
         &self,
-        _request: Request<v1::WatchEventsRequest>,
+        request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.ctl.auth.authorize(&request, Right::Read)?;
         let stream = BroadcastStream::new(self.ctl.subscribe()).filter_map(|e| async move {
             // A watcher that falls behind misses events rather than slowing the controller.
             e.ok().map(Ok)

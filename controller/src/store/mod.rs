@@ -299,4 +299,14 @@ pub trait Store: Send + Sync + 'static {
     -> Result<Vec<SiteSample>, StoreError>;
     /// Drops market and site samples older than `before`; how many.
     fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Stores a new API token (its hash only); an id or hash that exists is refused.
+    fn put_token(&self, t: &crate::auth::TokenRecord) -> Result<(), StoreError>;
+    fn token_by_hash(
+        &self,
+        sha256_hex: &str,
+    ) -> Result<Option<crate::auth::TokenRecord>, StoreError>;
+    fn list_tokens(&self) -> Result<Vec<crate::auth::TokenRecord>, StoreError>;
+    /// Whether a token with that id existed and was not revoked before.
+    fn revoke_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError>;
 }

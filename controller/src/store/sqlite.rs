@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Migrations, in order; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -89,6 +89,18 @@ CREATE TABLE site_history (
     sample_json TEXT NOT NULL
 );
 CREATE INDEX site_history_at ON site_history(at);
+"#;
+
+const SCHEMA_V3: &str = r#"
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    host TEXT,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
 "#;
 
 /// The embedded default store.
@@ -753,6 +765,119 @@ impl Store for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn put_token(&self, t: &crate::auth::TokenRecord) -> Result<(), StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO tokens (id, name, role, host, sha256, created_at, revoked_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        t.id,
+                        t.name,
+                        t.role.as_str(),
+                        t.host,
+                        t.sha256_hex,
+                        t.created_at.to_rfc3339(),
+                        t.revoked_at.map(|x| x.to_rfc3339())
+                    ],
+                )
+                .map_err(&sql)?;
+            if n == 0 {
+                return Err(StoreError::Exists {
+                    what: format!("token `{}`", t.id),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn token_by_hash(
+        &self,
+        sha256_hex: &str,
+    ) -> Result<Option<crate::auth::TokenRecord>, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE sha256 = ?1"),
+                params![sha256_hex],
+                token_row,
+            )
+            .optional()
+            .map_err(&sql)?
+            .map(token_record)
+            .transpose()
+        })
+    }
+
+    fn list_tokens(&self) -> Result<Vec<crate::auth::TokenRecord>, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at"
+                ))
+                .map_err(&sql)?;
+            let rows = stmt.query_map([], token_row).map_err(&sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(token_record(row.map_err(&sql)?)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_token(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at.to_rfc3339()],
+            )
+            .map_err(&sql)?
+                > 0)
+        })
+    }
+}
+
+type TokenRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+);
+
+fn token_record(row: TokenRow) -> Result<crate::auth::TokenRecord, StoreError> {
+    let (id, name, role, host, sha256_hex, created_at, revoked_at) = row;
+    let what = format!("token {id}");
+    Ok(crate::auth::TokenRecord {
+        role: crate::auth::Role::parse(&role)
+            .ok_or_else(|| corrupt(what.clone(), format!("unknown role `{role}`")))?,
+        created_at: time(&created_at, &what)?,
+        revoked_at: revoked_at.as_deref().map(|t| time(t, &what)).transpose()?,
+        id,
+        name,
+        host,
+        sha256_hex,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, name, role, host, sha256, created_at, revoked_at";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
 }
 
 /// History samples are keyed by a fixed-width UTC time, so that text order is time order.

@@ -15,6 +15,8 @@ use pivot_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+mod bounds;
+
 /// What the controller sends down one agent's session.
 pub type Downlink = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
 
@@ -124,6 +126,17 @@ pub struct HostPower {
     pub max_w: Option<f64>,
 }
 
+/// What a telemetry snapshot did not record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Devices not in the agent's inventory.
+    pub unknown: Vec<String>,
+    /// Readings refused as physically implausible, with why; the device counts as unseen.
+    pub refused: Vec<(String, String)>,
+    /// Readings recorded but worth an operator's look (a "sleeping" miner drawing its nameplate).
+    pub flagged: Vec<(String, String)>,
+}
+
 /// One telemetry snapshot, validated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Telemetry {
@@ -180,6 +193,30 @@ pub struct Assumptions {
     pub unknown_miner_max_w: f64,
     /// Draw of a sleeping miner that measures nothing (control board and fans), W.
     pub sleeping_miner_w: f64,
+}
+
+/// What one host may declare.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostLimits {
+    pub max_devices: usize,
+    pub max_power_w: f64,
+}
+
+/// The most a host's inventory says it can draw: every miner at its maximum (the assumption
+/// where it tells none), every GPU at its maximum cap, and the host's own base (or its declared
+/// maximum, where that is higher).
+pub fn declared_max_w(entry: &AgentEntry, assume: &Assumptions) -> f64 {
+    let miners: f64 = entry
+        .miners
+        .values()
+        .map(|m| {
+            max_of(m.info.nameplate_power_w, m.info.power_target_max_w)
+                .unwrap_or(assume.unknown_miner_max_w)
+        })
+        .sum();
+    let gpus: f64 = entry.gpus.values().map(|g| g.info.power_cap_max_w).sum();
+    let host = entry.host_power.base_w.unwrap_or(0.0) + gpus;
+    miners + host.max(entry.host_power.max_w.unwrap_or(0.0))
 }
 
 /// All agents known to this controller.
@@ -284,6 +321,61 @@ impl Registry {
         })
     }
 
+    /// Whether a host may join with this inventory: no device another host declared, and no
+    /// more devices or declared maximum power than one host is allowed (so a fake or broken
+    /// agent cannot push the site's committed power past its cap by declaring a fleet).
+    pub fn admit(
+        &self,
+        entry: &AgentEntry,
+        limits: &HostLimits,
+        assume: &Assumptions,
+    ) -> Result<(), Status> {
+        let devices = entry.miners.len() + entry.gpus.len();
+        if devices > limits.max_devices {
+            return Err(Status::resource_exhausted(format!(
+                "hello: host `{}` declares {devices} devices; at most {} are allowed per host (agents.max_devices_per_host)",
+                entry.host_id, limits.max_devices
+            )));
+        }
+        let declared = declared_max_w(entry, assume);
+        if declared > limits.max_power_w {
+            return Err(Status::resource_exhausted(format!(
+                "hello: host `{}` declares up to {declared:.0} W; at most {:.0} W is allowed per host (agents.max_host_power_w)",
+                entry.host_id, limits.max_power_w
+            )));
+        }
+        let agents = self.lock();
+        for other in agents.values().filter(|a| a.host_id != entry.host_id) {
+            if let Some(id) = entry
+                .miners
+                .keys()
+                .chain(entry.gpus.keys())
+                .find(|id| other.miners.contains_key(*id) || other.gpus.contains_key(*id))
+            {
+                return Err(Status::already_exists(format!(
+                    "hello: device `{id}` belongs to host `{}`, not `{}` (forget that host first if it moved: pivotctl hosts forget {})",
+                    other.host_id, entry.host_id, other.host_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a host that is not connected, with its devices. Whether it was known.
+    pub fn forget(&self, host_id: &str) -> Result<bool, Status> {
+        let mut agents = self.lock();
+        match agents.get(host_id) {
+            None => Ok(false),
+            Some(a) if a.session.is_some() => Err(Status::failed_precondition(format!(
+                "host `{host_id}` is connected; stop its agent first"
+            ))),
+            Some(_) => {
+                agents.remove(host_id);
+                Ok(true)
+            }
+        }
+    }
+
     /// Hosts with a live session.
     pub fn connected_hosts(&self) -> Vec<String> {
         self.lock()
@@ -302,42 +394,65 @@ impl Registry {
     }
 
     /// Records a telemetry snapshot from the host's live session; from any other session it is
-    /// ignored (`None`). Readings for devices not in the agent's inventory are returned by id
-    /// and otherwise ignored.
+    /// ignored (`None`). Readings for devices not in the agent's inventory, and readings outside
+    /// physical bounds (which leave the device unseen, counted at its maximum), are returned and
+    /// otherwise ignored.
     pub fn observe(
         &self,
         host_id: &str,
         session_id: u64,
         t: Telemetry,
         now: DateTime<Utc>,
-    ) -> Option<Vec<String>> {
+        assume: &Assumptions,
+    ) -> Option<Observed> {
         let mut agents = self.lock();
         let agent = agents
             .get_mut(host_id)
             .filter(|a| a.session.as_ref().is_some_and(|s| s.id == session_id))?;
-        let mut unknown = Vec::new();
+        let mut out = Observed::default();
         agent.last_seen = now;
-        if t.host.is_some() {
-            agent.host_reading = t.host;
+        if let Some(h) = t.host {
+            match bounds::host(&h, &agent.host_power) {
+                Ok(()) => agent.host_reading = Some(h),
+                Err(why) => {
+                    agent.host_reading = None;
+                    out.refused.push((format!("host/{host_id}"), why));
+                }
+            }
         }
         for m in t.miners {
             match agent.miners.get_mut(&m.reading.device_id) {
-                Some(slot) => {
-                    if let Some(e) = m.mining_j_per_th() {
-                        slot.last_mining_j_per_th = Some(e);
+                Some(slot) => match bounds::miner(&m, &slot.info, assume) {
+                    Ok(flag) => {
+                        if let Some(f) = flag {
+                            out.flagged.push((m.reading.device_id.clone(), f));
+                        }
+                        if let Some(e) = m.mining_j_per_th() {
+                            slot.last_mining_j_per_th = Some(e);
+                        }
+                        slot.obs = Some(m);
                     }
-                    slot.obs = Some(m);
-                }
-                None => unknown.push(m.reading.device_id),
+                    Err(why) => {
+                        slot.obs = None;
+                        out.refused.push((m.reading.device_id, why));
+                    }
+                },
+                None => out.unknown.push(m.reading.device_id),
             }
         }
         for g in t.gpus {
             match agent.gpus.get_mut(&g.reading.device_id) {
-                Some(slot) => slot.obs = Some(g),
-                None => unknown.push(g.reading.device_id),
+                Some(slot) => match bounds::gpu(&g, &slot.info) {
+                    Ok(()) => slot.obs = Some(g),
+                    Err(why) => {
+                        slot.obs = None;
+                        out.refused.push((g.reading.device_id, why));
+                    }
+                },
+                None => out.unknown.push(g.reading.device_id),
             }
         }
-        Some(unknown)
+        Some(out)
     }
 
     pub fn agents(&self) -> Vec<AgentEntry> {
@@ -483,7 +598,7 @@ mod tests {
             miners: o,
             ..Default::default()
         };
-        r.observe("h1", session, t, Utc::now()).is_some()
+        r.observe("h1", session, t, Utc::now(), &ASSUME).is_some()
     }
 
     #[test]
@@ -526,8 +641,10 @@ mod tests {
             miners: vec![obs("zzz", MinerState::Mining, 1.0)],
             ..Default::default()
         };
-        let unknown = r.observe("h1", c.session_id, t, Utc::now());
-        assert_eq!(unknown, Some(vec!["zzz".to_owned()]));
+        let seen = r
+            .observe("h1", c.session_id, t, Utc::now(), &ASSUME)
+            .unwrap();
+        assert_eq!(seen.unknown, vec!["zzz".to_owned()]);
     }
 
     #[test]
@@ -572,6 +689,39 @@ mod tests {
             r.send("h1", v1::ControllerMessage::default()),
             Err(SendError::NotConnected { .. })
         ));
+    }
+
+    #[test]
+    fn absurd_readings_are_refused_and_the_device_counts_unseen() {
+        let r = Registry::default();
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![miner("a", 3500.0), miner("b", 3500.0)]), tx);
+        let mut huge = obs("a", MinerState::Mining, 1e30);
+        huge.hashrate_ths = Some(100.0);
+        let mut negative = obs("b", MinerState::Mining, 3000.0);
+        negative.hashrate_ths = Some(-100.0);
+        let t = Telemetry {
+            miners: vec![huge, negative],
+            ..Default::default()
+        };
+        let seen = r
+            .observe("h1", c.session_id, t, Utc::now(), &ASSUME)
+            .unwrap();
+        assert_eq!(seen.refused.len(), 2, "{seen:?}");
+        assert!(seen.refused[0].1.contains("power"), "{seen:?}");
+        assert!(seen.refused[1].1.contains("hashrate"), "{seen:?}");
+        // Both count at their maximum, never at 1e30 W.
+        assert_eq!(r.summary(&ASSUME).committed_power_w, 7000.0);
+        let mut loud = obs("a", MinerState::Sleeping, 3400.0);
+        loud.hashrate_ths = Some(0.0);
+        let t = Telemetry {
+            miners: vec![loud],
+            ..Default::default()
+        };
+        let seen = r
+            .observe("h1", c.session_id, t, Utc::now(), &ASSUME)
+            .unwrap();
+        assert_eq!(seen.flagged.len(), 1, "{seen:?}");
     }
 
     #[test]
