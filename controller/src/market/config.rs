@@ -475,3 +475,291 @@ pub fn load_trace(
     cache.insert(t.file.clone(), std::sync::Arc::clone(&trace));
     Ok(trace)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+
+    use crate::market::engine::{Market, MarketParts};
+    use crate::market::hashprice::NetworkHashrate;
+    use crate::market::hashprice::mempool::MempoolFees;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default)]
+        market: MarketConfig,
+    }
+
+    fn parse(text: &str) -> Result<MarketConfig, String> {
+        toml::from_str::<Doc>(text)
+            .map(|d| d.market)
+            .map_err(|e| e.to_string())
+    }
+
+    struct NoEnv;
+    impl EnvSource for NoEnv {
+        fn get(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    const FULL: &str = r#"
+[market.hashprice]
+source = "mempool"
+url = "https://mempool.space"
+fees = "blocks"
+network_hashrate = "measured"
+refresh_s = 120
+max_age_s = 1800
+
+[market.hashprice.btc_price]
+source = "json"
+url = "https://prices.example/btc?key=abc"
+field = "data.amount"
+
+[market.energy]
+source = "ercot"
+url = "https://prices.example/np6-905-cd.csv"
+settlement_point = "HB_WEST"
+timeout_s = 5
+
+[market.ai_value]
+source = "feed"
+file = "/var/lib/pivot/spot.json"
+field = "data.0.usd_per_gpu_hour"
+
+[market.ai_demand]
+source = "fixed"
+gpus = 64
+
+[[market.firm_contracts]]
+name = "lease-a"
+hosts = ["gpu-01", "gpu-02"]
+usd_per_mwh = 180.0
+
+[market.checks]
+energy_usd_per_mwh = { min = -300, max = 6000 }
+"#;
+
+    #[test]
+    fn a_full_section_parses_with_timings_beside_the_source() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(
+            c.hashprice.source,
+            HashpriceSourceConfig::Mempool {
+                url: "https://mempool.space".into(),
+                fees: MempoolFees::Blocks,
+                network_hashrate: NetworkHashrate::Measured,
+                btc_price: Some(BtcPriceConfig::Json {
+                    url: "https://prices.example/btc?key=abc".into(),
+                    field: "data.amount".into(),
+                    time_field: None,
+                }),
+            }
+        );
+        assert_eq!(
+            c.hashprice.timing,
+            Timing {
+                refresh_s: 120,
+                max_age_s: 1_800,
+                timeout_s: 30
+            }
+        );
+        assert_eq!(
+            c.energy.timing,
+            Timing {
+                refresh_s: 60,
+                max_age_s: 1_800,
+                timeout_s: 5
+            }
+        );
+        assert_eq!(
+            c.ai_demand.source,
+            AiDemandSourceConfig::Fixed {
+                gpus: GpuWant::Gpus(64)
+            }
+        );
+        assert_eq!(c.firm_contracts[0].hosts, ["gpu-01", "gpu-02"]);
+        assert_eq!(c.checks.energy_usd_per_mwh, Bounds::new(-300.0, 6_000.0));
+        assert_eq!(c.checks.btc_usd, PlausibleRanges::default().btc_usd);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn no_section_means_the_fixed_dev_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c, MarketConfig::default());
+        c.validate().unwrap();
+        let partial = parse("[market.energy]\nsource = \"fixed\"\nusd_per_mwh = -10\n").unwrap();
+        assert_eq!(partial.hashprice, MarketConfig::default().hashprice);
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_named() {
+        for (text, want) in [
+            (
+                "[market.energy]\nsource = \"fixed\"\nusd_per_mhw = 3\n",
+                "usd_per_mhw",
+            ),
+            ("[market.energy]\nsource = \"nordpool\"\n", "nordpool"),
+            (
+                "[market.energy]\nsource = \"fixed\"\nusd_per_mwh = 3\nrefresh_s = \"often\"\n",
+                "market.energy.refresh_s",
+            ),
+            (
+                "[market.energy]\nsource = \"fixed\"\nusd_per_mwh = 3\nmax_age_s = -1\n",
+                "market.energy.max_age_s",
+            ),
+            (
+                "[market.hashprice]\nsource = \"fixed\"\nusd_per_ph_day = 45\n[market.hashprice.btc_price]\nsource = \"fixed\"\nusd = 1\n",
+                "btc_price",
+            ),
+            ("[market]\nenergy_usd_per_mwh = 3\n", "energy_usd_per_mwh"),
+            ("[market.checks]\nbtc = { min = 1, max = 2 }\n", "btc"),
+            (
+                "[market.ai_demand]\nsource = \"fixed\"\ngpus = \"many\"\n",
+                "all",
+            ),
+            (
+                "[[market.firm_contracts]]\nname = \"a\"\nhosts = [\"h\"]\nusd_per_mwh = 1\nprice = 2\n",
+                "price",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        for (text, key) in [
+            (
+                "[market.hashprice]\nsource = \"mempool\"\nurl = \"mempool.space\"\n",
+                "market.hashprice.url",
+            ),
+            (
+                "[market.hashprice]\nsource = \"fixed\"\nusd_per_ph_day = 5000\n",
+                "market.hashprice.usd_per_ph_day",
+            ),
+            (
+                "[market.hashprice]\nsource = \"bitcoind\"\nurl = \"http://127.0.0.1:8332\"\nuser = \"pivot\"\n[market.hashprice.btc_price]\nsource = \"fixed\"\nusd = 100000\n",
+                "market.hashprice",
+            ),
+            (
+                "[market.hashprice]\nsource = \"bitcoind\"\nurl = \"http://127.0.0.1:8332\"\ncookie_file = \"/c\"\nuser = \"u\"\npassword_env = \"P\"\n[market.hashprice.btc_price]\nsource = \"fixed\"\nusd = 100000\n",
+                "market.hashprice.cookie_file",
+            ),
+            (
+                "[market.hashprice]\nsource = \"bitcoind\"\nurl = \"http://127.0.0.1:8332\"\ncookie_file = \"/c\"\n[market.hashprice.btc_price]\nsource = \"fixed\"\nusd = 5\n",
+                "market.hashprice.btc_price.usd",
+            ),
+            (
+                "[market.energy]\nsource = \"fixed\"\nusd_per_mwh = 40\nrefresh_s = 600\nmax_age_s = 300\n",
+                "market.energy.max_age_s",
+            ),
+            (
+                "[market.energy]\nsource = \"fixed\"\nusd_per_mwh = 40\ntimeout_s = 0\n",
+                "market.energy.timeout_s",
+            ),
+            (
+                "[market.energy]\nsource = \"ercot\"\nsettlement_point = \"HB_NORTH\"\n",
+                "market.energy",
+            ),
+            (
+                "[market.energy]\nsource = \"ercot\"\nurl = \"https://x.example/a.csv\"\nsettlement_point = \" \"\n",
+                "market.energy.settlement_point",
+            ),
+            (
+                "[market.energy]\nsource = \"feed\"\nurl = \"https://x.example/a\"\nformat = \"json\"\n",
+                "market.energy.field",
+            ),
+            (
+                "[market.energy]\nsource = \"time_of_use\"\ntime_zone = \"America/Chicago\"\ndefault_usd_per_mwh = 40\n[[market.energy.periods]]\ndays = [\"weekdays\"]\nstart_hour = 14\nend_hour = 19\nusd_per_mwh = 1e9\n",
+                "market.energy.periods[0].usd_per_mwh",
+            ),
+            (
+                "[market.ai_value]\nsource = \"trace\"\nfile = \"t.csv\"\nspeed = 0\n",
+                "market.ai_value.speed",
+            ),
+            (
+                "[market.checks]\nbtc_usd = { min = 10, max = 1 }\n",
+                "market.checks.btc_usd",
+            ),
+        ] {
+            let c = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn check_reads_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.csv");
+        let c = parse(&format!(
+            "[market.energy]\nsource = \"trace\"\nfile = \"{}\"\n",
+            missing.display()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.check(&NoEnv).unwrap_err().key, "market.energy.file");
+        let c = parse(
+            "[market.hashprice]\nsource = \"bitcoind\"\nurl = \"http://127.0.0.1:8332\"\nuser = \"pivot\"\npassword_env = \"PIVOT_BTC_RPC\"\n[market.hashprice.btc_price]\nsource = \"fixed\"\nusd = 100000\n",
+        )
+        .unwrap();
+        let e = c.check(&NoEnv).unwrap_err();
+        assert_eq!(e.key, "market.hashprice.password_env");
+        assert!(e.problem.contains("PIVOT_BTC_RPC"), "{e}");
+        assert!(MarketParts::from_config(&c, &NoEnv, Utc::now()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_shared_trace_replays_every_input_accelerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trace.csv");
+        std::fs::write(
+            &path,
+            "time,hashprice_usd_per_ph_day,energy_usd_per_mwh,ai_usd_per_gpu_hour,ai_gpu_demand\n\
+             2026-06-01T00:00:00Z,45,30,2.0,\n\
+             2026-06-01T01:00:00Z,44,-5,2.5,16\n\
+             2026-06-01T02:00:00Z,43,900,2.5,0\n",
+        )
+        .unwrap();
+        let mut text = String::new();
+        for input in ["hashprice", "energy", "ai_value", "ai_demand"] {
+            text.push_str(&format!(
+                "[market.{input}]\nsource = \"trace\"\nfile = \"{}\"\nspeed = 60\nstart_offset_s = 1800\n",
+                path.display()
+            ));
+        }
+        let c = parse(&text).unwrap();
+        c.check(&NoEnv).unwrap();
+        let start = DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut m = Market::new(MarketParts::from_config(&c, &NoEnv, start).unwrap());
+        // 30 s of wall time at 60× = 30 min of trace after the 30 min offset: the 01:00 row.
+        let now = start + chrono::Duration::seconds(30);
+        m.refresh_all(now).await;
+        let p = m.snapshot(now).planner_inputs().unwrap();
+        assert_eq!(p.hashprice_usd_per_ph_day, 44.0);
+        assert_eq!(p.energy_usd_per_mwh, -5.0);
+        assert_eq!(p.ai_gpu_demand, GpuWant::Gpus(16));
+        // Past the trace's end (03:00) the refresh fails, and the last good value holds...
+        let now = start + chrono::Duration::seconds(200);
+        m.refresh_all(now).await;
+        let s = m.snapshot(now);
+        assert!(
+            matches!(&s.energy.health, crate::market::Health::Failed(e) if e.to_string().contains("repeat = true"))
+        );
+        assert_eq!(s.planner_inputs().unwrap().energy_usd_per_mwh, -5.0);
+        // ...until it ages out; then every input says why.
+        let now = start + chrono::Duration::seconds(3_700);
+        m.refresh_all(now).await;
+        let reasons = m.snapshot(now).planner_inputs().unwrap_err();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert!(reasons[0].contains("repeat = true"), "{}", reasons[0]);
+    }
+}

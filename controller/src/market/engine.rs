@@ -387,3 +387,336 @@ pub fn accept<V: Plausible>(
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::market::reading::GpuWant;
+    use crate::market::source::Fixed;
+
+    /// What a scripted source does on its next call.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A reading `age_s` seconds old (negative: from the future).
+        Price {
+            usd_per_mwh: f64,
+            age_s: i64,
+        },
+        Fail(SourceErrorKind),
+        Hang,
+    }
+
+    /// A source that plays a script and fails the test on any call beyond it.
+    struct Scripted {
+        origin: Origin,
+        steps: Arc<Mutex<VecDeque<Step>>>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl MarketSource<EnergyPrice> for Scripted {
+        fn origin(&self) -> &Origin {
+            &self.origin
+        }
+
+        async fn fetch(&mut self, now: DateTime<Utc>) -> Result<Reading<EnergyPrice>, SourceError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let step = self.steps.lock().unwrap().pop_front();
+            match step.expect("the market called the source more often than the script allows") {
+                Step::Price { usd_per_mwh, age_s } => Ok(Reading {
+                    value: EnergyPrice { usd_per_mwh },
+                    at: now - chrono::Duration::seconds(age_s),
+                    source: "scripted".into(),
+                }),
+                Step::Fail(kind) => Err(SourceError::new(&self.origin, kind)),
+                Step::Hang => std::future::pending().await,
+            }
+        }
+    }
+
+    struct Rig {
+        market: Market,
+        steps: Arc<Mutex<VecDeque<Step>>>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    const ENERGY: Timing = Timing {
+        refresh_s: 60,
+        max_age_s: 1_800,
+        timeout_s: 5,
+    };
+    const SLOW: Timing = Timing {
+        refresh_s: 300,
+        max_age_s: 3_600,
+        timeout_s: 5,
+    };
+
+    fn rig(script: Vec<Step>) -> Rig {
+        let steps = Arc::new(Mutex::new(VecDeque::from(script)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let energy = Scripted {
+            origin: Origin::new("scripted", "http://prices.test/rt.csv"),
+            steps: Arc::clone(&steps),
+            calls: Arc::clone(&calls),
+        };
+        let market = Market::new(MarketParts {
+            hashprice: Sourced::new(Fixed::new(Hashprice::only(45.0)), SLOW),
+            energy: Sourced::new(energy, ENERGY),
+            ai_value: Sourced::new(
+                Fixed::new(AiValue {
+                    usd_per_gpu_hour: 2.0,
+                }),
+                SLOW,
+            ),
+            ai_demand: Sourced::new(Fixed::new(AiDemand::wanted(GpuWant::Gpus(8))), SLOW),
+            firm_contracts: Vec::new(),
+            checks: PlausibleRanges::default(),
+        });
+        Rig {
+            market,
+            steps,
+            calls,
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn secs(s: i64) -> chrono::Duration {
+        chrono::Duration::seconds(s)
+    }
+
+    fn http_500() -> SourceErrorKind {
+        SourceErrorKind::Status {
+            request: "GET /rt.csv".into(),
+            status: 500,
+            hint: String::new(),
+            excerpt: "oops".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_good_value_stays_until_it_ages_out_then_the_planner_is_told_why() {
+        let mut r = rig(vec![
+            Step::Price {
+                usd_per_mwh: 31.5,
+                age_s: 0,
+            },
+            Step::Fail(http_500()),
+            Step::Fail(http_500()),
+        ]);
+        assert_eq!(r.market.refresh_due(t0()).await, 4);
+        let s = r.market.snapshot(t0());
+        assert_eq!(s.energy.health, Health::Fresh);
+        let inputs = s.planner_inputs().unwrap();
+        assert_eq!(inputs.energy_usd_per_mwh, 31.5);
+        assert_eq!(inputs.ai_gpu_demand, GpuWant::Gpus(8));
+
+        // The refresh fails: the value stays in force, and health says so.
+        r.market.refresh_due(t0() + secs(60)).await;
+        let s = r.market.snapshot(t0() + secs(60));
+        assert!(matches!(s.energy.health, Health::Failed(_)));
+        assert_eq!(s.planner_inputs().unwrap().energy_usd_per_mwh, 31.5);
+
+        // Past max_age the value is gone and every reason is given.
+        let late = t0() + secs(1_801);
+        r.market.refresh_due(late).await;
+        let s = r.market.snapshot(late);
+        assert!(s.energy.value.is_none());
+        assert_eq!(s.energy.last_good.as_ref().unwrap().value.usd_per_mwh, 31.5);
+        let reasons = s.planner_inputs().unwrap_err();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        let why = &reasons[0];
+        for want in [
+            "energy price",
+            "30m 1s old",
+            "max_age_s",
+            "HTTP 500",
+            "http://prices.test/rt.csv",
+        ] {
+            assert!(why.contains(want), "{want}: {why}");
+        }
+        assert_eq!(s.economics().energy_price_usd_per_mwh, None);
+        assert_eq!(s.economics().hashprice_usd_per_ph_day, Some(45.0));
+        assert_eq!(r.calls.load(Ordering::SeqCst), 3);
+        assert!(r.steps.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn implausible_stale_and_future_readings_are_refused_and_negative_prices_accepted() {
+        let mut r = rig(vec![
+            Step::Price {
+                usd_per_mwh: -42.0,
+                age_s: 10,
+            },
+            Step::Price {
+                usd_per_mwh: 1e9,
+                age_s: 0,
+            },
+            Step::Price {
+                usd_per_mwh: f64::NAN,
+                age_s: 0,
+            },
+            Step::Price {
+                usd_per_mwh: 50.0,
+                age_s: 7_200,
+            },
+            Step::Price {
+                usd_per_mwh: 50.0,
+                age_s: -3_600,
+            },
+            Step::Price {
+                usd_per_mwh: 60.0,
+                age_s: -60,
+            },
+        ]);
+        let mut now = t0();
+        r.market.refresh_all(now).await;
+        assert_eq!(
+            r.market
+                .snapshot(now)
+                .planner_inputs()
+                .unwrap()
+                .energy_usd_per_mwh,
+            -42.0
+        );
+        let mut errors = Vec::new();
+        for _ in 0..4 {
+            now += secs(60);
+            r.market.refresh_due(now).await;
+            let s = r.market.snapshot(now);
+            // The refused reading never replaces the good one.
+            assert_eq!(s.energy.value.as_ref().unwrap().value.usd_per_mwh, -42.0);
+            match s.energy.health {
+                Health::Failed(e) => errors.push(e.kind),
+                h => panic!("{h:?}"),
+            }
+        }
+        assert!(matches!(&errors[0], SourceErrorKind::Implausible { value, .. } if *value == 1e9));
+        assert!(matches!(&errors[1], SourceErrorKind::Implausible { .. }));
+        assert!(matches!(&errors[2], SourceErrorKind::Stale { .. }));
+        assert!(matches!(&errors[3], SourceErrorKind::Future { .. }));
+        // A minute ahead is clock skew: accepted, and counted as taken now.
+        now += secs(60);
+        r.market.refresh_due(now).await;
+        let s = r.market.snapshot(now);
+        assert_eq!(s.energy.value.as_ref().unwrap().at, now);
+        assert_eq!(s.energy.health, Health::Fresh);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_hangs_times_out_and_is_retried_sooner() {
+        let mut r = rig(vec![
+            Step::Hang,
+            Step::Price {
+                usd_per_mwh: 20.0,
+                age_s: 0,
+            },
+        ]);
+        r.market.refresh_all(t0()).await;
+        let s = r.market.snapshot(t0());
+        match &s.energy.health {
+            Health::Failed(e) => {
+                assert_eq!(
+                    e.kind,
+                    SourceErrorKind::Timeout {
+                        after: Duration::from_secs(5)
+                    }
+                );
+            }
+            h => panic!("{h:?}"),
+        }
+        assert!(s.planner_inputs().unwrap_err()[0].contains("no good reading yet"));
+        // Energy refreshes every 60 s anyway; a failed slow input retries after 60 s, not 300.
+        assert_eq!(r.market.energy.next_due, Some(t0() + secs(60)));
+        assert_eq!(r.market.refresh_due(t0() + secs(60)).await, 1);
+        assert_eq!(
+            r.market.snapshot(t0() + secs(60)).energy.health,
+            Health::Fresh
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_run_loop_reads_each_input_on_its_own_interval() {
+        let script = (0..11)
+            .map(|i| Step::Price {
+                usd_per_mwh: f64::from(i),
+                age_s: 0,
+            })
+            .collect();
+        let r = rig(script);
+        let view = r.market.view();
+        let mut ticks = view.subscribe();
+        let start = tokio::time::Instant::now();
+        let clock = move || t0() + chrono::Duration::from_std(start.elapsed()).unwrap();
+        let task = tokio::spawn(r.market.run(clock));
+        tokio::time::sleep(Duration::from_secs(630)).await;
+        task.abort();
+        // t = 0, 60, ..., 600: eleven energy reads, the last value in force.
+        assert_eq!(r.calls.load(Ordering::SeqCst), 11);
+        let s = view.snapshot(t0() + secs(630));
+        assert_eq!(s.energy.value.unwrap().value.usd_per_mwh, 10.0);
+        assert!(ticks.has_changed().unwrap());
+        assert!(*ticks.borrow_and_update() >= 11);
+    }
+
+    proptest! {
+        /// Whatever a source says and whenever it is asked, the snapshot offers only values
+        /// that passed the checks and are no older than max_age, and it offers one whenever
+        /// such a reading was accepted within max_age.
+        #[test]
+        fn the_snapshot_offers_only_checked_values_within_their_age(
+            script in proptest::collection::vec(
+                prop_oneof![
+                    (-2_000.0f64..12_000.0, -600i64..4_000).prop_map(|(p, a)| Step::Price { usd_per_mwh: p, age_s: a }),
+                    Just(Step::Price { usd_per_mwh: f64::INFINITY, age_s: 0 }),
+                    Just(Step::Fail(http_500())),
+                ],
+                1..30,
+            ),
+            gaps in proptest::collection::vec(1i64..1_000, 30),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let n = script.len();
+            let mut r = rig(script.clone());
+            let ranges = PlausibleRanges::default();
+            let mut now = t0();
+            let mut last_ok: Option<(f64, DateTime<Utc>)> = None;
+            for (i, step) in script.iter().enumerate().take(n) {
+                rt.block_on(r.market.refresh_all(now));
+                if let Step::Price { usd_per_mwh, age_s } = step {
+                    let at = (now - secs(*age_s)).min(now);
+                    let good = ranges.energy_usd_per_mwh.contains(*usd_per_mwh)
+                        && *age_s >= -300
+                        && *age_s <= 1_800;
+                    if good {
+                        last_ok = Some((*usd_per_mwh, at));
+                    }
+                }
+                let s = r.market.snapshot(now + secs(gaps[i] / 2));
+                let check_at = now + secs(gaps[i] / 2);
+                match (&s.energy.value, last_ok) {
+                    (Some(v), Some((p, at))) => {
+                        prop_assert_eq!(v.value.usd_per_mwh, p);
+                        prop_assert_eq!(v.at, at);
+                        prop_assert!(ranges.energy_usd_per_mwh.contains(v.value.usd_per_mwh));
+                        prop_assert!(check_at - v.at <= secs(1_800));
+                    }
+                    (None, Some((_, at))) => prop_assert!(check_at - at > secs(1_800)),
+                    (None, None) => {}
+                    (Some(v), None) => prop_assert!(false, "offered {:?} that was never accepted", v),
+                }
+                now += secs(gaps[i]);
+            }
+        }
+    }
+}
