@@ -46,6 +46,22 @@ fn replay<V: Send + 'static>(
     Ok(Box::new(TraceReplay::new(trace, &t.file, clock, pick)))
 }
 
+/// The HTTP client, built only when a source needs one: a site with fixed prices starts even
+/// where TLS roots cannot be loaded.
+struct LazyClient(Option<HttpClient>);
+
+impl LazyClient {
+    fn get(&mut self) -> Result<HttpClient, MarketConfigError> {
+        if let Some(c) = &self.0 {
+            return Ok(c.clone());
+        }
+        let c = HttpClient::new()
+            .map_err(|e| err("market", format!("cannot build the HTTP client: {e}")))?;
+        self.0 = Some(c.clone());
+        Ok(c)
+    }
+}
+
 impl MarketParts {
     /// Builds every source of `[market]`. `env` supplies bitcoind's password; `now` starts
     /// trace replays. Trace files are read here, once per path.
@@ -55,8 +71,7 @@ impl MarketParts {
         now: DateTime<Utc>,
     ) -> Result<Self, MarketConfigError> {
         c.validate()?;
-        let client = HttpClient::new()
-            .map_err(|e| err("market", format!("cannot build the HTTP client: {e}")))?;
+        let mut client = LazyClient(None);
         let mut traces = Traces::new();
         let url = |u: &str, key: &str| http::parse_url(u).map_err(|e| err(key, e));
 
@@ -78,7 +93,7 @@ impl MarketParts {
                     *fees,
                     *network_hashrate,
                     price,
-                    client.clone(),
+                    client.get()?,
                     timeout(h),
                 ))
             }
@@ -110,7 +125,7 @@ impl MarketParts {
                     auth,
                     *network_hashrate,
                     price,
-                    client.clone(),
+                    client.get()?,
                     timeout(h),
                 ))
             }
@@ -150,7 +165,7 @@ impl MarketParts {
                 EnergyDocument::Ercot {
                     settlement_point: settlement_point.trim().to_owned(),
                 },
-                client.clone(),
+                client.get()?,
                 timeout(e),
             )),
             EnergySourceConfig::Feed {
@@ -166,12 +181,12 @@ impl MarketParts {
                     (FeedFormat::Csv, _) => Box::new(CsvPriceSource::new(
                         location,
                         EnergyDocument::Csv,
-                        client.clone(),
+                        client.get()?,
                         timeout(e),
                     )),
                     (FeedFormat::Json, Some(field)) => Box::new(JsonNumberSource::new(
                         JsonFeed::new("energy feed", location, field.clone(), time_field.clone()),
-                        client.clone(),
+                        client.get()?,
                         timeout(e),
                         |usd_per_mwh| EnergyPrice { usd_per_mwh },
                     )),
@@ -205,7 +220,7 @@ impl MarketParts {
                     field.clone(),
                     time_field.clone(),
                 ),
-                client.clone(),
+                client.get()?,
                 timeout(a),
                 |usd_per_gpu_hour| AiValue { usd_per_gpu_hour },
             )),

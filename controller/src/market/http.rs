@@ -92,6 +92,9 @@ impl HttpClient {
         let request = describe(&method, url);
         let fail = |kind| SourceError::new(origin, kind);
         let transport = |e: reqwest::Error| {
+            // reqwest's message repeats the URL, query and credentials included; ours names
+            // the request and the origin holds the redacted URL.
+            let e = e.without_url();
             fail(if e.is_timeout() {
                 SourceErrorKind::Timeout { after: timeout }
             } else if e.is_connect() || e.is_request() {

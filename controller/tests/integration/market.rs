@@ -304,6 +304,32 @@ async fn broken_mempool_replies_are_refused_and_the_last_good_value_stays() {
 }
 
 #[tokio::test]
+async fn credentials_and_keys_in_urls_never_reach_an_error() {
+    let f = mempool_fake().await;
+    f.set("/btc", Reply::json("{}").status(503));
+    let text = mempool_config(
+        &f.url(),
+        &format!(
+            "[market.hashprice.btc_price]\nsource = \"json\"\nurl = \"http://bob:s3cret@{}/btc?api_key=k3y\"\nfield = \"usd\"\n",
+            f.addr
+        ),
+    );
+    let mut m = market_with(&text, &no_env());
+    m.refresh_all(now()).await;
+    let e = failed(&m.snapshot(now()));
+    assert!(e.contains("answered HTTP 503"), "{e}");
+    for secret in ["bob", "s3cret", "k3y"] {
+        assert!(!e.contains(secret), "{secret}: {e}");
+    }
+    // The credentials were sent, though.
+    let sent = f.take_log().into_iter().find(|r| r.path == "/btc").unwrap();
+    assert_eq!(
+        sent.authorization.as_deref(),
+        Some(format!("Basic {}", base64(b"bob:s3cret")).as_str())
+    );
+}
+
+#[tokio::test]
 async fn a_body_cut_short_is_refused() {
     let addr = truncating_server(500, br#"{"time":1780000000,"USD":100"#).await;
     let f = mempool_fake().await;
@@ -334,6 +360,21 @@ async fn nothing_listening_is_a_connect_error_naming_the_address() {
         e.contains("cannot connect (GET /api/v1/blocks)") && e.contains(&closed.to_string()),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn https_to_a_server_that_speaks_no_tls_is_a_clear_error() {
+    // The TLS stack (rustls with ring) runs; the handshake fails on a plain-HTTP server.
+    let f = mempool_fake().await;
+    let mut m = market_with(
+        &mempool_config(&format!("https://{}", f.addr), ""),
+        &no_env(),
+    );
+    m.refresh_all(now()).await;
+    let e = failed(&m.snapshot(now()));
+    assert!(e.contains("cannot connect (GET /api/v1/blocks)"), "{e}");
+    assert!(e.contains(&format!("https://{}", f.addr)), "{e}");
+    assert!(!e.contains("error sending request for url"), "{e}");
 }
 
 /// A Bitcoin node's JSON-RPC: tip, hash salt (a reorg changes it), credentials, hashrate.
