@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ::http::Method;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use reqwest::{Method, Url};
+use url::Url;
 
 use super::error::{Origin, SourceError, SourceErrorKind};
 use super::http::{self, HttpClient};

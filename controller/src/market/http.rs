@@ -1,10 +1,20 @@
-//! The HTTP client market sources share: one connection pool, HTTPS with rustls (ring), a
-//! timeout per request, a cap on body size, and errors that name the request but never the
-//! credentials in a URL.
+//! The HTTP client market sources share: one connection pool, HTTPS with rustls (ring) and the
+//! system's CA roots, a timeout per request, a cap on body size, and errors that name the
+//! request but never the credentials or query in a URL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, Url};
+use base64::Engine;
+use bytes::Bytes;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tracing::warn;
+use url::Url;
 
 use super::error::{Origin, SourceError, SourceErrorKind, excerpt};
 
@@ -20,9 +30,15 @@ pub struct HttpReply {
 }
 
 /// The shared client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpClient {
-    inner: reqwest::Client,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").finish_non_exhaustive()
+    }
 }
 
 /// Basic-auth credentials for one request (bitcoind's cookie or user and password).
@@ -31,17 +47,36 @@ pub struct BasicAuth<'a> {
     pub password: &'a str,
 }
 
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up TLS: {0}")]
+pub struct ClientError(String);
+
 impl HttpClient {
-    pub fn new() -> Result<Self, reqwest::Error> {
-        // reqwest is built without its own crypto provider (it would bring aws-lc-rs and a C
-        // toolchain); the process-wide default is ring, which tonic already uses. An Err only
-        // says that a provider is installed already, which is what we want.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let inner = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+    pub fn new() -> Result<Self, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder.with_provider_and_native_roots(Arc::clone(&provider)) {
+            Ok(b) => b,
+            Err(e) => {
+                // Plain HTTP (a self-hosted mempool on the LAN, bitcoind) still works; HTTPS
+                // will fail its handshake, naming the unknown issuer.
+                warn!(error = %e, "No system CA certificates; HTTPS market sources will fail until they are installed");
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| ClientError(e.to_string()))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let https = builder.https_or_http().enable_http1().wrap_connector(http);
+        let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("pivot-controller/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .build(https);
         Ok(Self { inner })
     }
 
@@ -91,54 +126,112 @@ impl HttpClient {
     ) -> Result<HttpReply, SourceError> {
         let request = describe(&method, url);
         let fail = |kind| SourceError::new(origin, kind);
-        let transport = |e: reqwest::Error| {
-            // reqwest's message repeats the URL, query and credentials included; ours names
-            // the request and the origin holds the redacted URL.
-            let e = e.without_url();
-            fail(if e.is_timeout() {
-                SourceErrorKind::Timeout { after: timeout }
-            } else if e.is_connect() || e.is_request() {
-                SourceErrorKind::Connect {
-                    request: request.clone(),
-                    detail: error_chain(&e),
-                }
-            } else {
-                SourceErrorKind::Body {
-                    request: request.clone(),
-                    field: None,
-                    problem: format!("the reply was cut short or malformed: {}", error_chain(&e)),
-                    excerpt: String::new(),
-                }
+        let connect = |detail: String| {
+            fail(SourceErrorKind::Connect {
+                request: request.clone(),
+                detail,
             })
         };
-        let mut builder = self
-            .inner
-            .request(method.clone(), url.clone())
-            .timeout(timeout);
-        if let Some(body) = body {
-            builder = builder
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+        let cut_short = |detail: String, so_far: &[u8]| {
+            fail(SourceErrorKind::Body {
+                request: request.clone(),
+                field: None,
+                problem: format!("the reply was cut short or malformed: {detail}"),
+                excerpt: excerpt(so_far),
+            })
+        };
+        // Credentials travel in a header, never in the request line.
+        let mut bare = url.clone();
+        let url_user = (!url.username().is_empty()).then(|| {
+            let decode = |s: &str| percent_decode(s);
+            (
+                decode(url.username()),
+                url.password().map(decode).unwrap_or_default(),
+            )
+        });
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        bare.set_fragment(None);
+        let uri: http::Uri = bare
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| connect(format!("not a request URI: {e}")))?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(
+                header::USER_AGENT,
+                concat!("pivot-controller/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(header::ACCEPT, "*/*");
+        let basic = auth
+            .map(|a| (a.user.to_owned(), a.password.to_owned()))
+            .or(url_user);
+        if let Some((user, password)) = basic {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            builder = builder.header(header::AUTHORIZATION, format!("Basic {token}"));
         }
-        if let Some(auth) = auth {
-            builder = builder.basic_auth(auth.user, Some(auth.password));
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
-        let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(fail(SourceErrorKind::Body {
-                    request,
-                    field: None,
-                    problem: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-                    excerpt: excerpt(&body),
-                }));
+        let req = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| connect(format!("cannot build the request: {e}")))?;
+        let exchange = async {
+            let response = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| connect(error_chain(&e)))?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut out = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| cut_short(error_chain(&e), &out))?;
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > MAX_BODY_BYTES {
+                        return Err(fail(SourceErrorKind::Body {
+                            request: request.clone(),
+                            field: None,
+                            problem: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                            excerpt: excerpt(&out),
+                        }));
+                    }
+                    out.extend_from_slice(&data);
+                }
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(HttpReply { status, body })
+            Ok(HttpReply { status, body: out })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(fail(SourceErrorKind::Timeout { after: timeout })))
     }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                // Two hex digits make a byte: h, l < 16.
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Turns a non-2xx reply into an error; `hint` is appended to the status (`; check ...`).
@@ -193,7 +286,7 @@ pub fn endpoint(base: &Url, path: &str) -> Result<Url, String> {
         base.as_str().trim_end_matches('/'),
         path.trim_start_matches('/')
     );
-    Url::parse(&joined).map_err(|e| format!("`{joined}` is not a URL: {e}"))
+    Url::parse(&joined).map_err(|e| format!("`{}` is not a URL: {e}", redact(base)))
 }
 
 /// Parses a configured URL: it must be http or https and name a host.
@@ -274,5 +367,12 @@ mod tests {
         assert!(parse_url("file:///etc/passwd").is_err());
         let e = parse_url("ftp://bob:pw@x.example/").unwrap_err();
         assert!(!e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn percent_escapes_in_url_credentials_are_decoded() {
+        assert_eq!(percent_decode("p%40ss%3Aw0rd"), "p@ss:w0rd");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use reqwest::Url;
 use serde_json::{Value, json};
+use url::Url;
 
 use super::btc_price::BtcPrice;
 use super::fee_window::FeeWindow;

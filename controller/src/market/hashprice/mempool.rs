@@ -19,11 +19,12 @@
 
 use std::time::Duration;
 
+use ::http::Method;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::Value;
+use url::Url;
 
 use super::btc_price::BtcPrice;
 use super::fee_window::FeeWindow;
