@@ -330,6 +330,17 @@ async fn credentials_and_keys_in_urls_never_reach_an_error() {
 }
 
 #[tokio::test]
+async fn a_body_larger_than_the_cap_is_refused() {
+    let f = mempool_fake().await;
+    let huge = vec![b' '; pivot_controller::market::http::MAX_BODY_BYTES + 1];
+    f.set("/api/v1/prices", Reply::json(huge));
+    let mut m = market_with(&mempool_config(&f.url(), ""), &no_env());
+    m.refresh_all(now()).await;
+    let e = failed(&m.snapshot(now()));
+    assert!(e.contains("the body is larger than 8388608 bytes"), "{e}");
+}
+
+#[tokio::test]
 async fn a_body_cut_short_is_refused() {
     let addr = truncating_server(500, br#"{"time":1780000000,"USD":100"#).await;
     let f = mempool_fake().await;
