@@ -6,6 +6,7 @@ pub mod config;
 pub mod executor;
 pub mod fleet;
 pub mod intents;
+pub mod market;
 pub mod outlook;
 pub mod overrides;
 pub mod planview;
