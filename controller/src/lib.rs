@@ -5,6 +5,7 @@ pub mod config;
 pub mod fleet;
 pub mod policy;
 pub mod store;
+pub mod toml_lines;
 pub mod trace;
 
 use std::sync::Arc;
