@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod fleet;
+pub mod planner;
 pub mod policy;
 pub mod store;
 pub mod toml_lines;
