@@ -11,7 +11,8 @@ use crate::policy::{SafeAction, ScheduleEffect};
 /// The cap in force now: the site's, the lowest DR target due within the shed lead, the lowest
 /// schedule window cap; each less the reserve.
 pub(super) fn limit(input: &PlanInput, schedule: &ScheduleEffect) -> Limit {
-    let lead = Duration::seconds(i64::try_from(input.policy.economic.shed_lead_s).unwrap_or(i64::MAX));
+    let lead =
+        Duration::seconds(i64::try_from(input.policy.economic.shed_lead_s).unwrap_or(i64::MAX));
     let mut cap_w = input.site.cap_w;
     let mut source = CapSource::Site;
     for e in &input.demand_response {
@@ -43,7 +44,11 @@ pub(super) fn limit(input: &PlanInput, schedule: &ScheduleEffect) -> Limit {
 
 /// Chooses the interruptible hosts AI demand keeps (demand + buffer, the most needed over the
 /// drain delay) and sets each host's value. Returns the hosts kept.
-pub(super) fn select_ai_hosts(input: &PlanInput, loads: &mut [Load], host_loads: &[usize]) -> (u32, Vec<(chrono::DateTime<chrono::Utc>, u32)>) {
+pub(super) fn select_ai_hosts(
+    input: &PlanInput,
+    loads: &mut [Load],
+    host_loads: &[usize],
+) -> (u32, Vec<(chrono::DateTime<chrono::Utc>, u32)>) {
     let e = &input.policy.economic;
     let Some(market) = input.market else {
         return (0, input.memory.ai_hosts_needed.clone());
@@ -183,7 +188,11 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
     // A host AI demand keeps but has no work for (buffer, drain delay) is worth what it
     // will earn when work comes; one it does not keep is worth nothing.
     let is_buffer = !l.is_miner() && l.selected && l.gpus_in_demand == 0;
-    let value = if is_buffer { l.potential_usd_per_mwh } else { l.value_usd_per_mwh };
+    let value = if is_buffer {
+        l.potential_usd_per_mwh
+    } else {
+        l.value_usd_per_mwh
+    };
     let margin = value - energy;
     let bonus = if on_now { half_band } else { -half_band };
     let threshold = e.min_margin_usd_per_mwh - bonus;
@@ -204,7 +213,12 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
         rank: if input.market.is_some() {
             // Hosts are ranked on what they are worth with work: a buffer host is kept for
             // the demand it will take, not for the none it has now.
-            (if l.selected { l.potential_usd_per_mwh.max(value) } else { value }) - energy + bonus
+            (if l.selected {
+                l.potential_usd_per_mwh.max(value)
+            } else {
+                value
+            }) - energy
+                + bonus
         } else if l.is_miner() {
             -l.j_per_th
         } else {
@@ -277,9 +291,19 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
     // What each load costs if left off: a load that is off and stays so keeps its committed
     // figure (a curtailment still in flight counts at the higher end); one turned off counts at
     // its off power once the release is confirmed, which grants wait for.
-    let off_cost = |l: &Load| if l.level_now.is_on() { l.off_w } else { l.now_w };
+    let off_cost = |l: &Load| {
+        if l.level_now.is_on() {
+            l.off_w
+        } else {
+            l.now_w
+        }
+    };
     let cost_at = |l: &Load, level: Level| {
-        if level.same_as(l.level_now) { l.now_w } else { l.level_power(level) }
+        if level.same_as(l.level_now) {
+            l.now_w
+        } else {
+            l.level_power(level)
+        }
     };
     let mut used = 0.0;
     let mut grants: Vec<(usize, Level, Reason)> = Vec::new();
@@ -309,7 +333,8 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
     for (i, level, reason) in grants {
         let l = &loads[i];
         let extra = cost_at(l, level) - l.now_w;
-        if extra <= budget && mode != PlanMode::SafeHold {
+        let safe = matches!(mode, PlanMode::SafeHold | PlanMode::SafeCurtailMining);
+        if extra <= budget && !safe {
             budget -= extra;
             decisions[i] = Decision { level, reason };
         } else {
@@ -323,7 +348,9 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             power_w: held.1,
         });
     }
-    let mut order: Vec<usize> = (0..loads.len()).filter(|&i| loads[i].fixed.is_none()).collect();
+    let mut order: Vec<usize> = (0..loads.len())
+        .filter(|&i| loads[i].fixed.is_none())
+        .collect();
     order.sort_unstable_by(|&a, &b| wants[b].rank.total_cmp(&wants[a].rank).then(a.cmp(&b)));
     for i in order {
         let (l, w) = (&loads[i], &wants[i]);
@@ -337,9 +364,15 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             continue;
         }
         // Stay at the level it has (a trimmed miner stays trimmed in a hold), or go to full.
-        let hold_level = matches!(mode, PlanMode::SafeHold | PlanMode::SafeCurtailMining | PlanMode::EconomicDisabled)
-            || !l.may_move;
-        let goal = if hold_level && l.level_now.is_on() { l.level_now } else { Level::Full };
+        let hold_level = matches!(
+            mode,
+            PlanMode::SafeHold | PlanMode::SafeCurtailMining | PlanMode::EconomicDisabled
+        ) || !l.may_move;
+        let goal = if hold_level && l.level_now.is_on() {
+            l.level_now
+        } else {
+            Level::Full
+        };
         let extra = cost_at(l, goal) - off;
         let starts = !l.level_now.is_on();
         let on_reason = if starts {
@@ -353,7 +386,7 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             limit_w,
             margin_usd_per_mwh: w.margin_usd_per_mwh,
         };
-        if starts && mode == PlanMode::SafeHold {
+        if starts && matches!(mode, PlanMode::SafeHold | PlanMode::SafeCurtailMining) {
             decisions[i] = off_decision;
         } else if extra <= budget {
             budget -= extra;

@@ -39,7 +39,11 @@ fn action(l: &Load, d: &Decision) -> Action {
     }
 }
 
-pub(super) fn explain(cx: &Context<'_>, loads: &[Load], decisions: &[Decision]) -> Vec<Explanation> {
+pub(super) fn explain(
+    cx: &Context<'_>,
+    loads: &[Load],
+    decisions: &[Decision],
+) -> Vec<Explanation> {
     let input = cx.input;
     let energy = input.market.map_or(0.0, |m| m.energy_usd_per_mwh);
     let mut groups: BTreeMap<(Action, &str, &'static str), Group> = BTreeMap::new();
@@ -79,19 +83,23 @@ pub(super) fn explain(cx: &Context<'_>, loads: &[Load], decisions: &[Decision]) 
 
 fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason) -> String {
     let unit = if model == "GPU host" { "" } else { " miners" };
-    let what = format!(
-        "{} {}{unit} ({})",
-        a.verb(),
-        g.devices,
-        watts(g.power_w)
-    );
+    let what = format!("{} {}{unit} ({})", a.verb(), g.devices, watts(g.power_w));
     let what = if unit.is_empty() {
-        format!("{} {} GPU hosts ({})", a.verb(), g.devices, watts(g.power_w))
+        format!(
+            "{} {} GPU hosts ({})",
+            a.verb(),
+            g.devices,
+            watts(g.power_w)
+        )
     } else {
         what
     };
     let money = if g.gain_usd_per_h >= 0.0 {
-        let verb = if matches!(a, Action::Sleep | Action::Trim | Action::Drain) { "saves" } else { "earns" };
+        let verb = if matches!(a, Action::Sleep | Action::Trim | Action::Drain) {
+            "saves"
+        } else {
+            "earns"
+        };
         format!("{verb} {:.0} USD/h", g.gain_usd_per_h)
     } else {
         format!("costs {:.0} USD/h", -g.gain_usd_per_h)
@@ -103,7 +111,11 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
             margin_usd_per_mwh: m,
             threshold_usd_per_mwh: t,
         } => {
-            let worth = if unit.is_empty() { "AI value" } else { "breakeven" };
+            let worth = if unit.is_empty() {
+                "AI value"
+            } else {
+                "breakeven"
+            };
             let cmp = if e > v { ">" } else { "<" };
             let floor = if (m >= t) == (e < v) {
                 String::new()
@@ -112,7 +124,10 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
             };
             format!("energy {e:.0} USD/MWh {cmp} {model} {worth} {v:.0}{floor}: {what}, {money}")
         }
-        Reason::Cap { limit_w, margin_usd_per_mwh } => format!(
+        Reason::Cap {
+            limit_w,
+            margin_usd_per_mwh,
+        } => format!(
             "cap less reserve {} reached: {what} at the lowest margin ({margin_usd_per_mwh:.0} USD/MWh), {money}",
             watts(limit_w)
         ),
@@ -124,7 +139,9 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
             hosts_kept,
         } => {
             let demand = demand_gpus.map_or_else(|| "all GPUs".to_owned(), |d| format!("{d} GPUs"));
-            format!("AI demand {demand}, {hosts_kept} interruptible hosts kept (with buffer and drain delay): {what}, {money}")
+            format!(
+                "AI demand {demand}, {hosts_kept} interruptible hosts kept (with buffer and drain delay): {what}, {money}"
+            )
         }
         Reason::Schedule => {
             let name = cx

@@ -128,7 +128,9 @@ pub enum HostState {
     Serving,
     Drained,
     /// On its way; `to_serving` says which way.
-    Transition { to_serving: bool },
+    Transition {
+        to_serving: bool,
+    },
     Unseen,
 }
 

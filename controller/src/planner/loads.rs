@@ -117,12 +117,18 @@ pub(super) fn miner_j_per_th(m: &MinerUnit, unknown: f64) -> f64 {
 fn miner_level(target: MinerTarget, full_w: f64) -> Level {
     match target {
         MinerTarget::Sleep => Level::Off,
-        MinerTarget::Run { power_target_w: None } => Level::Full,
+        MinerTarget::Run {
+            power_target_w: None,
+        } => Level::Full,
         MinerTarget::Run {
             power_target_w: Some(w),
         } => {
             let w = f64::from(w);
-            if w >= full_w - 0.5 { Level::Full } else { Level::Trim(w) }
+            if w >= full_w - 0.5 {
+                Level::Full
+            } else {
+                Level::Trim(w)
+            }
         }
     }
 }
@@ -136,9 +142,13 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
     let full_w = [positive(m.nameplate_power_w), range.map(|r| r.max_w)]
         .into_iter()
         .flatten()
-        .fold(None, |acc: Option<f64>, w| Some(acc.map_or(w, |a| a.max(w))))
+        .fold(None, |acc: Option<f64>, w| {
+            Some(acc.map_or(w, |a| a.max(w)))
+        })
         .unwrap_or(a.unknown_miner_max_w);
-    let off_w = non_negative(m.sleep_power_w).unwrap_or(a.sleeping_miner_w).min(full_w);
+    let off_w = non_negative(m.sleep_power_w)
+        .unwrap_or(a.sleeping_miner_w)
+        .min(full_w);
     let observed_level = match m.state {
         MinerState::Mining | MinerState::Ramping => Some(Level::Full),
         MinerState::Sleeping => Some(Level::Off),
@@ -160,7 +170,11 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
         let observed_w = power(observed_level.unwrap_or(Level::Full));
         let target_w = power(level_now);
         let settled = m.intent.is_none_or(|i| !i.unconfirmed());
-        let w = if settled { target_w } else { target_w.max(observed_w) };
+        let w = if settled {
+            target_w
+        } else {
+            target_w.max(observed_w)
+        };
         // A reading above the plan's figure is believed; a low one is not (a miner that should
         // draw may read 0 W while it ramps).
         w.max(measured.unwrap_or(0.0))
@@ -205,7 +219,8 @@ fn host_power(h: &GpuHostUnit, serve: bool) -> f64 {
             .iter()
             .map(|g| {
                 if serve {
-                    g.full_service_cap_w.clamp(g.min_cap_w, g.max_cap_w.max(g.min_cap_w))
+                    g.full_service_cap_w
+                        .clamp(g.min_cap_w, g.max_cap_w.max(g.min_cap_w))
                 } else {
                     g.min_cap_w
                 }

@@ -64,7 +64,7 @@ pub mod explain;
 mod input;
 mod loads;
 mod output;
-mod phases;
+pub(crate) mod phases;
 
 #[cfg(test)]
 mod proptests;
@@ -115,7 +115,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     let start_committed_w: f64 = loads.iter().map(|l| l.now_w).sum();
     let mut s = Summary {
         start_committed_w,
-        committed_w: phases.last().map_or(start_committed_w, |p| p.committed_after_w),
+        committed_w: phases
+            .last()
+            .map_or(start_committed_w, |p| p.committed_after_w),
         mining_w: 0.0,
         ai_w: 0.0,
         miners_running: 0,
@@ -124,24 +126,41 @@ pub fn plan(input: &PlanInput) -> Plan {
         hosts_drained: 0,
         margin_usd_per_h: 0.0,
         lowest_achievable_w: fit.lowest_achievable_w,
-        moves: u32::try_from(phases.iter().map(|p| p.moves.len()).sum::<usize>()).unwrap_or(u32::MAX),
+        moves: u32::try_from(phases.iter().map(|p| p.moves.len()).sum::<usize>())
+            .unwrap_or(u32::MAX),
     };
     for (l, d) in loads.iter().zip(&fit.decisions) {
         let moved = !d.level.same_as(l.level_now);
-        let w = if moved { l.level_power(d.level) } else { l.now_w };
+        let w = if moved {
+            l.level_power(d.level)
+        } else {
+            l.now_w
+        };
         let on = d.level.is_on();
         match l.unit {
             Unit::Miner(_) => {
                 s.mining_w += w;
-                if on { s.miners_running += 1 } else { s.miners_sleeping += 1 }
+                if on {
+                    s.miners_running += 1
+                } else {
+                    s.miners_sleeping += 1
+                }
             }
             Unit::Host(_) => {
                 s.ai_w += w;
-                if on { s.hosts_serving += 1 } else { s.hosts_drained += 1 }
+                if on {
+                    s.hosts_serving += 1
+                } else {
+                    s.hosts_drained += 1
+                }
             }
         }
         if on && input.market.is_some() {
-            let earning_w = if matches!(d.level, Level::Trim(_)) { l.level_power(d.level) } else { l.full_w };
+            let earning_w = if matches!(d.level, Level::Trim(_)) {
+                l.level_power(d.level)
+            } else {
+                l.full_w
+            };
             s.margin_usd_per_h += l.value_usd_per_mwh * earning_w / 1e6;
         }
     }
@@ -183,7 +202,9 @@ fn plan_id(input: &PlanInput, phases: &[Phase]) -> String {
             eat(m.device_id.as_bytes());
             let (tag, value): (u8, u32) = match m.to {
                 Target::Miner(MinerTarget::Sleep) => (1, 0),
-                Target::Miner(MinerTarget::Run { power_target_w }) => (2, power_target_w.unwrap_or(0)),
+                Target::Miner(MinerTarget::Run { power_target_w }) => {
+                    (2, power_target_w.unwrap_or(0))
+                }
                 Target::Gpu { power_cap_w } => (3, power_cap_w),
                 Target::Workload {
                     state: WorkloadState::Released,

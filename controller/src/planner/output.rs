@@ -28,7 +28,9 @@ pub struct Plan {
 impl Plan {
     /// Every move of every phase, in order.
     pub fn moves(&self) -> impl Iterator<Item = (&Phase, &Move)> {
-        self.phases.iter().flat_map(|p| p.moves.iter().map(move |m| (p, m)))
+        self.phases
+            .iter()
+            .flat_map(|p| p.moves.iter().map(move |m| (p, m)))
     }
 }
 
@@ -127,12 +129,18 @@ pub enum Reason {
         threshold_usd_per_mwh: f64,
     },
     /// Shed or trimmed to fit the cap in force, behind loads of higher margin.
-    Cap { limit_w: f64, margin_usd_per_mwh: f64 },
+    Cap {
+        limit_w: f64,
+        margin_usd_per_mwh: f64,
+    },
     /// A trimmed miner goes back to full power (the cap has room again).
     Restore { margin_usd_per_mwh: f64 },
     /// Released or drained to follow AI demand (`hosts_kept` = demand + buffer, held through the
     /// drain delay).
-    AiDemand { demand_gpus: Option<u32>, hosts_kept: u32 },
+    AiDemand {
+        demand_gpus: Option<u32>,
+        hosts_kept: u32,
+    },
     /// A schedule window curtails it.
     Schedule,
     /// An operator override pins it.

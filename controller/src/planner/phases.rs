@@ -53,7 +53,13 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// Appends a phase whose devices change committed power by `delta_w` (their after minus
     /// before); while in flight, each counts at the higher of the two.
-    fn push(&mut self, kind: PhaseKind, not_before: Option<DateTime<Utc>>, moves: Vec<Move>, delta_w: f64) {
+    fn push(
+        &mut self,
+        kind: PhaseKind,
+        not_before: Option<DateTime<Utc>>,
+        moves: Vec<Move>,
+        delta_w: f64,
+    ) {
         if moves.is_empty() {
             return;
         }
@@ -97,7 +103,8 @@ impl Builder<'_> {
             .iter()
             .filter_map(|g| {
                 let to = if serve {
-                    g.full_service_cap_w.clamp(g.min_cap_w, g.max_cap_w.max(g.min_cap_w))
+                    g.full_service_cap_w
+                        .clamp(g.min_cap_w, g.max_cap_w.max(g.min_cap_w))
                 } else {
                     g.min_cap_w
                 };

@@ -29,7 +29,9 @@ pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit 
         seen: true,
         power_target: None,
         intent: Some(HeldIntent {
-            target: MinerTarget::Run { power_target_w: None },
+            target: MinerTarget::Run {
+                power_target_w: None,
+            },
             phase: IntentPhase::Confirmed,
         }),
         last_change_at: None,
@@ -74,7 +76,11 @@ pub(super) fn h100_host(id: &str, serving: bool) -> GpuHostUnit {
         measured_power_w: None,
         workload_device_id: Some(format!("host/{id}")),
         contract: AiContract::Interruptible,
-        state: if serving { HostState::Serving } else { HostState::Drained },
+        state: if serving {
+            HostState::Serving
+        } else {
+            HostState::Drained
+        },
         last_change_at: None,
         protected: false,
         pin: None,
@@ -99,7 +105,11 @@ pub(super) fn policy_with(extra: &str) -> PolicyDocument {
     }
 }
 
-pub(super) fn input(miners: Vec<MinerUnit>, hosts: Vec<GpuHostUnit>, m: Option<MarketView>) -> PlanInput {
+pub(super) fn input(
+    miners: Vec<MinerUnit>,
+    hosts: Vec<GpuHostUnit>,
+    m: Option<MarketView>,
+) -> PlanInput {
     PlanInput {
         now: t0(),
         site: SiteLimits {
@@ -128,7 +138,9 @@ fn to(p: &Plan, id: &str) -> Option<Target> {
 }
 
 const SLEEP: Option<Target> = Some(Target::Miner(MinerTarget::Sleep));
-const RUN: Option<Target> = Some(Target::Miner(MinerTarget::Run { power_target_w: None }));
+const RUN: Option<Target> = Some(Target::Miner(MinerTarget::Run {
+    power_target_w: None,
+}));
 
 #[test]
 fn energy_above_breakeven_sleeps_the_least_efficient_and_says_why() {
@@ -144,11 +156,16 @@ fn energy_above_breakeven_sleeps_the_least_efficient_and_says_why() {
     assert_eq!(p.phases.len(), 1);
     assert_eq!(p.phases[0].kind, PhaseKind::Curtail);
     let e = &p.explanations[0];
-    assert_eq!((e.model.as_str(), e.action, e.devices), ("S19j Pro", Action::Sleep, 2));
+    assert_eq!(
+        (e.model.as_str(), e.action, e.devices),
+        ("S19j Pro", Action::Sleep, 2)
+    );
     // 2 × 3068 W × (80 − 56.5) USD/MWh = 0.144 USD/h.
     assert!((e.gain_usd_per_h - 0.1442).abs() < 1e-3, "{e:?}");
     assert!(
-        e.text.starts_with("energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0 USD/h"),
+        e.text.starts_with(
+            "energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0 USD/h"
+        ),
         "{}",
         e.text
     );
@@ -176,7 +193,10 @@ fn cheap_energy_wakes_sleeping_miners_most_efficient_first() {
     i.memory = p.memory.clone();
     i.now = t0() + Duration::seconds(20);
     let again = plan(&i);
-    assert_eq!(again.phases[0].not_before, Some(t0() + Duration::minutes(1)));
+    assert_eq!(
+        again.phases[0].not_before,
+        Some(t0() + Duration::minutes(1))
+    );
 }
 
 #[test]
@@ -190,9 +210,17 @@ fn inside_the_band_nothing_moves() {
         ));
         assert!(p.phases.is_empty(), "energy {energy}: {:?}", p.phases);
     }
-    let p = plan(&input(vec![s19jpro("on"), asleep(s19jpro("off"))], vec![], Some(market(40.0, 59.0, None))));
+    let p = plan(&input(
+        vec![s19jpro("on"), asleep(s19jpro("off"))],
+        vec![],
+        Some(market(40.0, 59.0, None)),
+    ));
     assert_eq!(to(&p, "on"), SLEEP);
-    let p = plan(&input(vec![s19jpro("on"), asleep(s19jpro("off"))], vec![], Some(market(40.0, 54.0, None))));
+    let p = plan(&input(
+        vec![s19jpro("on"), asleep(s19jpro("off"))],
+        vec![],
+        Some(market(40.0, 54.0, None)),
+    ));
     assert_eq!(to(&p, "off"), RUN);
 }
 
@@ -208,7 +236,10 @@ fn dwell_holds_economic_moves_but_not_a_cap() {
     i.site.cap_w = 1000.0;
     let p = plan(&i);
     assert_eq!(to(&p, "a"), SLEEP);
-    assert!(matches!(moved(&p, "a").map(|(_, m)| m.reason), Some(Reason::Cap { .. })));
+    assert!(matches!(
+        moved(&p, "a").map(|(_, m)| m.reason),
+        Some(Reason::Cap { .. })
+    ));
 }
 
 #[test]
@@ -219,7 +250,11 @@ fn a_cap_sheds_in_merit_order_and_trims_a_miner_with_a_power_target() {
         max_w: 3010.0,
         step_w: Some(100.0),
     });
-    let mut i = input(vec![s19jpro("old"), trim, s21("new")], vec![], Some(market(40.0, 30.0, None)));
+    let mut i = input(
+        vec![s19jpro("old"), trim, s21("new")],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
     i.site = SiteLimits {
         cap_w: 6000.0,
         reserve_w: 200.0,
@@ -227,7 +262,12 @@ fn a_cap_sheds_in_merit_order_and_trims_a_miner_with_a_power_target() {
     let p = plan(&i);
     // S21 first (3500 W), then the S19 XP trimmed into the 2300 W left (steps of 100 above 1500).
     assert_eq!(to(&p, "old"), SLEEP);
-    assert_eq!(to(&p, "xp"), Some(Target::Miner(MinerTarget::Run { power_target_w: Some(2300) })));
+    assert_eq!(
+        to(&p, "xp"),
+        Some(Target::Miner(MinerTarget::Run {
+            power_target_w: Some(2300)
+        }))
+    );
     assert_eq!(to(&p, "new"), None);
     assert!(p.summary.committed_w <= 5800.0);
     assert!((p.summary.committed_w - 5800.0).abs() < 1e-9);
@@ -240,7 +280,11 @@ fn unseen_devices_count_at_their_maximum_and_are_not_moved() {
     gone.seen = false;
     gone.state = MinerState::Unknown;
     gone.intent = None;
-    let mut i = input(vec![gone, s21("new")], vec![], Some(market(40.0, 30.0, None)));
+    let mut i = input(
+        vec![gone, s21("new")],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
     i.site.cap_w = 5000.0;
     let p = plan(&i);
     assert_eq!(p.summary.start_committed_w, 3068.0 + 3500.0);
@@ -253,8 +297,14 @@ fn unseen_devices_count_at_their_maximum_and_are_not_moved() {
 #[test]
 fn pins_hold_and_pins_over_the_cap_shed_everything_else_and_say_so() {
     let mut pinned = s19jpro("pinned");
-    pinned.pin = Some(MinerTarget::Run { power_target_w: None });
-    let mut i = input(vec![pinned, s21("free")], vec![], Some(market(40.0, 500.0, None)));
+    pinned.pin = Some(MinerTarget::Run {
+        power_target_w: None,
+    });
+    let mut i = input(
+        vec![pinned, s21("free")],
+        vec![],
+        Some(market(40.0, 500.0, None)),
+    );
     let p = plan(&i);
     assert!(moved(&p, "pinned").is_none());
     assert_eq!(to(&p, "free"), SLEEP);
@@ -270,16 +320,25 @@ fn pins_hold_and_pins_over_the_cap_shed_everything_else_and_say_so() {
     assert_eq!(p.summary.lowest_achievable_w, 3068.0);
     // A pin that needs power the cap lacks is held back.
     let mut wake = asleep(s19jpro("wake"));
-    wake.pin = Some(MinerTarget::Run { power_target_w: None });
+    wake.pin = Some(MinerTarget::Run {
+        power_target_w: None,
+    });
     i.miners = vec![wake];
     let p = plan(&i);
     assert!(p.phases.is_empty());
-    assert!(matches!(p.warnings[0], Warning::HeldBackOverCap { devices: 1, .. }));
+    assert!(matches!(
+        p.warnings[0],
+        Warning::HeldBackOverCap { devices: 1, .. }
+    ));
 }
 
 #[test]
 fn protected_devices_never_move() {
-    let mut i = input(vec![s19jpro("a"), s19jpro("b")], vec![], Some(market(40.0, 500.0, None)));
+    let mut i = input(
+        vec![s19jpro("a"), s19jpro("b")],
+        vec![],
+        Some(market(40.0, 500.0, None)),
+    );
     i.miners[0].protected = true;
     i.policy = policy_with("[protected]\ndevices = [\"b\"]\n");
     assert!(plan(&i).phases.is_empty());
@@ -297,19 +356,42 @@ fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
     i.site.cap_w = 22_000.0;
     let p = plan(&i);
     let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
-    assert_eq!(kinds, vec![PhaseKind::Curtail, PhaseKind::LowerGpuCaps, PhaseKind::Grant]);
-    assert_eq!(to(&p, "host/g2"), Some(Target::Workload { state: WorkloadState::Drained }));
+    assert_eq!(
+        kinds,
+        vec![
+            PhaseKind::Curtail,
+            PhaseKind::LowerGpuCaps,
+            PhaseKind::Grant
+        ]
+    );
+    assert_eq!(
+        to(&p, "host/g2"),
+        Some(Target::Workload {
+            state: WorkloadState::Drained
+        })
+    );
     assert_eq!(to(&p, "g2-gpu0"), Some(Target::Gpu { power_cap_w: 200 }));
-    assert_eq!(moved(&p, "g2-gpu0").map(|(ph, _)| ph.kind), Some(PhaseKind::LowerGpuCaps));
+    assert_eq!(
+        moved(&p, "g2-gpu0").map(|(ph, _)| ph.kind),
+        Some(PhaseKind::LowerGpuCaps)
+    );
     assert!(moved(&p, "host/g1").is_none());
     // Host accounted at base + caps: 4.6 + 8 × 0.7 = 10.2 kW serving, 6.2 kW drained.
     assert_eq!(p.summary.start_committed_w, 20_400.0);
     assert_eq!(p.phases[1].committed_after_w, 16_400.0);
     // 22 kW − 16.4 kW = 5.6 kW: one S21.
     assert_eq!(p.phases[2].moves.len(), 1);
-    assert!(p.phases.iter().all(|ph| ph.committed_w <= 22_000.0 || ph.kind.releases_power()));
+    assert!(
+        p.phases
+            .iter()
+            .all(|ph| ph.committed_w <= 22_000.0 || ph.kind.releases_power())
+    );
     let e: Vec<&str> = p.explanations.iter().map(|e| e.text.as_str()).collect();
-    assert!(e.iter().any(|t| t.starts_with("AI demand 0 GPUs, 1 interruptible hosts kept")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|t| t.starts_with("AI demand 0 GPUs, 1 interruptible hosts kept")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -324,16 +406,32 @@ fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
     i.policy.economic.ai_buffer_hosts = 0;
     let p = plan(&i);
     let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
-    assert_eq!(kinds, vec![PhaseKind::Curtail, PhaseKind::Grant, PhaseKind::ReleaseHosts]);
+    assert_eq!(
+        kinds,
+        vec![
+            PhaseKind::Curtail,
+            PhaseKind::Grant,
+            PhaseKind::ReleaseHosts
+        ]
+    );
     assert_eq!(p.phases[0].moves.len(), 1);
     assert_eq!(p.phases[1].moves.len(), 8);
-    assert_eq!(to(&p, "host/g1"), Some(Target::Workload { state: WorkloadState::Released }));
+    assert_eq!(
+        to(&p, "host/g1"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
     assert_eq!(p.phases[1].committed_w, 3500.0 + 10_200.0);
 }
 
 #[test]
 fn a_host_is_drained_only_after_demand_stayed_low_for_the_drain_delay() {
-    let mut i = input(vec![], vec![h100_host("g1", true), h100_host("g2", true)], Some(market(40.0, 30.0, Some(16))));
+    let mut i = input(
+        vec![],
+        vec![h100_host("g1", true), h100_host("g2", true)],
+        Some(market(40.0, 30.0, Some(16))),
+    );
     i.policy.economic.ai_buffer_hosts = 0;
     let p = plan(&i);
     assert!(p.phases.is_empty());
@@ -346,7 +444,12 @@ fn a_host_is_drained_only_after_demand_stayed_low_for_the_drain_delay() {
     i.memory = p.memory;
     i.now = t0() + Duration::minutes(16);
     let p = plan(&i);
-    assert_eq!(to(&p, "host/g2"), Some(Target::Workload { state: WorkloadState::Drained }));
+    assert_eq!(
+        to(&p, "host/g2"),
+        Some(Target::Workload {
+            state: WorkloadState::Drained
+        })
+    );
     assert!(moved(&p, "host/g1").is_none());
 }
 
@@ -355,13 +458,25 @@ fn firm_hosts_are_always_powered() {
     let mut h = h100_host("firm", false);
     h.contract = AiContract::Firm { usd_per_mwh: 190.0 };
     let p = plan(&input(vec![], vec![h], Some(market(40.0, 900.0, Some(0)))));
-    assert_eq!(to(&p, "host/firm"), Some(Target::Workload { state: WorkloadState::Released }));
-    assert!(matches!(moved(&p, "host/firm").map(|(_, m)| m.reason), Some(Reason::Firm)));
+    assert_eq!(
+        to(&p, "host/firm"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
+    assert!(matches!(
+        moved(&p, "host/firm").map(|(_, m)| m.reason),
+        Some(Reason::Firm)
+    ));
 }
 
 #[test]
 fn without_a_market_the_plan_holds_and_only_sheds() {
-    let mut i = input(vec![asleep(s21("off")), s19jpro("old"), s21("new")], vec![h100_host("g", true)], None);
+    let mut i = input(
+        vec![asleep(s21("off")), s19jpro("old"), s21("new")],
+        vec![h100_host("g", true)],
+        None,
+    );
     let p = plan(&i);
     assert!(p.phases.is_empty());
     assert_eq!(p.mode, PlanMode::SafeHold);
@@ -380,7 +495,11 @@ fn without_a_market_the_plan_holds_and_only_sheds() {
 
 #[test]
 fn a_schedule_window_curtails_mining_ahead_of_its_start() {
-    let mut i = input(vec![s21("a")], vec![h100_host("g", true)], Some(market(40.0, 30.0, None)));
+    let mut i = input(
+        vec![s21("a")],
+        vec![h100_host("g", true)],
+        Some(market(40.0, 30.0, None)),
+    );
     i.policy = policy_with(
         "[[schedule]]\nname = \"4cp\"\ntime_zone = \"America/Chicago\"\nstart = \"07:05\"\nend = \"09:00\"\ncurtail_mining = true\n",
     );
@@ -388,14 +507,24 @@ fn a_schedule_window_curtails_mining_ahead_of_its_start() {
     let p = plan(&i);
     assert_eq!(to(&p, "a"), SLEEP);
     assert!(moved(&p, "host/g").is_none());
-    assert!(p.explanations[0].text.starts_with("schedule window `4cp`: sleeping 1 miners"), "{:?}", p.explanations);
+    assert!(
+        p.explanations[0]
+            .text
+            .starts_with("schedule window `4cp`: sleeping 1 miners"),
+        "{:?}",
+        p.explanations
+    );
 }
 
 #[test]
 fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achievable() {
     let mut gone = s21("gone");
     gone.seen = false;
-    let mut i = input(vec![gone, s21("a"), s21("b")], vec![], Some(market(40.0, 30.0, None)));
+    let mut i = input(
+        vec![gone, s21("a"), s21("b")],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
     i.demand_response.push(DemandResponse {
         event_id: "dr-1".into(),
         target_power_w: 3000.0,
@@ -405,7 +534,12 @@ fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achiev
     assert!(plan(&i).phases.is_empty());
     i.now = t0() + Duration::minutes(11);
     let p = plan(&i);
-    assert_eq!(p.limit.source, CapSource::DemandResponse { event_id: "dr-1".into() });
+    assert_eq!(
+        p.limit.source,
+        CapSource::DemandResponse {
+            event_id: "dr-1".into()
+        }
+    );
     assert_eq!(p.moves().count(), 2);
     assert!(p.warnings.contains(&Warning::LimitUnreachable {
         limit_w: 3000.0,
@@ -426,8 +560,18 @@ fn negative_prices_run_every_load() {
         Some(market(40.0, -20.0, Some(0))),
     ));
     assert_eq!(to(&p, "a"), RUN);
-    assert_eq!(to(&p, "host/g1"), Some(Target::Workload { state: WorkloadState::Released }));
-    assert_eq!(to(&p, "host/g2"), Some(Target::Workload { state: WorkloadState::Released }));
+    assert_eq!(
+        to(&p, "host/g1"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
+    assert_eq!(
+        to(&p, "host/g2"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
 }
 
 #[test]
@@ -437,7 +581,11 @@ fn a_device_in_transition_counts_at_the_higher_end_until_confirmed() {
         target: MinerTarget::Sleep,
         phase: IntentPhase::Applied,
     });
-    let mut i = input(vec![going, asleep(s21("waiting"))], vec![], Some(market(40.0, 30.0, None)));
+    let mut i = input(
+        vec![going, asleep(s21("waiting"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
     i.site.cap_w = 4000.0;
     // The sleep is not confirmed: no room for the other S21 yet.
     let p = plan(&i);
