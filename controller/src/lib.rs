@@ -1,6 +1,7 @@
 //! pivot-controller: the site's brain — fleet registry, policies, store and the gRPC API.
 
 pub mod api;
+pub mod backtest;
 pub mod config;
 pub mod fleet;
 pub mod planner;

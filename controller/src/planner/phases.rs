@@ -11,7 +11,7 @@ use super::loads::{Level, Load, Unit};
 use super::output::{Move, Phase, PhaseKind};
 
 /// A watt figure as the wire's u32: rounded, clamped to 0..=u32::MAX (NaN → 0).
-pub(super) fn watts_u32(w: f64) -> u32 {
+pub(crate) fn watts_u32(w: f64) -> u32 {
     if w.is_nan() || w <= 0.0 {
         0
     } else if w >= f64::from(u32::MAX) {
