@@ -348,11 +348,13 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             power_w: held.1,
         });
     }
-    let mut order: Vec<usize> = (0..loads.len())
+    // Sort (rank, index) pairs once: contiguous keys sort far faster than indices into loads.
+    let mut order: Vec<(f64, usize)> = (0..loads.len())
         .filter(|&i| loads[i].fixed.is_none())
+        .map(|i| (wants[i].rank, i))
         .collect();
-    order.sort_unstable_by(|&a, &b| wants[b].rank.total_cmp(&wants[a].rank).then(a.cmp(&b)));
-    for i in order {
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in order {
         let (l, w) = (&loads[i], &wants[i]);
         let off = off_cost(l);
         let off_decision = Decision {
