@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
-use pivot_controller::backtest::{self, baseline, generate, Options};
+use pivot_controller::backtest::{self, Options, baseline, generate};
 use pivot_controller::fleet::Assumptions;
 use pivot_controller::planner::{
     self, AiContract, GpuHostUnit, GpuUnit, HeldIntent, HostState, MarketView, MinerUnit,
@@ -17,14 +17,19 @@ use pivot_controller::policy::{self, PolicyDocument};
 use pivot_proto::model::{IntentPhase, MinerState, MinerTarget};
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z").map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z")
+        .map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc))
 }
 
 /// `devices` units: miners of three classes in mixed states, and one 8-GPU host per 40 devices.
 fn fleet(devices: usize) -> PlanInput {
     let mut rng = generate::Rng::new(42);
     let hosts = devices / 40;
-    let models = [("S19j Pro", 3068.0, 104.0), ("S19 XP", 3010.0, 140.0), ("S21", 3500.0, 200.0)];
+    let models = [
+        ("S19j Pro", 3068.0, 104.0),
+        ("S19 XP", 3010.0, 140.0),
+        ("S21", 3500.0, 200.0),
+    ];
     let miners: Vec<MinerUnit> = (0..devices - hosts)
         .map(|i| {
             let (model, w, ths) = models[i % 3];
@@ -38,12 +43,22 @@ fn fleet(devices: usize) -> PlanInput {
                 nameplate_hashrate_ths: Some(ths),
                 efficiency_j_per_th: Some(w / ths * rng.range(0.97, 1.03)),
                 sleep_power_w: Some(15.0),
-                state: if asleep { MinerState::Sleeping } else { MinerState::Mining },
+                state: if asleep {
+                    MinerState::Sleeping
+                } else {
+                    MinerState::Mining
+                },
                 measured_power_w: Some(if asleep { 15.0 } else { w * 0.98 }),
                 seen: rng.unit() > 0.01,
                 power_target: None,
                 intent: Some(HeldIntent {
-                    target: if asleep { MinerTarget::Sleep } else { MinerTarget::Run { power_target_w: None } },
+                    target: if asleep {
+                        MinerTarget::Sleep
+                    } else {
+                        MinerTarget::Run {
+                            power_target_w: None,
+                        }
+                    },
                     phase: IntentPhase::Confirmed,
                 }),
                 last_change_at: Some(t0() - Duration::seconds((rng.unit() * 3600.0) as i64)),
@@ -76,10 +91,17 @@ fn fleet(devices: usize) -> PlanInput {
             pin: None,
         })
         .collect();
-    let load: f64 = miners.iter().map(|m| m.nameplate_power_w.unwrap_or(0.0)).sum::<f64>() + hosts as f64 * 10_200.0;
+    let load: f64 = miners
+        .iter()
+        .map(|m| m.nameplate_power_w.unwrap_or(0.0))
+        .sum::<f64>()
+        + hosts as f64 * 10_200.0;
     PlanInput {
         now: t0(),
-        site: SiteLimits { cap_w: load * 0.8, reserve_w: load * 0.01 },
+        site: SiteLimits {
+            cap_w: load * 0.8,
+            reserve_w: load * 0.01,
+        },
         demand_response: Vec::new(),
         market: Some(MarketView {
             hashprice_usd_per_ph_day: 45.0,
@@ -88,7 +110,10 @@ fn fleet(devices: usize) -> PlanInput {
             ai_gpu_demand: Some((hosts * 4) as u32),
         }),
         policy: PolicyDocument::default(),
-        assumptions: Assumptions { unknown_miner_max_w: 3500.0, sleeping_miner_w: 20.0 },
+        assumptions: Assumptions {
+            unknown_miner_max_w: 3500.0,
+            sleeping_miner_w: 20.0,
+        },
         miners,
         gpu_hosts,
         memory: PlannerMemory::default(),
@@ -129,13 +154,18 @@ fn cpu_ms_per_call(mut f: impl FnMut(), runs: usize) -> f64 {
 
 fn speed() {
     println!("## planner time (devices = miners + 8-GPU hosts, 1 per 40)");
-    println!("| devices | plan wall ms (median) | plan CPU ms (mean) | moves | clone of the input CPU ms (baseline) | plan ÷ clone | plan CPU ÷ 50 ms target |");
+    println!(
+        "| devices | plan wall ms (median) | plan CPU ms (mean) | moves | clone of the input CPU ms (baseline) | plan ÷ clone | plan CPU ÷ 50 ms target |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for devices in [1_000usize, 10_000, 100_000] {
         let input = fleet(devices);
         let runs = if devices >= 100_000 { 11 } else { 31 };
         let cpu_runs = 1_000_000 / devices;
-        let plan_cpu = cpu_ms_per_call(|| drop(std::hint::black_box(planner::plan(&input))), cpu_runs);
+        let plan_cpu = cpu_ms_per_call(
+            || drop(std::hint::black_box(planner::plan(&input))),
+            cpu_runs,
+        );
         let clone_cpu = cpu_ms_per_call(|| drop(std::hint::black_box(input.clone())), cpu_runs);
         let mut moves = 0;
         let plan_ms = median_ms(
@@ -162,7 +192,9 @@ fn speed() {
 
 fn backtest_speed() {
     let site = generate::scaled_site(10_000);
-    let Ok(trace) = generate::month_with_spikes(1, &site) else { return };
+    let Ok(trace) = generate::month_with_spikes(1, &site) else {
+        return;
+    };
     let start = Instant::now();
     let r = backtest::run(&site, &trace, &Options::default());
     let secs = start.elapsed().as_secs_f64();
@@ -170,9 +202,12 @@ fn backtest_speed() {
     let b = baseline::hindsight_bound(&site, &trace);
     let bound_secs = start.elapsed().as_secs_f64();
     println!("## backtest time: 30 days at 5 minutes, 10,000 devices");
-    println!("| rows | units | plans | backtest s | ms per plan | hindsight bound s (baseline) | violations |");
+    println!(
+        "| rows | units | plans | backtest s | ms per plan | hindsight bound s (baseline) | violations |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    let units: u32 = site.miners.iter().map(|m| m.count).sum::<u32>() + site.gpu_hosts.iter().map(|h| h.count).sum::<u32>();
+    let units: u32 = site.miners.iter().map(|m| m.count).sum::<u32>()
+        + site.gpu_hosts.iter().map(|h| h.count).sum::<u32>();
     println!(
         "| {} | {units} | {} | {secs:.2} | {:.3} | {bound_secs:.3} | {} |",
         trace.rows().len(),
@@ -196,11 +231,22 @@ fn plain_policy() -> PolicyDocument {
 
 fn quality() {
     let site = generate::hybrid_site();
-    let Ok(pivot_policy) = policy::validate(policy::DEFAULT_POLICY) else { return };
-    println!("## decision quality (hybrid site: 13 MW cap, 3,400 miners, 200 interruptible + 40 firm 8×H100 hosts)");
-    println!("| trace | seed | static USD | bound USD | pivot USD | pivot captured | violations | switches | plain USD | plain captured | plain violations | plain switches |");
+    let Ok(pivot_policy) = policy::validate(policy::DEFAULT_POLICY) else {
+        return;
+    };
+    println!(
+        "## decision quality (hybrid site: 13 MW cap, 3,400 miners, 200 interruptible + 40 firm 8×H100 hosts)"
+    );
+    println!(
+        "| trace | seed | static USD | bound USD | pivot USD | pivot captured | violations | switches | plain USD | plain captured | plain violations | plain switches |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, seed) in [("month: spikes, negative hours, DR caps", 1u64), ("month: spikes, negative hours, DR caps", 2), ("post-halving wobble week", 1), ("post-halving wobble week", 2)] {
+    for (name, seed) in [
+        ("month: spikes, negative hours, DR caps", 1u64),
+        ("month: spikes, negative hours, DR caps", 2),
+        ("post-halving wobble week", 1),
+        ("post-halving wobble week", 2),
+    ] {
         let trace = if name.starts_with("month") {
             generate::month_with_spikes(seed, &site)
         } else {
@@ -209,8 +255,22 @@ fn quality() {
         let Ok(trace) = trace else { continue };
         let s = baseline::static_site(&site, &trace).margin_usd;
         let b = baseline::hindsight_bound(&site, &trace).margin_usd;
-        let pivot = backtest::run(&site, &trace, &Options { policy: pivot_policy.clone(), ..Options::default() });
-        let plain = backtest::run(&site, &trace, &Options { policy: plain_policy(), ..Options::default() });
+        let pivot = backtest::run(
+            &site,
+            &trace,
+            &Options {
+                policy: pivot_policy.clone(),
+                ..Options::default()
+            },
+        );
+        let plain = backtest::run(
+            &site,
+            &trace,
+            &Options {
+                policy: plain_policy(),
+                ..Options::default()
+            },
+        );
         println!(
             "| {name} | {seed} | {s:.0} | {b:.0} | {:.0} | {:.1} % | {} | {} | {:.0} | {:.1} % | {} | {} |",
             pivot.margin_usd,
@@ -226,7 +286,10 @@ fn quality() {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let all = args.is_empty();
     let want = |k: &str| all || args.iter().any(|a| a == k);
     if want("speed") {

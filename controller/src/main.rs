@@ -133,7 +133,14 @@ async fn main() -> std::process::ExitCode {
             json,
             dr_notice,
             replan_every,
-        } => backtest(&site, &trace, policy.as_deref(), json, dr_notice, replan_every),
+        } => backtest(
+            &site,
+            &trace,
+            policy.as_deref(),
+            json,
+            dr_notice,
+            replan_every,
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use super::site::{Contract, Site};
 use super::sim::cap_at;
+use super::site::{Contract, Site};
 use crate::trace::{Trace, TraceRow};
 
 /// Money over a whole trace, USD.
@@ -53,16 +53,24 @@ pub fn static_site(site: &Site, trace: &Trace) -> Totals {
             let n = f64::from(h.count);
             draw += n * h.serving_w();
             match h.contract {
-                Contract::Firm => firm += n * h.firm_usd_per_mwh.unwrap_or(0.0) * h.serving_w() / 1e6,
+                Contract::Firm => {
+                    firm += n * h.firm_usd_per_mwh.unwrap_or(0.0) * h.serving_w() / 1e6
+                }
                 Contract::Interruptible => gpus += n * f64::from(h.gpus),
             }
         }
-        draw += site.miners.iter().map(|m| f64::from(m.count) * m.sleep_w).sum::<f64>();
+        draw += site
+            .miners
+            .iter()
+            .map(|m| f64::from(m.count) * m.sleep_w)
+            .sum::<f64>();
         let mut ths = 0.0;
         for &g in &order {
             let m = &site.miners[g];
             let extra = m.power_w - m.sleep_w;
-            let fit = ((limit - draw) / extra).floor().clamp(0.0, f64::from(m.count));
+            let fit = ((limit - draw) / extra)
+                .floor()
+                .clamp(0.0, f64::from(m.count));
             draw += fit * extra;
             ths += fit * m.hashrate_ths;
         }
@@ -107,7 +115,11 @@ pub fn hindsight_bound(site: &Site, trace: &Trace) -> Totals {
             let part = (demand - full * gpus).clamp(0.0, gpus);
             let part_hosts = if full < n && part > 0.0 { 1.0 } else { 0.0 };
             demand = (demand - full * gpus - part).max(0.0);
-            for (count, work) in [(full, gpus), (part_hosts, part), (n - full - part_hosts, 0.0)] {
+            for (count, work) in [
+                (full, gpus),
+                (part_hosts, part),
+                (n - full - part_hosts, 0.0),
+            ] {
                 if count > 0.0 {
                     items.push(Item {
                         count,

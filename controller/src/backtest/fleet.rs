@@ -86,14 +86,20 @@ pub fn rates(site: &Site, kind: Kind, level: Level) -> Rates {
         Kind::Host(g) => {
             let h = &site.gpu_hosts[g];
             let serving = !matches!(level, Level::Off) || h.contract == Contract::Firm;
-            let w = if serving { h.serving_w() } else { h.drained_w() };
+            let w = if serving {
+                h.serving_w()
+            } else {
+                h.drained_w()
+            };
             let mut r = Rates {
                 draw_w: w,
                 ai_w: w,
                 ..Rates::default()
             };
             match (h.contract, serving) {
-                (Contract::Firm, _) => r.firm_usd_per_h = h.firm_usd_per_mwh.unwrap_or(0.0) * w / 1e6,
+                (Contract::Firm, _) => {
+                    r.firm_usd_per_h = h.firm_usd_per_mwh.unwrap_or(0.0) * w / 1e6
+                }
                 (Contract::Interruptible, true) => r.serving_gpus = f64::from(h.gpus),
                 (Contract::Interruptible, false) => {}
             }
@@ -209,10 +215,18 @@ impl Fleet {
             match u.kind {
                 Kind::Miner(_) => {
                     let m = &mut self.miners[u.input_index];
-                    m.state = if u.drawn == Level::Off { MinerState::Sleeping } else { MinerState::Mining };
+                    m.state = if u.drawn == Level::Off {
+                        MinerState::Sleeping
+                    } else {
+                        MinerState::Mining
+                    };
                     m.intent = Some(HeldIntent {
                         target: miner_target(u.target),
-                        phase: if moving { IntentPhase::Applied } else { IntentPhase::Confirmed },
+                        phase: if moving {
+                            IntentPhase::Applied
+                        } else {
+                            IntentPhase::Confirmed
+                        },
                     });
                     m.last_change_at = u.changed_at;
                 }
@@ -221,13 +235,19 @@ impl Fleet {
                     let h = &mut self.hosts[u.input_index];
                     let on = |l: Level| l != Level::Off;
                     h.state = if moving {
-                        HostState::Transition { to_serving: on(u.target) }
+                        HostState::Transition {
+                            to_serving: on(u.target),
+                        }
                     } else if on(u.drawn) {
                         HostState::Serving
                     } else {
                         HostState::Drained
                     };
-                    let cap = if on(u.target) { spec.gpu_power_w } else { spec.gpu_min_w };
+                    let cap = if on(u.target) {
+                        spec.gpu_power_w
+                    } else {
+                        spec.gpu_min_w
+                    };
                     for gpu in &mut h.gpus {
                         gpu.cap_w = Some(cap);
                     }
@@ -241,7 +261,9 @@ impl Fleet {
 fn miner_target(l: Level) -> MinerTarget {
     match l {
         Level::Off => MinerTarget::Sleep,
-        Level::Full => MinerTarget::Run { power_target_w: None },
+        Level::Full => MinerTarget::Run {
+            power_target_w: None,
+        },
         Level::Trim(p) => MinerTarget::Run {
             power_target_w: Some(crate::planner::phases::watts_u32(p)),
         },
@@ -252,10 +274,12 @@ fn miner_target(l: Level) -> MinerTarget {
 pub fn level_of(site: &Site, kind: Kind, to: Target) -> Option<Level> {
     Some(match (kind, to) {
         (Kind::Miner(_), Target::Miner(MinerTarget::Sleep)) => Level::Off,
-        (Kind::Miner(g), Target::Miner(MinerTarget::Run { power_target_w })) => match power_target_w {
-            Some(p) if f64::from(p) < site.miners[g].power_w - 0.5 => Level::Trim(f64::from(p)),
-            _ => Level::Full,
-        },
+        (Kind::Miner(g), Target::Miner(MinerTarget::Run { power_target_w })) => {
+            match power_target_w {
+                Some(p) if f64::from(p) < site.miners[g].power_w - 0.5 => Level::Trim(f64::from(p)),
+                _ => Level::Full,
+            }
+        }
         (Kind::Host(g), Target::Gpu { power_cap_w }) => {
             if f64::from(power_cap_w) >= site.gpu_hosts[g].gpu_power_w - 0.5 {
                 Level::Full
@@ -263,8 +287,18 @@ pub fn level_of(site: &Site, kind: Kind, to: Target) -> Option<Level> {
                 Level::Off
             }
         }
-        (Kind::Host(_), Target::Workload { state: WorkloadState::Released }) => Level::Full,
-        (Kind::Host(_), Target::Workload { state: WorkloadState::Drained }) => Level::Off,
+        (
+            Kind::Host(_),
+            Target::Workload {
+                state: WorkloadState::Released,
+            },
+        ) => Level::Full,
+        (
+            Kind::Host(_),
+            Target::Workload {
+                state: WorkloadState::Drained,
+            },
+        ) => Level::Off,
         _ => return None,
     })
 }

@@ -72,7 +72,14 @@ fn h100(count: u32, contract: Contract) -> HostGroup {
         host_base_w: 4600.0,
         contract,
         firm_usd_per_mwh: (contract == Contract::Firm).then_some(190.0),
-        group: Some(if contract == Contract::Firm { "h100-firm" } else { "h100" }.into()),
+        group: Some(
+            if contract == Contract::Firm {
+                "h100-firm"
+            } else {
+                "h100"
+            }
+            .into(),
+        ),
         transition_s: None,
     }
 }
@@ -106,8 +113,16 @@ pub fn scaled_site(devices: u32) -> Site {
         ],
         gpu_hosts: vec![h100(hosts, Contract::Interruptible)],
     };
-    let load: f64 = site.miners.iter().map(|m| f64::from(m.count) * m.power_w).sum::<f64>()
-        + site.gpu_hosts.iter().map(|h| f64::from(h.count) * h.serving_w()).sum::<f64>();
+    let load: f64 = site
+        .miners
+        .iter()
+        .map(|m| f64::from(m.count) * m.power_w)
+        .sum::<f64>()
+        + site
+            .gpu_hosts
+            .iter()
+            .map(|h| f64::from(h.count) * h.serving_w())
+            .sum::<f64>();
     site.cap_w = (load * 0.97).round();
     site.reserve_w = (load * 0.01).round();
     site
@@ -180,7 +195,8 @@ pub fn month_with_spikes(seed: u64, site: &Site) -> Result<Trace, TraceError> {
             noise = 0.85 * noise + rng.normal() * 6.0;
             hashprice = (hashprice + rng.normal() * 0.05).clamp(38.0, 52.0);
             // Low at night, a peak around 17:00.
-            let shape = 28.0 + 22.0 * (-(hour - 17.0).powi(2) / 12.0).exp() - 6.0 * (-(hour - 3.0).powi(2) / 8.0).exp();
+            let shape = 28.0 + 22.0 * (-(hour - 17.0).powi(2) / 12.0).exp()
+                - 6.0 * (-(hour - 3.0).powi(2) / 8.0).exp();
             let mut energy = shape + noise;
             let day = i / 288;
             if negative_nights[day] && (1.0..5.0).contains(&hour) {
@@ -189,7 +205,10 @@ pub fn month_with_spikes(seed: u64, site: &Site) -> Result<Trace, TraceError> {
             if let Some((_, _, p)) = spikes.iter().find(|(a, b, _)| (*a..*b).contains(&i)) {
                 energy = p * rng.range(0.8, 1.2);
             }
-            let cap_w = drs.iter().find(|(a, b, _)| (*a..*b).contains(&i)).map(|(_, _, c)| c.round());
+            let cap_w = drs
+                .iter()
+                .find(|(a, b, _)| (*a..*b).contains(&i))
+                .map(|(_, _, c)| c.round());
             TraceRow {
                 time: t,
                 hashprice_usd_per_ph_day: round2(hashprice),
@@ -246,7 +265,9 @@ fn round2(v: f64) -> f64 {
 
 /// Writes a trace as TRACE.csv.
 pub fn to_csv(trace: &Trace) -> String {
-    let mut s = String::from("time,hashprice_usd_per_ph_day,energy_usd_per_mwh,ai_usd_per_gpu_hour,ai_gpu_demand,cap_w\n");
+    let mut s = String::from(
+        "time,hashprice_usd_per_ph_day,energy_usd_per_mwh,ai_usd_per_gpu_hour,ai_gpu_demand,cap_w\n",
+    );
     for r in trace.rows() {
         s.push_str(&format!(
             "{},{},{},{},{},{}\n",

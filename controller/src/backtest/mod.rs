@@ -78,7 +78,11 @@ pub fn run(site: &Site, trace: &Trace, options: &Options) -> Report {
 /// Share of the decision value captured: (x − static) / (bound − static).
 pub fn captured(x: f64, static_site: f64, bound: f64) -> f64 {
     let span = bound - static_site;
-    if span.abs() < 1e-9 { 1.0 } else { (x - static_site) / span }
+    if span.abs() < 1e-9 {
+        1.0
+    } else {
+        (x - static_site) / span
+    }
 }
 
 impl Report {
@@ -97,10 +101,22 @@ impl Report {
             trace.start().format("%Y-%m-%d %H:%M UTC")
         ));
         line(format!("  margin            {:>14.2} USD", self.margin_usd));
-        line(format!("  mining revenue    {:>14.2} USD", self.mining_revenue_usd));
-        line(format!("  AI revenue        {:>14.2} USD", self.ai_revenue_usd));
-        line(format!("  energy cost       {:>14.2} USD", self.energy_cost_usd));
-        line(format!("  cap violations    {:>14} intervals", self.cap_violations));
+        line(format!(
+            "  mining revenue    {:>14.2} USD",
+            self.mining_revenue_usd
+        ));
+        line(format!(
+            "  AI revenue        {:>14.2} USD",
+            self.ai_revenue_usd
+        ));
+        line(format!(
+            "  energy cost       {:>14.2} USD",
+            self.energy_cost_usd
+        ));
+        line(format!(
+            "  cap violations    {:>14} intervals",
+            self.cap_violations
+        ));
         line(format!("  device switches   {:>14}", self.device_switches));
         line(format!(
             "  static site       {:>14.2} USD   (every host powered, miners in the rest of the cap)",

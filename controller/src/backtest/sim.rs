@@ -6,10 +6,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::fleet::{Fleet, Kind, Level, Rates, Unit, level_of, rates, ASSUMPTIONS};
+use super::fleet::{ASSUMPTIONS, Fleet, Kind, Level, Rates, Unit, level_of, rates};
 use super::site::Site;
 use super::{Interval, Options, Report};
-use crate::planner::{self, DemandResponse, MarketView, Plan, PlanInput, PlannerMemory, SiteLimits};
+use crate::planner::{
+    self, DemandResponse, MarketView, Plan, PlanInput, PlannerMemory, SiteLimits,
+};
 use crate::trace::{Trace, TraceRow};
 
 /// Runs of consecutive rows with the same lower cap, as the DR events the planner sees.
@@ -80,7 +82,8 @@ pub(super) fn static_levels(site: &Site, units: &[Unit], limit_w: f64) -> Vec<Le
     };
     miners.sort_by(|&a, &b| jth(a).total_cmp(&jth(b)).then(a.cmp(&b)));
     for i in miners {
-        let extra = rates(site, units[i].kind, Level::Full).draw_w - rates(site, units[i].kind, Level::Off).draw_w;
+        let extra = rates(site, units[i].kind, Level::Full).draw_w
+            - rates(site, units[i].kind, Level::Off).draw_w;
         if used + extra <= limit_w {
             used += extra;
             levels[i] = Level::Full;
@@ -202,7 +205,9 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
                     .in_phase
                     .iter()
                     .all(|&i| fleet.units[i].ends_at.is_none_or(|e| e <= t));
-                let Some(phase) = plan.phases.get(exec.next_phase) else { break };
+                let Some(phase) = plan.phases.get(exec.next_phase) else {
+                    break;
+                };
                 if !done {
                     break;
                 }
@@ -214,10 +219,15 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
                 }
                 exec.in_phase.clear();
                 for m in &phase.moves {
-                    let unit = miner_of.get(&m.device_id).or_else(|| host_of.get(&m.host_id)).copied();
+                    let unit = miner_of
+                        .get(&m.device_id)
+                        .or_else(|| host_of.get(&m.host_id))
+                        .copied();
                     let Some(ui) = unit else { continue };
                     let u = &mut fleet.units[ui];
-                    let Some(level) = level_of(site, u.kind, m.to) else { continue };
+                    let Some(level) = level_of(site, u.kind, m.to) else {
+                        continue;
+                    };
                     if level != u.target {
                         u.target = level;
                         u.changed_at = Some(t);
@@ -237,7 +247,11 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
                 exec.in_phase.dedup();
                 exec.next_phase += 1;
                 // A transition of zero seconds ends at once.
-                if exec.in_phase.iter().any(|&i| fleet.units[i].ends_at.is_some_and(|e| e <= t)) {
+                if exec
+                    .in_phase
+                    .iter()
+                    .any(|&i| fleet.units[i].ends_at.is_some_and(|e| e <= t))
+                {
                     break;
                 }
             }

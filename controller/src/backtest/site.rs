@@ -121,10 +121,16 @@ impl Site {
         let positive = |v: f64| v.is_finite() && v > 0.0;
         let non_negative = |v: f64| v.is_finite() && v >= 0.0;
         if !positive(site.cap_w) {
-            bad("cap_w".into(), format!("{} must be a number > 0", site.cap_w));
+            bad(
+                "cap_w".into(),
+                format!("{} must be a number > 0", site.cap_w),
+            );
         }
         if !non_negative(site.reserve_w) || site.reserve_w >= site.cap_w {
-            bad("reserve_w".into(), format!("{} must be >= 0 and below cap_w", site.reserve_w));
+            bad(
+                "reserve_w".into(),
+                format!("{} must be >= 0 and below cap_w", site.reserve_w),
+            );
         }
         for (i, m) in site.miners.iter().enumerate() {
             let k = |f: &str| format!("miners[{i}].{f}");
@@ -140,12 +146,18 @@ impl Site {
                 }
             }
             if !non_negative(m.sleep_w) || (positive(m.power_w) && m.sleep_w >= m.power_w) {
-                bad(k("sleep_w"), format!("{} must be >= 0 and below power_w", m.sleep_w));
+                bad(
+                    k("sleep_w"),
+                    format!("{} must be >= 0 and below power_w", m.sleep_w),
+                );
             }
             if let Some(min) = m.power_target_min_w
                 && !(positive(min) && min <= m.power_w)
             {
-                bad(k("power_target_min_w"), format!("{min} must be > 0 and at most power_w"));
+                bad(
+                    k("power_target_min_w"),
+                    format!("{min} must be > 0 and at most power_w"),
+                );
             }
             if m.transition_s.is_some_and(|s| s > 86_400) {
                 bad(k("transition_s"), "more than a day".into());
@@ -160,16 +172,28 @@ impl Site {
                 bad(k("gpus"), format!("{} must be 1..=64", h.gpus));
             }
             if !positive(h.gpu_power_w) {
-                bad(k("gpu_power_w"), format!("{} must be a number > 0", h.gpu_power_w));
+                bad(
+                    k("gpu_power_w"),
+                    format!("{} must be a number > 0", h.gpu_power_w),
+                );
             }
             if !non_negative(h.gpu_min_w) || h.gpu_min_w > h.gpu_power_w {
-                bad(k("gpu_min_w"), format!("{} must be >= 0 and at most gpu_power_w", h.gpu_min_w));
+                bad(
+                    k("gpu_min_w"),
+                    format!("{} must be >= 0 and at most gpu_power_w", h.gpu_min_w),
+                );
             }
             if !non_negative(h.host_base_w) {
-                bad(k("host_base_w"), format!("{} must be a number >= 0", h.host_base_w));
+                bad(
+                    k("host_base_w"),
+                    format!("{} must be a number >= 0", h.host_base_w),
+                );
             }
             match (h.contract, h.firm_usd_per_mwh) {
-                (Contract::Firm, None) => bad(k("firm_usd_per_mwh"), "required with contract = \"firm\"".into()),
+                (Contract::Firm, None) => bad(
+                    k("firm_usd_per_mwh"),
+                    "required with contract = \"firm\"".into(),
+                ),
                 (Contract::Firm, Some(v)) if !non_negative(v) => {
                     bad(k("firm_usd_per_mwh"), format!("{v} must be a number >= 0"));
                 }
@@ -200,7 +224,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert_eq!(e, "s.toml: line 5: miners[0].power_w: -3 must be a number > 0");
+        assert_eq!(
+            e,
+            "s.toml: line 5: miners[0].power_w: -3 must be a number > 0"
+        );
         let e = Site::parse("cap_w = 1e6\n\n[[gpu_hosts]]\ncount = 1\ngpus = 8\ngpu_power_w = 700\ngpu_min_w = 200\nhost_base_w = 4600\ncontract = \"firm\"\n", "s.toml")
             .err()
             .map(|e| e.to_string())
@@ -210,7 +237,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.starts_with("s.toml: line 2: reserve: unknown field `reserve`"), "{e}");
+        assert!(
+            e.starts_with("s.toml: line 2: reserve: unknown field `reserve`"),
+            "{e}"
+        );
         let e = Site::parse("cap_w = 1e6\n[[miners]]\ncount = \"many\"\n", "s.toml")
             .err()
             .map(|e| e.to_string())

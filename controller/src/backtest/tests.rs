@@ -103,11 +103,22 @@ fn on_a_generated_month_pivot_beats_static_stays_under_the_bound_and_the_cap() {
     let site = generate::hybrid_site();
     let trace = generate::month_with_spikes(7, &site).unwrap_or_else(|e| panic!("{e}"));
     // Two days of it (a spike and DR caps fall in them) keep the test quick.
-    let week = Trace::from_rows(trace.rows()[3 * 288..5 * 288].to_vec()).unwrap_or_else(|e| panic!("{e}"));
+    let week =
+        Trace::from_rows(trace.rows()[3 * 288..5 * 288].to_vec()).unwrap_or_else(|e| panic!("{e}"));
     let r = run(&site, &week, &Options::default());
     let s = baseline::static_site(&site, &week);
     let b = baseline::hindsight_bound(&site, &week);
     assert_eq!(r.cap_violations, 0);
-    assert!(r.margin_usd > s.margin_usd, "pivot {} static {}", r.margin_usd, s.margin_usd);
-    assert!(r.margin_usd <= b.margin_usd, "pivot {} above bound {}", r.margin_usd, b.margin_usd);
+    assert!(
+        r.margin_usd > s.margin_usd,
+        "pivot {} static {}",
+        r.margin_usd,
+        s.margin_usd
+    );
+    assert!(
+        r.margin_usd <= b.margin_usd,
+        "pivot {} above bound {}",
+        r.margin_usd,
+        b.margin_usd
+    );
 }
