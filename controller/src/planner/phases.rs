@@ -60,11 +60,12 @@ impl Builder<'_> {
         moves: Vec<Move>,
         delta_w: f64,
     ) {
+        let during = self.committed_w + delta_w.max(0.0);
+        // Without moves there is no phase, but the figure the fit planned with still holds.
+        self.committed_w += delta_w;
         if moves.is_empty() {
             return;
         }
-        let during = self.committed_w + delta_w.max(0.0);
-        self.committed_w += delta_w;
         self.phases.push(Phase {
             index: u32::try_from(self.phases.len()).unwrap_or(u32::MAX),
             kind,
@@ -166,9 +167,14 @@ pub(super) fn build(
                 }
                 Unit::Host(h) => {
                     let (caps, hand_off) = b.host_moves(h, l, d);
+                    // Caps already at their minimum: the draw falls with the drain itself.
+                    if caps.is_empty() {
+                        curtail_delta += after - l.now_w;
+                    } else {
+                        lower_delta += after - l.now_w;
+                    }
                     curtail.extend(hand_off);
                     lower_caps.extend(caps);
-                    lower_delta += after - l.now_w;
                 }
             }
         } else {
@@ -198,6 +204,7 @@ pub(super) fn build(
         let mut moves = Vec::new();
         let mut releases = Vec::new();
         let mut delta = 0.0;
+        let mut release_delta = 0.0;
         while let Some(&i) = grants.get(at) {
             let (l, d) = (&loads[i], &decisions[i]);
             let inc = l.level_power(d.level) - l.now_w;
@@ -210,6 +217,11 @@ pub(super) fn build(
                 Unit::Miner(m) => moves.push(b.miner_move(m, l, d)),
                 Unit::Host(h) => {
                     let (caps, hand_off) = b.host_moves(h, l, d);
+                    // Caps already up: whatever the host adds comes with its release.
+                    if caps.is_empty() {
+                        delta -= inc;
+                        release_delta += inc;
+                    }
                     moves.extend(caps);
                     releases.extend(hand_off);
                 }
@@ -218,7 +230,7 @@ pub(super) fn build(
         let due = first_at + Duration::minutes(i64::from(step));
         let not_before = (due > input.now).then_some(due);
         b.push(PhaseKind::Grant, not_before, moves, delta);
-        b.push(PhaseKind::ReleaseHosts, None, releases, 0.0);
+        b.push(PhaseKind::ReleaseHosts, None, releases, release_delta);
         step += 1;
     }
     let granted = (!grants.is_empty()).then_some(first_at);
