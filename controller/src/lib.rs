@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backtest;
 pub mod config;
 pub mod executor;
 pub mod fleet;
@@ -9,9 +10,11 @@ pub mod intents;
 pub mod market;
 pub mod outlook;
 pub mod overrides;
+pub mod planner;
 pub mod planview;
 pub mod policy;
 pub mod store;
+pub mod toml_lines;
 pub mod trace;
 
 use std::sync::{Arc, Mutex};

@@ -35,6 +35,27 @@ enum Command {
     },
     /// Validate a configuration file and exit.
     CheckConfig { config: PathBuf },
+    /// Run the planner over a price trace against a modelled site (docs/formats.md).
+    Backtest {
+        /// The modelled fleet (SITE.toml).
+        #[arg(long)]
+        site: PathBuf,
+        /// One row per interval (TRACE.csv).
+        #[arg(long)]
+        trace: PathBuf,
+        /// Policy document (default: the built-in policy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long ahead the planner hears of a trace's lower cap (e.g. 10m, 600s, 1h).
+        #[arg(long, default_value = "10m", value_parser = pivot_controller::backtest::parse_duration)]
+        dr_notice: chrono::Duration,
+        /// Replanning timer besides every trace row.
+        #[arg(long, default_value = "60s", value_parser = pivot_controller::backtest::parse_duration)]
+        replan_every: chrono::Duration,
+    },
 }
 
 async fn shutdown_signal() {
@@ -111,6 +132,21 @@ async fn main() -> std::process::ExitCode {
                 );
             })
             .map_err(Into::into),
+        Command::Backtest {
+            site,
+            trace,
+            policy,
+            json,
+            dr_notice,
+            replan_every,
+        } => backtest(
+            &site,
+            &trace,
+            policy.as_deref(),
+            json,
+            dr_notice,
+            replan_every,
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -154,4 +190,48 @@ async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()
         config.store.path.display()
     );
     run(config).await
+}
+
+fn backtest(
+    site: &std::path::Path,
+    trace: &std::path::Path,
+    policy: Option<&std::path::Path>,
+    json: bool,
+    dr_notice: chrono::Duration,
+    replan_every: chrono::Duration,
+) -> anyhow::Result<()> {
+    use pivot_controller::backtest::{self, baseline};
+    let site = backtest::Site::load(site)?;
+    let trace = pivot_controller::trace::Trace::load(trace)?;
+    let policy = match policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading policy {}", path.display()))?;
+            pivot_controller::policy::validate(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.join("; ")))?
+        }
+        None => pivot_controller::policy::validate(pivot_controller::policy::DEFAULT_POLICY)
+            .map_err(|e| anyhow::anyhow!("built-in policy: {}", e.join("; ")))?,
+    };
+    let options = backtest::Options {
+        policy,
+        dr_notice,
+        replan_every,
+    };
+    let report = backtest::run(&site, &trace, &options);
+    let static_site = baseline::static_site(&site, &trace);
+    let bound = baseline::hindsight_bound(&site, &trace);
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "baselines".into(),
+                serde_json::json!({ "static_site": static_site, "hindsight_bound": bound }),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", report.summary(&trace, &static_site, &bound));
+    }
+    Ok(())
 }

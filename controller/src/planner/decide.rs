@@ -1,0 +1,426 @@
+//! The decision: the cap in force, which GPU hosts AI demand keeps, what each load wants on its
+//! margin (floor, band, dwell), and the merit-order fit under the cap.
+
+use chrono::Duration;
+
+use super::input::{AiContract, PlanInput};
+use super::loads::{Fixed, Level, Load, Unit};
+use super::output::{CapSource, Limit, PlanMode, Reason, Warning};
+use crate::policy::{SafeAction, ScheduleEffect};
+
+/// The cap in force now: the site's, the lowest DR target due within the shed lead, the lowest
+/// schedule window cap; each less the reserve.
+pub(super) fn limit(input: &PlanInput, schedule: &ScheduleEffect) -> Limit {
+    let lead =
+        Duration::seconds(i64::try_from(input.policy.economic.shed_lead_s).unwrap_or(i64::MAX));
+    let mut cap_w = input.site.cap_w;
+    let mut source = CapSource::Site;
+    for e in &input.demand_response {
+        let starts = e.deadline.checked_sub_signed(lead).unwrap_or(e.deadline);
+        let valid = e.target_power_w.is_finite() && e.target_power_w >= 0.0;
+        if valid && input.now >= starts && input.now < e.ends_at && e.target_power_w < cap_w {
+            cap_w = e.target_power_w;
+            source = CapSource::DemandResponse {
+                event_id: e.event_id.clone(),
+            };
+        }
+    }
+    if let Some((cap, window)) = &schedule.cap
+        && *cap < cap_w
+    {
+        cap_w = *cap;
+        source = CapSource::Schedule {
+            window: window.clone(),
+        };
+    }
+    let reserve_w = input.site.reserve_w.max(0.0);
+    Limit {
+        cap_w,
+        reserve_w,
+        limit_w: cap_w - reserve_w,
+        source,
+    }
+}
+
+/// Chooses the interruptible hosts AI demand keeps (demand + buffer, the most needed over the
+/// drain delay) and sets each host's value. Returns the hosts kept.
+pub(super) fn select_ai_hosts(
+    input: &PlanInput,
+    loads: &mut [Load],
+    host_loads: &[usize],
+) -> (u32, Vec<(chrono::DateTime<chrono::Utc>, u32)>) {
+    let e = &input.policy.economic;
+    let Some(market) = input.market else {
+        return (0, input.memory.ai_hosts_needed.clone());
+    };
+    let price = market
+        .ai_usd_per_gpu_hour
+        .unwrap_or(e.ai_spot_price_usd_per_gpu_hour);
+    let gpus = |l: &Load| match l.unit {
+        Unit::Host(h) => u32::try_from(input.gpu_hosts[h].gpus.len()).unwrap_or(u32::MAX),
+        Unit::Miner(_) => 0,
+    };
+    let is_interruptible = |l: &Load| match l.unit {
+        Unit::Host(h) => input.gpu_hosts[h].contract == AiContract::Interruptible,
+        Unit::Miner(_) => false,
+    };
+    let mut remaining = market.ai_gpu_demand.unwrap_or(u32::MAX);
+    // Fixed hosts that serve take demand first: they serve anyway.
+    for &li in host_loads {
+        let l = &mut loads[li];
+        let serving = match l.fixed {
+            Some(Fixed::Hold) => l.level_now.is_on(),
+            Some(Fixed::Pin(level)) => level.is_on(),
+            _ => false,
+        };
+        if serving && is_interruptible(l) {
+            l.gpus_in_demand = gpus(l).min(remaining);
+            remaining -= l.gpus_in_demand;
+        }
+    }
+    // Candidates: those serving first (no move to keep them), then the cheapest draw per GPU.
+    let mut candidates: Vec<usize> = host_loads
+        .iter()
+        .copied()
+        .filter(|&li| loads[li].fixed.is_none() && is_interruptible(&loads[li]))
+        .collect();
+    candidates.sort_by(|&a, &b| {
+        let (la, lb) = (&loads[a], &loads[b]);
+        let per_gpu = |l: &Load| l.full_w / f64::from(gpus(l).max(1));
+        lb.level_now
+            .is_on()
+            .cmp(&la.level_now.is_on())
+            .then(per_gpu(la).total_cmp(&per_gpu(lb)))
+            .then(a.cmp(&b))
+    });
+    let mut needed = 0u32;
+    let mut covered = remaining;
+    for &li in &candidates {
+        if covered == 0 {
+            break;
+        }
+        needed += 1;
+        covered = covered.saturating_sub(gpus(&loads[li]));
+    }
+    needed = needed.saturating_add(e.ai_buffer_hosts);
+    let delay = Duration::seconds(i64::try_from(e.ai_drain_delay_s).unwrap_or(i64::MAX));
+    let since = input.now.checked_sub_signed(delay).unwrap_or(input.now);
+    let mut history: Vec<_> = input
+        .memory
+        .ai_hosts_needed
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t > since && *t < input.now)
+        .collect();
+    history.push((input.now, needed));
+    let kept = history.iter().map(|(_, n)| *n).max().unwrap_or(needed);
+    for (rank, &li) in candidates.iter().enumerate() {
+        let l = &mut loads[li];
+        let n = gpus(l);
+        l.selected = u32::try_from(rank).unwrap_or(u32::MAX) < kept;
+        if l.selected {
+            l.gpus_in_demand = n.min(remaining);
+            remaining -= l.gpus_in_demand;
+        }
+    }
+    for &li in host_loads {
+        let l = &mut loads[li];
+        let mw = l.full_w / 1e6;
+        if let Unit::Host(h) = l.unit {
+            match input.gpu_hosts[h].contract {
+                AiContract::Firm { usd_per_mwh } => {
+                    l.value_usd_per_mwh = usd_per_mwh;
+                    l.potential_usd_per_mwh = usd_per_mwh;
+                }
+                AiContract::Interruptible if mw > 0.0 => {
+                    l.value_usd_per_mwh = price * f64::from(l.gpus_in_demand) / mw;
+                    l.potential_usd_per_mwh = price * f64::from(gpus(l)) / mw;
+                }
+                AiContract::Interruptible => {}
+            }
+        }
+    }
+    (kept, history)
+}
+
+/// What a load would do on its own, before the cap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Want {
+    pub on: bool,
+    /// Why it is off when it wants off.
+    pub off_reason: Option<Reason>,
+    /// Why it runs when it wants on (for a load that starts).
+    pub on_reason: Reason,
+    /// Margin per MWh the fit ranks it by (band bonus for a load already on).
+    pub rank: f64,
+    pub margin_usd_per_mwh: f64,
+}
+
+pub(super) struct Context<'a> {
+    pub input: &'a PlanInput,
+    pub mode: PlanMode,
+    pub schedule: &'a ScheduleEffect,
+    pub ai_demand: Option<u32>,
+    pub hosts_kept: u32,
+}
+
+pub(super) fn mode(input: &PlanInput) -> PlanMode {
+    match (input.market, input.policy.market_failure.action) {
+        (None, SafeAction::Hold) => PlanMode::SafeHold,
+        (None, SafeAction::CurtailMining) => PlanMode::SafeCurtailMining,
+        (Some(_), _) if !input.policy.economic.enabled => PlanMode::EconomicDisabled,
+        (Some(_), _) => PlanMode::Economic,
+    }
+}
+
+pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
+    let input = cx.input;
+    let e = &input.policy.economic;
+    let energy = input.market.map_or(0.0, |m| m.energy_usd_per_mwh);
+    let on_now = l.level_now.is_on();
+    let half_band = e.hysteresis_usd_per_mwh / 2.0;
+    let group = match l.unit {
+        Unit::Miner(i) => input.miners[i].group.as_str(),
+        Unit::Host(i) => input.gpu_hosts[i].group.as_str(),
+    };
+    let scheduled_off = (l.is_miner() && cx.schedule.curtail_mining.is_some())
+        || cx.schedule.curtail_groups.iter().any(|(g, _)| g == group);
+    // A host AI demand keeps but has no work for (buffer, drain delay) is worth what it
+    // will earn when work comes; one it does not keep is worth nothing.
+    let is_buffer = !l.is_miner() && l.selected && l.gpus_in_demand == 0;
+    let value = if is_buffer {
+        l.potential_usd_per_mwh
+    } else {
+        l.value_usd_per_mwh
+    };
+    let margin = value - energy;
+    let bonus = if on_now { half_band } else { -half_band };
+    let threshold = e.min_margin_usd_per_mwh - bonus;
+    let economic = Reason::Economic {
+        value_usd_per_mwh: value,
+        energy_usd_per_mwh: energy,
+        margin_usd_per_mwh: margin,
+        threshold_usd_per_mwh: threshold,
+    };
+    let demand = Reason::AiDemand {
+        demand_gpus: cx.ai_demand,
+        hosts_kept: cx.hosts_kept,
+    };
+    let mut w = Want {
+        on: on_now,
+        off_reason: None,
+        on_reason: if l.is_miner() { economic } else { demand },
+        rank: if input.market.is_some() {
+            // Hosts are ranked on what they are worth with work: a buffer host is kept for
+            // the demand it will take, not for the none it has now.
+            (if l.selected {
+                l.potential_usd_per_mwh.max(value)
+            } else {
+                value
+            }) - energy
+                + bonus
+        } else if l.is_miner() {
+            -l.j_per_th
+        } else {
+            f64::MAX
+        },
+        margin_usd_per_mwh: margin,
+    };
+    if scheduled_off {
+        w.on = false;
+        w.off_reason = Some(Reason::Schedule);
+        return w;
+    }
+    match cx.mode {
+        PlanMode::SafeCurtailMining if l.is_miner() => {
+            w.on = false;
+            w.off_reason = Some(Reason::SafeMode);
+        }
+        PlanMode::SafeHold | PlanMode::SafeCurtailMining | PlanMode::EconomicDisabled => {}
+        PlanMode::Economic if !l.may_move => {}
+        PlanMode::Economic => {
+            w.on = margin >= threshold;
+            let unwanted = !l.is_miner() && !l.selected && l.fixed.is_none();
+            w.off_reason = Some(if unwanted { demand } else { economic });
+        }
+    }
+    if !w.on && w.off_reason.is_none() {
+        w.off_reason = Some(economic);
+    }
+    w
+}
+
+/// A load's decided level and why it moves (if it does).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Decision {
+    pub level: Level,
+    pub reason: Reason,
+}
+
+/// The fit's outcome.
+pub(super) struct Fit {
+    pub decisions: Vec<Decision>,
+    pub warnings: Vec<Warning>,
+    pub lowest_achievable_w: f64,
+}
+
+fn trim_to(l: &Load, room_w: f64) -> Option<f64> {
+    if l.min_on_w >= l.full_w {
+        return None;
+    }
+    let mut p = room_w.min(l.full_w);
+    if let Some(step) = l.step_w {
+        p = l.min_on_w + ((p - l.min_on_w) / step).floor() * step;
+    } else {
+        p = p.floor();
+    }
+    (p >= l.min_on_w && p < l.full_w).then_some(p)
+}
+
+/// Firm and pinned loads first; then the rest in merit order while the cap allows (a miner with
+/// a power target trimmed to fit). No load that is off is turned on in a safe-hold plan.
+pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) -> Fit {
+    let mut decisions: Vec<Decision> = loads
+        .iter()
+        .map(|l| Decision {
+            level: l.level_now,
+            reason: Reason::Pin,
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    // What each load costs if left off: a load that is off and stays so keeps its committed
+    // figure (a curtailment still in flight counts at the higher end); one turned off counts at
+    // its off power once the release is confirmed, which grants wait for.
+    let off_cost = |l: &Load| {
+        if l.level_now.is_on() {
+            l.off_w
+        } else {
+            l.now_w
+        }
+    };
+    let cost_at = |l: &Load, level: Level| {
+        if level.same_as(l.level_now) {
+            l.now_w
+        } else {
+            l.level_power(level)
+        }
+    };
+    let mut used = 0.0;
+    let mut grants: Vec<(usize, Level, Reason)> = Vec::new();
+    for (i, l) in loads.iter().enumerate() {
+        match l.fixed {
+            None => used += off_cost(l),
+            Some(Fixed::Hold) => used += l.now_w,
+            Some(Fixed::Pin(_) | Fixed::Firm) => {
+                let (level, reason) = match l.fixed {
+                    Some(Fixed::Pin(level)) => (level, Reason::Pin),
+                    _ => (Level::Full, Reason::Firm),
+                };
+                let target = cost_at(l, level);
+                if target <= l.now_w || level.same_as(l.level_now) {
+                    used += target;
+                    decisions[i] = Decision { level, reason };
+                } else {
+                    used += l.now_w;
+                    grants.push((i, level, reason));
+                }
+            }
+        }
+    }
+    let lowest_achievable_w = used;
+    let mut budget = limit_w - used;
+    let mut held = (0u32, 0.0);
+    for (i, level, reason) in grants {
+        let l = &loads[i];
+        let extra = cost_at(l, level) - l.now_w;
+        let safe = matches!(mode, PlanMode::SafeHold | PlanMode::SafeCurtailMining);
+        if extra <= budget && !safe {
+            budget -= extra;
+            decisions[i] = Decision { level, reason };
+        } else {
+            held.0 += 1;
+            held.1 += extra;
+        }
+    }
+    if held.0 > 0 {
+        warnings.push(Warning::HeldBackOverCap {
+            devices: held.0,
+            power_w: held.1,
+        });
+    }
+    // Sort (rank, index) pairs once: contiguous keys sort far faster than indices into loads.
+    let mut order: Vec<(f64, usize)> = (0..loads.len())
+        .filter(|&i| loads[i].fixed.is_none())
+        .map(|i| (wants[i].rank, i))
+        .collect();
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in order {
+        let (l, w) = (&loads[i], &wants[i]);
+        let off = off_cost(l);
+        let off_decision = Decision {
+            level: Level::Off,
+            reason: w.off_reason.unwrap_or(Reason::Pin),
+        };
+        if !w.on {
+            decisions[i] = off_decision;
+            continue;
+        }
+        // Stay at the level it has (a trimmed miner stays trimmed in a hold), or go to full.
+        let hold_level = matches!(
+            mode,
+            PlanMode::SafeHold | PlanMode::SafeCurtailMining | PlanMode::EconomicDisabled
+        ) || !l.may_move;
+        let goal = if hold_level && l.level_now.is_on() {
+            l.level_now
+        } else {
+            Level::Full
+        };
+        let extra = cost_at(l, goal) - off;
+        let starts = !l.level_now.is_on();
+        let on_reason = if starts {
+            w.on_reason
+        } else {
+            Reason::Restore {
+                margin_usd_per_mwh: w.margin_usd_per_mwh,
+            }
+        };
+        let cap_reason = Reason::Cap {
+            limit_w,
+            margin_usd_per_mwh: w.margin_usd_per_mwh,
+        };
+        if starts && matches!(mode, PlanMode::SafeHold | PlanMode::SafeCurtailMining) {
+            decisions[i] = off_decision;
+        } else if extra <= budget {
+            budget -= extra;
+            decisions[i] = Decision {
+                level: goal,
+                reason: on_reason,
+            };
+        } else if let Some(p) = trim_to(l, budget + off).filter(|p| {
+            // Holding, a miner may be trimmed down, never up.
+            !hold_level || (!starts && *p <= l.level_power(l.level_now))
+        }) {
+            budget -= p - off;
+            decisions[i] = Decision {
+                level: Level::Trim(p),
+                reason: cap_reason,
+            };
+        } else {
+            decisions[i] = Decision {
+                level: Level::Off,
+                reason: cap_reason,
+            };
+        }
+    }
+    if lowest_achievable_w > limit_w {
+        warnings.push(Warning::LimitUnreachable {
+            limit_w,
+            achievable_w: lowest_achievable_w,
+        });
+    }
+    Fit {
+        decisions,
+        warnings,
+        lowest_achievable_w,
+    }
+}

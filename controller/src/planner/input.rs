@@ -1,0 +1,173 @@
+//! The planner's view of the site: plain owned values (ids as Strings, power in W as f64,
+//! unknowns as `None`, times as chrono) that the caller maps from the registry, the market
+//! sources, the store and the API. Nothing here knows about the wire or the registry.
+
+use chrono::{DateTime, Utc};
+use pivot_proto::model::{IntentPhase, MinerState, MinerTarget};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::Assumptions;
+use crate::policy::PolicyDocument;
+
+use super::output::PlannerMemory;
+
+/// Everything one call of [`super::plan`] decides from.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    /// The planner's "now": dwell, schedule windows, DR deadlines and ramp batches count from it.
+    pub now: DateTime<Utc>,
+    pub site: SiteLimits,
+    /// Demand-response events not yet ended (the lowest target in force wins).
+    pub demand_response: Vec<DemandResponse>,
+    /// `None`: no usable market reading (stale, failing or implausible source): the policy's
+    /// market-failure action runs and no load is added.
+    pub market: Option<MarketView>,
+    pub policy: PolicyDocument,
+    /// What to assume where a miner tells nothing (the controller's `agents` config).
+    pub assumptions: Assumptions,
+    pub miners: Vec<MinerUnit>,
+    pub gpu_hosts: Vec<GpuHostUnit>,
+    /// What the previous plan left for this one ([`super::Plan::memory`]); default at first.
+    pub memory: PlannerMemory,
+}
+
+/// The site's grid connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SiteLimits {
+    pub cap_w: f64,
+    /// Kept free below every cap in force.
+    pub reserve_w: f64,
+}
+
+/// Reach `target_power_w` by `deadline` and hold it until `ends_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemandResponse {
+    pub event_id: String,
+    pub target_power_w: f64,
+    pub deadline: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+/// The market as the planner sees it; every figure already checked by its source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MarketView {
+    pub hashprice_usd_per_ph_day: f64,
+    /// May be negative.
+    pub energy_usd_per_mwh: f64,
+    /// Interruptible GPU capacity; `None` = the policy's `ai_spot_price_usd_per_gpu_hour`.
+    pub ai_usd_per_gpu_hour: Option<f64>,
+    /// GPUs the AI side can use now; `None` = all GPUs want work.
+    pub ai_gpu_demand: Option<u32>,
+}
+
+/// A miner's intent as the controller last sent it, and how far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldIntent<T> {
+    pub target: T,
+    pub phase: IntentPhase,
+}
+
+impl<T> HeldIntent<T> {
+    /// Sent and not yet confirmed, or failed: the device may be at either end.
+    pub fn unconfirmed(&self) -> bool {
+        self.phase != IntentPhase::Confirmed
+    }
+}
+
+/// A miner's power-target capability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PowerTargetRange {
+    pub min_w: f64,
+    pub max_w: f64,
+    /// Targets are multiples of this above `min_w`; `None` = any watt.
+    pub step_w: Option<f64>,
+}
+
+/// One miner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinerUnit {
+    pub device_id: String,
+    pub host_id: String,
+    pub model: String,
+    pub group: String,
+    pub nameplate_power_w: Option<f64>,
+    pub nameplate_hashrate_ths: Option<f64>,
+    /// Last measured mining efficiency (survives sleep).
+    pub efficiency_j_per_th: Option<f64>,
+    /// Draw asleep; `None` = the assumption.
+    pub sleep_power_w: Option<f64>,
+    pub state: MinerState,
+    pub measured_power_w: Option<f64>,
+    /// Reachable with a fresh reading.
+    pub seen: bool,
+    pub power_target: Option<PowerTargetRange>,
+    pub intent: Option<HeldIntent<MinerTarget>>,
+    /// When its intent last changed (dwell counts from here).
+    pub last_change_at: Option<DateTime<Utc>>,
+    pub protected: bool,
+    /// Operator override: the miner is held at this target.
+    pub pin: Option<MinerTarget>,
+}
+
+/// One GPU of a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuUnit {
+    pub device_id: String,
+    pub min_cap_w: f64,
+    pub max_cap_w: f64,
+    /// Cap when the host serves AI (config); clamped to min..max.
+    pub full_service_cap_w: f64,
+    /// Enforced cap now; `None` = unknown (counts at `max_cap_w`).
+    pub cap_w: Option<f64>,
+}
+
+/// Where a GPU host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    Serving,
+    Drained,
+    /// On its way; `to_serving` says which way.
+    Transition {
+        to_serving: bool,
+    },
+    Unseen,
+}
+
+/// How the AI side pays for a host.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AiContract {
+    /// Spot / interruptible: worth the GPU-hour price for GPUs within demand.
+    Interruptible,
+    /// Take-or-pay: always powered.
+    Firm { usd_per_mwh: f64 },
+}
+
+/// An override on a GPU host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostPin {
+    Serve,
+    Drain,
+}
+
+/// One GPU host: the unit that serves AI or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuHostUnit {
+    pub host_id: String,
+    pub group: String,
+    pub gpus: Vec<GpuUnit>,
+    /// CPUs, memory, NICs, fans: drawn whatever the GPUs do.
+    pub base_power_w: f64,
+    /// The host's maximum draw if configured (counts when unseen).
+    pub max_power_w: Option<f64>,
+    pub measured_power_w: Option<f64>,
+    /// The workload hand-off device (`host/<host_id>`), when a workload manager is configured.
+    pub workload_device_id: Option<String>,
+    pub contract: AiContract,
+    pub state: HostState,
+    pub last_change_at: Option<DateTime<Utc>>,
+    pub protected: bool,
+    pub pin: Option<HostPin>,
+}

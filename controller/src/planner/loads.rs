@@ -1,0 +1,281 @@
+//! Each controllable unit reduced to the figures the merit order needs: its committed power now
+//! (DESIGN.md invariant 1 and 3), off and on, its value per MWh, and what it may not do.
+//! One pass over the fleet; no strings are copied.
+
+use chrono::{DateTime, Duration, Utc};
+use pivot_proto::model::{IntentPhase, MinerState, MinerTarget};
+
+use super::input::{AiContract, GpuHostUnit, HostPin, HostState, MinerUnit, PlanInput};
+
+/// A miner's or host's power level: what a move changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Level {
+    Off,
+    Full,
+    /// A miner at a power target below its maximum, W.
+    Trim(f64),
+}
+
+impl Level {
+    pub(super) fn same_as(self, other: Level) -> bool {
+        match (self, other) {
+            (Level::Trim(a), Level::Trim(b)) => (a - b).abs() < 1.0,
+            (a, b) => std::mem::discriminant(&a) == std::mem::discriminant(&b),
+        }
+    }
+
+    pub(super) fn is_on(self) -> bool {
+        !matches!(self, Level::Off)
+    }
+}
+
+/// Why the planner may not choose a unit's level.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Fixed {
+    /// Unseen, faulted, of unknown state, or protected: stays as it is, at its committed power.
+    Hold,
+    /// Operator override.
+    Pin(Level),
+    /// Firm AI contract: serves.
+    Firm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unit {
+    Miner(usize),
+    Host(usize),
+}
+
+/// The figures of one unit.
+#[derive(Debug, Clone)]
+pub(super) struct Load {
+    pub unit: Unit,
+    /// The level it is at or heading to (its intent, else its observed state).
+    pub level_now: Level,
+    /// Committed now: in transition at the higher of before and after, unseen at maximum.
+    pub now_w: f64,
+    /// Committed once off (asleep / drained) and confirmed.
+    pub off_w: f64,
+    /// Committed once on at full and confirmed.
+    pub full_w: f64,
+    /// Lowest power target (miners with a range), else `full_w`.
+    pub min_on_w: f64,
+    pub step_w: Option<f64>,
+    /// Gross value of running it, USD/MWh of its draw (miners: hashprice / efficiency; hosts:
+    /// GPU-hours within demand; firm: the contract rate).
+    pub value_usd_per_mwh: f64,
+    /// Hosts: value if every GPU had work (what a buffer host is worth when demand comes).
+    pub potential_usd_per_mwh: f64,
+    /// Hosts: GPUs within AI demand on this host.
+    pub gpus_in_demand: u32,
+    pub fixed: Option<Fixed>,
+    /// Dwell passed and no intent in flight: economic moves allowed.
+    pub may_move: bool,
+    /// Hosts: among those AI demand (plus buffer, through the drain delay) keeps.
+    pub selected: bool,
+    /// Miners' efficiency, J/TH (ranks miners when prices are unknown).
+    pub j_per_th: f64,
+}
+
+impl Load {
+    pub(super) fn level_power(&self, level: Level) -> f64 {
+        match level {
+            Level::Off => self.off_w,
+            Level::Full => self.full_w,
+            Level::Trim(w) => w,
+        }
+    }
+
+    pub(super) fn is_miner(&self) -> bool {
+        matches!(self.unit, Unit::Miner(_))
+    }
+}
+
+fn positive(v: Option<f64>) -> Option<f64> {
+    v.filter(|w| w.is_finite() && *w > 0.0)
+}
+
+fn non_negative(v: Option<f64>) -> Option<f64> {
+    v.filter(|w| w.is_finite() && *w >= 0.0)
+}
+
+fn dwell_passed(last: Option<DateTime<Utc>>, now: DateTime<Utc>, dwell: Duration) -> bool {
+    last.is_none_or(|t| now.signed_duration_since(t) >= dwell)
+}
+
+pub(super) fn dwell(input: &PlanInput) -> Duration {
+    Duration::seconds(i64::try_from(input.policy.economic.min_dwell_s).unwrap_or(i64::MAX))
+}
+
+/// Efficiency a miner is ranked and valued at.
+pub(super) fn miner_j_per_th(m: &MinerUnit, unknown: f64) -> f64 {
+    positive(m.efficiency_j_per_th)
+        .or_else(|| Some(positive(m.nameplate_power_w)? / positive(m.nameplate_hashrate_ths)?))
+        .unwrap_or(unknown)
+}
+
+fn miner_level(target: MinerTarget, full_w: f64) -> Level {
+    match target {
+        MinerTarget::Sleep => Level::Off,
+        MinerTarget::Run {
+            power_target_w: None,
+        } => Level::Full,
+        MinerTarget::Run {
+            power_target_w: Some(w),
+        } => {
+            let w = f64::from(w);
+            if w >= full_w - 0.5 {
+                Level::Full
+            } else {
+                Level::Trim(w)
+            }
+        }
+    }
+}
+
+pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: f64) -> Load {
+    let a = &input.assumptions;
+    let range = m.power_target.filter(|r| {
+        r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w
+    });
+    let measured = non_negative(m.measured_power_w);
+    let full_w = [positive(m.nameplate_power_w), range.map(|r| r.max_w)]
+        .into_iter()
+        .flatten()
+        .fold(None, |acc: Option<f64>, w| {
+            Some(acc.map_or(w, |a| a.max(w)))
+        })
+        .unwrap_or(a.unknown_miner_max_w);
+    let off_w = non_negative(m.sleep_power_w)
+        .unwrap_or(a.sleeping_miner_w)
+        .min(full_w);
+    let observed_level = match m.state {
+        MinerState::Mining | MinerState::Ramping => Some(Level::Full),
+        MinerState::Sleeping => Some(Level::Off),
+        MinerState::Faulted | MinerState::Unknown => None,
+    };
+    let level_now = match m.intent {
+        Some(i) => miner_level(i.target, full_w),
+        None => observed_level.unwrap_or(Level::Full),
+    };
+    let power = |l: Level| match l {
+        Level::Off => off_w,
+        Level::Full => full_w,
+        Level::Trim(w) => w,
+    };
+    let controllable = m.seen && observed_level.is_some();
+    let now_w = if !controllable {
+        full_w.max(measured.unwrap_or(0.0))
+    } else {
+        let observed_w = power(observed_level.unwrap_or(Level::Full));
+        let target_w = power(level_now);
+        let settled = m.intent.is_none_or(|i| !i.unconfirmed());
+        let w = if settled {
+            target_w
+        } else {
+            target_w.max(observed_w)
+        };
+        // A reading above the plan's figure is believed; a low one is not (a miner that should
+        // draw may read 0 W while it ramps).
+        w.max(measured.unwrap_or(0.0))
+    };
+    let protected = m.protected || input.policy.protected.covers(&m.device_id, &m.group);
+    let fixed = if !controllable || protected {
+        Some(Fixed::Hold)
+    } else {
+        m.pin.map(|p| Fixed::Pin(miner_level(p, full_w)))
+    };
+    let in_flight = m
+        .intent
+        .is_some_and(|i| matches!(i.phase, IntentPhase::Pending | IntentPhase::Applied));
+    let j_per_th = miner_j_per_th(m, input.policy.economic.unknown_miner_j_per_th);
+    let value = hashprice * 1000.0 / (24.0 * j_per_th);
+    let (min_on_w, step_w) = match range {
+        Some(r) => (r.min_w.min(full_w), positive(r.step_w)),
+        None => (full_w, None),
+    };
+    Load {
+        unit: Unit::Miner(i),
+        level_now,
+        now_w,
+        off_w,
+        full_w,
+        min_on_w,
+        step_w,
+        value_usd_per_mwh: value,
+        potential_usd_per_mwh: value,
+        gpus_in_demand: 0,
+        fixed,
+        may_move: !in_flight && dwell_passed(m.last_change_at, input.now, dwell(input)),
+        selected: false,
+        j_per_th,
+    }
+}
+
+/// GPU caps at a level, clamped to each GPU's range.
+fn host_power(h: &GpuHostUnit, serve: bool) -> f64 {
+    h.base_power_w
+        + h.gpus
+            .iter()
+            .map(|g| {
+                if serve {
+                    g.full_service_cap_w
+                        .clamp(g.min_cap_w, g.max_cap_w.max(g.min_cap_w))
+                } else {
+                    g.min_cap_w
+                }
+            })
+            .sum::<f64>()
+}
+
+pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
+    let full_w = host_power(h, true);
+    let off_w = host_power(h, false);
+    let max_w = (h.base_power_w + h.gpus.iter().map(|g| g.max_cap_w).sum::<f64>())
+        .max(positive(h.max_power_w).unwrap_or(0.0));
+    let caps_now = h.base_power_w
+        + h.gpus
+            .iter()
+            .map(|g| non_negative(g.cap_w).unwrap_or(g.max_cap_w))
+            .sum::<f64>();
+    let measured = non_negative(h.measured_power_w).unwrap_or(0.0);
+    let (level_now, now_w) = match h.state {
+        HostState::Serving => (Level::Full, caps_now.max(measured)),
+        HostState::Drained => (Level::Off, caps_now.max(measured)),
+        HostState::Transition { to_serving } => (
+            if to_serving { Level::Full } else { Level::Off },
+            caps_now.max(full_w).max(measured),
+        ),
+        HostState::Unseen => (Level::Full, max_w.max(measured)),
+    };
+    let protected = h.protected || input.policy.protected.covers(&h.host_id, &h.group);
+    let fixed = if h.state == HostState::Unseen || protected {
+        Some(Fixed::Hold)
+    } else if let Some(pin) = h.pin {
+        Some(Fixed::Pin(match pin {
+            HostPin::Serve => Level::Full,
+            HostPin::Drain => Level::Off,
+        }))
+    } else if matches!(h.contract, AiContract::Firm { .. }) {
+        Some(Fixed::Firm)
+    } else {
+        None
+    };
+    let in_flight = matches!(h.state, HostState::Transition { .. });
+    Load {
+        unit: Unit::Host(i),
+        level_now,
+        now_w,
+        off_w,
+        full_w,
+        min_on_w: full_w,
+        step_w: None,
+        value_usd_per_mwh: 0.0,
+        potential_usd_per_mwh: 0.0,
+        gpus_in_demand: 0,
+        fixed,
+        may_move: !in_flight && dwell_passed(h.last_change_at, input.now, dwell(input)),
+        selected: false,
+        j_per_th: 0.0,
+    }
+}

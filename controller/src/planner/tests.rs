@@ -1,0 +1,622 @@
+//! Unit tests of each planning rule, on small fleets worked out by hand.
+
+use chrono::{DateTime, Duration, Utc};
+use pivot_proto::model::{IntentPhase, MinerState, MinerTarget, Target, WorkloadState};
+
+use super::*;
+use crate::fleet::Assumptions;
+use crate::policy::{self, PolicyDocument};
+
+pub(super) fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-07-01T12:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// A mining, seen, confirmed miner of a model with nameplate power and hashrate.
+pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit {
+    MinerUnit {
+        device_id: id.into(),
+        host_id: "agent-1".into(),
+        model: model.into(),
+        group: "default".into(),
+        nameplate_power_w: Some(power_w),
+        nameplate_hashrate_ths: Some(ths),
+        efficiency_j_per_th: None,
+        sleep_power_w: Some(0.0),
+        state: MinerState::Mining,
+        measured_power_w: None,
+        seen: true,
+        power_target: None,
+        intent: Some(HeldIntent {
+            target: MinerTarget::Run {
+                power_target_w: None,
+            },
+            phase: IntentPhase::Confirmed,
+        }),
+        last_change_at: None,
+        protected: false,
+        pin: None,
+    }
+}
+
+pub(super) fn s19jpro(id: &str) -> MinerUnit {
+    miner(id, "S19j Pro", 3068.0, 104.0)
+}
+pub(super) fn s21(id: &str) -> MinerUnit {
+    miner(id, "S21", 3500.0, 200.0)
+}
+
+pub(super) fn asleep(mut m: MinerUnit) -> MinerUnit {
+    m.state = MinerState::Sleeping;
+    m.intent = Some(HeldIntent {
+        target: MinerTarget::Sleep,
+        phase: IntentPhase::Confirmed,
+    });
+    m
+}
+
+/// An 8×H100 host: base 4.6 kW, caps 200–700 W.
+pub(super) fn h100_host(id: &str, serving: bool) -> GpuHostUnit {
+    let cap = if serving { 700.0 } else { 200.0 };
+    GpuHostUnit {
+        host_id: id.into(),
+        group: "gpu".into(),
+        gpus: (0..8)
+            .map(|g| GpuUnit {
+                device_id: format!("{id}-gpu{g}"),
+                min_cap_w: 200.0,
+                max_cap_w: 700.0,
+                full_service_cap_w: 700.0,
+                cap_w: Some(cap),
+            })
+            .collect(),
+        base_power_w: 4600.0,
+        max_power_w: None,
+        measured_power_w: None,
+        workload_device_id: Some(format!("host/{id}")),
+        contract: AiContract::Interruptible,
+        state: if serving {
+            HostState::Serving
+        } else {
+            HostState::Drained
+        },
+        last_change_at: None,
+        protected: false,
+        pin: None,
+    }
+}
+
+pub(super) fn market(hashprice: f64, energy: f64, demand: Option<u32>) -> MarketView {
+    MarketView {
+        hashprice_usd_per_ph_day: hashprice,
+        energy_usd_per_mwh: energy,
+        ai_usd_per_gpu_hour: Some(2.0),
+        ai_gpu_demand: demand,
+    }
+}
+
+pub(super) fn policy_with(extra: &str) -> PolicyDocument {
+    let text = format!("{}\n{extra}", policy::DEFAULT_POLICY);
+    // A helper for tests: a bad extra is a test bug.
+    match policy::validate(&text) {
+        Ok(p) => p,
+        Err(e) => panic!("test policy invalid: {e:?}"),
+    }
+}
+
+pub(super) fn input(
+    miners: Vec<MinerUnit>,
+    hosts: Vec<GpuHostUnit>,
+    m: Option<MarketView>,
+) -> PlanInput {
+    PlanInput {
+        now: t0(),
+        site: SiteLimits {
+            cap_w: 1e9,
+            reserve_w: 0.0,
+        },
+        demand_response: Vec::new(),
+        market: m,
+        policy: PolicyDocument::default(),
+        assumptions: Assumptions {
+            unknown_miner_max_w: 3500.0,
+            sleeping_miner_w: 20.0,
+        },
+        miners,
+        gpu_hosts: hosts,
+        memory: PlannerMemory::default(),
+    }
+}
+
+fn moved<'a>(p: &'a Plan, id: &str) -> Option<(&'a Phase, &'a Move)> {
+    p.moves().find(|(_, m)| m.device_id == id)
+}
+
+fn to(p: &Plan, id: &str) -> Option<Target> {
+    moved(p, id).map(|(_, m)| m.to)
+}
+
+const SLEEP: Option<Target> = Some(Target::Miner(MinerTarget::Sleep));
+const RUN: Option<Target> = Some(Target::Miner(MinerTarget::Run {
+    power_target_w: None,
+}));
+
+#[test]
+fn energy_above_breakeven_sleeps_the_least_efficient_and_says_why() {
+    // Hashprice 40: S19j Pro (29.5 J/TH) breakeven 56.5 USD/MWh, S21 (17.5) 95.2.
+    let p = plan(&input(
+        vec![s19jpro("a"), s19jpro("b"), s21("c")],
+        vec![],
+        Some(market(40.0, 80.0, None)),
+    ));
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert_eq!(to(&p, "b"), SLEEP);
+    assert_eq!(to(&p, "c"), None);
+    assert_eq!(p.phases.len(), 1);
+    assert_eq!(p.phases[0].kind, PhaseKind::Curtail);
+    let e = &p.explanations[0];
+    assert_eq!(
+        (e.model.as_str(), e.action, e.devices),
+        ("S19j Pro", Action::Sleep, 2)
+    );
+    // 2 × 3068 W × (80 − 56.5) USD/MWh = 0.144 USD/h.
+    assert!((e.gain_usd_per_h - 0.1442).abs() < 1e-3, "{e:?}");
+    assert!(
+        e.text.starts_with(
+            "energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0 USD/h"
+        ),
+        "{}",
+        e.text
+    );
+    assert_eq!(p.summary.mining_w, 3500.0);
+    // Margin once done: S21 200 TH at 40 USD/PH/day = 0.333 USD/h, minus 3.5 kW at 80.
+    assert!((p.summary.margin_usd_per_h - (40.0 * 0.2 / 24.0 - 0.28)).abs() < 1e-9);
+}
+
+#[test]
+fn cheap_energy_wakes_sleeping_miners_most_efficient_first() {
+    let mut i = input(
+        vec![asleep(s19jpro("a")), asleep(s21("c"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.policy.economic.ramp_limit_w_per_min = 4000.0;
+    let p = plan(&i);
+    assert_eq!(p.phases.len(), 2);
+    assert_eq!(p.phases[0].moves[0].device_id, "c");
+    assert_eq!(p.phases[1].moves[0].device_id, "a");
+    assert_eq!(p.phases[0].not_before, None);
+    assert_eq!(p.phases[1].not_before, Some(t0() + Duration::minutes(1)));
+    assert_eq!(p.memory.last_grant_at, Some(t0()));
+    // The next plan's first step waits for the ramp minute.
+    i.memory = p.memory.clone();
+    i.now = t0() + Duration::seconds(20);
+    let again = plan(&i);
+    assert_eq!(
+        again.phases[0].not_before,
+        Some(t0() + Duration::minutes(1))
+    );
+}
+
+#[test]
+fn inside_the_band_nothing_moves() {
+    // S19j Pro breakeven 56.5; band 4 → a running one stops above 58.5, a sleeping one wakes below 54.5.
+    for energy in [55.0, 58.0] {
+        let p = plan(&input(
+            vec![s19jpro("on"), asleep(s19jpro("off"))],
+            vec![],
+            Some(market(40.0, energy, None)),
+        ));
+        assert!(p.phases.is_empty(), "energy {energy}: {:?}", p.phases);
+    }
+    let p = plan(&input(
+        vec![s19jpro("on"), asleep(s19jpro("off"))],
+        vec![],
+        Some(market(40.0, 59.0, None)),
+    ));
+    assert_eq!(to(&p, "on"), SLEEP);
+    let p = plan(&input(
+        vec![s19jpro("on"), asleep(s19jpro("off"))],
+        vec![],
+        Some(market(40.0, 54.0, None)),
+    ));
+    assert_eq!(to(&p, "off"), RUN);
+}
+
+#[test]
+fn dwell_holds_economic_moves_but_not_a_cap() {
+    let mut m = s19jpro("a");
+    m.last_change_at = Some(t0() - Duration::seconds(100));
+    let mut i = input(vec![m], vec![], Some(market(40.0, 200.0, None)));
+    assert!(plan(&i).phases.is_empty());
+    i.now = t0() + Duration::seconds(200);
+    assert_eq!(to(&plan(&i), "a"), SLEEP);
+    i.now = t0();
+    i.site.cap_w = 1000.0;
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert!(matches!(
+        moved(&p, "a").map(|(_, m)| m.reason),
+        Some(Reason::Cap { .. })
+    ));
+}
+
+#[test]
+fn a_cap_sheds_in_merit_order_and_trims_a_miner_with_a_power_target() {
+    let mut trim = miner("xp", "S19 XP", 3010.0, 140.0);
+    trim.power_target = Some(PowerTargetRange {
+        min_w: 1500.0,
+        max_w: 3010.0,
+        step_w: Some(100.0),
+    });
+    let mut i = input(
+        vec![s19jpro("old"), trim, s21("new")],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.site = SiteLimits {
+        cap_w: 6000.0,
+        reserve_w: 200.0,
+    };
+    let p = plan(&i);
+    // S21 first (3500 W), then the S19 XP trimmed into the 2300 W left (steps of 100 above 1500).
+    assert_eq!(to(&p, "old"), SLEEP);
+    assert_eq!(
+        to(&p, "xp"),
+        Some(Target::Miner(MinerTarget::Run {
+            power_target_w: Some(2300)
+        }))
+    );
+    assert_eq!(to(&p, "new"), None);
+    assert!(p.summary.committed_w <= 5800.0);
+    assert!((p.summary.committed_w - 5800.0).abs() < 1e-9);
+    assert_eq!(p.limit.limit_w, 5800.0);
+}
+
+#[test]
+fn unseen_devices_count_at_their_maximum_and_are_not_moved() {
+    let mut gone = s19jpro("gone");
+    gone.seen = false;
+    gone.state = MinerState::Unknown;
+    gone.intent = None;
+    let mut i = input(
+        vec![gone, s21("new")],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.site.cap_w = 5000.0;
+    let p = plan(&i);
+    assert_eq!(p.summary.start_committed_w, 3068.0 + 3500.0);
+    assert!(moved(&p, "gone").is_none());
+    // Only the S21 can make room: it sleeps.
+    assert_eq!(to(&p, "new"), SLEEP);
+    assert!(p.summary.committed_w <= 5000.0);
+}
+
+#[test]
+fn pins_hold_and_pins_over_the_cap_shed_everything_else_and_say_so() {
+    let mut pinned = s19jpro("pinned");
+    pinned.pin = Some(MinerTarget::Run {
+        power_target_w: None,
+    });
+    let mut i = input(
+        vec![pinned, s21("free")],
+        vec![],
+        Some(market(40.0, 500.0, None)),
+    );
+    let p = plan(&i);
+    assert!(moved(&p, "pinned").is_none());
+    assert_eq!(to(&p, "free"), SLEEP);
+    i.market = Some(market(40.0, 10.0, None));
+    i.site.cap_w = 2000.0;
+    let p = plan(&i);
+    assert_eq!(to(&p, "free"), SLEEP);
+    assert!(moved(&p, "pinned").is_none());
+    assert!(p.warnings.contains(&Warning::LimitUnreachable {
+        limit_w: 2000.0,
+        achievable_w: 3068.0
+    }));
+    assert_eq!(p.summary.lowest_achievable_w, 3068.0);
+    // A pin that needs power the cap lacks is held back.
+    let mut wake = asleep(s19jpro("wake"));
+    wake.pin = Some(MinerTarget::Run {
+        power_target_w: None,
+    });
+    i.miners = vec![wake];
+    let p = plan(&i);
+    assert!(p.phases.is_empty());
+    assert!(matches!(
+        p.warnings[0],
+        Warning::HeldBackOverCap { devices: 1, .. }
+    ));
+}
+
+#[test]
+fn protected_devices_never_move() {
+    let mut i = input(
+        vec![s19jpro("a"), s19jpro("b")],
+        vec![],
+        Some(market(40.0, 500.0, None)),
+    );
+    i.miners[0].protected = true;
+    i.policy = policy_with("[protected]\ndevices = [\"b\"]\n");
+    assert!(plan(&i).phases.is_empty());
+}
+
+#[test]
+fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
+    // Demand 0, buffer 1: one host stays released, the other is drained (drain delay: no history).
+    let mut i = input(
+        vec![asleep(s21("m1")), asleep(s21("m2")), asleep(s21("m3"))],
+        vec![h100_host("g1", true), h100_host("g2", true)],
+        Some(market(40.0, 30.0, Some(0))),
+    );
+    // Two hosts at 10.2 kW; cap 22 kW leaves room for one S21 until a host drains.
+    i.site.cap_w = 22_000.0;
+    let p = plan(&i);
+    let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            PhaseKind::Curtail,
+            PhaseKind::LowerGpuCaps,
+            PhaseKind::Grant
+        ]
+    );
+    assert_eq!(
+        to(&p, "host/g2"),
+        Some(Target::Workload {
+            state: WorkloadState::Drained
+        })
+    );
+    assert_eq!(to(&p, "g2-gpu0"), Some(Target::Gpu { power_cap_w: 200 }));
+    assert_eq!(
+        moved(&p, "g2-gpu0").map(|(ph, _)| ph.kind),
+        Some(PhaseKind::LowerGpuCaps)
+    );
+    assert!(moved(&p, "host/g1").is_none());
+    // Host accounted at base + caps: 4.6 + 8 × 0.7 = 10.2 kW serving, 6.2 kW drained.
+    assert_eq!(p.summary.start_committed_w, 20_400.0);
+    assert_eq!(p.phases[1].committed_after_w, 16_400.0);
+    // 22 kW − 16.4 kW = 5.6 kW: one S21.
+    assert_eq!(p.phases[2].moves.len(), 1);
+    assert!(
+        p.phases
+            .iter()
+            .all(|ph| ph.committed_w <= 22_000.0 || ph.kind.releases_power())
+    );
+    let e: Vec<&str> = p.explanations.iter().map(|e| e.text.as_str()).collect();
+    assert!(
+        e.iter()
+            .any(|t| t.starts_with("AI demand 0 GPUs, 1 interruptible hosts kept")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
+    let mut i = input(
+        vec![s21("m1"), s21("m2")],
+        vec![h100_host("g1", false)],
+        Some(market(40.0, 30.0, Some(8))),
+    );
+    // Drained host 6.2 kW + two S21 7 kW = 13.2 kW; cap 14 kW: serving (10.2 kW) needs one S21 asleep.
+    i.site.cap_w = 14_000.0;
+    i.policy.economic.ai_buffer_hosts = 0;
+    let p = plan(&i);
+    let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            PhaseKind::Curtail,
+            PhaseKind::Grant,
+            PhaseKind::ReleaseHosts
+        ]
+    );
+    assert_eq!(p.phases[0].moves.len(), 1);
+    assert_eq!(p.phases[1].moves.len(), 8);
+    assert_eq!(
+        to(&p, "host/g1"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
+    assert_eq!(p.phases[1].committed_w, 3500.0 + 10_200.0);
+}
+
+#[test]
+fn a_host_is_drained_only_after_demand_stayed_low_for_the_drain_delay() {
+    let mut i = input(
+        vec![],
+        vec![h100_host("g1", true), h100_host("g2", true)],
+        Some(market(40.0, 30.0, Some(16))),
+    );
+    i.policy.economic.ai_buffer_hosts = 0;
+    let p = plan(&i);
+    assert!(p.phases.is_empty());
+    // Demand falls to 8 GPUs: one host is enough, but the last 15 minutes needed two.
+    i.memory = p.memory;
+    i.market = Some(market(40.0, 30.0, Some(8)));
+    i.now = t0() + Duration::minutes(5);
+    let p = plan(&i);
+    assert!(p.phases.is_empty(), "{:?}", p.phases);
+    i.memory = p.memory;
+    i.now = t0() + Duration::minutes(16);
+    let p = plan(&i);
+    assert_eq!(
+        to(&p, "host/g2"),
+        Some(Target::Workload {
+            state: WorkloadState::Drained
+        })
+    );
+    assert!(moved(&p, "host/g1").is_none());
+}
+
+#[test]
+fn firm_hosts_are_always_powered() {
+    let mut h = h100_host("firm", false);
+    h.contract = AiContract::Firm { usd_per_mwh: 190.0 };
+    let p = plan(&input(vec![], vec![h], Some(market(40.0, 900.0, Some(0)))));
+    assert_eq!(
+        to(&p, "host/firm"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
+    assert!(matches!(
+        moved(&p, "host/firm").map(|(_, m)| m.reason),
+        Some(Reason::Firm)
+    ));
+}
+
+#[test]
+fn without_a_market_the_plan_holds_and_only_sheds() {
+    let mut i = input(
+        vec![asleep(s21("off")), s19jpro("old"), s21("new")],
+        vec![h100_host("g", true)],
+        None,
+    );
+    let p = plan(&i);
+    assert!(p.phases.is_empty());
+    assert_eq!(p.mode, PlanMode::SafeHold);
+    assert!(p.warnings.contains(&Warning::MarketUnusable));
+    // A lower cap sheds the least efficient miner; nothing wakes.
+    i.site.cap_w = 3500.0 + 10_200.0 + 100.0;
+    let p = plan(&i);
+    assert_eq!(to(&p, "old"), SLEEP);
+    assert_eq!(p.moves().count(), 1);
+    i.policy.market_failure.action = policy::SafeAction::CurtailMining;
+    let p = plan(&i);
+    assert_eq!(to(&p, "old"), SLEEP);
+    assert_eq!(to(&p, "new"), SLEEP);
+    assert!(moved(&p, "host/g").is_none());
+}
+
+#[test]
+fn a_schedule_window_curtails_mining_ahead_of_its_start() {
+    let mut i = input(
+        vec![s21("a")],
+        vec![h100_host("g", true)],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.policy = policy_with(
+        "[[schedule]]\nname = \"4cp\"\ntime_zone = \"America/Chicago\"\nstart = \"07:05\"\nend = \"09:00\"\ncurtail_mining = true\n",
+    );
+    // 12:00Z = 07:00 CDT: the window opens in 5 minutes, within the 10-minute lead.
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert!(moved(&p, "host/g").is_none());
+    assert!(
+        p.explanations[0]
+            .text
+            .starts_with("schedule window `4cp`: sleeping 1 miners"),
+        "{:?}",
+        p.explanations
+    );
+}
+
+#[test]
+fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achievable() {
+    let mut gone = s21("gone");
+    gone.seen = false;
+    let mut i = input(
+        vec![gone, s21("a"), s21("b")],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.demand_response.push(DemandResponse {
+        event_id: "dr-1".into(),
+        target_power_w: 3000.0,
+        deadline: t0() + Duration::minutes(20),
+        ends_at: t0() + Duration::hours(2),
+    });
+    assert!(plan(&i).phases.is_empty());
+    i.now = t0() + Duration::minutes(11);
+    let p = plan(&i);
+    assert_eq!(
+        p.limit.source,
+        CapSource::DemandResponse {
+            event_id: "dr-1".into()
+        }
+    );
+    assert_eq!(p.moves().count(), 2);
+    assert!(p.warnings.contains(&Warning::LimitUnreachable {
+        limit_w: 3000.0,
+        achievable_w: 3500.0
+    }));
+    assert!(
+        p.warnings[0].to_string().contains("achievable 4 kW"),
+        "{}",
+        p.warnings[0]
+    );
+}
+
+#[test]
+fn negative_prices_run_every_load() {
+    let p = plan(&input(
+        vec![asleep(s19jpro("a"))],
+        vec![h100_host("g1", false), h100_host("g2", false)],
+        Some(market(40.0, -20.0, Some(0))),
+    ));
+    assert_eq!(to(&p, "a"), RUN);
+    assert_eq!(
+        to(&p, "host/g1"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
+    assert_eq!(
+        to(&p, "host/g2"),
+        Some(Target::Workload {
+            state: WorkloadState::Released
+        })
+    );
+}
+
+#[test]
+fn a_device_in_transition_counts_at_the_higher_end_until_confirmed() {
+    let mut going = s21("going");
+    going.intent = Some(HeldIntent {
+        target: MinerTarget::Sleep,
+        phase: IntentPhase::Applied,
+    });
+    let mut i = input(
+        vec![going, asleep(s21("waiting"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.site.cap_w = 4000.0;
+    // The sleep is not confirmed: no room for the other S21 yet.
+    let p = plan(&i);
+    assert!(p.phases.is_empty(), "{:?}", p.phases);
+    assert_eq!(p.summary.start_committed_w, 3500.0);
+    i.miners[0].intent = Some(HeldIntent {
+        target: MinerTarget::Sleep,
+        phase: IntentPhase::Confirmed,
+    });
+    i.miners[0].state = MinerState::Sleeping;
+    // Confirmed asleep: room for one S21 (the first in order, which is the same model).
+    let p = plan(&i);
+    assert_eq!(p.moves().count(), 1);
+    assert_eq!(p.summary.committed_w, 3500.0);
+}
+
+#[test]
+fn the_same_input_gives_the_same_plan_and_id() {
+    let i = input(
+        vec![s19jpro("a"), asleep(s21("b"))],
+        vec![h100_host("g", false)],
+        Some(market(40.0, 70.0, None)),
+    );
+    let (a, b) = (plan(&i), plan(&i.clone()));
+    assert_eq!(a, b);
+    assert!(a.plan_id.starts_with("plan-20260701T120000Z-"));
+    let mut j = i.clone();
+    j.market = Some(market(40.0, 10.0, None));
+    assert_ne!(plan(&j).plan_id, a.plan_id);
+    let json = serde_json::to_string(&a).unwrap_or_default();
+    let back: Plan = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(back.plan_id, a.plan_id);
+    assert_eq!(back.phases.len(), a.phases.len());
+}
