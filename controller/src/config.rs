@@ -21,6 +21,12 @@ pub struct Config {
     /// Identities and roles (`[auth]`); enforced unless `mode = "open"`.
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// Market inputs (`[market]`); fixed 2026 values when absent.
+    #[serde(default)]
+    pub market: crate::market::MarketConfig,
+    /// The control loop (`[engine]`): cadence, phase timeouts, history.
+    #[serde(default)]
+    pub engine: crate::engine::EngineConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -270,6 +276,12 @@ impl Config {
                     self.agents.lease_s
                 ),
             ));
+        }
+        if let Err(e) = self.market.validate() {
+            return Err(invalid(&e.key, e.problem));
+        }
+        if let Err((key, problem)) = self.engine.validate() {
+            return Err(invalid(&key, problem));
         }
         if self.agents.telemetry_interval_s == 0 {
             return Err(invalid(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pivot_controller::config::{self, Config, ProcessEnv};
+use pivot_controller::market::{Market, MarketParts};
 use pivot_controller::store::SqliteStore;
 use pivot_controller::{Controller, api};
 use tracing::info;
@@ -97,8 +98,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "[auth] mode = \"open\": every caller is an admin and agents may speak for any host"
         );
     }
+    let market = Market::new(
+        MarketParts::from_config(&config.market, &ProcessEnv, chrono::Utc::now())
+            .map_err(|e| anyhow::anyhow!("market: key `{}`: {}", e.key, e.problem))?,
+    );
+    let feed = market.view();
     let ctl = Controller::new(config, Arc::new(store)).context("loading the desired state")?;
+    tokio::spawn(market.run(chrono::Utc::now));
     tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
+    tokio::spawn(pivot_controller::engine::run(Arc::clone(&ctl), feed));
     info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
     // The line tests and scripts wait for.
     println!("pivot-controller listening on {}", listener.local_addr()?);
@@ -176,6 +184,8 @@ async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()
             path: dir.path().join("pivot.db"),
         },
         agents: config::AgentsConfig::default(),
+        market: pivot_controller::market::MarketConfig::default(),
+        engine: pivot_controller::engine::EngineConfig::default(),
         // A development controller on a laptop: anyone who reaches the port is an admin.
         auth: pivot_controller::auth::AuthConfig {
             mode: pivot_controller::auth::AuthMode::Open,

@@ -311,8 +311,15 @@ async fn serve_session(
                         continue;
                     }
                 };
-                if change.is_some() {
+                if let Some(c) = &change {
                     ctl.progress.notify_one();
+                    // An intent of a plan no longer executing settled: the plan that replaced it
+                    // may now have room to grant.
+                    let settled = c.status.phase == IntentPhase::Confirmed
+                        || (c.status.phase.is_final() && !c.status.retrying);
+                    if settled && ctl.execution().is_none_or(|e| e.plan.plan_id != c.plan_id) {
+                        ctl.replan.notify_one();
+                    }
                     ctl.audit(NewAudit {
                         kind: "status",
                         subject: s.device_id.clone(),

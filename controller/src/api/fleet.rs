@@ -288,9 +288,11 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         request: Request<v1::GetEconomicsRequest>,
     ) -> Result<Response<v1::Economics>, Status> {
         self.ctl.auth.authorize(&request, Right::Read)?;
-        Err(Status::unavailable(
-            "no market data source is configured on this controller (hashprice and energy price sources are not built yet)",
-        ))
+        self.ctl.outlook().economics.map(Response::new).ok_or_else(|| {
+            Status::unavailable(
+                "the controller has not planned yet (the first round runs within seconds of start)",
+            )
+        })
     }
 
     async fn set_override(
