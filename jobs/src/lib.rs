@@ -3,6 +3,7 @@
 //! requests, and a child-process runner with a timeout and no shell.
 
 pub mod command;
+pub mod kube_client;
 pub mod kube_pods;
 pub mod names;
 pub mod slurm;
