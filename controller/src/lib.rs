@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod config;
+pub mod demand;
 pub mod fleet;
 pub mod policy;
 pub mod store;
