@@ -5,4 +5,5 @@
 
 mod agent;
 mod controller;
+mod slurm;
 mod tls;
