@@ -9,7 +9,7 @@
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use pivot_jobs::kube_pods::{self, PodPlace};
 use serde_json::json;
 use tracing::{info, warn};
@@ -205,7 +205,17 @@ impl WorkloadManager for Kubernetes {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
             let api = Api::<Pod>::namespaced(self.client.clone(), &ns);
-            match api.evict(&name, &EvictParams::default()).await {
+            // The policy/v1 Eviction kubectl sends, spelled out rather than left to the API
+            // server's defaulting.
+            let eviction = json!({
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": name, "namespace": ns},
+            });
+            let sent: Result<kube::core::Status, _> = api
+                .create_subresource("eviction", &name, &PostParams::default(), &eviction)
+                .await;
+            match sent {
                 Ok(_) => {
                     info!(node = %self.node, pod = %format!("{ns}/{name}"), "Grace over: evicted GPU pod");
                     evicted = evicted.saturating_add(1);
