@@ -269,10 +269,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_names_itself() {
-        let e = run(&CommandLine::new("/nonexistent/scontrol", Duration::from_secs(1)))
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = run(&CommandLine::new(
+            "/nonexistent/scontrol",
+            Duration::from_secs(1),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("/nonexistent/scontrol"), "{e}");
     }
 }

@@ -8,7 +8,9 @@ pub const NVIDIA_GPU: &str = "nvidia.com/gpu";
 
 /// A pod whose GPU request cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("pod {namespace}/{name}: container `{container}`: {resource} `{value}` is not a whole number")]
+#[error(
+    "pod {namespace}/{name}: container `{container}`: {resource} `{value}` is not a whole number"
+)]
 pub struct BadPod {
     pub namespace: String,
     pub name: String,
@@ -145,7 +147,9 @@ mod tests {
         }));
         assert_eq!(place(&p), PodPlace::OnNode("gpu01".into()));
         assert!(left_by_drain(&p));
-        let done = pod(serde_json::json!({"spec": {"nodeName": "gpu01", "containers": []}, "status": {"phase": "Succeeded"}}));
+        let done = pod(
+            serde_json::json!({"spec": {"nodeName": "gpu01", "containers": []}, "status": {"phase": "Succeeded"}}),
+        );
         assert_eq!(place(&done), PodPlace::Finished);
         assert!(!left_by_drain(&done));
     }

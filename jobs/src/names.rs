@@ -17,7 +17,9 @@ pub struct BadNodeName {
 /// Checks a Slurm node name: one node (no hostlist expression such as `gpu[1-4]` or `a,b`), letters,
 /// digits, `.`, `_` and `-`, starting with a letter or digit.
 pub fn slurm_node_name(name: &str) -> Result<&str, BadNodeName> {
-    let name = check(name, |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))?;
+    let name = check(name, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+    })?;
     // `scontrol update NodeName=ALL` means every node in the cluster.
     if name.eq_ignore_ascii_case("all") {
         return Err(bad(name, "Slurm reads it as every node"));
@@ -57,7 +59,11 @@ fn check(name: &str, allowed: impl Fn(char) -> bool) -> Result<&str, BadNodeName
 
 fn bad(name: &str, problem: &str) -> BadNodeName {
     BadNodeName {
-        shown: name.chars().take(80).flat_map(char::escape_default).collect(),
+        shown: name
+            .chars()
+            .take(80)
+            .flat_map(char::escape_default)
+            .collect(),
         problem: problem.to_owned(),
     }
 }
@@ -95,16 +101,7 @@ mod tests {
             assert_eq!(slurm_node_name(ok).unwrap(), ok);
         }
         for bad in [
-            "",
-            "gpu[1-4]",
-            "a,b",
-            "-x",
-            "node 1",
-            "n=1",
-            "ALL",
-            "gpu01\n",
-            "$(id)",
-            "all",
+            "", "gpu[1-4]", "a,b", "-x", "node 1", "n=1", "ALL", "gpu01\n", "$(id)", "all",
         ] {
             assert!(slurm_node_name(bad).is_err(), "{bad:?}");
         }

@@ -53,7 +53,10 @@ impl FakeKube {
     /// `PATH?QUERY` GETs the test allows (any number of times each).
     pub async fn start(node: Value, pods: Vec<Value>, reads: &[&str]) -> Self {
         let state = Arc::new(Mutex::new(State {
-            node_name: node["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            node_name: node["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             node,
             pods,
             reads: reads.iter().map(|r| (*r).to_owned()).collect(),
@@ -113,7 +116,11 @@ impl FakeKube {
     /// seen, as `METHOD PATH?QUERY`.
     pub fn finish(&self) -> Vec<String> {
         let s = self.lock();
-        assert!(s.failures.is_empty(), "unexpected requests: {:#?}", s.failures);
+        assert!(
+            s.failures.is_empty(),
+            "unexpected requests: {:#?}",
+            s.failures
+        );
         assert!(
             s.expected.is_empty(),
             "expected requests that never came: {:#?}",
@@ -149,7 +156,9 @@ fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let target = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
@@ -157,7 +166,11 @@ fn handle(
     s.seen.push(line.clone());
     let fail = |s: &mut State, why: String| {
         s.failures.push(format!("{line}: {why}"));
-        status(418, "Unexpected", "the fake API server did not expect this request")
+        status(
+            418,
+            "Unexpected",
+            "the fake API server did not expect this request",
+        )
     };
     let auth = headers
         .get("authorization")
@@ -169,7 +182,7 @@ fn handle(
     let node_path = format!("/api/v1/nodes/{}", s.node_name);
     let path = uri.path();
     if method == Method::GET {
-        if !s.reads.iter().any(|r| *r == target) {
+        if !s.reads.contains(&target) {
             return fail(&mut s, "a read the test did not allow".into());
         }
         if path == node_path {
@@ -181,7 +194,10 @@ fn handle(
         if path == "/api/v1/pods" || path.starts_with("/api/v1/namespaces/") {
             let selector = uri
                 .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("fieldSelector=")))
+                .and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("fieldSelector="))
+                })
                 .map(percent_decode)
                 .unwrap_or_default();
             let namespace = path
@@ -210,7 +226,10 @@ fn handle(
         Err(e) => return fail(&mut s, format!("body is not JSON: {e}")),
     };
     match next {
-        Expect::NodePatch { body: want, status: code } => {
+        Expect::NodePatch {
+            body: want,
+            status: code,
+        } => {
             let content_type = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
@@ -295,7 +314,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(b);
             i += 3;

@@ -78,7 +78,7 @@ fn chown_munge(path: &Path) {
 impl SlurmCluster {
     /// Starts munged, slurmctld and slurmd, and waits until the node is IDLE. Fails (never
     /// skips) when Slurm is not installed or the tests do not run as root.
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let missing: Vec<String> = NEEDED
             .iter()
             .filter(|(p, _)| !Path::new(p).exists())
@@ -125,9 +125,15 @@ impl SlurmCluster {
             .args(["-u", "munge", "--", "/usr/sbin/munged"])
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--key-file={}", key.display()))
-            .arg(format!("--log-file={}", root.join("munge/munged.log").display()))
+            .arg(format!(
+                "--log-file={}",
+                root.join("munge/munged.log").display()
+            ))
             .arg(format!("--pid-file={}", munged_pid_file.display()))
-            .arg(format!("--seed-file={}", root.join("munge/munged.seed").display())));
+            .arg(format!(
+                "--seed-file={}",
+                root.join("munge/munged.seed").display()
+            )));
 
         for i in 0..GPUS {
             run(Command::new("mknod")
@@ -202,9 +208,11 @@ impl SlurmCluster {
             munged_pid_file,
             _lock: lock,
         };
-        cluster.wait_until("the node to come up IDLE", Duration::from_secs(60), || {
-            cluster.node_state() == "idle"
-        });
+        cluster
+            .wait_until("the node to come up IDLE", Duration::from_secs(60), || {
+                cluster.node_state() == "idle"
+            })
+            .await;
         cluster
     }
 
@@ -274,17 +282,18 @@ impl SlurmCluster {
         run(self.command("scancel").args(["-u", "root"]));
     }
 
-    /// Polls `ready` every 50 ms until it holds, or fails naming `what` and the node's log tail.
-    pub fn wait_until(&self, what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    /// Polls `ready` every 20 ms until it holds, or fails naming `what` and the node's log tail.
+    pub async fn wait_until(&self, what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if ready() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let log = |name: &str| {
-            let text = fs::read_to_string(self.dir.path().join("log").join(name)).unwrap_or_default();
+            let text =
+                fs::read_to_string(self.dir.path().join("log").join(name)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(15)..].join("\n")
         };

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::step::{Lever, Progress, Step, Timing, next_step};
-use super::{ManagerKind, NodeStatus, WorkloadConfig, WorkloadError, WorkloadManager, Why};
+use super::{ManagerKind, NodeStatus, Why, WorkloadConfig, WorkloadError, WorkloadManager};
 
 /// How the reconciler should pace this host's workload intents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

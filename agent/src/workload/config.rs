@@ -206,7 +206,11 @@ impl WorkloadConfig {
         }
         let sections = [
             ("slurm", self.slurm.is_some(), ManagerChoice::Slurm),
-            ("kubernetes", self.kubernetes.is_some(), ManagerChoice::Kubernetes),
+            (
+                "kubernetes",
+                self.kubernetes.is_some(),
+                ManagerChoice::Kubernetes,
+            ),
             ("exec", self.exec.is_some(), ManagerChoice::Exec),
         ];
         for (name, present, owner) in sections {
@@ -295,12 +299,27 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("manager = \"slurm\"\ngrace_s = -1\n", "workload.grace_s"),
-            ("manager = \"slurm\"\nnode_name = \"gpu[1-4]\"\n", "workload.node_name"),
-            ("manager = \"kubernetes\"\nnode_name = \"GPU01\"\n", "workload.node_name"),
+            (
+                "manager = \"slurm\"\nnode_name = \"gpu[1-4]\"\n",
+                "workload.node_name",
+            ),
+            (
+                "manager = \"kubernetes\"\nnode_name = \"GPU01\"\n",
+                "workload.node_name",
+            ),
             ("manager = \"exec\"\n", "workload.exec"),
-            ("manager = \"exec\"\n[exec]\nhook = \"hook.sh\"\n", "workload.exec.hook"),
-            ("manager = \"slurm\"\n[exec]\nhook = \"/x\"\n", "workload.exec"),
-            ("manager = \"slurm\"\n[slurm]\ncommand_timeout_s = 0\n", "workload.slurm.command_timeout_s"),
+            (
+                "manager = \"exec\"\n[exec]\nhook = \"hook.sh\"\n",
+                "workload.exec.hook",
+            ),
+            (
+                "manager = \"slurm\"\n[exec]\nhook = \"/x\"\n",
+                "workload.exec",
+            ),
+            (
+                "manager = \"slurm\"\n[slurm]\ncommand_timeout_s = 0\n",
+                "workload.slurm.command_timeout_s",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -23,7 +23,7 @@ use pivot_jobs::command::{self, CommandError, CommandLine, Finished};
 use tracing::info;
 
 use super::config::{ExecConfig, secs};
-use super::{ManagerKind, NodeStatus, Retry, WorkloadError, WorkloadManager, Why};
+use super::{ManagerKind, NodeStatus, Retry, Why, WorkloadError, WorkloadManager};
 
 /// The exit code by which a hook says "never": sysexits' EX_CONFIG.
 pub const EXIT_PERMANENT: i32 = 78;
@@ -139,9 +139,8 @@ pub fn parse_status(line: &str) -> Result<NodeStatus, String> {
     let schedulable = schedulable.ok_or("`schedulable=` is missing")?;
     let jobs_running = jobs.ok_or("`jobs=` is missing")?;
     Ok(NodeStatus {
-        node_state: state.unwrap_or_else(|| {
-            if schedulable { "schedulable" } else { "closed" }.to_owned()
-        }),
+        node_state: state
+            .unwrap_or_else(|| if schedulable { "schedulable" } else { "closed" }.to_owned()),
         schedulable,
         closed: closed.unwrap_or(!schedulable),
         closed_by_other: None,
@@ -199,7 +198,14 @@ mod tests {
         assert!(s.drained() && !s.released());
         let s = parse_status("schedulable=true jobs=3 gpus=8").unwrap();
         assert!(s.released() && !s.closed && s.gpus_allocated == 8);
-        for bad in ["", "jobs=1", "schedulable=maybe jobs=0", "schedulable=true jobs=-1", "schedulable=true jobs=0 colour=red", "drained"] {
+        for bad in [
+            "",
+            "jobs=1",
+            "schedulable=maybe jobs=0",
+            "schedulable=true jobs=-1",
+            "schedulable=true jobs=0 colour=red",
+            "drained",
+        ] {
             assert!(parse_status(bad).is_err(), "{bad}");
         }
     }

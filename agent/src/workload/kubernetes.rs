@@ -15,7 +15,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::config::{KubernetesConfig, secs};
-use super::{ManagerKind, NodeStatus, WorkloadError, WorkloadManager, Why};
+use super::{ManagerKind, NodeStatus, Why, WorkloadError, WorkloadManager};
 
 /// The label and taint key that show where pivot put the node's power.
 pub const POWER_KEY: &str = "pivot.dev/power";
@@ -142,7 +142,7 @@ impl Kubernetes {
                 let gpus = kube_pods::gpu_request(&pod, &self.gpu_resource).map_err(|source| {
                     WorkloadError::Pod {
                         node: self.node.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
                 if gpus > 0 {

@@ -111,7 +111,9 @@ pub enum WorkloadError {
         node: String,
         source: pivot_jobs::names::BadNodeName,
     },
-    #[error("{manager} does not know node `{node}`: {detail}; set workload.node_name to its name there")]
+    #[error(
+        "{manager} does not know node `{node}`: {detail}; set workload.node_name to its name there"
+    )]
     UnknownNode {
         manager: ManagerKind,
         node: String,
@@ -139,7 +141,9 @@ pub enum WorkloadError {
         node: String,
         source: pivot_jobs::slurm::BadTres,
     },
-    #[error("slurm node {node}: job {job_id} cannot be requeued ({detail}); it keeps the node busy. Set workload.slurm.after_grace = \"cancel\" or let the job finish")]
+    #[error(
+        "slurm node {node}: job {job_id} cannot be requeued ({detail}); it keeps the node busy. Set workload.slurm.after_grace = \"cancel\" or let the job finish"
+    )]
     NotRequeueable {
         node: String,
         job_id: u64,
@@ -159,7 +163,7 @@ pub enum WorkloadError {
     #[error("kubernetes node {node}: {source}")]
     Pod {
         node: String,
-        source: pivot_jobs::kube_pods::BadPod,
+        source: Box<pivot_jobs::kube_pods::BadPod>,
     },
     #[error("exec hook {hook} ({action}) for node {node}: {problem}")]
     Hook {
@@ -169,7 +173,9 @@ pub enum WorkloadError {
         retry: Retry,
         problem: String,
     },
-    #[error("{manager} node {node} was closed by someone else ({by}); pivot will not reopen it. Resume it by hand when its work there is done")]
+    #[error(
+        "{manager} node {node} was closed by someone else ({by}); pivot will not reopen it. Resume it by hand when its work there is done"
+    )]
     ClosedByOther {
         manager: ManagerKind,
         node: String,

@@ -11,7 +11,7 @@ use pivot_jobs::slurm::{self, Job};
 use tracing::info;
 
 use super::config::{AfterGrace, SlurmConfig, secs};
-use super::{ManagerKind, NodeStatus, Retry, WorkloadError, WorkloadManager, Why};
+use super::{ManagerKind, NodeStatus, Retry, Why, WorkloadError, WorkloadManager};
 
 /// Every reason pivot writes starts with this, so pivot knows its own drains from an operator's.
 pub const REASON_PREFIX: &str = "pivot:";
@@ -146,7 +146,8 @@ impl Slurm {
             Ok(_) => Ok(true),
             Err(e) => {
                 let text = e.output_text().to_ascii_lowercase();
-                if text.contains("invalid job id") || text.contains("already completing or completed")
+                if text.contains("invalid job id")
+                    || text.contains("already completing or completed")
                 {
                     // It left on its own between the read and the call.
                     Ok(false)

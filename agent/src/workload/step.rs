@@ -79,7 +79,9 @@ pub enum Step {
     /// The target is reached (as intents.proto defines it).
     Done,
     /// The node was closed by someone else; pivot does not reopen it.
-    Refuse { closed_by: String },
+    Refuse {
+        closed_by: String,
+    },
 }
 
 pub fn next_step(
@@ -162,23 +164,47 @@ mod tests {
         let mut p = Progress::default();
         p.aim(WorkloadState::Drained);
         let open = status(false, true, 2);
-        assert_eq!(next_step(WorkloadState::Drained, &open, &p, start, &t), Step::Pull(Lever::Drain));
+        assert_eq!(
+            next_step(WorkloadState::Drained, &open, &p, start, &t),
+            Step::Pull(Lever::Drain)
+        );
         p.drain_sent = Some(start);
         let closed = status(true, false, 2);
         p.note(&closed, start);
         assert_eq!(
-            next_step(WorkloadState::Drained, &closed, &p, start + Duration::from_secs(29), &t),
+            next_step(
+                WorkloadState::Drained,
+                &closed,
+                &p,
+                start + Duration::from_secs(29),
+                &t
+            ),
             Step::Wait(Duration::from_secs(1))
         );
         let after = start + Duration::from_secs(30);
-        assert_eq!(next_step(WorkloadState::Drained, &closed, &p, after, &t), Step::Pull(Lever::RemoveJobs));
+        assert_eq!(
+            next_step(WorkloadState::Drained, &closed, &p, after, &t),
+            Step::Pull(Lever::RemoveJobs)
+        );
         p.removal_sent = Some(after);
         assert_eq!(
-            next_step(WorkloadState::Drained, &closed, &p, after + Duration::from_secs(1), &t),
+            next_step(
+                WorkloadState::Drained,
+                &closed,
+                &p,
+                after + Duration::from_secs(1),
+                &t
+            ),
             Step::Wait(t.poll)
         );
         assert_eq!(
-            next_step(WorkloadState::Drained, &status(true, false, 0), &p, after, &t),
+            next_step(
+                WorkloadState::Drained,
+                &status(true, false, 0),
+                &p,
+                after,
+                &t
+            ),
             Step::Done
         );
     }
@@ -223,19 +249,23 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
         )
-            .prop_map(|(closed, schedulable, jobs, gpus, busy, other)| NodeStatus {
-                node_state: String::new(),
-                schedulable,
-                closed,
-                closed_by_other: other.then(|| "maintenance".to_owned()),
-                jobs_running: jobs,
-                gpus_allocated: gpus,
-                busy_without_jobs: busy,
-            })
+            .prop_map(
+                |(closed, schedulable, jobs, gpus, busy, other)| NodeStatus {
+                    node_state: String::new(),
+                    schedulable,
+                    closed,
+                    closed_by_other: other.then(|| "maintenance".to_owned()),
+                    jobs_running: jobs,
+                    gpus_allocated: gpus,
+                    busy_without_jobs: busy,
+                },
+            )
     }
 
     fn any_progress(now: Instant) -> impl Strategy<Value = Progress> {
-        let at = move || proptest::option::of((0u64..100).prop_map(move |s| now - Duration::from_secs(s)));
+        let at = move || {
+            proptest::option::of((0u64..100).prop_map(move |s| now - Duration::from_secs(s)))
+        };
         (at(), at(), at(), at()).prop_map(|(r, d, c, j)| Progress {
             target: None,
             release_sent: r,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pivot_agent::workload::config::WorkloadConfig;
 use pivot_agent::workload::exec::ExecHook;
-use pivot_agent::workload::{Retry, WorkloadActuator, WorkloadError, Why};
+use pivot_agent::workload::{Retry, Why, WorkloadActuator, WorkloadError};
 use pivot_proto::model::WorkloadState;
 
 const HOOK: &str = r#"#!/bin/sh
@@ -115,13 +115,21 @@ async fn hook_releases_then_drains_and_clears_jobs_after_the_grace() {
     assert_eq!(acts.first(), Some(&"status"));
     assert_eq!(acts.get(1), Some(&"drain"));
     assert!(calls[1].contains("grace_over=0"), "{}", calls[1]);
-    let clears: Vec<&String> = calls.iter().filter(|c| c.contains("grace_over=1")).collect();
+    let clears: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.contains("grace_over=1"))
+        .collect();
     assert_eq!(clears.len(), 1, "{calls:?}");
     assert_eq!(acts.last(), Some(&"status"));
 
     let reading = act.read().await;
     assert_eq!(
-        (reading.node.as_str(), reading.node_state.as_str(), reading.schedulable, reading.jobs_running),
+        (
+            reading.node.as_str(),
+            reading.node_state.as_str(),
+            reading.schedulable,
+            reading.jobs_running
+        ),
         ("gpu-07", "closed", false, 0)
     );
 }
@@ -138,7 +146,9 @@ async fn hook_failures_say_transient_or_permanent_and_name_the_hook() {
     assert_eq!(e.retry(), Retry::Transient, "{e}");
     let text = e.to_string();
     assert!(
-        text.contains("hook failing on purpose") && text.contains("hook.sh") && text.contains("gpu-07"),
+        text.contains("hook failing on purpose")
+            && text.contains("hook.sh")
+            && text.contains("gpu-07"),
         "{text}"
     );
     std::fs::write(hook.file("fail"), "78").unwrap();
@@ -149,7 +159,10 @@ async fn hook_failures_say_transient_or_permanent_and_name_the_hook() {
     assert_eq!(e.retry(), Retry::Permanent, "{e}");
     // A failed status read is reported as the reading's error, never as a schedulable node.
     let reading = act.read().await;
-    assert!(!reading.schedulable && reading.read_error.contains("code 78"), "{reading:?}");
+    assert!(
+        !reading.schedulable && reading.read_error.contains("code 78"),
+        "{reading:?}"
+    );
     std::fs::remove_file(hook.file("fail")).unwrap();
     let calls = hook.take_calls();
     assert!(calls.iter().all(|c| c.starts_with("status")), "{calls:?}");

@@ -130,8 +130,16 @@ impl DemandConfig {
         };
         let sections = [
             ("slurm", self.slurm.is_some(), DemandSource::Slurm),
-            ("slurmrestd", self.slurmrestd.is_some(), DemandSource::Slurmrestd),
-            ("kubernetes", self.kubernetes.is_some(), DemandSource::Kubernetes),
+            (
+                "slurmrestd",
+                self.slurmrestd.is_some(),
+                DemandSource::Slurmrestd,
+            ),
+            (
+                "kubernetes",
+                self.kubernetes.is_some(),
+                DemandSource::Kubernetes,
+            ),
         ];
         for (name, present, owner) in sections {
             if present && owner != self.source {
@@ -226,11 +234,23 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("source = \"slurmrestd\"\n", "demand.slurmrestd"),
-            ("source = \"slurmrestd\"\n[slurmrestd]\nurl = \"h:6820\"\nuser_name = \"p\"\ntoken_env = \"T\"\n", "demand.slurmrestd.url"),
-            ("source = \"slurmrestd\"\n[slurmrestd]\nurl = \"http://h\"\nuser_name = \"p\"\n", "demand.slurmrestd.token_env"),
+            (
+                "source = \"slurmrestd\"\n[slurmrestd]\nurl = \"h:6820\"\nuser_name = \"p\"\ntoken_env = \"T\"\n",
+                "demand.slurmrestd.url",
+            ),
+            (
+                "source = \"slurmrestd\"\n[slurmrestd]\nurl = \"http://h\"\nuser_name = \"p\"\n",
+                "demand.slurmrestd.token_env",
+            ),
             ("source = \"slurm\"\n[kubernetes]\n", "demand.kubernetes"),
-            ("source = \"kubernetes\"\npartitions = [\"ai\"]\n", "demand.partitions"),
-            ("source = \"slurm\"\n[slurm]\ntimeout_s = 0\n", "demand.slurm.timeout_s"),
+            (
+                "source = \"kubernetes\"\npartitions = [\"ai\"]\n",
+                "demand.partitions",
+            ),
+            (
+                "source = \"slurm\"\n[slurm]\ntimeout_s = 0\n",
+                "demand.slurm.timeout_s",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -63,11 +63,13 @@ impl KubeDemand {
 
     pub async fn read(&self) -> Result<GpuDemand, DemandError> {
         // Finished pods hold nothing; leaving them out server-side keeps large clusters cheap.
-        let params = ListParams::default()
-            .fields("status.phase!=Succeeded,status.phase!=Failed");
+        let params = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
         let mut pods = Vec::new();
         if self.namespaces.is_empty() {
-            pods = Api::<Pod>::all(self.client.clone()).list(&params).await?.items;
+            pods = Api::<Pod>::all(self.client.clone())
+                .list(&params)
+                .await?
+                .items;
         } else {
             for ns in &self.namespaces {
                 let api = Api::<Pod>::namespaced(self.client.clone(), ns);

@@ -28,7 +28,9 @@ const NOT_FOR_CAPACITY: [&str; 12] = [
 
 /// Whether capacity could start a pending job waiting for `reason`.
 pub fn waits_for_capacity(reason: &str) -> bool {
-    !(NOT_FOR_CAPACITY.contains(&reason) || reason.starts_with("QOS") || reason.starts_with("Assoc"))
+    !(NOT_FOR_CAPACITY.contains(&reason)
+        || reason.starts_with("QOS")
+        || reason.starts_with("Assoc"))
 }
 
 /// Adds up the GPUs of pending and running jobs in `partitions` (all when empty).
@@ -149,10 +151,7 @@ async fn fetch(
     let status = reply.status();
     let body = reply.text().await.map_err(|e| fail(e.to_string()))?;
     if !status.is_success() {
-        return Err(fail(format!(
-            "HTTP {status}: {}",
-            command::quote(&body)
-        )));
+        return Err(fail(format!("HTTP {status}: {}", command::quote(&body))));
     }
     Ok(body)
 }

@@ -55,7 +55,11 @@ fn split_top_level(list: &str) -> Result<Vec<&str>, &'static str> {
         return Err("`[` without `]`");
     }
     items.push(&list[start..]);
-    Ok(items.into_iter().map(str::trim).filter(|s| !s.is_empty()).collect())
+    Ok(items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 fn parse_item(item: &str) -> Result<Vec<Segment>, &'static str> {
@@ -151,7 +155,14 @@ mod tests {
 
     #[test]
     fn malformed_lists_are_errors() {
-        for list in ["gpu[1-", "gpu1]", "gpu[a-b]", "gpu[4-1]", "gpu[[1]]", "g[99999999999999999999]"] {
+        for list in [
+            "gpu[1-",
+            "gpu1]",
+            "gpu[a-b]",
+            "gpu[4-1]",
+            "gpu[[1]]",
+            "g[99999999999999999999]",
+        ] {
             assert!(contains(list, "gpu1").is_err(), "{list}");
         }
     }

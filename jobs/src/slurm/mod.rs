@@ -169,10 +169,11 @@ pub fn parse_squeue(json: &str) -> Result<Vec<Job>, SlurmJsonError> {
 /// Parses `sinfo --json`.
 pub fn parse_sinfo(json: &str) -> Result<Vec<Node>, SlurmJsonError> {
     const COMMAND: &str = "sinfo --json";
-    let reply: raw::Sinfo = serde_json::from_str(json).map_err(|source| SlurmJsonError::Syntax {
-        command: COMMAND,
-        source,
-    })?;
+    let reply: raw::Sinfo =
+        serde_json::from_str(json).map_err(|source| SlurmJsonError::Syntax {
+            command: COMMAND,
+            source,
+        })?;
     raw::check_errors(COMMAND, &reply.errors)?;
     let nodes = reply.nodes.ok_or(SlurmJsonError::Reported {
         command: COMMAND,

@@ -63,13 +63,22 @@ fn later_shapes() {
 fn errors_name_the_command_and_the_job() {
     let e = parse_squeue("{\"jobs\": [").unwrap_err().to_string();
     assert!(e.contains("squeue --json"), "{e}");
-    let e = parse_squeue(r#"{"jobs":[],"errors":[{"error":"Unable to contact slurm controller","error_number":1}]}"#)
-        .unwrap_err()
-        .to_string();
+    let e = parse_squeue(
+        r#"{"jobs":[],"errors":[{"error":"Unable to contact slurm controller","error_number":1}]}"#,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("Unable to contact slurm controller"), "{e}");
     let bad = r#"{"jobs":[{"job_id":9,"job_state":"PENDING","tres_per_node":"gres:gpu:lots:x"}]}"#;
-    let e = parse_squeue(bad).unwrap().remove(0).gpus_requested().unwrap_err().to_string();
+    let e = parse_squeue(bad)
+        .unwrap()
+        .remove(0)
+        .gpus_requested()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("job 9") && e.contains("tres_per_node"), "{e}");
-    let e = parse_sinfo(r#"{"sinfo":[],"errors":[]}"#).unwrap_err().to_string();
+    let e = parse_sinfo(r#"{"sinfo":[],"errors":[]}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no `nodes` list"), "{e}");
 }

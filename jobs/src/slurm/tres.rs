@@ -128,7 +128,12 @@ mod tests {
 
     #[test]
     fn malformed_counts_are_errors() {
-        for text in ["gres:gpu:a100:x", "gres/gpu=four", "gpu:a:b:c", "gres/gpu=99999999999999999999"] {
+        for text in [
+            "gres:gpu:a100:x",
+            "gres/gpu=four",
+            "gpu:a:b:c",
+            "gres/gpu=99999999999999999999",
+        ] {
             assert!(gpus(text).is_err(), "{text}");
         }
     }

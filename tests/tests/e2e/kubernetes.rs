@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pivot_agent::workload::config::WorkloadConfig;
 use pivot_agent::workload::kubernetes::Kubernetes;
-use pivot_agent::workload::{Retry, WorkloadActuator, WorkloadError, Why};
+use pivot_agent::workload::{Retry, Why, WorkloadActuator, WorkloadError};
 use pivot_controller::demand::config::KubeDemandConfig;
 use pivot_controller::demand::kubernetes::KubeDemand;
 use pivot_e2e::fake_kube::{Expect, FakeKube};
@@ -134,7 +134,12 @@ async fn kubernetes_node_is_cordoned_tainted_evicted_through_its_pdb_and_release
     );
     let reading = act.read().await;
     assert_eq!(
-        (reading.node_state.as_str(), reading.schedulable, reading.jobs_running, reading.gpus_allocated),
+        (
+            reading.node_state.as_str(),
+            reading.schedulable,
+            reading.jobs_running,
+            reading.gpus_allocated
+        ),
         ("Ready,SchedulingDisabled", false, 1, 2)
     );
 
@@ -174,7 +179,10 @@ async fn kubernetes_node_is_cordoned_tainted_evicted_through_its_pdb_and_release
     assert!(applied.status.schedulable);
     assert_eq!(fake.node()["spec"]["taints"], json!([gpu_taint()]));
     let reading = act.read().await;
-    assert_eq!((reading.node_state.as_str(), reading.schedulable), ("Ready", true));
+    assert_eq!(
+        (reading.node_state.as_str(), reading.schedulable),
+        ("Ready", true)
+    );
 
     let seen = fake.finish();
     assert!(seen.iter().all(|r| !r.starts_with("DELETE")), "{seen:?}");
@@ -187,7 +195,12 @@ async fn kubernetes_refuses_unknown_nodes_and_someone_elses_cordon() {
     let fake = FakeKube::start(
         node(true, json!([])),
         vec![],
-        &[NODE_READ, PODS_READ, "/api/v1/nodes/gpu-02", "/api/v1/pods?&fieldSelector=spec.nodeName%3Dgpu-02"],
+        &[
+            NODE_READ,
+            PODS_READ,
+            "/api/v1/nodes/gpu-02",
+            "/api/v1/pods?&fieldSelector=spec.nodeName%3Dgpu-02",
+        ],
     )
     .await;
     let act = actuator(&fake, dir.path(), "gpu-01").await.unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pivot_agent::workload::config::{AfterGrace, WorkloadConfig};
 use pivot_agent::workload::slurm::Slurm;
-use pivot_agent::workload::{Retry, WorkloadActuator, WorkloadError, WorkloadManager, Why};
+use pivot_agent::workload::{Retry, Why, WorkloadActuator, WorkloadError, WorkloadManager};
 use pivot_controller::demand::{DemandConfig, DemandReader};
 use pivot_e2e::slurm::{NODE, PARTITION, SlurmCluster};
 use pivot_proto::model::WorkloadState;
@@ -45,7 +45,12 @@ async fn demand(cluster: &SlurmCluster) -> (u64, u64) {
     );
     let config: DemandConfig = toml::from_str(&text).unwrap();
     config.validate().unwrap();
-    let d = DemandReader::connect(&config).await.unwrap().read().await.unwrap();
+    let d = DemandReader::connect(&config)
+        .await
+        .unwrap()
+        .read()
+        .await
+        .unwrap();
     (d.gpus_pending, d.gpus_running)
 }
 
@@ -53,33 +58,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Waits on a blocking condition without holding up the runtime.
-async fn wait_for(cluster: &SlurmCluster, what: &str, within: Duration, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cluster.wait_until(what, Duration::ZERO, ready);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
-    let cluster = SlurmCluster::start();
+    let cluster = SlurmCluster::start().await;
     let config = workload_config(&cluster, 2.0, "requeue");
     let act = actuator(&config, NODE).unwrap();
 
     // 1. Drain the idle node: DRAINED read back, with pivot's reason.
     let applied = act
-        .apply(WorkloadState::Drained, &why("plan p1: hashprice above AI value"))
+        .apply(
+            WorkloadState::Drained,
+            &why("plan p1: hashprice above AI value"),
+        )
         .await
         .unwrap();
     assert!(applied.status.drained(), "{:?}", applied.status);
     assert_eq!(applied.status.node_state, "IDLE+DRAIN");
     assert_eq!(cluster.node_state(), "drained");
-    assert_eq!(cluster.node_reason(), "pivot: plan p1: hashprice above AI value");
+    assert_eq!(
+        cluster.node_reason(),
+        "pivot: plan p1: hashprice above AI value"
+    );
     let drain_lever = applied.levers[0].took;
     println!(
         "lever drain(idle node) -> DRAINED read back: {:.0} ms (scontrol update {:.0} ms, {} read-backs {:.0} ms)",
@@ -90,12 +89,19 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
     );
     let reading = act.read().await;
     assert_eq!(
-        (reading.node.as_str(), reading.node_state.as_str(), reading.schedulable),
+        (
+            reading.node.as_str(),
+            reading.node_state.as_str(),
+            reading.schedulable
+        ),
         (NODE, "IDLE+DRAIN", false)
     );
     assert!(reading.read_error.is_empty(), "{}", reading.read_error);
     // A second drain changes nothing and pulls no lever.
-    let again = act.apply(WorkloadState::Drained, &why("again")).await.unwrap();
+    let again = act
+        .apply(WorkloadState::Drained, &why("again"))
+        .await
+        .unwrap();
     assert!(again.levers.is_empty(), "{:?}", again.levers);
 
     // 2. A GPU job submitted while drained stays pending, and the controller sees the demand.
@@ -112,15 +118,19 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
     // 3. Release: the node is schedulable, then the job runs and the demand moves to running.
     let started = Instant::now();
     let applied = act
-        .apply(WorkloadState::Released, &why("plan p2: AI value above hashprice"))
+        .apply(
+            WorkloadState::Released,
+            &why("plan p2: AI value above hashprice"),
+        )
         .await
         .unwrap();
     assert!(applied.status.schedulable, "{:?}", applied.status);
     let released = started.elapsed();
-    wait_for(&cluster, "the GPU job to run", Duration::from_secs(30), || {
-        cluster.job(job).0 == "RUNNING"
-    })
-    .await;
+    cluster
+        .wait_until("the GPU job to run", Duration::from_secs(30), || {
+            cluster.job(job).0 == "RUNNING"
+        })
+        .await;
     let running = started.elapsed();
     println!(
         "lever resume -> schedulable read back: {:.0} ms (scontrol update {:.0} ms); -> job RUNNING: {:.0} ms",
@@ -142,18 +152,26 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
         (
             act,
             tokio::spawn(async move {
-                a.apply(WorkloadState::Drained, &why("plan p3: back to mining")).await
+                a.apply(WorkloadState::Drained, &why("plan p3: back to mining"))
+                    .await
             }),
         )
     };
     let (act, handle) = apply;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(cluster.job(job).0, "RUNNING", "requeued before the grace was over");
+    assert_eq!(
+        cluster.job(job).0,
+        "RUNNING",
+        "requeued before the grace was over"
+    );
     assert_eq!(cluster.node_state(), "draining");
     let applied = handle.await.unwrap().unwrap();
     let total = started.elapsed();
     assert!(applied.status.drained(), "{:?}", applied.status);
-    assert!(total >= Duration::from_secs(2), "grace not respected: {total:?}");
+    assert!(
+        total >= Duration::from_secs(2),
+        "grace not respected: {total:?}"
+    );
     let (state, reason) = cluster.job(job);
     assert_eq!(state, "PENDING", "{reason}");
     let removal = applied
@@ -172,35 +190,43 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
 
     // 5. Cancel mode: after the grace the job is cancelled, not requeued.
     let cancel_config = workload_config(&cluster, 0.5, "cancel");
-    assert_eq!(cancel_config.slurm.as_ref().unwrap().after_grace, AfterGrace::Cancel);
+    assert_eq!(
+        cancel_config.slurm.as_ref().unwrap().after_grace,
+        AfterGrace::Cancel
+    );
     let cancel_act = actuator(&cancel_config, NODE).unwrap();
     let job = cluster.submit(&["--gres=gpu:2"]);
     cancel_act
         .apply(WorkloadState::Released, &why("plan p4"))
         .await
         .unwrap();
-    wait_for(&cluster, "the job to run", Duration::from_secs(30), || {
-        cluster.job(job).0 == "RUNNING"
-    })
-    .await;
+    cluster
+        .wait_until("the job to run", Duration::from_secs(30), || {
+            cluster.job(job).0 == "RUNNING"
+        })
+        .await;
     let applied = cancel_act
         .apply(WorkloadState::Drained, &why("plan p5"))
         .await
         .unwrap();
     assert!(applied.status.drained());
-    wait_for(&cluster, "the job to be cancelled", Duration::from_secs(10), || {
-        cluster.job(job).0 == "CANCELLED"
-    })
-    .await;
+    cluster
+        .wait_until("the job to be cancelled", Duration::from_secs(10), || {
+            cluster.job(job).0 == "CANCELLED"
+        })
+        .await;
 
     // 6. A job that cannot be requeued is a permanent error that names it; the node stays
     //    closed (draining), never reported drained.
     let job = cluster.submit(&["--gres=gpu:1", "--no-requeue"]);
-    act.apply(WorkloadState::Released, &why("plan p6")).await.unwrap();
-    wait_for(&cluster, "the job to run", Duration::from_secs(30), || {
-        cluster.job(job).0 == "RUNNING"
-    })
-    .await;
+    act.apply(WorkloadState::Released, &why("plan p6"))
+        .await
+        .unwrap();
+    cluster
+        .wait_until("the job to run", Duration::from_secs(30), || {
+            cluster.job(job).0 == "RUNNING"
+        })
+        .await;
     let e = act
         .apply(WorkloadState::Drained, &why("plan p7"))
         .await
@@ -213,15 +239,21 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
     assert!(e.to_string().contains("cancel"), "{e}");
     assert_eq!(cluster.node_state(), "draining");
     cluster.cancel_all();
-    wait_for(&cluster, "the node to drain", Duration::from_secs(10), || {
-        cluster.node_state() == "drained"
-    })
-    .await;
+    cluster
+        .wait_until("the node to drain", Duration::from_secs(10), || {
+            cluster.node_state() == "drained"
+        })
+        .await;
 
     // 7. Someone else's drain is not undone.
     let admin = cluster
         .command("scontrol")
-        .args(["update", &format!("NodeName={NODE}"), "State=DRAIN", "Reason=disk swap"])
+        .args([
+            "update",
+            &format!("NodeName={NODE}"),
+            "State=DRAIN",
+            "Reason=disk swap",
+        ])
         .status()
         .unwrap();
     assert!(admin.success());
@@ -257,6 +289,10 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
     );
     assert_eq!((cluster.node_state(), cluster.node_reason()), before);
     let reading = unknown.read().await;
-    assert!(reading.read_error.contains("pivot-gpu9"), "{}", reading.read_error);
+    assert!(
+        reading.read_error.contains("pivot-gpu9"),
+        "{}",
+        reading.read_error
+    );
     assert!(!reading.schedulable);
 }
