@@ -58,6 +58,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Submits a job with `args`, releases the node and waits until the job runs.
+async fn release_and_run(cluster: &SlurmCluster, act: &WorkloadActuator, args: &[&str]) -> u64 {
+    let job = cluster.submit(args);
+    act.apply(WorkloadState::Released, &why("plan: AI pays"))
+        .await
+        .unwrap();
+    cluster
+        .wait_until("the job to run", Duration::from_secs(30), || {
+            cluster.job(job).0 == "RUNNING"
+        })
+        .await;
+    job
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
     let cluster = SlurmCluster::start().await;
@@ -195,16 +209,7 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
         AfterGrace::Cancel
     );
     let cancel_act = actuator(&cancel_config, NODE).unwrap();
-    let job = cluster.submit(&["--gres=gpu:2"]);
-    cancel_act
-        .apply(WorkloadState::Released, &why("plan p4"))
-        .await
-        .unwrap();
-    cluster
-        .wait_until("the job to run", Duration::from_secs(30), || {
-            cluster.job(job).0 == "RUNNING"
-        })
-        .await;
+    let job = release_and_run(&cluster, &cancel_act, &["--gres=gpu:2"]).await;
     let applied = cancel_act
         .apply(WorkloadState::Drained, &why("plan p5"))
         .await
@@ -218,15 +223,7 @@ async fn slurm_node_is_drained_released_and_its_jobs_requeued_or_cancelled() {
 
     // 6. A job that cannot be requeued is a permanent error that names it; the node stays
     //    closed (draining), never reported drained.
-    let job = cluster.submit(&["--gres=gpu:1", "--no-requeue"]);
-    act.apply(WorkloadState::Released, &why("plan p6"))
-        .await
-        .unwrap();
-    cluster
-        .wait_until("the job to run", Duration::from_secs(30), || {
-            cluster.job(job).0 == "RUNNING"
-        })
-        .await;
+    let job = release_and_run(&cluster, &act, &["--gres=gpu:1", "--no-requeue"]).await;
     let e = act
         .apply(WorkloadState::Drained, &why("plan p7"))
         .await
