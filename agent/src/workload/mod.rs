@@ -323,3 +323,52 @@ pub fn observed_state(status: &NodeStatus) -> v1::WorkloadState {
 fn saturating_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(closed: bool, schedulable: bool, jobs: u32, gpus: u32, busy: bool) -> NodeStatus {
+        NodeStatus {
+            node_state: "X".into(),
+            schedulable,
+            closed,
+            closed_by_other: None,
+            jobs_running: jobs,
+            gpus_allocated: gpus,
+            busy_without_jobs: busy,
+        }
+    }
+
+    #[test]
+    fn drained_needs_closed_and_empty() {
+        assert!(status(true, false, 0, 0, false).drained());
+        for not in [
+            status(false, false, 0, 0, false),
+            status(true, false, 1, 0, false),
+            status(true, false, 0, 2, false),
+            status(true, false, 0, 0, true),
+        ] {
+            assert!(!not.drained(), "{not:?}");
+            assert_ne!(observed_state(&not), v1::WorkloadState::Drained);
+        }
+        assert_eq!(
+            observed_state(&status(false, true, 3, 8, false)),
+            v1::WorkloadState::Released
+        );
+    }
+
+    #[test]
+    fn a_failed_read_is_reported_unschedulable_with_its_error() {
+        let e = WorkloadError::NotConfirmed {
+            manager: ManagerKind::Slurm,
+            node: "gpu1".into(),
+            wanted: "schedulable",
+            waited_s: 3.0,
+            state: "DOWN".into(),
+        };
+        let r = reading(ManagerKind::Slurm, "gpu1", &Err(e));
+        assert!(!r.schedulable && r.read_error.contains("gpu1"));
+        assert_eq!(r.manager, v1::WorkloadManagerKind::Slurm as i32);
+    }
+}

@@ -2,11 +2,9 @@
 //! its environment, keeps the node's state in files, and fails or hangs on demand.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use pivot_agent::workload::config::WorkloadConfig;
-use pivot_agent::workload::exec::ExecHook;
 use pivot_agent::workload::{Retry, Why, WorkloadActuator, WorkloadError};
 use pivot_proto::model::WorkloadState;
 
@@ -57,7 +55,7 @@ impl Hook {
         text.lines().map(str::to_owned).collect()
     }
 
-    fn actuator(&self, grace_s: f64, timeout_s: f64) -> WorkloadActuator {
+    async fn actuator(&self, grace_s: f64, timeout_s: f64) -> WorkloadActuator {
         let text = format!(
             "manager = \"exec\"\nnode_name = \"gpu-07\"\ngrace_s = {grace_s}\nconfirm_s = 5\npoll_s = 0.05\n\
              [exec]\nhook = \"{}\"\ntimeout_s = {timeout_s}\n",
@@ -65,8 +63,9 @@ impl Hook {
         );
         let config: WorkloadConfig = toml::from_str(&text).unwrap();
         config.validate().unwrap();
-        let hook = ExecHook::new("rack-3-host-7", "gpu-07", config.exec.as_ref().unwrap());
-        WorkloadActuator::new(Arc::new(hook), &config)
+        pivot_agent::workload::connect("rack-3-host-7", &config)
+            .await
+            .unwrap()
     }
 }
 
@@ -87,7 +86,7 @@ fn actions(calls: &[String]) -> Vec<&str> {
 #[tokio::test]
 async fn hook_releases_then_drains_and_clears_jobs_after_the_grace() {
     let hook = Hook::new("closed", 0);
-    let act = hook.actuator(0.3, 5.0);
+    let act = hook.actuator(0.3, 5.0).await;
 
     let applied = act
         .apply(WorkloadState::Released, &why("plan 12: AI pays", 10200))
@@ -137,7 +136,7 @@ async fn hook_releases_then_drains_and_clears_jobs_after_the_grace() {
 #[tokio::test]
 async fn hook_failures_say_transient_or_permanent_and_name_the_hook() {
     let hook = Hook::new("closed", 0);
-    let act = hook.actuator(0.0, 5.0);
+    let act = hook.actuator(0.0, 5.0).await;
     std::fs::write(hook.file("fail"), "1").unwrap();
     let e = act
         .apply(WorkloadState::Released, &why("x", 1))
@@ -171,7 +170,7 @@ async fn hook_failures_say_transient_or_permanent_and_name_the_hook() {
 #[tokio::test]
 async fn a_hook_past_its_timeout_is_killed_with_its_children() {
     let hook = Hook::new("open", 0);
-    let act = hook.actuator(0.0, 0.5);
+    let act = hook.actuator(0.0, 0.5).await;
     std::fs::write(hook.file("hang"), "").unwrap();
     let started = std::time::Instant::now();
     let e = act
