@@ -98,10 +98,16 @@ impl WorkloadActuator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Reads the node back, as the agent reports it.
+    /// Reads the node back, as the agent reports it (`HostReading.workload`).
     pub async fn read(&self) -> v1::WorkloadReading {
         let status = self.manager.status().await;
         super::reading(self.manager.kind(), self.manager.node(), &status)
+    }
+
+    /// Reads the node back, for the reconciler's confirmation (`NodeStatus::drained`,
+    /// `released`) and `HostReading.workload_state` (`super::observed_state`).
+    pub async fn read_status(&self) -> Result<NodeStatus, WorkloadError> {
+        self.manager.status().await
     }
 
     /// Drives the node to `target` and returns once the manager confirms it. The grace counts
