@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod backtest;
 pub mod config;
+pub mod demand;
 pub mod engine;
 pub mod executor;
 pub mod fleet;

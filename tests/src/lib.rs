@@ -78,6 +78,8 @@ pub fn start_dev_controller(extra: &[&str]) -> Running {
 }
 
 pub mod fake_controller;
+pub mod fake_kube;
+pub mod slurm;
 
 /// Starts a binary with arguments and waits for the stdout line that starts with `prefix`;
 /// returns the rest of that line.

@@ -5,4 +5,6 @@
 
 mod agent;
 mod controller;
+mod kubernetes;
+mod slurm;
 mod tls;
