@@ -1241,4 +1241,156 @@ mod tests {
             })
         ));
     }
+
+    // ---- Issue 8: tests written against the code at 4841e51, to see each hole fail. ----
+
+    /// A wall clock that each test owns.
+    fn test_clock() -> (Arc<std::sync::atomic::AtomicI64>, WallClock) {
+        let skew = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let s = Arc::clone(&skew);
+        (
+            skew,
+            Arc::new(move || Utc::now() + chrono::Duration::seconds(s.load(Ordering::SeqCst))),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hole1_a_ramping_miner_is_not_woken_without_a_lease() {
+        let (skew, clock) = test_clock();
+        let (_d, miner, r) = setup_with_clock(Fallback::Hold, clock);
+        r.receive(&[intent(1, RUN, 30)]);
+        settle().await;
+        skew.store(60, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Someone puts it to sleep; on its way there the firmware says "ramping".
+        r.observe(
+            "m1",
+            Observed::Miner {
+                reachable: true,
+                state: MinerState::Ramping,
+                power_w: Some(1500.0),
+                hashrate_ths: Some(40.0),
+                power_target_w: None,
+            },
+        );
+        settle().await;
+        assert_eq!(miner.calls.load(Ordering::SeqCst), 1, "woken without a lease");
+    }
+
+    /// Applies after `gate` is notified; counts calls running at once.
+    struct Gated {
+        gate: Arc<Notify>,
+        running: AtomicUsize,
+        max_running: AtomicUsize,
+    }
+    #[async_trait]
+    impl Actuator for Gated {
+        async fn apply(&self, target: &Target) -> Result<Observed, String> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_running.fetch_max(now, Ordering::SeqCst);
+            self.gate.notified().await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let asleep = matches!(target, Target::Miner(MinerTarget::Sleep));
+            Ok(Observed::Miner {
+                reachable: true,
+                state: if asleep { MinerState::Sleeping } else { MinerState::Mining },
+                power_w: Some(if asleep { 20.0 } else { 3000.0 }),
+                hashrate_ths: Some(if asleep { 0.0 } else { 100.0 }),
+                power_target_w: None,
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hole2_a_newer_intent_waits_for_the_call_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let gated = Arc::new(Gated {
+            gate: Arc::new(Notify::new()),
+            running: AtomicUsize::new(0),
+            max_running: AtomicUsize::new(0),
+        });
+        let r = reconciler(&dir, limits(), gated.clone(), Duration::from_secs(10), Fallback::Hold, Arc::new(Utc::now));
+        r.receive(&[intent(1, RUN, 300)]);
+        settle().await;
+        r.receive(&[intent(2, SLEEP, 300)]);
+        settle().await;
+        assert_eq!(gated.max_running.load(Ordering::SeqCst), 1, "two driver calls at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hole3_a_reading_taken_before_the_apply_finished_does_not_reapply() {
+        let (_d, miner, r) = setup(Fallback::Hold);
+        r.receive(&[intent(1, SLEEP, 300)]);
+        settle().await;
+        // A sweep read the miner mining before the sleep landed and reports it now.
+        r.observe_all([(
+            "m1".to_owned(),
+            Observed::Miner {
+                reachable: true,
+                state: MinerState::Mining,
+                power_w: Some(3000.0),
+                hashrate_ths: Some(100.0),
+                power_target_w: None,
+            },
+        )]);
+        settle().await;
+        assert_eq!(miner.calls.load(Ordering::SeqCst), 1, "re-applied on a stale reading, inside pacing");
+    }
+
+    #[test]
+    fn hole6_a_gpu_held_below_its_cap_by_another_limit_is_satisfied() {
+        let gpu = Limits::Gpu { min_cap_w: 100, max_cap_w: 700 };
+        assert!(satisfied(
+            &Target::Gpu { power_cap_w: 400 },
+            &Observed::Gpu { enforced_cap_w: Some(350.0), power_w: Some(340.0) },
+            &gpu,
+            None
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hole6_a_permanent_error_is_not_retried() {
+        struct Unsupported(AtomicUsize);
+        #[async_trait]
+        impl Actuator for Unsupported {
+            async fn apply(&self, _: &Target) -> Result<Observed, String> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Err("miner x: antminer firmware does not support a power target".into())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let a = Arc::new(Unsupported(AtomicUsize::new(0)));
+        let r = reconciler(&dir, limits(), a.clone(), Duration::from_secs(10), Fallback::Hold, Arc::new(Utc::now));
+        r.receive(&[intent(1, SLEEP, 300)]);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        r.reconcile();
+        settle().await;
+        assert_eq!(a.0.load(Ordering::SeqCst), 1, "a permanent error was retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hole7_an_intent_that_cannot_be_saved_is_not_applied() {
+        let (d, miner, r) = setup(Fallback::Hold);
+        std::fs::create_dir_all(d.path().join("intents.json").join("x")).unwrap();
+        r.receive(&[intent(1, SLEEP, 300)]);
+        settle().await;
+        assert_eq!(miner.calls.load(Ordering::SeqCst), 0, "applied an intent that is not on disk");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hole9_a_renewal_that_names_nothing_renews_nothing() {
+        let (skew, clock) = test_clock();
+        let (_d, miner, r) = setup_with_clock(Fallback::Hold, clock);
+        r.receive(&[intent(1, RUN, 30)]);
+        settle().await;
+        *miner.asleep.lock().unwrap() = true;
+        skew.store(60, Ordering::SeqCst);
+        r.observe("m1", miner.observed());
+        settle().await;
+        // Another controller renews "everything" without naming what it renews.
+        r.renew_lease(Utc::now() + chrono::Duration::seconds(600));
+        settle().await;
+        assert!(*miner.asleep.lock().unwrap(), "a blind renewal woke the miner");
+    }
 }

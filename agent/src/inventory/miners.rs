@@ -388,3 +388,100 @@ pub async fn rediscover(
         set.extend(found, missing);
     }
 }
+
+#[cfg(test)]
+mod hole_tests {
+    use super::*;
+    use crate::miner::MinerAddr;
+    use std::sync::Mutex;
+
+    /// A driver that records the order of its calls; the target fails when `target_fails`.
+    struct Recording {
+        addr: MinerAddr,
+        calls: Mutex<Vec<&'static str>>,
+        asleep: Mutex<bool>,
+        target_fails: bool,
+    }
+
+    impl Recording {
+        fn reading(&self) -> Reading {
+            let mut r = Reading::empty(&self.addr, MinerDialect::Braiins);
+            let asleep = *self.asleep.lock().unwrap();
+            r.state = if asleep { MinerState::Sleeping } else { MinerState::Mining };
+            r
+        }
+    }
+
+    #[async_trait]
+    impl MinerDriver for Recording {
+        fn dialect(&self) -> MinerDialect {
+            MinerDialect::Braiins
+        }
+        fn addr(&self) -> &MinerAddr {
+            &self.addr
+        }
+        async fn identify(&self) -> Result<Identity, MinerError> {
+            Ok(fallback_identity(MinerDialect::Braiins))
+        }
+        async fn read(&self) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("read");
+            Ok(self.reading())
+        }
+        async fn sleep(&self) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("sleep");
+            *self.asleep.lock().unwrap() = true;
+            Ok(self.reading())
+        }
+        async fn wake(&self) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("wake");
+            *self.asleep.lock().unwrap() = false;
+            Ok(self.reading())
+        }
+        async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("target");
+            if self.target_fails {
+                return Err(MinerError::Other { addr: self.addr.to_string(), message: "refused".into() });
+            }
+            Ok(self.reading())
+        }
+    }
+
+    fn recording(target_fails: bool) -> Arc<Recording> {
+        Arc::new(Recording {
+            addr: MinerAddr::new("10.0.0.1"),
+            calls: Mutex::new(Vec::new()),
+            asleep: Mutex::new(true),
+            target_fails,
+        })
+    }
+
+    #[tokio::test]
+    async fn hole4_a_sleeping_miner_gets_its_target_before_it_wakes() {
+        let d = recording(false);
+        let a = MinerActuator { driver: d.clone() };
+        let run = Target::Miner(MinerTarget::Run { power_target_w: Some(2000) });
+        a.apply(&run).await.unwrap();
+        assert_eq!(*d.calls.lock().unwrap(), ["read", "target", "wake"]);
+    }
+
+    #[tokio::test]
+    async fn hole4_a_failed_target_after_a_wake_puts_the_miner_back_to_sleep() {
+        let d = recording(true);
+        let a = MinerActuator { driver: d.clone() };
+        let run = Target::Miner(MinerTarget::Run { power_target_w: Some(2000) });
+        assert!(a.apply(&run).await.is_err());
+        assert!(*d.asleep.lock().unwrap(), "left awake at its pre-sleep power: {:?}", d.calls.lock().unwrap());
+    }
+
+    #[test]
+    fn hole10_a_known_model_carries_its_nameplate() {
+        let slot = MinerSlot {
+            device_id: "miner/10.0.0.1".into(),
+            driver: recording(false),
+            identity: Identity { model: Some("Antminer S21".into()), ..fallback_identity(MinerDialect::Luxos) },
+        };
+        let inv = miner_inventory(&slot, None);
+        assert_eq!(inv.nameplate_power_w, Some(3500));
+        assert_eq!(inv.nameplate_hashrate_ths, Some(200.0));
+    }
+}

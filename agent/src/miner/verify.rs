@@ -157,3 +157,22 @@ mod tests {
         assert_eq!(FileModes::new(path).recall("10.0.0.1"), None);
     }
 }
+
+#[cfg(test)]
+mod hole_tests {
+    use super::*;
+
+    #[test]
+    fn hole8_a_corrupt_modes_file_is_not_read_as_empty_or_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("miner-modes.json");
+        std::fs::write(&path, b"{\"antminer/10.0.0.1\": \"2\", trunc").unwrap();
+        let modes = FileModes::new(path.clone());
+        modes.remember("antminer/10.0.0.2", "0");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"antminer/10.0.0.1\": \"2\", trunc",
+            "a corrupt file was overwritten, losing the first miner's mode"
+        );
+    }
+}
