@@ -9,11 +9,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::inventory::{MinerSlot, observed_miner};
 use crate::miner::{MinerError, Reading};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Observation, Reconciler};
 
 /// Per-device health.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,7 +29,13 @@ pub struct MinerStatus {
     pub reading: Reading,
     pub at: DateTime<Utc>,
     pub health: Health,
+    /// The model it last named: kept while it is unreachable, so its series keep their labels.
+    pub model: Option<String>,
 }
+
+/// One miner's reading and the instant the read started (what the reading is stamped with: a
+/// read that started before a driver call finished is older than that call's read-back).
+pub type Read = (String, Reading, Instant);
 
 /// Statistics of the last sweep.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -88,13 +94,14 @@ pub async fn sweep(
     slots: &Arc<Vec<MinerSlot>>,
     concurrency: usize,
     deadline: Duration,
-) -> Vec<(String, Reading)> {
+) -> Vec<Read> {
     futures::stream::iter(0..slots.len())
         .map(|i| {
             let slots = Arc::clone(slots);
             async move {
                 let slot = &slots[i];
-                (slot.device_id.clone(), read_one(slot, deadline).await)
+                let started = Instant::now();
+                (slot.device_id.clone(), read_one(slot, deadline).await, started)
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -102,11 +109,12 @@ pub async fn sweep(
         .await
 }
 
-/// Records a sweep's readings and hands them to the reconciler.
+/// Records a sweep's readings and hands them to the reconciler. A miner that stops answering,
+/// or answers again, is logged once, at the change.
 pub fn record(
     obs: &Observations,
     reconciler: Option<&Arc<Reconciler>>,
-    readings: Vec<(String, Reading)>,
+    readings: Vec<Read>,
     took: Duration,
 ) {
     let now = Utc::now();
@@ -117,22 +125,38 @@ pub fn record(
             .miners
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (id, reading) in readings {
+        for (id, reading, started) in readings {
             let ok = reading.reachable && reading.error.is_none();
             let entry = miners.entry(id.clone()).or_insert_with(|| MinerStatus {
                 reading: reading.clone(),
                 at: now,
                 health: Health::default(),
+                model: None,
             });
             if ok {
                 reachable += 1;
+                if entry.health.consecutive_failures > 0 {
+                    info!(miner = %reading.addr, device = %id, after_failures = entry.health.consecutive_failures, "Miner answers again");
+                }
                 entry.health.last_seen = Some(now);
                 entry.health.consecutive_failures = 0;
             } else {
+                if entry.health.consecutive_failures == 0 {
+                    warn!(miner = %reading.addr, device = %id, error = reading.error.as_deref().unwrap_or("unreachable"), "Miner stopped answering; it counts as unseen until it does");
+                }
                 entry.health.consecutive_failures += 1;
                 entry.health.last_error = reading.error.clone();
             }
-            for_reconciler.push((id, observed_miner(&reading)));
+            if reading.model.is_some() {
+                entry.model.clone_from(&reading.model);
+            }
+            for_reconciler.push((
+                id,
+                Observation {
+                    taken_at: started,
+                    observed: observed_miner(&reading),
+                },
+            ));
             entry.reading = reading;
             entry.at = now;
         }
@@ -152,7 +176,7 @@ pub fn record(
     debug!(
         miners = total,
         reachable,
-        took_ms = took.as_millis() as u64,
+        took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         "Sweep done"
     );
     if let Some(r) = reconciler {

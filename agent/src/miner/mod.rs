@@ -13,6 +13,7 @@ pub mod detect;
 pub mod dialects;
 pub mod error;
 pub mod http;
+pub mod nameplate;
 pub mod transport;
 pub mod verify;
 
@@ -48,6 +49,9 @@ pub struct Capabilities {
     /// The range the firmware accepts, when it says.
     pub power_target_min_w: Option<u32>,
     pub power_target_max_w: Option<u32>,
+    /// The targets the firmware can express, ascending, where it has steps (LuxOS profiles); a
+    /// request lands on the highest step at or below it. Empty: any watt value in the range.
+    pub power_target_steps_w: Vec<u32>,
 }
 
 /// One hashboard.
@@ -180,6 +184,12 @@ pub trait MinerDriver: Send + Sync {
 
     /// Sets the power target; returns the read-back that shows it.
     async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError>;
+
+    /// Whether the firmware takes a power target while asleep and keeps it for the wake, so a
+    /// wake to a target can set the target first and never run at the power it slept at.
+    fn target_while_asleep(&self) -> bool {
+        false
+    }
 }
 
 /// A reading that never fails: an unreachable or unreadable miner yields a reading that says so.
