@@ -56,6 +56,18 @@ pub struct HeldRecord {
     pub fallback: Option<Target>,
     #[serde(default)]
     pub before: Option<Before>,
+    /// A target of this generation that failed for good (a permanent driver error): it is not
+    /// tried again, whatever happens to the lease or the agent, until a new generation comes.
+    #[serde(default)]
+    pub given_up: Option<GivenUp>,
+}
+
+/// A target given up on, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GivenUp {
+    pub target: Target,
+    pub why: String,
 }
 
 impl HeldRecord {
@@ -64,7 +76,16 @@ impl HeldRecord {
             intent,
             fallback: None,
             before: None,
+            given_up: None,
         }
+    }
+
+    /// Why the target in force was given up on, if it was.
+    pub fn given_up_on_target(&self) -> Option<&str> {
+        self.given_up
+            .as_ref()
+            .filter(|g| g.target == self.target())
+            .map(|g| g.why.as_str())
     }
 
     /// The target in force: the fallback's once the lease ended, else the intent's.
@@ -86,11 +107,16 @@ pub struct Held {
 }
 
 impl Held {
+    /// A held record; one whose target in force was given up on stays failed (not retrying).
     pub fn new(record: HeldRecord, detail: impl Into<String>) -> Self {
+        let (phase, detail) = match record.given_up_on_target() {
+            Some(why) => (IntentPhase::Failed, why.to_owned()),
+            None => (IntentPhase::Pending, detail.into()),
+        };
         Self {
             record,
-            phase: IntentPhase::Pending,
-            detail: detail.into(),
+            phase,
+            detail,
             retrying: false,
             applied_at: None,
         }

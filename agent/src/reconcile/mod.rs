@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-pub use held::{Before, Held, HeldRecord};
+pub use held::{Before, GivenUp, Held, HeldRecord};
 pub use reports::Reports;
 pub use rules::{
     TargetCaps, TargetRefused, check, fallback_target, power_target_landing, raises_power,
@@ -149,7 +149,14 @@ pub struct Reconciler {
     store: Arc<dyn IntentStore>,
     settings: Settings,
     pub reports: Reports,
+    /// Told of every dispatch as it is decided (the model-based test checks the disk there).
+    #[cfg(test)]
+    on_dispatch: Mutex<Option<DispatchHook>>,
 }
+
+/// (device, generation, target, raising) of a dispatch, as it is decided.
+#[cfg(test)]
+type DispatchHook = Box<dyn Fn(&str, u64, Target, bool) + Send>;
 
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -216,6 +223,8 @@ impl Reconciler {
             store,
             settings,
             reports,
+            #[cfg(test)]
+            on_dispatch: Mutex::new(None),
         };
         if dropped {
             let inner = this.lock();
@@ -737,6 +746,15 @@ impl Reconciler {
             .then_some(held.record.intent.lease_expires_at);
         let guard = RaiseGuard::new(lease, Arc::clone(&self.clock), Arc::clone(&self.trust));
         info!(device = %id, generation, ?target, raising, "Applying");
+        #[cfg(test)]
+        if let Some(hook) = self
+            .on_dispatch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            hook(id, generation, target, raising);
+        }
         let (cancel, cancelled) = oneshot::channel::<()>();
         let actuator = Arc::clone(&slot.device.actuator);
         let deadline = slot.device.deadline;
@@ -744,10 +762,12 @@ impl Reconciler {
         let device_id = id.to_owned();
         let task = tokio::spawn(async move {
             let result = tokio::select! {
+                // A call abandoned before it ran does not start at all.
+                biased;
+                _ = cancelled => Err(ApplyError::Superseded),
                 r = tokio::time::timeout(deadline, actuator.apply(&target, &guard)) => {
                     r.unwrap_or(Err(ApplyError::Timeout { after: deadline }))
                 }
-                _ = cancelled => Err(ApplyError::Superseded),
             };
             // The driver's future is dropped by now: no call is left running on the device.
             this.finish(&device_id, attempt, result);
@@ -793,6 +813,7 @@ impl Reconciler {
         }
         let power = slot.power_w();
         let limits = slot.device.limits.clone();
+        let mut give_up = false;
         match slot.held.as_mut() {
             Some(h) if h.generation() == f.generation && h.target() == f.target => match result {
                 Ok(o) => {
@@ -817,6 +838,13 @@ impl Reconciler {
                 Err(e) => {
                     let retrying = !e.is_permanent();
                     warn!(device = %id, generation = f.generation, error = %e, retrying, "Applying intent failed");
+                    if !retrying {
+                        h.record.given_up = Some(GivenUp {
+                            target: f.target,
+                            why: e.to_string(),
+                        });
+                        give_up = true;
+                    }
                     self.reports.push(h.transition(
                         id,
                         IntentPhase::Failed,
@@ -830,8 +858,21 @@ impl Reconciler {
                 debug!(device = %id, generation = f.generation, "Driver call finished for a superseded intent");
             }
         }
+        // Kept on disk so a restart does not try it again.
+        if give_up && let Err(e) = self.store.save(&inner.records()) {
+            warn!(device = %id, error = %e, "Could not save that the intent failed for good; a restart would try it once more");
+        }
         drop(inner);
         self.advance(Some(vec![id.to_owned()]));
+    }
+
+    /// Calls `hook` at every dispatch, as it is decided (tests only).
+    #[cfg(test)]
+    fn on_dispatch(&self, hook: DispatchHook) {
+        *self
+            .on_dispatch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
     }
 
     /// What the reconciler holds, for tests' invariants.
@@ -848,7 +889,10 @@ impl Reconciler {
                             (h.record.clone(), h.phase, h.retrying)
                         }),
                         observed_at: s.observation.as_ref().map(|o| o.taken_at),
-                        in_flight: s.in_flight.as_ref().map(|f| (f.generation, f.target)),
+                        in_flight: s
+                            .in_flight
+                            .as_ref()
+                            .map(|f| (f.attempt, f.generation, f.target, f.raising)),
                     },
                 )
             })
@@ -862,7 +906,8 @@ impl Reconciler {
 struct SlotSnapshot {
     held: Option<(HeldRecord, IntentPhase, bool)>,
     observed_at: Option<Instant>,
-    in_flight: Option<(u64, Target)>,
+    /// (attempt, generation, target, raising).
+    in_flight: Option<(u64, u64, Target, bool)>,
 }
 
 /// Extends `r`'s lease to `until` (never shortening); a fallback ends once the lease is valid.
@@ -880,10 +925,18 @@ fn extend_held(h: &mut Held, until: DateTime<Utc>, now: DateTime<Utc>) {
     let had_fallback = h.record.fallback.is_some();
     extend(&mut h.record, until, now);
     if had_fallback && h.record.fallback.is_none() {
-        h.phase = IntentPhase::Pending;
-        h.detail = "lease renewed: the intent is in force again".into();
-        h.retrying = false;
         h.applied_at = None;
+        h.retrying = false;
+        match h.record.given_up_on_target() {
+            Some(why) => {
+                h.phase = IntentPhase::Failed;
+                h.detail = why.to_owned();
+            }
+            None => {
+                h.phase = IntentPhase::Pending;
+                h.detail = "lease renewed: the intent is in force again".into();
+            }
+        }
     }
 }
 

@@ -94,10 +94,10 @@ pub fn next_step(
     if device.in_flight {
         return Step::Wait;
     }
-    if held.phase == IntentPhase::Failed && !held.retrying {
-        return Step::Wait; // Final for this generation.
-    }
     let target = held.target();
+    if record.given_up_on_target().is_some() {
+        return Step::Wait; // Failed for good: final for this generation.
+    }
     let observed = observation.map(|o| &o.observed);
     let ok = observed.is_some_and(|o| satisfied(&target, o, device.limits, record.before.as_ref()));
     match held.phase {
@@ -297,9 +297,14 @@ mod tests {
         };
         let mut h = held(SLEEP, 300, wall);
         h.phase = IntentPhase::Failed;
+        h.record.given_up = Some(crate::reconcile::held::GivenUp {
+            target: SLEEP,
+            why: "unsupported".into(),
+        });
         let n = now(t0 + Duration::from_secs(60), wall, Fallback::Hold);
         let mining = seen(t0, MinerState::Mining);
         assert_eq!(next_step(&h, Some(&mining), &dev, &n), Step::Wait);
+        h.record.given_up = None;
         h.retrying = true;
         assert!(matches!(
             next_step(&h, Some(&mining), &dev, &n),
