@@ -154,9 +154,9 @@ pub struct Reconciler {
     on_dispatch: Mutex<Option<DispatchHook>>,
 }
 
-/// (device, generation, target, raising) of a dispatch, as it is decided.
+/// (device, generation, target, raising, what the device showed) of a dispatch, as it is decided.
 #[cfg(test)]
-type DispatchHook = Box<dyn Fn(&str, u64, Target, bool) + Send>;
+type DispatchHook = Box<dyn Fn(&str, u64, Target, bool, Option<&Observed>) + Send>;
 
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -753,7 +753,13 @@ impl Reconciler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
         {
-            hook(id, generation, target, raising);
+            hook(
+                id,
+                generation,
+                target,
+                raising,
+                slot.observation.as_ref().map(|o| &o.observed),
+            );
         }
         let (cancel, cancelled) = oneshot::channel::<()>();
         let actuator = Arc::clone(&slot.device.actuator);

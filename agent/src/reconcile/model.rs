@@ -188,6 +188,34 @@ impl Phys {
     }
 }
 
+/// Whether `target` could raise power from `seen`, judged independently of the agent's rules:
+/// only a miner seen hashing (mining) at or above the target, or a GPU seen at or above the cap,
+/// is not raised by it.
+fn would_raise(target: &Target, seen: Option<&Observed>) -> bool {
+    match (target, seen) {
+        (Target::Miner(MinerTarget::Sleep), _) => false,
+        (
+            Target::Miner(MinerTarget::Run { power_target_w }),
+            Some(Observed::Miner {
+                reachable: true,
+                state: MinerState::Mining,
+                power_target_w: now,
+                ..
+            }),
+        ) => match power_target_w {
+            None => false,
+            Some(w) => {
+                let landing = STEPS_W.iter().rev().find(|s| **s <= *w).copied();
+                landing.is_none_or(|l| now.is_none_or(|n| l > n))
+            }
+        },
+        (Target::Gpu { power_cap_w }, Some(Observed::Gpu { limit_w: Some(l), .. })) => {
+            f64::from(*power_cap_w) > *l
+        }
+        _ => true,
+    }
+}
+
 /// How a driver call the model lets finish ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
@@ -236,7 +264,16 @@ impl World {
 
     /// Invariants 2, 4 and 6 where a dispatch is decided (the reconciler calls this under its
     /// lock, before the call starts).
-    fn dispatch(&mut self, dev: &str, generation: u64, target: Target, raising: bool) {
+    fn dispatch(
+        &mut self,
+        dev: &str,
+        generation: u64,
+        target: Target,
+        raising: bool,
+        seen: Option<&Observed>,
+    ) {
+        // The model's own judgement of "raising", on what the agent had seen.
+        let raising = raising || would_raise(&target, seen);
         let now = self.clock.now();
         let record = self.store.saved.lock().unwrap().get(dev).cloned();
         let Some(record) = record else {
@@ -657,10 +694,10 @@ impl Harness {
         let r = Reconciler::new(devices, Arc::clone(store) as _, settings, clock.wall())
             .unwrap_or_else(|e| panic!("restart from the store: {e}"));
         let w = Arc::clone(world);
-        r.on_dispatch(Box::new(move |dev, generation, target, raising| {
+        r.on_dispatch(Box::new(move |dev, generation, target, raising, seen| {
             w.lock()
                 .unwrap()
-                .dispatch(dev, generation, target, raising);
+                .dispatch(dev, generation, target, raising, seen);
         }));
         r
     }
