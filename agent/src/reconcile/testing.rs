@@ -37,10 +37,6 @@ impl TestClock {
         self.offset_ms.fetch_add(s * 1000, Ordering::SeqCst);
     }
 
-    pub fn advance_ms(&self, ms: i64) {
-        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-
     pub fn wall(&self) -> WallClock {
         let c = self.clone();
         Arc::new(move || c.now())
