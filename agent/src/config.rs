@@ -112,6 +112,10 @@ pub struct PollConfig {
     /// How often configured miners that were not found are looked for again, seconds.
     #[serde(default = "default_rediscover_s")]
     pub rediscover_s: f64,
+    /// Least time between two tries of the same target on one miner (a retry after a failure,
+    /// a re-apply after the miner drifted), seconds. By default per firmware: stock Antminer 120
+    /// (its CGI restarts cgminer), Braiins 30, the others 15.
+    pub pacing_s: Option<f64>,
 }
 
 fn default_rediscover_s() -> f64 {
@@ -147,6 +151,7 @@ impl Default for PollConfig {
             settle_s: default_settle_s(),
             confirm_s: default_confirm_s(),
             rediscover_s: default_rediscover_s(),
+            pacing_s: None,
         }
     }
 }
@@ -377,7 +382,10 @@ impl Config {
             ));
         }
         let h = &self.host;
-        for (key, v) in [("host.base_power_w", h.base_power_w), ("host.max_power_w", h.max_power_w)] {
+        for (key, v) in [
+            ("host.base_power_w", h.base_power_w),
+            ("host.max_power_w", h.max_power_w),
+        ] {
             if v.is_some_and(|w| w == 0 || w > MAX_HOST_POWER_W) {
                 return Err(invalid(
                     key.into(),
@@ -421,6 +429,7 @@ impl Config {
             ("poll.settle_s", p.settle_s),
             ("poll.confirm_s", p.confirm_s),
             ("poll.rediscover_s", p.rediscover_s),
+            ("poll.pacing_s", p.pacing_s.unwrap_or(1.0)),
             ("gpus.confirm_s", self.gpus.confirm_s),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
@@ -498,14 +507,15 @@ impl Config {
                 key,
                 problem,
             };
-            if m.nameplate_power_w.is_some_and(|w| w == 0 || w > MAX_HOST_POWER_W) {
+            if m.nameplate_power_w
+                .is_some_and(|w| w == 0 || w > MAX_HOST_POWER_W)
+            {
                 return Err(invalid(
                     key("nameplate_power_w"),
                     format!("must be a draw in watts in 1-{MAX_HOST_POWER_W}"),
                 ));
             }
-            if m
-                .nameplate_hashrate_ths
+            if m.nameplate_hashrate_ths
                 .is_some_and(|h| !(h.is_finite() && h > 0.0 && h < 1e6))
             {
                 return Err(invalid(
@@ -707,11 +717,17 @@ password_env = "LUX_PW"
                 "host.max_power_w",
             ),
             (
-                GOOD.replace("url = \"http://10.0.0.1:50051\"", "url = \"http://10.0.0.1:50051\"\nmax_clock_skew_s = -1"),
+                GOOD.replace(
+                    "url = \"http://10.0.0.1:50051\"",
+                    "url = \"http://10.0.0.1:50051\"\nmax_clock_skew_s = -1",
+                ),
                 "controller.max_clock_skew_s",
             ),
             (
-                GOOD.replace("addr = \"10.1.1.5:4028,http=8080\"", "addr = \"10.1.1.5\"\nnameplate_hashrate_ths = 100.0"),
+                GOOD.replace(
+                    "addr = \"10.1.1.5:4028,http=8080\"",
+                    "addr = \"10.1.1.5\"\nnameplate_hashrate_ths = 100.0",
+                ),
                 "miners[1].nameplate_hashrate_ths",
             ),
         ];

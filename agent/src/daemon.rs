@@ -145,9 +145,15 @@ pub async fn run(
         warn!(miner = %m.target.addr, error = %m.error, "Configured miner not found; looked for again every poll.rediscover_s");
     }
     let options = inventory::driver_options(&config);
+    let pacing = config.poll.pacing_s.map(Duration::from_secs_f64);
     let mut devices: BTreeMap<_, _> = slots
         .iter()
-        .map(|s| (s.device_id.clone(), inventory::miner_device(s, &options)))
+        .map(|s| {
+            (
+                s.device_id.clone(),
+                inventory::miner_device(s, &options, pacing),
+            )
+        })
         .collect();
     let (gpu_manager, gpu_slots, lost_gpus) = if config.gpus.enabled {
         let library = config.gpus.nvml_lib.clone();
@@ -165,7 +171,11 @@ pub async fn run(
                 gpus::device(g, &manager, &config.gpus, state.path()),
             );
         }
-        (Some(manager), found, lost.into_iter().map(|l| l.index).collect())
+        (
+            Some(manager),
+            found,
+            lost.into_iter().map(|l| l.index).collect(),
+        )
     } else {
         (None, Vec::new(), Vec::new())
     };

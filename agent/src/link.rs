@@ -158,7 +158,8 @@ async fn session(
         .ok_or_else(|| tonic::Status::unavailable("controller closed before welcome"))?;
     let interval = match first.msg {
         Some(Down::Welcome(w)) => {
-            if let Some(t) = controller_time(w.controller_time.as_ref(), "welcome.controller_time") {
+            if let Some(t) = controller_time(w.controller_time.as_ref(), "welcome.controller_time")
+            {
                 reconciler.note_controller_time(t);
             }
             w.telemetry_interval

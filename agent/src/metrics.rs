@@ -369,7 +369,11 @@ mod tests {
     fn control_characters_never_reach_the_exposition() {
         let mut w = MetricsWriter::default();
         w.family("x", "gauge", "h");
-        w.sample("x", &[("Hostname", "rack\u{0}1"), ("model", "S21\u{7}\r")], 1.0);
+        w.sample(
+            "x",
+            &[("Hostname", "rack\u{0}1"), ("model", "S21\u{7}\r")],
+            1.0,
+        );
         let s = w.finish();
         assert!(!s.chars().any(|c| c.is_control() && c != '\n'), "{s:?}");
         assert!(s.contains("rack\u{fffd}1"), "{s}");

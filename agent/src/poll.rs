@@ -75,7 +75,7 @@ impl Observations {
 pub async fn read_one(slot: &MinerSlot, deadline: Duration) -> Reading {
     let addr = slot.driver.addr().clone();
     match tokio::time::timeout(deadline, slot.driver.read()).await {
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => r.checked(),
         Ok(Err(e)) => Reading::failed(&addr, slot.identity.dialect, &e),
         Err(_) => Reading::failed(
             &addr,
@@ -101,7 +101,11 @@ pub async fn sweep(
             async move {
                 let slot = &slots[i];
                 let started = Instant::now();
-                (slot.device_id.clone(), read_one(slot, deadline).await, started)
+                (
+                    slot.device_id.clone(),
+                    read_one(slot, deadline).await,
+                    started,
+                )
             }
         })
         .buffer_unordered(concurrency.max(1))

@@ -84,12 +84,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut name = path.file_name().map(|n| n.to_os_string()).ok_or_else(|| {
-        StateError::Corrupt {
-            path: path.to_owned(),
-            problem: "not a file path".into(),
-        }
-    })?;
+    let mut name =
+        path.file_name()
+            .map(|n| n.to_os_string())
+            .ok_or_else(|| StateError::Corrupt {
+                path: path.to_owned(),
+                problem: "not a file path".into(),
+            })?;
     name.push(format!(
         ".tmp.{}.{}",
         std::process::id(),
@@ -133,7 +134,10 @@ pub fn with_file_lock<T>(
     path: &Path,
     f: impl FnOnce() -> Result<T, StateError>,
 ) -> Result<T, StateError> {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".lock");
     let lock_path = path.with_file_name(name);
     if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {

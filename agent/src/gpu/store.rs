@@ -127,10 +127,12 @@ impl CapStore {
             if !change(&mut caps) {
                 return Ok(());
             }
-            let mut text = serde_json::to_string_pretty(&CapFile { version: 1, caps })
-                .map_err(|e| StateError::Corrupt {
-                    path: self.path.clone(),
-                    problem: e.to_string(),
+            let mut text =
+                serde_json::to_string_pretty(&CapFile { version: 1, caps }).map_err(|e| {
+                    StateError::Corrupt {
+                        path: self.path.clone(),
+                        problem: e.to_string(),
+                    }
                 })?;
             text.push('\n');
             write_atomic(&self.path, text.as_bytes())
@@ -161,7 +163,13 @@ mod tests {
         );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp")
+            })
             .collect();
         assert!(leftovers.is_empty(), "no temporary files left behind");
     }
@@ -184,6 +192,10 @@ mod tests {
         let err = CapStore::in_dir(dir.path()).load().unwrap_err().to_string();
         assert!(err.contains("GPU-b") && err.contains(CAP_FILE), "{err}");
         // Nothing is recorded over it either.
-        assert!(CapStore::in_dir(dir.path()).record("GPU-c", 2, 250.0).is_err());
+        assert!(
+            CapStore::in_dir(dir.path())
+                .record("GPU-c", 2, 250.0)
+                .is_err()
+        );
     }
 }

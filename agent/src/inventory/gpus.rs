@@ -326,9 +326,7 @@ pub fn render(
         "Whether the GPU answered its last read (1) or not (0).",
     );
     for slot in slots {
-        let up = gpus
-            .get(&slot.device_id)
-            .is_some_and(|o| o.status.is_ok());
+        let up = gpus.get(&slot.device_id).is_some_and(|o| o.status.is_ok());
         let index = slot.identity.index.to_string();
         let labels = [
             ("gpu", index.as_str()),

@@ -259,8 +259,9 @@ pub fn observed_miner(r: &Reading) -> Observed {
     }
 }
 
-/// The reconciler's view of a miner. `options` bound how long one driver call may take.
-pub fn miner_device(slot: &MinerSlot, options: &DriverOptions) -> Device {
+/// The reconciler's view of a miner. `options` bound how long one driver call may take;
+/// `pacing` replaces the firmware's default pacing (`poll.pacing_s`).
+pub fn miner_device(slot: &MinerSlot, options: &DriverOptions, pacing: Option<Duration>) -> Device {
     let c = &slot.identity.capabilities;
     Device {
         limits: Limits::Miner {
@@ -275,7 +276,7 @@ pub fn miner_device(slot: &MinerSlot, options: &DriverOptions) -> Device {
         actuator: Arc::new(MinerActuator {
             driver: Arc::clone(&slot.driver),
         }),
-        pacing: pacing_for(slot.identity.dialect),
+        pacing: pacing.unwrap_or_else(|| pacing_for(slot.identity.dialect)),
         deadline: call_deadline(options),
     }
 }
@@ -286,7 +287,13 @@ pub fn call_deadline(options: &DriverOptions) -> Duration {
     let step = options
         .slow_request
         .saturating_add(options.settle)
-        .saturating_add(options.timeouts.connect.saturating_add(options.timeouts.request) * 2);
+        .saturating_add(
+            options
+                .timeouts
+                .connect
+                .saturating_add(options.timeouts.request)
+                * 2,
+        );
     step.saturating_mul(3)
 }
 
@@ -443,12 +450,12 @@ pub async fn rediscover(
         let options = driver_options(&config);
         for slot in &found {
             info!(miner = %slot.driver.addr(), dialect = %slot.identity.dialect, "Configured miner found");
-            reconciler.add_device(slot.device_id.clone(), miner_device(slot, &options));
+            let pacing = config.poll.pacing_s.map(Duration::from_secs_f64);
+            reconciler.add_device(slot.device_id.clone(), miner_device(slot, &options, pacing));
         }
         set.extend(found, missing);
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -563,7 +570,10 @@ mod tests {
         let d = Arc::new(recording(true, false));
         let a = MinerActuator { driver: d.clone() };
         assert!(a.apply(&RUN_2000, &guard(60).1).await.is_err());
-        assert_eq!(*d.calls.lock().unwrap(), ["read", "wake", "target", "sleep"]);
+        assert_eq!(
+            *d.calls.lock().unwrap(),
+            ["read", "wake", "target", "sleep"]
+        );
         assert!(*d.asleep.lock().unwrap());
     }
 
@@ -600,9 +610,12 @@ mod tests {
             power_target_w: None,
         });
         a.apply(&run, &guard(-1).1).await.unwrap();
-        a.apply(&Target::Miner(MinerTarget::Sleep), &RaiseGuard::lowering_only())
-            .await
-            .unwrap();
+        a.apply(
+            &Target::Miner(MinerTarget::Sleep),
+            &RaiseGuard::lowering_only(),
+        )
+        .await
+        .unwrap();
         assert_eq!(*d.calls.lock().unwrap(), ["read", "sleep"]);
     }
 
@@ -629,7 +642,7 @@ mod tests {
         let inv = miner_inventory(&configured);
         assert_eq!(inv.nameplate_power_w, Some(3300));
         assert_eq!(inv.nameplate_source, "config");
-        match miner_device(&configured, &DriverOptions::default()).limits {
+        match miner_device(&configured, &DriverOptions::default(), None).limits {
             Limits::Miner {
                 nameplate_power_w, ..
             } => assert_eq!(nameplate_power_w, Some(3300.0)),

@@ -126,6 +126,24 @@ impl Reading {
         }
     }
 
+    /// The reading as far as it can be believed. A reply that parsed but carried no hashrate
+    /// at all (a truncated reply, a reply of the wrong shape) says nothing about whether the
+    /// miner hashes; a state a dialect inferred without it ("faulted", "ramping") would be a
+    /// guess. Such a reading is unknown, with the reason, so the miner counts as unseen.
+    #[must_use]
+    pub fn checked(mut self) -> Self {
+        if self.error.is_none() && self.hashrate_ths.is_none() {
+            self.error = Some(format!(
+                "miner {}: the reply carried no hashrate (truncated or not a miner's reply); \
+                 state unknown",
+                self.addr
+            ));
+            self.error_kind = Some("incomplete");
+            self.state = MinerState::Unknown;
+        }
+        self
+    }
+
     /// A one-line summary for error messages.
     pub fn summary(&self) -> String {
         let f = |v: Option<f64>| v.map_or("?".to_owned(), |x| format!("{x:.1}"));
@@ -192,10 +210,11 @@ pub trait MinerDriver: Send + Sync {
     }
 }
 
-/// A reading that never fails: an unreachable or unreadable miner yields a reading that says so.
+/// A reading that never fails: an unreachable or unreadable miner yields a reading that says so
+/// (and an incomplete reply one that says it is unknown, see [`Reading::checked`]).
 pub async fn poll(driver: &dyn MinerDriver) -> Reading {
     match driver.read().await {
-        Ok(r) => r,
+        Ok(r) => r.checked(),
         Err(e) => Reading::failed(driver.addr(), driver.dialect(), &e),
     }
 }

@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn the_configuration_wins_over_the_table() {
         let n = resolve(Some(3250), None, Some("Antminer S21")).unwrap();
-        assert_eq!((n.power_w, n.hashrate_ths, n.source), (3250, None, NameplateSource::Config));
+        assert_eq!(
+            (n.power_w, n.hashrate_ths, n.source),
+            (3250, None, NameplateSource::Config)
+        );
         let n = resolve(None, None, Some("Antminer S21")).unwrap();
         assert_eq!(n.source, NameplateSource::ModelTable);
         assert_eq!(n.hashrate_ths, Some(200.0));

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::error::MinerError;
-use crate::state::{StateError, read_json, with_file_lock, write_atomic};
 use super::{DriverOptions, MinerDriver, Reading};
+use crate::state::{StateError, read_json, with_file_lock, write_atomic};
 
 /// Polls `driver.read()` until `done` holds or `options.settle` passes. Read errors while
 /// waiting are tolerated (firmwares restart their API to apply a change) and reported if the
@@ -98,7 +98,9 @@ pub struct InMemoryModes(Mutex<HashMap<String, String>>);
 
 impl InMemoryModes {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -183,7 +185,10 @@ mod tests {
             .remember("10.0.0.1", "3")
             .unwrap();
         assert_eq!(
-            FileModes::new(path.clone()).recall("10.0.0.1").unwrap().as_deref(),
+            FileModes::new(path.clone())
+                .recall("10.0.0.1")
+                .unwrap()
+                .as_deref(),
             Some("3")
         );
         FileModes::new(path.clone()).forget("10.0.0.1").unwrap();
@@ -224,7 +229,9 @@ mod hole_tests {
                 std::thread::spawn(move || {
                     let modes = FileModes::new(path);
                     for i in 0..20 {
-                        modes.remember(&format!("antminer/10.0.{w}.{i}"), "2").unwrap();
+                        modes
+                            .remember(&format!("antminer/10.0.{w}.{i}"), "2")
+                            .unwrap();
                     }
                 })
             })
@@ -236,7 +243,13 @@ mod hole_tests {
         assert_eq!(all.len(), 160);
         let leftovers = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp."))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp.")
+            })
             .count();
         assert_eq!(leftovers, 0);
     }

@@ -316,7 +316,10 @@ impl Reconciler {
         let trusted = |c: &ClockCheck| matches!(c, ClockCheck::Within { .. });
         match (trusted(&before), trusted(&check)) {
             (false, true) => {
-                info!(skew_s, "Clock within bound of the controller's; leases can be checked");
+                info!(
+                    skew_s,
+                    "Clock within bound of the controller's; leases can be checked"
+                );
                 self.advance(None);
             }
             (true, false) | (false, false) if before != check => {
@@ -613,8 +616,13 @@ impl Reconciler {
                     let detail = format!(
                         "not raising power: the state directory could not be written ({e})"
                     );
-                    self.reports
-                        .push(h.transition(&p.id, IntentPhase::Failed, detail, true, power));
+                    self.reports.push(h.transition(
+                        &p.id,
+                        IntentPhase::Failed,
+                        detail,
+                        true,
+                        power,
+                    ));
                 }
                 continue;
             }
@@ -661,8 +669,13 @@ impl Reconciler {
                         "lease expired at {}: fallback {:?} in force ({t:?})",
                         held.record.intent.lease_expires_at, now.fallback
                     );
-                    self.reports
-                        .push(held.transition(id, IntentPhase::Pending, detail, false, power));
+                    self.reports.push(held.transition(
+                        id,
+                        IntentPhase::Pending,
+                        detail,
+                        false,
+                        power,
+                    ));
                     *dirty = true;
                     if let Some(f) = in_flight.as_mut()
                         && f.raising
@@ -693,8 +706,13 @@ impl Reconciler {
                         observation.as_ref().map(|o| &o.observed)
                     );
                     warn!(device = %id, %detail, "Intent not confirmed; will retry");
-                    self.reports
-                        .push(held.transition(id, IntentPhase::Failed, detail, true, power));
+                    self.reports.push(held.transition(
+                        id,
+                        IntentPhase::Failed,
+                        detail,
+                        true,
+                        power,
+                    ));
                     return None;
                 }
                 Step::Hold(reason) => {
@@ -891,9 +909,10 @@ impl Reconciler {
                 (
                     id.clone(),
                     SlotSnapshot {
-                        held: s.held.as_ref().map(|h| {
-                            (h.record.clone(), h.phase, h.retrying)
-                        }),
+                        held: s
+                            .held
+                            .as_ref()
+                            .map(|h| (h.record.clone(), h.phase, h.retrying)),
                         observed_at: s.observation.as_ref().map(|o| o.taken_at),
                         in_flight: s
                             .in_flight

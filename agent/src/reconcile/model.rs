@@ -98,7 +98,11 @@ fn targets(dev: &str) -> Vec<Target> {
             run(Some(9000)),
             run(Some(1000)),
         ],
-        "m2" => vec![Target::Miner(MinerTarget::Sleep), run(None), run(Some(2000))],
+        "m2" => vec![
+            Target::Miner(MinerTarget::Sleep),
+            run(None),
+            run(Some(2000)),
+        ],
         _ => vec![
             Target::Gpu { power_cap_w: 150 },
             Target::Gpu { power_cap_w: 300 },
@@ -209,9 +213,12 @@ fn would_raise(target: &Target, seen: Option<&Observed>) -> bool {
                 landing.is_none_or(|l| now.is_none_or(|n| l > n))
             }
         },
-        (Target::Gpu { power_cap_w }, Some(Observed::Gpu { limit_w: Some(l), .. })) => {
-            f64::from(*power_cap_w) > *l
-        }
+        (
+            Target::Gpu { power_cap_w },
+            Some(Observed::Gpu {
+                limit_w: Some(l), ..
+            }),
+        ) => f64::from(*power_cap_w) > *l,
         _ => true,
     }
 }
@@ -310,7 +317,10 @@ impl World {
                 "{dev} gen {generation}: {target:?} re-applied though confirmed and untouched"
             ));
         }
-        if self.given_up.contains(&(dev.to_owned(), generation, target)) {
+        if self
+            .given_up
+            .contains(&(dev.to_owned(), generation, target))
+        {
             self.violation(format!(
                 "{dev} gen {generation}: {target:?} tried again after failing for good"
             ));
@@ -434,7 +444,14 @@ impl Actuator for ModelActuator {
             Ok(())
         };
         match (*target, &mut p) {
-            (Target::Miner(MinerTarget::Sleep), Phys::Miner { awake, going_to_sleep, .. }) => {
+            (
+                Target::Miner(MinerTarget::Sleep),
+                Phys::Miner {
+                    awake,
+                    going_to_sleep,
+                    ..
+                },
+            ) => {
                 *awake = false;
                 *going_to_sleep = false;
             }
@@ -946,7 +963,9 @@ impl Harness {
             if let (Some(rb), Some(at)) = (w.readback_at.get(dev), s.observed_at)
                 && at < *rb
             {
-                w.violation(format!("{dev}: holds an observation older than its read-back"));
+                w.violation(format!(
+                    "{dev}: holds an observation older than its read-back"
+                ));
             }
             if w.readback_at.contains_key(dev) && s.observed_at.is_none() {
                 w.violation(format!("{dev}: read back but holds no observation"));
@@ -1066,7 +1085,10 @@ fn the_reconciler_keeps_its_invariants_under_any_interleaving() {
         ("fallback calls", &stats.fallback_calls),
         ("targets failed for good", &stats.failed_for_good),
     ] {
-        assert!(n.load(Ordering::Relaxed) > 0, "the model never reached: {what}");
+        assert!(
+            n.load(Ordering::Relaxed) > 0,
+            "the model never reached: {what}"
+        );
     }
 }
 
@@ -1082,7 +1104,10 @@ fn the_oracle_flags_a_raise_without_a_lease() {
         store: Arc::new(MemStore::default()),
         clock: clock.clone(),
         fallback: Fallback::Hold,
-        granted: HashMap::from([(("m1".to_owned(), 1), clock.now() - chrono::Duration::seconds(1))]),
+        granted: HashMap::from([(
+            ("m1".to_owned(), 1),
+            clock.now() - chrono::Duration::seconds(1),
+        )]),
         trusted: true,
         confirmed: HashMap::new(),
         given_up: Vec::new(),

@@ -38,10 +38,7 @@ pub enum TargetRefused {
         "power target {requested_w} W cannot be checked: the firmware reports no range and \
          {nameplate}; set nameplate_power_w on the miner's entry in the agent's configuration"
     )]
-    Unbounded {
-        requested_w: u32,
-        nameplate: String,
-    },
+    Unbounded { requested_w: u32, nameplate: String },
 }
 
 /// The one rule for power targets, used by the daemon and `pivot-agent miner power-target`
@@ -58,8 +55,10 @@ pub fn power_target_landing(requested_w: u32, caps: &TargetCaps<'_>) -> Result<u
         range: format!(
             "{}-{} W",
             caps.min_w.map_or("?".into(), |v| v.to_string()),
-            caps.max_w
-                .map_or_else(|| upper.map_or("?".into(), |v| format!("{v} (nameplate)")), |v| v.to_string())
+            caps.max_w.map_or_else(
+                || upper.map_or("?".into(), |v| format!("{v} (nameplate)")),
+                |v| v.to_string()
+            )
         ),
     };
     if caps.min_w.is_some_and(|lo| requested_w < lo) {
@@ -180,7 +179,9 @@ pub fn raises_power(target: &Target, observed: Option<&Observed>) -> bool {
         (
             Target::Gpu { power_cap_w },
             Some(Observed::Gpu {
-                limit_w, enforced_cap_w, ..
+                limit_w,
+                enforced_cap_w,
+                ..
             }),
         ) => match limit_w.or(*enforced_cap_w) {
             Some(cur) => f64::from(*power_cap_w) > cur + 0.5,
@@ -251,8 +252,7 @@ pub fn satisfied(
                         Some(w) => match power_target_landing(*w, &target_caps(limits)) {
                             Ok(landing) => {
                                 *power_target_w == Some(landing)
-                                    && power_w
-                                        .is_none_or(|p| p <= f64::from(landing) * 1.05 + 50.0)
+                                    && power_w.is_none_or(|p| p <= f64::from(landing) * 1.05 + 50.0)
                             }
                             Err(_) => false,
                         },
@@ -351,8 +351,14 @@ mod tests {
     fn unknown_state_counts_as_raising() {
         assert!(raises_power(&RUN, None));
         assert!(!raises_power(&SLEEP, None));
-        assert!(raises_power(&Target::Gpu { power_cap_w: 400 }, Some(&gpu(300.0, 300.0, 0.0))));
-        assert!(!raises_power(&Target::Gpu { power_cap_w: 200 }, Some(&gpu(300.0, 300.0, 0.0))));
+        assert!(raises_power(
+            &Target::Gpu { power_cap_w: 400 },
+            Some(&gpu(300.0, 300.0, 0.0))
+        ));
+        assert!(!raises_power(
+            &Target::Gpu { power_cap_w: 200 },
+            Some(&gpu(300.0, 300.0, 0.0))
+        ));
     }
 
     #[test]
@@ -361,7 +367,10 @@ mod tests {
         // raises power.
         let ramping = miner(MinerState::Ramping, 1500.0, 40.0, None);
         assert!(raises_power(&RUN, Some(&ramping)));
-        assert!(!raises_power(&RUN, Some(&miner(MinerState::Mining, 3000.0, 190.0, None))));
+        assert!(!raises_power(
+            &RUN,
+            Some(&miner(MinerState::Mining, 3000.0, 190.0, None))
+        ));
     }
 
     #[test]
@@ -388,8 +397,18 @@ mod tests {
             power_target_w: Some(3000),
         });
         // The firmware holds 2800 W (its profile at or under 3000 W): that is the target met.
-        assert!(satisfied(&want, &miner(MinerState::Mining, 2790.0, 160.0, Some(2800)), &luxos, None));
-        assert!(!satisfied(&want, &miner(MinerState::Mining, 3140.0, 180.0, Some(3150)), &luxos, None));
+        assert!(satisfied(
+            &want,
+            &miner(MinerState::Mining, 2790.0, 160.0, Some(2800)),
+            &luxos,
+            None
+        ));
+        assert!(!satisfied(
+            &want,
+            &miner(MinerState::Mining, 3140.0, 180.0, Some(3150)),
+            &luxos,
+            None
+        ));
         assert_eq!(power_target_landing(3000, &target_caps(&luxos)), Ok(2800));
         assert_eq!(power_target_landing(9000, &target_caps(&luxos)), Ok(3500));
         assert!(matches!(
@@ -401,13 +420,42 @@ mod tests {
     #[test]
     fn out_of_range_is_refused_and_an_unknown_range_is_bounded_by_nameplate() {
         let ranged = s21(vec![], Some((1750, 3850)));
-        assert!(check(&Target::Miner(MinerTarget::Run { power_target_w: Some(4000) }), &ranged).is_err());
-        assert!(check(&Target::Miner(MinerTarget::Run { power_target_w: Some(3000) }), &ranged).is_ok());
+        assert!(
+            check(
+                &Target::Miner(MinerTarget::Run {
+                    power_target_w: Some(4000)
+                }),
+                &ranged
+            )
+            .is_err()
+        );
+        assert!(
+            check(
+                &Target::Miner(MinerTarget::Run {
+                    power_target_w: Some(3000)
+                }),
+                &ranged
+            )
+            .is_ok()
+        );
         let unranged = s21(vec![], None);
-        let e = check(&Target::Miner(MinerTarget::Run { power_target_w: Some(4_000_000) }), &unranged)
-            .unwrap_err();
+        let e = check(
+            &Target::Miner(MinerTarget::Run {
+                power_target_w: Some(4_000_000),
+            }),
+            &unranged,
+        )
+        .unwrap_err();
         assert!(e.contains("4000000") && e.contains("nameplate"), "{e}");
-        assert!(check(&Target::Miner(MinerTarget::Run { power_target_w: Some(3000) }), &unranged).is_ok());
+        assert!(
+            check(
+                &Target::Miner(MinerTarget::Run {
+                    power_target_w: Some(3000)
+                }),
+                &unranged
+            )
+            .is_ok()
+        );
         let mut unknown = s21(vec![], None);
         if let Limits::Miner {
             nameplate_power_w, ..
@@ -415,8 +463,13 @@ mod tests {
         {
             *nameplate_power_w = None;
         }
-        let e = check(&Target::Miner(MinerTarget::Run { power_target_w: Some(3000) }), &unknown)
-            .unwrap_err();
+        let e = check(
+            &Target::Miner(MinerTarget::Run {
+                power_target_w: Some(3000),
+            }),
+            &unknown,
+        )
+        .unwrap_err();
         assert!(e.contains("nameplate_power_w"), "{e}");
     }
 
@@ -444,8 +497,18 @@ mod tests {
             *nameplate_power_w = None;
             *nameplate_hashrate_ths = None;
         }
-        assert!(!satisfied(&RUN, &miner(MinerState::Mining, 30.0, 0.6, None), &unknown, Some(&asleep)));
-        assert!(satisfied(&RUN, &miner(MinerState::Mining, 300.0, 0.6, None), &unknown, Some(&asleep)));
+        assert!(!satisfied(
+            &RUN,
+            &miner(MinerState::Mining, 30.0, 0.6, None),
+            &unknown,
+            Some(&asleep)
+        ));
+        assert!(satisfied(
+            &RUN,
+            &miner(MinerState::Mining, 300.0, 0.6, None),
+            &unknown,
+            Some(&asleep)
+        ));
     }
 
     #[test]
@@ -458,7 +521,10 @@ mod tests {
             fallback_target(Fallback::Curtail, &gpu),
             Some(Target::Gpu { power_cap_w: 150 })
         );
-        assert_eq!(fallback_target(Fallback::Curtail, &s21(vec![], None)), Some(SLEEP));
+        assert_eq!(
+            fallback_target(Fallback::Curtail, &s21(vec![], None)),
+            Some(SLEEP)
+        );
         assert_eq!(fallback_target(Fallback::Hold, &gpu), None);
         assert!(!raises_power(&SLEEP, None));
     }

@@ -185,7 +185,8 @@ impl ClockCheck {
         match self {
             ClockCheck::Within { .. } => None,
             ClockCheck::Unknown => Some(
-                "the controller's clock has not been seen yet, so the lease cannot be checked".into(),
+                "the controller's clock has not been seen yet, so the lease cannot be checked"
+                    .into(),
             ),
             ClockCheck::Beyond { skew_s, bound_s } => Some(format!(
                 "this host's clock is {skew_s:+.1} s off the controller's (bound {bound_s} s), so \
@@ -207,13 +208,19 @@ impl Default for ClockTrust {
 
 impl ClockTrust {
     pub fn get(&self) -> ClockCheck {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records a measurement; returns the previous state.
     pub fn set(&self, check: ClockCheck) -> ClockCheck {
         std::mem::replace(
-            &mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             check,
         )
     }
@@ -250,11 +257,7 @@ impl RaiseGuard {
 
     /// A guard that refuses every raising step (for lowering-only work).
     pub fn lowering_only() -> Self {
-        Self::new(
-            None,
-            Arc::new(Utc::now),
-            Arc::new(ClockTrust::default()),
-        )
+        Self::new(None, Arc::new(Utc::now), Arc::new(ClockTrust::default()))
     }
 
     /// Allows `step` only under a valid lease and a trusted clock.

@@ -101,14 +101,20 @@ pub fn next_step(
     let observed = observation.map(|o| &o.observed);
     let ok = observed.is_some_and(|o| satisfied(&target, o, device.limits, record.before.as_ref()));
     match held.phase {
-        IntentPhase::Applied if ok => return Step::Confirm {
-            already_there: false,
-        },
+        IntentPhase::Applied if ok => {
+            return Step::Confirm {
+                already_there: false,
+            };
+        }
         IntentPhase::Applied => {
             let overdue = held
                 .applied_at
                 .is_none_or(|t| now.instant.saturating_duration_since(t) > now.confirm_timeout);
-            return if overdue { Step::NotConfirmed } else { Step::Wait };
+            return if overdue {
+                Step::NotConfirmed
+            } else {
+                Step::Wait
+            };
         }
         IntentPhase::Confirmed if ok => return Step::Wait,
         _ if ok => {

@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pivot_proto::model::{MinerState, MinerTarget, Target};
 
-use super::{
-    Actuator, ApplyError, HeldRecord, IntentStore, Observed, RaiseGuard, WallClock,
-};
+use super::{Actuator, ApplyError, HeldRecord, IntentStore, Observed, RaiseGuard, WallClock};
 use crate::state::StateError;
 
 /// A wall clock that one test owns and moves.

@@ -296,13 +296,21 @@ async fn hole6_a_permanent_error_fails_its_generation_once() {
     let failed = r.reports.drain().pop().unwrap();
     assert_eq!(failed.phase, v1::IntentPhase::Failed as i32);
     assert!(!failed.retrying, "a permanent error is final: {failed:?}");
-    assert!(failed.detail.contains("does not support"), "{}", failed.detail);
+    assert!(
+        failed.detail.contains("does not support"),
+        "{}",
+        failed.detail
+    );
     for _ in 0..5 {
         tokio::time::advance(Duration::from_secs(30)).await;
         r.reconcile();
         settle().await;
     }
-    assert_eq!(a.0.load(Ordering::SeqCst), 1, "a permanent error was retried");
+    assert_eq!(
+        a.0.load(Ordering::SeqCst),
+        1,
+        "a permanent error was retried"
+    );
     // A new generation is tried.
     r.receive(&[intent(2, SLEEP, 300, &clock)], None);
     settle().await;
@@ -425,7 +433,10 @@ impl Actuator for Gated {
         let _running = Running(&self.running);
         self.max_running.fetch_max(now, Ordering::SeqCst);
         self.gate.notified().await;
-        Ok(miner_showing(matches!(target, Target::Miner(MinerTarget::Sleep))))
+        Ok(miner_showing(matches!(
+            target,
+            Target::Miner(MinerTarget::Sleep)
+        )))
     }
 }
 
@@ -447,17 +458,28 @@ async fn hole2_a_newer_intent_waits_for_the_call_in_flight() {
     settle().await;
     r.receive(&[intent(2, RUN, 300, &clock)], None);
     settle().await;
-    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "the newer intent did not wait");
+    assert_eq!(
+        gated.calls.load(Ordering::SeqCst),
+        1,
+        "the newer intent did not wait"
+    );
     gated.gate.notify_one();
     settle().await;
     // The first call ended; the newer intent goes now, alone.
     assert_eq!(gated.calls.load(Ordering::SeqCst), 2);
     gated.gate.notify_one();
     settle().await;
-    assert_eq!(gated.max_running.load(Ordering::SeqCst), 1, "two driver calls at once");
+    assert_eq!(
+        gated.max_running.load(Ordering::SeqCst),
+        1,
+        "two driver calls at once"
+    );
     let p = phases(&r);
     assert!(p.contains(&(2, IntentPhase::Applied)), "{p:?}");
-    assert!(!p.contains(&(1, IntentPhase::Applied)), "superseded generation reported: {p:?}");
+    assert!(
+        !p.contains(&(1, IntentPhase::Applied)),
+        "superseded generation reported: {p:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -480,7 +502,11 @@ async fn hole2_a_raising_call_is_abandoned_for_a_newer_sleep() {
     // anything else happens; the miner never left its sleep, so the sleep holds already.
     r.receive(&[intent(2, SLEEP, 300, &clock)], None);
     settle().await;
-    assert_eq!(gated.running.load(Ordering::SeqCst), 0, "the wake was not abandoned");
+    assert_eq!(
+        gated.running.load(Ordering::SeqCst),
+        0,
+        "the wake was not abandoned"
+    );
     assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
     let p = phases(&r);
     assert!(p.contains(&(2, IntentPhase::Confirmed)), "{p:?}");
@@ -505,11 +531,22 @@ async fn a_call_past_its_deadline_is_abandoned_and_retried() {
     settle().await;
     let failed = r.reports.drain().pop().unwrap();
     assert_eq!(failed.phase, v1::IntentPhase::Failed as i32);
-    assert!(failed.retrying && failed.detail.contains("did not finish"), "{failed:?}");
-    assert_eq!(gated.running.load(Ordering::SeqCst), 0, "the hung call was dropped");
+    assert!(
+        failed.retrying && failed.detail.contains("did not finish"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        gated.running.load(Ordering::SeqCst),
+        0,
+        "the hung call was dropped"
+    );
     r.reconcile();
     settle().await;
-    assert_eq!(gated.calls.load(Ordering::SeqCst), 1, "retried inside pacing");
+    assert_eq!(
+        gated.calls.load(Ordering::SeqCst),
+        1,
+        "retried inside pacing"
+    );
     tokio::time::advance(Duration::from_secs(11)).await;
     r.reconcile();
     settle().await;
@@ -532,11 +569,19 @@ async fn hole3_a_reading_taken_before_the_apply_finished_is_dropped() {
         },
     );
     settle().await;
-    assert_eq!(s.miner.calls.load(Ordering::SeqCst), 1, "re-applied on a stale reading");
+    assert_eq!(
+        s.miner.calls.load(Ordering::SeqCst),
+        1,
+        "re-applied on a stale reading"
+    );
     assert_eq!(s.r.statuses()[0].phase, v1::IntentPhase::Confirmed as i32);
     // A genuinely newer reading of drift waits for the pacing too.
     observe_now(&s.r, miner_showing(false)).await;
-    assert_eq!(s.miner.calls.load(Ordering::SeqCst), 1, "re-applied inside pacing");
+    assert_eq!(
+        s.miner.calls.load(Ordering::SeqCst),
+        1,
+        "re-applied inside pacing"
+    );
     tokio::time::advance(Duration::from_secs(10)).await;
     s.r.reconcile();
     settle().await;
@@ -556,9 +601,20 @@ async fn hole7_an_intent_that_cannot_be_saved_is_not_applied() {
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].phase, v1::IntentPhase::Failed as i32);
     assert!(!st[0].retrying);
-    assert!(st[0].detail.contains("could not be saved"), "{}", st[0].detail);
-    assert!(*s.miner.asleep.lock().unwrap(), "applied an intent that is not on disk");
-    assert_eq!(s.r.held_intents()[0].generation, 1, "the intent held before stays");
+    assert!(
+        st[0].detail.contains("could not be saved"),
+        "{}",
+        st[0].detail
+    );
+    assert!(
+        *s.miner.asleep.lock().unwrap(),
+        "applied an intent that is not on disk"
+    );
+    assert_eq!(
+        s.r.held_intents()[0].generation,
+        1,
+        "the intent held before stays"
+    );
     // The disk is back: the controller's next send is taken.
     s.store.fail.store(false, Ordering::SeqCst);
     s.r.receive(&[intent(2, RUN, 300, &s.clock)], None);
@@ -577,16 +633,23 @@ async fn hole9_a_renewal_extends_only_what_it_names() {
     observe_now(&s.r, s.miner.observed()).await;
     let later = s.clock.now() + chrono::Duration::seconds(600);
     // Another controller renews without naming anything, or names a generation not held.
-    for named in [vec![], vec![("m1".to_owned(), 2)], vec![("m2".to_owned(), 3)]] {
+    for named in [
+        vec![],
+        vec![("m1".to_owned(), 2)],
+        vec![("m2".to_owned(), 3)],
+    ] {
         s.r.renew(&Renewal {
             until: later,
             intents: named,
             controller_time: Some(s.clock.now()),
         });
         settle().await;
-        assert!(*s.miner.asleep.lock().unwrap(), "a blind renewal woke the miner");
+        assert!(
+            *s.miner.asleep.lock().unwrap(),
+            "a blind renewal woke the miner"
+        );
     }
-    assert_eq!(s.r.held_intents()[0].lease_expires_at < later, true);
+    assert!(s.r.held_intents()[0].lease_expires_at < later);
     s.r.renew(&Renewal {
         until: later,
         intents: vec![("m1".to_owned(), 3)],
@@ -594,7 +657,10 @@ async fn hole9_a_renewal_extends_only_what_it_names() {
     });
     settle().await;
     assert!(!*s.miner.asleep.lock().unwrap());
-    assert_eq!(s.store.saved.lock().unwrap()["m1"].intent.lease_expires_at, later);
+    assert_eq!(
+        s.store.saved.lock().unwrap()["m1"].intent.lease_expires_at,
+        later
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -608,7 +674,11 @@ async fn hole9_a_clock_off_the_controllers_raises_nothing_but_still_lowers() {
     settle().await;
     assert!(*s.miner.asleep.lock().unwrap());
     let st = s.r.statuses().pop().unwrap();
-    assert!(st.detail.contains("clock") && st.detail.contains("+30"), "{}", st.detail);
+    assert!(
+        st.detail.contains("clock") && st.detail.contains("+30"),
+        "{}",
+        st.detail
+    );
     assert!(matches!(s.r.clock_check(), ClockCheck::Beyond { .. }));
     // Lowering is always allowed.
     *s.miner.asleep.lock().unwrap() = false;
@@ -626,7 +696,14 @@ async fn a_restarted_agent_raises_nothing_before_it_has_seen_the_controllers_clo
     let clock = TestClock::new();
     let store = Arc::new(MemStore::default());
     let miner = Arc::new(FakeMiner::default());
-    let r = reconciler(store.clone(), limits(), miner.clone(), Duration::from_secs(10), Fallback::Hold, &clock);
+    let r = reconciler(
+        store.clone(),
+        limits(),
+        miner.clone(),
+        Duration::from_secs(10),
+        Fallback::Hold,
+        &clock,
+    );
     r.receive(&[intent(1, RUN, 300, &clock)], None);
     settle().await;
     r.shutdown();
@@ -667,7 +744,13 @@ async fn rejects_name_the_reason_and_change_nothing() {
     );
     s.r.receive(std::slice::from_ref(&bad), None);
     bad.device_id = "nope".into();
-    s.r.receive(&[bad, intent(1, Target::Gpu { power_cap_w: 300 }, 60, &s.clock)], None);
+    s.r.receive(
+        &[
+            bad,
+            intent(1, Target::Gpu { power_cap_w: 300 }, 60, &s.clock),
+        ],
+        None,
+    );
     let mut malformed = intent(2, SLEEP, 60, &s.clock);
     malformed.target = None;
     let huge = intent(u64::MAX, SLEEP, 60, &s.clock);
@@ -694,15 +777,31 @@ async fn rejects_name_the_reason_and_change_nothing() {
 #[tokio::test(start_paused = true)]
 async fn held_intents_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(DiskStore::new(&crate::state::StateDir::open(dir.path()).unwrap()));
+    let store = Arc::new(DiskStore::new(
+        &crate::state::StateDir::open(dir.path()).unwrap(),
+    ));
     let clock = TestClock::new();
     let miner = Arc::new(FakeMiner::default());
-    let r = reconciler(store.clone(), limits(), miner.clone(), Duration::from_secs(10), Fallback::Hold, &clock);
+    let r = reconciler(
+        store.clone(),
+        limits(),
+        miner.clone(),
+        Duration::from_secs(10),
+        Fallback::Hold,
+        &clock,
+    );
     r.receive(&[intent(4, SLEEP, 300, &clock)], None);
     settle().await;
     r.shutdown();
     drop(r);
-    let r = reconciler(store, limits(), miner.clone(), Duration::from_secs(10), Fallback::Hold, &clock);
+    let r = reconciler(
+        store,
+        limits(),
+        miner.clone(),
+        Duration::from_secs(10),
+        Fallback::Hold,
+        &clock,
+    );
     assert_eq!(r.held_intents()[0].generation, 4);
     *miner.asleep.lock().unwrap() = false;
     observe_now(&r, miner.observed()).await;
@@ -781,8 +880,16 @@ async fn saved_intents_are_checked_on_load_as_on_receipt() {
         assert_eq!(st.phase, v1::IntentPhase::Rejected as i32);
         assert!(st.detail.contains("intents.json"), "{}", st.detail);
     }
-    assert!(refused[0].detail.contains("4000000000"), "{}", refused[0].detail);
-    assert!(refused[1].detail.contains("generation"), "{}", refused[1].detail);
+    assert!(
+        refused[0].detail.contains("4000000000"),
+        "{}",
+        refused[0].detail
+    );
+    assert!(
+        refused[1].detail.contains("generation"),
+        "{}",
+        refused[1].detail
+    );
     // Dropped from the store too: the next start does not refuse them again.
     assert_eq!(store.saved.lock().unwrap().len(), 1);
 }
@@ -807,7 +914,14 @@ async fn a_restored_intent_whose_lease_expired_says_so() {
         .insert("m1".into(), HeldRecord::new(expired));
     let miner = Arc::new(FakeMiner::default());
     *miner.asleep.lock().unwrap() = true;
-    let r = reconciler(store, limits(), miner.clone(), Duration::from_secs(10), Fallback::Hold, &clock);
+    let r = reconciler(
+        store,
+        limits(),
+        miner.clone(),
+        Duration::from_secs(10),
+        Fallback::Hold,
+        &clock,
+    );
     observe_now(&r, miner.observed()).await;
     let st = r.statuses().pop().unwrap();
     assert_eq!(st.phase, v1::IntentPhase::Pending as i32);
