@@ -207,3 +207,78 @@ pub async fn run(
         record(&obs, Some(&reconciler), readings, start.elapsed());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::miner::MinerAddr;
+    use pivot_proto::model::{MinerDialect, MinerState};
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log lines written while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn mining(addr: &MinerAddr) -> Reading {
+        let mut r = Reading::empty(addr, MinerDialect::Luxos);
+        r.state = MinerState::Mining;
+        r.hashrate_ths = Some(200.0);
+        r.model = Some("Antminer S21".into());
+        r
+    }
+
+    #[test]
+    fn a_miner_going_away_and_coming_back_is_logged_once_each_and_keeps_its_model() {
+        let obs = Observations::default();
+        let addr = MinerAddr::new("10.0.0.7");
+        let gone = Reading::failed(
+            &addr,
+            MinerDialect::Luxos,
+            &MinerError::Refused {
+                addr: addr.to_string(),
+                port: 4028,
+            },
+        );
+        let t = Instant::now();
+        let read = |r: &Reading| vec![("miner/10.0.0.7".to_owned(), r.clone(), t)];
+        let logs = logs_of(|| {
+            record(&obs, None, read(&mining(&addr)), Duration::ZERO);
+            record(&obs, None, read(&gone), Duration::ZERO);
+            record(&obs, None, read(&gone), Duration::ZERO);
+            record(&obs, None, read(&mining(&addr)), Duration::ZERO);
+        });
+        assert_eq!(logs.matches("Miner stopped answering").count(), 1, "{logs}");
+        assert!(logs.contains("connection refused"), "{logs}");
+        assert_eq!(logs.matches("Miner answers again").count(), 1, "{logs}");
+        obs.with_miners(|m| {
+            let s = &m["miner/10.0.0.7"];
+            assert_eq!(s.model.as_deref(), Some("Antminer S21"));
+            assert_eq!(s.health.consecutive_failures, 0);
+        });
+        // While it is away its series keep their model label (no new series).
+        record(&obs, None, read(&gone), Duration::ZERO);
+        obs.with_miners(|m| {
+            assert_eq!(m["miner/10.0.0.7"].model.as_deref(), Some("Antminer S21"));
+        });
+    }
+}

@@ -56,10 +56,11 @@ pub struct HeldRecord {
     pub fallback: Option<Target>,
     #[serde(default)]
     pub before: Option<Before>,
-    /// A target of this generation that failed for good (a permanent driver error): it is not
-    /// tried again, whatever happens to the lease or the agent, until a new generation comes.
-    #[serde(default)]
-    pub given_up: Option<GivenUp>,
+    /// The targets of this generation that failed for good (a permanent driver error: the
+    /// intent's, the fallback's): none is tried again, whatever happens to the lease or the
+    /// agent, until a new generation comes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub given_up: Vec<GivenUp>,
 }
 
 /// A target given up on, and why.
@@ -76,16 +77,24 @@ impl HeldRecord {
             intent,
             fallback: None,
             before: None,
-            given_up: None,
+            given_up: Vec::new(),
         }
     }
 
     /// Why the target in force was given up on, if it was.
     pub fn given_up_on_target(&self) -> Option<&str> {
+        let target = self.target();
         self.given_up
-            .as_ref()
-            .filter(|g| g.target == self.target())
+            .iter()
+            .find(|g| g.target == target)
             .map(|g| g.why.as_str())
+    }
+
+    /// Records that `target` failed for good.
+    pub fn give_up(&mut self, target: Target, why: String) {
+        if !self.given_up.iter().any(|g| g.target == target) {
+            self.given_up.push(GivenUp { target, why });
+        }
     }
 
     /// The target in force: the fallback's once the lease ended, else the intent's.

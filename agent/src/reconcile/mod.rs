@@ -863,10 +863,7 @@ impl Reconciler {
                     let retrying = !e.is_permanent();
                     warn!(device = %id, generation = f.generation, error = %e, retrying, "Applying intent failed");
                     if !retrying {
-                        h.record.given_up = Some(GivenUp {
-                            target: f.target,
-                            why: e.to_string(),
-                        });
+                        h.record.give_up(f.target, e.to_string());
                         give_up = true;
                     }
                     self.reports.push(h.transition(

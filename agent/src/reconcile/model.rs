@@ -836,8 +836,7 @@ impl Harness {
                     let saved = self.store.saved.lock().unwrap().clone();
                     w.given_up.retain(|(d, g, t)| {
                         saved.get(d).is_some_and(|r| {
-                            r.intent.generation == *g
-                                && r.given_up.as_ref().is_some_and(|u| u.target == *t)
+                            r.intent.generation == *g && r.given_up.iter().any(|u| u.target == *t)
                         })
                     });
                 }

@@ -303,14 +303,11 @@ mod tests {
         };
         let mut h = held(SLEEP, 300, wall);
         h.phase = IntentPhase::Failed;
-        h.record.given_up = Some(crate::reconcile::held::GivenUp {
-            target: SLEEP,
-            why: "unsupported".into(),
-        });
+        h.record.give_up(SLEEP, "unsupported".into());
         let n = now(t0 + Duration::from_secs(60), wall, Fallback::Hold);
         let mining = seen(t0, MinerState::Mining);
         assert_eq!(next_step(&h, Some(&mining), &dev, &n), Step::Wait);
-        h.record.given_up = None;
+        h.record.given_up.clear();
         h.retrying = true;
         assert!(matches!(
             next_step(&h, Some(&mining), &dev, &n),

@@ -158,12 +158,12 @@ mod tests {
                 hashrate_ths: Some(101.0),
                 hashing: true,
             }),
-            given_up: Some(crate::reconcile::GivenUp {
+            given_up: vec![crate::reconcile::GivenUp {
                 target: Target::Miner(MinerTarget::Run {
                     power_target_w: Some(3000),
                 }),
                 why: "unsupported".into(),
-            }),
+            }],
         };
         store.save(&[&r]).unwrap();
         assert_eq!(store.load().unwrap()["miner/a"], r);

@@ -964,3 +964,72 @@ async fn a_wake_is_not_confirmed_by_the_reply_alone() {
     observe_now(&r, miner_showing(false)).await;
     assert_eq!(phases(&r), [(1, IntentPhase::Confirmed)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_failed_for_good_stays_so_after_its_fallback_fails_too_and_a_renewal() {
+    // Found by the model-based test: the fallback's permanent failure used to replace the
+    // intent's, and a renewal then tried the intent's target again.
+    struct NoPermission(AtomicUsize);
+    #[async_trait]
+    impl Actuator for NoPermission {
+        async fn apply(&self, _: &Target, _: &RaiseGuard) -> Result<Observed, ApplyError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(crate::gpu::GpuError::NoPermission {
+                gpu: "GPU 0".into(),
+                action: "set the power limit",
+            }
+            .into())
+        }
+    }
+    let clock = TestClock::new();
+    let a = Arc::new(NoPermission(AtomicUsize::new(0)));
+    let r = reconciler(
+        Arc::new(MemStore::default()),
+        Limits::Gpu {
+            min_cap_w: 100,
+            max_cap_w: 700,
+        },
+        a.clone(),
+        Duration::from_secs(5),
+        Fallback::Curtail,
+        &clock,
+    );
+    observe_now(
+        &r,
+        Observed::Gpu {
+            limit_w: Some(700.0),
+            enforced_cap_w: Some(700.0),
+            power_w: Some(650.0),
+        },
+    )
+    .await;
+    r.receive(
+        &[intent(1, Target::Gpu { power_cap_w: 150 }, 10, &clock)],
+        None,
+    );
+    settle().await;
+    clock.advance_s(11);
+    r.reconcile();
+    settle().await;
+    assert_eq!(
+        a.0.load(Ordering::SeqCst),
+        2,
+        "the intent's target, then the fallback's"
+    );
+    r.renew(&Renewal {
+        until: clock.now() + chrono::Duration::seconds(300),
+        intents: vec![("m1".into(), 1)],
+        controller_time: Some(clock.now()),
+    });
+    tokio::time::advance(Duration::from_secs(60)).await;
+    r.reconcile();
+    settle().await;
+    assert_eq!(
+        a.0.load(Ordering::SeqCst),
+        2,
+        "tried again after failing for good"
+    );
+    let st = r.statuses().pop().unwrap();
+    assert_eq!(st.phase, v1::IntentPhase::Failed as i32);
+    assert!(!st.retrying);
+}
