@@ -156,6 +156,28 @@ pub fn with_file_lock<T>(
     result
 }
 
+/// Changes a JSON state file shared between processes: under [`with_file_lock`], `load` reads
+/// it (checking it as the caller does), `change` edits it, and it is written back with
+/// [`write_atomic`] only when `change` says it changed something.
+pub fn update_json<T: serde::Serialize>(
+    path: &Path,
+    load: impl FnOnce() -> Result<T, StateError>,
+    change: impl FnOnce(&mut T) -> bool,
+) -> Result<(), StateError> {
+    with_file_lock(path, || {
+        let mut value = load()?;
+        if !change(&mut value) {
+            return Ok(());
+        }
+        let mut bytes = serde_json::to_vec_pretty(&value).map_err(|e| StateError::Corrupt {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes)
+    })
+}
+
 /// The daemon's exclusive hold on its state directory, released when dropped (or when the
 /// process dies: the kernel drops the lock with the file).
 #[derive(Debug)]

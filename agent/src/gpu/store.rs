@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::GpuError;
-use crate::state::{StateError, read_json, with_file_lock, write_atomic};
+use crate::state::{StateError, read_json, update_json};
 
 /// The file's name inside the state directory.
 pub const CAP_FILE: &str = "gpu-caps.json";
@@ -122,21 +122,11 @@ impl CapStore {
         &self,
         change: impl FnOnce(&mut BTreeMap<String, PersistedCap>) -> bool,
     ) -> Result<(), GpuError> {
-        with_file_lock(&self.path, || {
-            let mut caps = self.read()?;
-            if !change(&mut caps) {
-                return Ok(());
-            }
-            let mut text =
-                serde_json::to_string_pretty(&CapFile { version: 1, caps }).map_err(|e| {
-                    StateError::Corrupt {
-                        path: self.path.clone(),
-                        problem: e.to_string(),
-                    }
-                })?;
-            text.push('\n');
-            write_atomic(&self.path, text.as_bytes())
-        })
+        update_json(
+            &self.path,
+            || self.read().map(|caps| CapFile { version: 1, caps }),
+            |file| change(&mut file.caps),
+        )
         .map_err(|e| self.error(e))
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::error::MinerError;
 use super::{DriverOptions, MinerDriver, Reading};
-use crate::state::{StateError, read_json, with_file_lock, write_atomic};
+use crate::state::{StateError, read_json, update_json};
 
 /// Polls `driver.read()` until `done` holds or `options.settle` passes. Read errors while
 /// waiting are tolerated (firmwares restart their API to apply a change) and reported if the
@@ -141,18 +141,7 @@ impl FileModes {
         &self,
         change: impl FnOnce(&mut BTreeMap<String, String>) -> bool,
     ) -> Result<(), ModeError> {
-        with_file_lock(&self.path, || {
-            let mut map = self.load()?;
-            if change(&mut map) {
-                let bytes = serde_json::to_vec_pretty(&map).map_err(|e| StateError::Corrupt {
-                    path: self.path.clone(),
-                    problem: e.to_string(),
-                })?;
-                write_atomic(&self.path, &bytes)?;
-            }
-            Ok(())
-        })
-        .map_err(ModeError::from)
+        update_json(&self.path, || self.load(), change).map_err(ModeError::from)
     }
 }
 

@@ -62,15 +62,7 @@ fn limits(dev: &str) -> Limits {
             nameplate_hashrate_ths: Some(200.0),
         },
         // Stock Antminer-like: sleep and wake only.
-        "m2" => Limits::Miner {
-            can_sleep: true,
-            power_target: false,
-            power_target_min_w: None,
-            power_target_max_w: None,
-            power_target_steps_w: Vec::new(),
-            nameplate_power_w: Some(3000.0),
-            nameplate_hashrate_ths: Some(100.0),
-        },
+        "m2" => super::testing::miner_limits(3000.0, 100.0),
         _ => Limits::Gpu {
             min_cap_w: 100,
             max_cap_w: 700,
@@ -775,7 +767,7 @@ impl Harness {
                     observed,
                 };
                 if now {
-                    self.r.observe(dev, o);
+                    self.observe(dev, o);
                 } else {
                     self.queued.push((dev.to_owned(), o));
                 }
@@ -783,7 +775,7 @@ impl Harness {
             Op::Deliver(i) => {
                 if !self.queued.is_empty() {
                     let (dev, o) = self.queued.remove(i % self.queued.len());
-                    self.r.observe(&dev, o);
+                    self.observe(&dev, o);
                 }
             }
             Op::Lose(i) => {
@@ -881,6 +873,27 @@ impl Harness {
         }
         settle().await;
         self.check();
+    }
+
+    /// Hands the agent a reading. One newer than what it holds that shows the device off its
+    /// target is news the agent may act on (taken before a change it has not seen yet, it still
+    /// says the device drifted since the reading the agent confirmed on): a re-apply after it
+    /// repeats nothing.
+    fn observe(&mut self, dev: &str, o: Observation) {
+        if let Some(held) = self.r.snapshot().remove(dev) {
+            let newer = held.observed_at.is_none_or(|at| o.taken_at > at);
+            if let (true, Some((record, _, _))) = (newer, &held.held)
+                && !satisfied(
+                    &record.target(),
+                    &o.observed,
+                    &limits(dev),
+                    record.before.as_ref(),
+                )
+            {
+                self.world.lock().unwrap().confirmed.remove(dev);
+            }
+        }
+        self.r.observe(dev, o);
     }
 
     fn send(&mut self, dev: &str, generation: Gen, target: usize, lease_s: i64) {

@@ -164,15 +164,7 @@ mod tests {
     const SLEEP: Target = Target::Miner(MinerTarget::Sleep);
 
     fn limits() -> Limits {
-        Limits::Miner {
-            can_sleep: true,
-            power_target: false,
-            power_target_min_w: None,
-            power_target_max_w: None,
-            power_target_steps_w: Vec::new(),
-            nameplate_power_w: Some(3000.0),
-            nameplate_hashrate_ths: Some(100.0),
-        }
+        crate::reconcile::testing::miner_limits(3000.0, 100.0)
     }
 
     fn held(target: Target, lease_s: i64, wall: DateTime<Utc>) -> Held {

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pivot_proto::model::{MinerState, MinerTarget, Target};
 
-use super::{Actuator, ApplyError, HeldRecord, IntentStore, Observed, RaiseGuard, WallClock};
+use super::{
+    Actuator, ApplyError, HeldRecord, IntentStore, Limits, Observed, RaiseGuard, WallClock,
+};
 use crate::state::StateError;
 
 /// A wall clock that one test owns and moves.
@@ -67,6 +69,19 @@ impl IntentStore for MemStore {
             .map(|r| (r.intent.device_id.clone(), (*r).clone()))
             .collect();
         Ok(())
+    }
+}
+
+/// A miner that sleeps and wakes but takes no power target.
+pub fn miner_limits(nameplate_power_w: f64, nameplate_hashrate_ths: f64) -> Limits {
+    Limits::Miner {
+        can_sleep: true,
+        power_target: false,
+        power_target_min_w: None,
+        power_target_max_w: None,
+        power_target_steps_w: Vec::new(),
+        nameplate_power_w: Some(nameplate_power_w),
+        nameplate_hashrate_ths: Some(nameplate_hashrate_ths),
     }
 }
 

@@ -23,15 +23,7 @@ const RUN: Target = Target::Miner(MinerTarget::Run {
 });
 
 fn limits() -> Limits {
-    Limits::Miner {
-        can_sleep: true,
-        power_target: false,
-        power_target_min_w: None,
-        power_target_max_w: None,
-        power_target_steps_w: Vec::new(),
-        nameplate_power_w: Some(3000.0),
-        nameplate_hashrate_ths: Some(100.0),
-    }
+    super::testing::miner_limits(3000.0, 100.0)
 }
 
 /// A reconciler for one miner "m1" driven by `actuator`, its clock trusted.
@@ -60,6 +52,20 @@ fn reconciler(
     let r = Reconciler::new(devices, store, settings, clock.wall()).unwrap();
     r.note_controller_time(clock.now());
     r
+}
+
+/// A reconciler for one miner driven by `actuator`: default limits, 10 s pacing, hold.
+fn driven_by(actuator: Arc<dyn Actuator>) -> (TestClock, Arc<Reconciler>) {
+    let clock = TestClock::new();
+    let r = reconciler(
+        Arc::new(MemStore::default()),
+        limits(),
+        actuator,
+        Duration::from_secs(10),
+        Fallback::Hold,
+        &clock,
+    );
+    (clock, r)
 }
 
 struct Setup {
@@ -281,16 +287,8 @@ async fn hole6_a_permanent_error_fails_its_generation_once() {
             .into())
         }
     }
-    let clock = TestClock::new();
     let a = Arc::new(Unsupported(AtomicUsize::new(0)));
-    let r = reconciler(
-        Arc::new(MemStore::default()),
-        limits(),
-        a.clone(),
-        Duration::from_secs(10),
-        Fallback::Hold,
-        &clock,
-    );
+    let (clock, r) = driven_by(a.clone());
     r.receive(&[intent(1, SLEEP, 300, &clock)], None);
     settle().await;
     let failed = r.reports.drain().pop().unwrap();
@@ -442,16 +440,8 @@ impl Actuator for Gated {
 
 #[tokio::test(start_paused = true)]
 async fn hole2_a_newer_intent_waits_for_the_call_in_flight() {
-    let clock = TestClock::new();
     let gated = Arc::new(Gated::default());
-    let r = reconciler(
-        Arc::new(MemStore::default()),
-        limits(),
-        gated.clone(),
-        Duration::from_secs(10),
-        Fallback::Hold,
-        &clock,
-    );
+    let (clock, r) = driven_by(gated.clone());
     observe_now(&r, miner_showing(false)).await;
     // A sleep in flight (lowering: not abandoned), then a newer intent.
     r.receive(&[intent(1, SLEEP, 300, &clock)], None);
@@ -484,16 +474,8 @@ async fn hole2_a_newer_intent_waits_for_the_call_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn hole2_a_raising_call_is_abandoned_for_a_newer_sleep() {
-    let clock = TestClock::new();
     let gated = Arc::new(Gated::default());
-    let r = reconciler(
-        Arc::new(MemStore::default()),
-        limits(),
-        gated.clone(),
-        Duration::from_secs(10),
-        Fallback::Hold,
-        &clock,
-    );
+    let (clock, r) = driven_by(gated.clone());
     observe_now(&r, miner_showing(true)).await;
     r.receive(&[intent(1, RUN, 300, &clock)], None);
     settle().await;
@@ -515,16 +497,8 @@ async fn hole2_a_raising_call_is_abandoned_for_a_newer_sleep() {
 
 #[tokio::test(start_paused = true)]
 async fn a_call_past_its_deadline_is_abandoned_and_retried() {
-    let clock = TestClock::new();
     let gated = Arc::new(Gated::default());
-    let r = reconciler(
-        Arc::new(MemStore::default()),
-        limits(),
-        gated.clone(),
-        Duration::from_secs(10),
-        Fallback::Hold,
-        &clock,
-    );
+    let (clock, r) = driven_by(gated.clone());
     r.receive(&[intent(1, SLEEP, 3000, &clock)], None);
     settle().await;
     tokio::time::advance(Duration::from_secs(301)).await;

@@ -127,6 +127,15 @@ async fn wait_for_state(m: &SimMiner, want: RunState, within: Duration) {
     }
 }
 
+/// An intent's whole way: accepted, applied, its effect seen.
+const ALL_THE_WAY: [v1::IntentPhase; 3] = [
+    v1::IntentPhase::Pending,
+    v1::IntentPhase::Applied,
+    v1::IntentPhase::Confirmed,
+];
+/// A re-apply (after drift or a renewal): applied, its effect seen.
+const AGAIN: [v1::IntentPhase; 2] = [v1::IntentPhase::Applied, v1::IntentPhase::Confirmed];
+
 const SLEEP: Target = Target::Miner(MinerTarget::Sleep);
 const RUN: Target = Target::Miner(MinerTarget::Run {
     power_target_w: None,
@@ -183,13 +192,7 @@ async fn sleep_intent_is_confirmed_and_a_rebooted_miner_is_curtailed_again() {
     wait_for_state(m, RunState::Sleeping, Duration::from_secs(10)).await;
     assert!(m.handle().snapshot().reboots >= 1);
     // The re-apply is reported; nothing else happens.
-    ctl.statuses(
-        WAIT,
-        &id,
-        1,
-        &[v1::IntentPhase::Applied, v1::IntentPhase::Confirmed],
-    )
-    .await;
+    ctl.statuses(WAIT, &id, 1, &AGAIN).await;
     ctl.quiet(Duration::from_secs(1)).await;
 }
 
@@ -242,17 +245,7 @@ async fn on_hold_a_lost_controller_never_raises_but_curtailment_is_kept() {
     let m = &site.miners[0];
     ctl.send_intents(vec![intent(&id, 1, SLEEP, Duration::from_secs(2))])
         .await;
-    ctl.statuses(
-        WAIT,
-        &id,
-        1,
-        &[
-            v1::IntentPhase::Pending,
-            v1::IntentPhase::Applied,
-            v1::IntentPhase::Confirmed,
-        ],
-    )
-    .await;
+    ctl.statuses(WAIT, &id, 1, &ALL_THE_WAY).await;
     ctl.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await; // the lease has expired
     // Something wakes the miner (a reboot, a technician): the agent puts it back to sleep —
@@ -478,18 +471,7 @@ async fn gpu_caps_from_intents_are_confirmed_and_out_of_range_ones_rejected() {
         "{}",
         r.detail
     );
-    let c = ctl
-        .statuses(
-            WAIT,
-            &gpu.device_id,
-            1,
-            &[
-                v1::IntentPhase::Pending,
-                v1::IntentPhase::Applied,
-                v1::IntentPhase::Confirmed,
-            ],
-        )
-        .await;
+    let c = ctl.statuses(WAIT, &gpu.device_id, 1, &ALL_THE_WAY).await;
     assert!(c.observed_power_w.unwrap() <= 300.0 * 1.05, "{c:?}");
 
     // Telemetry carries the enforced cap; /metrics serves dcgm-exporter's names.
@@ -527,17 +509,7 @@ async fn a_restarted_agent_re_applies_its_held_intents_without_a_controller() {
     let id = ctl.hello(WAIT).await.miners[0].device_id.clone();
     ctl.send_intents(vec![intent(&id, 7, SLEEP, Duration::from_secs(300))])
         .await;
-    ctl.statuses(
-        WAIT,
-        &id,
-        7,
-        &[
-            v1::IntentPhase::Pending,
-            v1::IntentPhase::Applied,
-            v1::IntentPhase::Confirmed,
-        ],
-    )
-    .await;
+    ctl.statuses(WAIT, &id, 7, &ALL_THE_WAY).await;
     ctl.stop().await;
     // While the agent is down, someone wakes the miner.
     site.stop_agent();
@@ -682,17 +654,7 @@ async fn a_lease_renewal_renews_only_the_intents_it_names() {
     // Woken under a short lease.
     ctl.send_intents(vec![intent(&id, 1, RUN, Duration::from_secs(3))])
         .await;
-    ctl.statuses(
-        WAIT,
-        &id,
-        1,
-        &[
-            v1::IntentPhase::Pending,
-            v1::IntentPhase::Applied,
-            v1::IntentPhase::Confirmed,
-        ],
-    )
-    .await;
+    ctl.statuses(WAIT, &id, 1, &ALL_THE_WAY).await;
     wait_for_state(m, RunState::Mining, WAIT).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // the lease ends
     // Thermal protection puts it to sleep: without a lease, the agent leaves it there.
@@ -709,13 +671,7 @@ async fn a_lease_renewal_renews_only_the_intents_it_names() {
     assert_eq!(m.handle().snapshot().state, RunState::Sleeping);
     // Named at the generation held, the intent is in force again.
     ctl.renew(later, &[(&id, 1)]).await;
-    ctl.statuses(
-        WAIT,
-        &id,
-        1,
-        &[v1::IntentPhase::Applied, v1::IntentPhase::Confirmed],
-    )
-    .await;
+    ctl.statuses(WAIT, &id, 1, &AGAIN).await;
     wait_for_state(m, RunState::Mining, WAIT).await;
 }
 
@@ -758,17 +714,7 @@ async fn with_the_controllers_clock_far_off_the_agent_lowers_but_never_raises() 
     let mut sleep = intent(&mining, 1, SLEEP, Duration::from_secs(0));
     sleep.lease_expires_at = Some(pivot_proto::model::timestamp_to_proto(lease));
     ctl.send_intents(vec![sleep]).await;
-    ctl.statuses(
-        WAIT,
-        &mining,
-        1,
-        &[
-            v1::IntentPhase::Pending,
-            v1::IntentPhase::Applied,
-            v1::IntentPhase::Confirmed,
-        ],
-    )
-    .await;
+    ctl.statuses(WAIT, &mining, 1, &ALL_THE_WAY).await;
     ctl.quiet(Duration::from_secs(2)).await;
     assert_eq!(site.miners[0].handle().snapshot().state, RunState::Sleeping);
     assert_eq!(site.miners[1].handle().snapshot().state, RunState::Sleeping);
@@ -776,13 +722,7 @@ async fn with_the_controllers_clock_far_off_the_agent_lowers_but_never_raises() 
     ctl.set_clock_offset(chrono::Duration::zero());
     ctl.renew(Utc::now() + chrono::Duration::seconds(300), &[(&asleep, 1)])
         .await;
-    ctl.statuses(
-        WAIT,
-        &asleep,
-        1,
-        &[v1::IntentPhase::Applied, v1::IntentPhase::Confirmed],
-    )
-    .await;
+    ctl.statuses(WAIT, &asleep, 1, &AGAIN).await;
     wait_for_state(&site.miners[0], RunState::Mining, WAIT).await;
 }
 
@@ -972,17 +912,7 @@ async fn a_gpu_lost_at_start_is_reported_and_the_rest_are_driven() {
         Duration::from_secs(60),
     )])
     .await;
-    ctl.statuses(
-        WAIT,
-        &gpu,
-        1,
-        &[
-            v1::IntentPhase::Pending,
-            v1::IntentPhase::Applied,
-            v1::IntentPhase::Confirmed,
-        ],
-    )
-    .await;
+    ctl.statuses(WAIT, &gpu, 1, &ALL_THE_WAY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
