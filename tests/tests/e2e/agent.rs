@@ -1031,3 +1031,38 @@ async fn the_miner_commands_follow_the_daemons_rules() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_held_below_its_cap_by_another_limit_is_confirmed_once() {
+    // A BMC holds GPU 0 at 280 W: a 400 W cap is in place as asked, and the GPU enforces the
+    // lower limit. That is the cap confirmed, not a cap that failed (and was set again, forever).
+    let dir = tempfile::tempdir().unwrap();
+    let lib = fake_gpus(dir.path());
+    std::fs::write(
+        dir.path().join("fake-nvml.json"),
+        serde_json::json!({
+            "count": 1,
+            "power_demand_w": 650.0,
+            "gpus": { "0": { "external_limit_w": 280.0 } }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut ctl = FakeController::start(Duration::from_millis(500)).await;
+    let tables = format!(
+        "[gpus]\nenabled = true\nnvml_lib = \"{}\"\nconfirm_s = 2\n",
+        lib.display()
+    );
+    let _site = start_agent_with(dir, &ctl.url(), vec![], "", &tables);
+    let gpu = ctl.hello(WAIT).await.gpus[0].device_id.clone();
+    ctl.send_intents(vec![intent(
+        &gpu,
+        1,
+        Target::Gpu { power_cap_w: 400 },
+        Duration::from_secs(60),
+    )])
+    .await;
+    let c = ctl.statuses(WAIT, &gpu, 1, &ALL_THE_WAY).await;
+    assert!(c.observed_power_w.unwrap() <= 280.0 * 1.05, "{c:?}");
+    ctl.quiet(Duration::from_secs(3)).await;
+}
