@@ -192,7 +192,7 @@ async fn timed_sweep(slots: &Arc<Vec<MinerSlot>>, args: &Args, tck: f64) -> Resu
     let (cpu_s, connections) = (cpu_seconds(tck)? - cpu, active_opens()? - opens);
     let mut errors = BTreeMap::new();
     let mut reachable = 0;
-    for (_, r) in &readings {
+    for (_, r, _) in &readings {
         match r.error_kind {
             None => reachable += 1,
             Some(kind) => *errors.entry(kind.to_owned()).or_insert(0) += 1,

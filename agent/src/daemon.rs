@@ -19,12 +19,13 @@ use crate::inventory::gpus::{self, GpuObservations, GpuSlot};
 use crate::link::{self, LinkState};
 use crate::metrics::{self, Exposition};
 use crate::poll::{self, Observations};
-use crate::reconcile::{Reconciler, Settings};
-use crate::state::StateDir;
+use crate::reconcile::{DiskStore, Reconciler, Settings};
+use crate::state::{StateDir, StateLock};
 
 /// What the link reports, assembled from the agent's parts.
 struct AgentSource {
     host_id: String,
+    host_config: crate::config::HostConfig,
     miners: Arc<inventory::MinerSet>,
     obs: Arc<Observations>,
     gpu_slots: Arc<Vec<GpuSlot>>,
@@ -83,14 +84,14 @@ impl link::Source for AgentSource {
                 memory_total_bytes: host.as_ref().map_or(0, |h| h.memory_total_bytes),
                 workload_managers: Vec::new(),
                 workload_node_name: String::new(),
-                base_power_w: None,
-                max_power_w: None,
+                base_power_w: self.host_config.base_power_w,
+                max_power_w: self.host_config.max_power_w,
             }),
             miners: self
                 .miners
                 .slots()
                 .iter()
-                .map(|s| inventory::miner_inventory(s, None))
+                .map(inventory::miner_inventory)
                 .collect(),
             gpus: self.gpu_slots.iter().map(gpus::inventory).collect(),
             held_intents: self
@@ -135,32 +136,48 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let state = StateDir::open(&config.state_dir)?;
+    // Held until the process ends: a second agent on this state would drive the same devices.
+    let _lock = StateLock::acquire(&state)?;
     let targets = config.miner_targets(config_path)?;
     let configured = targets.len();
     let (slots, missing) = inventory::discover_miners(&config, state.path(), targets).await;
     for m in &missing {
         warn!(miner = %m.target.addr, error = %m.error, "Configured miner not found; looked for again every poll.rediscover_s");
     }
+    let options = inventory::driver_options(&config);
+    let pacing = config.poll.pacing_s.map(Duration::from_secs_f64);
     let mut devices: BTreeMap<_, _> = slots
         .iter()
-        .map(|s| (s.device_id.clone(), inventory::miner_device(s, None)))
+        .map(|s| {
+            (
+                s.device_id.clone(),
+                inventory::miner_device(s, &options, pacing),
+            )
+        })
         .collect();
-    let (gpu_manager, gpu_slots) = if config.gpus.enabled {
+    let (gpu_manager, gpu_slots, lost_gpus) = if config.gpus.enabled {
         let library = config.gpus.nvml_lib.clone();
         let manager: Arc<dyn GpuManager> = Arc::new(
             NvmlGpus::open(library.as_deref()).context("gpus.enabled is true but NVML cannot be used (set gpus.enabled = false on hosts without GPUs)")?,
         );
-        gpus::reapply_persisted(manager.as_ref(), state.path()).await;
-        let found = gpus::discover(manager.as_ref(), &config.gpus).context("discovering GPUs")?;
+        gpus::reapply_persisted(manager.as_ref(), state.path())
+            .await
+            .context("re-applying the GPU caps the agent recorded")?;
+        let (found, lost) =
+            gpus::discover(manager.as_ref(), &config.gpus).context("discovering GPUs")?;
         for g in &found {
             devices.insert(
                 g.device_id.clone(),
                 gpus::device(g, &manager, &config.gpus, state.path()),
             );
         }
-        (Some(manager), found)
+        (
+            Some(manager),
+            found,
+            lost.into_iter().map(|l| l.index).collect(),
+        )
     } else {
-        (None, Vec::new())
+        (None, Vec::new(), Vec::new())
     };
     info!(
         configured,
@@ -170,11 +187,13 @@ pub async fn run(
     );
     let reconciler = Reconciler::new(
         devices,
-        state.clone(),
+        Arc::new(DiskStore::new(&state)),
         Settings {
             confirm_timeout: Duration::from_secs_f64(config.poll.confirm_s),
             fallback: config.fallback,
+            max_clock_skew: Duration::from_secs_f64(config.controller.max_clock_skew_s),
         },
+        Arc::new(Utc::now),
     )
     .context("loading held intents")?;
     let miners = Arc::new(inventory::MinerSet::new(slots, missing));
@@ -191,6 +210,7 @@ pub async fn run(
     };
     let source = Arc::new(AgentSource {
         host_id: config.host_id.clone(),
+        host_config: config.host.clone(),
         miners: Arc::clone(&miners),
         obs: Arc::clone(&obs),
         gpu_slots: Arc::clone(&gpu_slots),
@@ -246,12 +266,25 @@ pub async fn run(
     ));
     if !config.metrics.listen.is_empty() {
         let addr = config.metrics.listen.parse().context("metrics.listen")?;
-        let (host_id, g) = (config.host_id.clone(), Arc::clone(&gpu_obs));
-        let gpu_series: metrics::ExtraSeries = Arc::new(move |w| gpus::render(w, &host_id, &g));
+        let (host_id, g, gs) = (
+            config.host_id.clone(),
+            Arc::clone(&gpu_obs),
+            Arc::clone(&gpu_slots),
+        );
+        let gpu_series: metrics::ExtraSeries =
+            Arc::new(move |w| gpus::render(w, &host_id, &gs, &lost_gpus, &g));
+        let set = Arc::clone(&miners);
+        let undetected: metrics::Undetected = Arc::new(move || {
+            set.missing()
+                .iter()
+                .map(|m| inventory::miner_device_id(&m.target.addr))
+                .collect()
+        });
         let exposition = Exposition {
             host_id: config.host_id.clone(),
             obs: Arc::clone(&obs),
             link: Arc::clone(&link_state),
+            undetected,
             extra: vec![gpu_series],
         };
         let (local, server) = metrics::serve(addr, exposition)
@@ -268,5 +301,6 @@ pub async fn run(
     shutdown.await;
     info!("Shutting down; held intents stay on disk and are re-applied at the next start");
     tasks.shutdown().await;
+    reconciler.shutdown();
     Ok(())
 }

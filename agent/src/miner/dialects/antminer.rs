@@ -196,6 +196,7 @@ impl MinerDriver for Antminer {
                 power_target: false,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }
@@ -247,8 +248,11 @@ impl MinerDriver for Antminer {
         let conf = self.get_conf().await?;
         if let Some(mode) = Self::work_mode_of(&conf)
             && mode != SLEEP_MODE
+            && let Err(e) = self.ctx.modes.remember(&self.key(), &mode)
         {
-            self.ctx.modes.remember(&self.key(), &mode);
+            // Sleeping lowers power and must not wait on a disk; the wake will need the mode
+            // passed explicitly.
+            tracing::warn!(miner = %self.addr, error = %e, mode, "Could not remember the work mode before sleep");
         }
         let answered = self.set_mode(conf, SLEEP_MODE).await?;
         read_back(
@@ -264,7 +268,12 @@ impl MinerDriver for Antminer {
     async fn wake(&self) -> Result<Reading, MinerError> {
         let conf = self.get_conf().await?;
         let current = Self::work_mode_of(&conf);
-        let mode = match (self.ctx.modes.recall(&self.key()), self.wake_mode, current) {
+        let remembered = self
+            .ctx
+            .modes
+            .recall(&self.key())
+            .map_err(|e| e.for_miner(&self.addr.to_string()))?;
+        let mode = match (remembered, self.wake_mode, current) {
             (Some(m), _, _) => m,
             (None, Some(m), _) => m.to_string(),
             // Awake already in a real mode: re-assert it rather than guess.
@@ -284,7 +293,9 @@ impl MinerDriver for Antminer {
             |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
         )
         .await?;
-        self.ctx.modes.forget(&self.key());
+        if let Err(e) = self.ctx.modes.forget(&self.key()) {
+            tracing::warn!(miner = %self.addr, error = %e, "Could not forget the work mode after wake");
+        }
         Ok(r)
     }
 

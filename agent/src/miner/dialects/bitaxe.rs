@@ -121,6 +121,7 @@ impl MinerDriver for Bitaxe {
                 power_target: false,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }

@@ -177,6 +177,7 @@ impl MinerDriver for Braiins {
                 power_target: true,
                 power_target_min_w: range.map(|r| r.0),
                 power_target_max_w: range.map(|r| r.1),
+                power_target_steps_w: Vec::new(),
             },
         })
     }
@@ -290,6 +291,11 @@ impl MinerDriver for Braiins {
             matches!(r.state, MinerState::Mining | MinerState::Ramping)
         })
         .await
+    }
+
+    /// The power target is tuner configuration, kept while paused and used on resume.
+    fn target_while_asleep(&self) -> bool {
+        true
     }
 
     async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError> {

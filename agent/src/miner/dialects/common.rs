@@ -168,6 +168,12 @@ pub fn leading_number(v: &Value) -> Option<f64> {
     })
 }
 
+/// A watt value from a miner's reply as a `u32`, when it is one (finite, positive, in range).
+pub fn watts_u32(w: f64) -> Option<u32> {
+    // Truncated, as the read path turns a profile's watts into the target it reports.
+    (w.is_finite() && w >= 1.0 && w <= f64::from(u32::MAX)).then(|| w.trunc() as u32)
+}
+
 /// Hashing above this counts as mining (TH/s); below it a miner is not doing useful work.
 pub const HASHING_THS: f64 = 1e-6;
 

@@ -183,10 +183,13 @@ impl MinerDriver for Luxos {
             .first()
             .cloned()
             .unwrap_or(Value::Null);
-        let watts: Vec<f64> = profiles(r.get("profiles"))
+        // The profiles are the steps a target can land on (LuxOS has no free watt value).
+        let mut steps: Vec<u32> = profiles(r.get("profiles"))
             .iter()
-            .filter_map(|p| p.watts)
+            .filter_map(|p| p.watts.and_then(common::watts_u32))
             .collect();
+        steps.sort_unstable();
+        steps.dedup();
         Ok(Identity {
             dialect: DIALECT,
             model: model_of(r.get("version"), &conf),
@@ -195,9 +198,10 @@ impl MinerDriver for Luxos {
             mac: string_at(&conf, &["MACAddr"]),
             capabilities: Capabilities {
                 can_sleep: true,
-                power_target: !watts.is_empty(),
-                power_target_min_w: watts.iter().copied().reduce(f64::min).map(|w| w as u32),
-                power_target_max_w: watts.iter().copied().reduce(f64::max).map(|w| w as u32),
+                power_target: !steps.is_empty(),
+                power_target_min_w: steps.first().copied(),
+                power_target_max_w: steps.last().copied(),
+                power_target_steps_w: steps,
             },
         })
     }

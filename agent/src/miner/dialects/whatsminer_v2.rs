@@ -176,6 +176,7 @@ impl MinerDriver for WhatsminerV2 {
                 power_target: true,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }
