@@ -318,7 +318,17 @@ impl Controller {
             state: PlanState::Executing,
             current_phase: 0,
             updated_at: now,
-            document: serde_json::json!({ "exec": plan, "plan": document }),
+            document: {
+                let mut d = match document {
+                    serde_json::Value::Object(m) => m,
+                    other => serde_json::Map::from_iter([("plan".to_owned(), other)]),
+                };
+                d.insert(
+                    "exec".to_owned(),
+                    serde_json::to_value(&plan).unwrap_or_default(),
+                );
+                serde_json::Value::Object(d)
+            },
         };
         let prev = previous.clone();
         let stored_ok = self

@@ -362,7 +362,15 @@ pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>),
                 format!("duplicate device id `{device_id}`"),
             ));
         }
-        let dialect = MinerDialect::from_proto(m.dialect, &format!("{f}.dialect"))?;
+        // Unspecified: a configured miner the agent has not identified (it never answered).
+        let dialect = if m.dialect == v1::MinerDialect::Unspecified as i32 {
+            None
+        } else {
+            Some(MinerDialect::from_proto(
+                m.dialect,
+                &format!("{f}.dialect"),
+            )?)
+        };
         let nameplate = m.nameplate_power_w.map(f64::from);
         finite_field(
             m.nameplate_hashrate_ths,

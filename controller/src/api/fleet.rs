@@ -165,13 +165,15 @@ pub fn validate_demand_response(
 }
 
 /// Identifiers (host, device and event ids) are 1–128 characters of
-/// `A–Z a–z 0–9 . _ : / @ - [ ]` (brackets for IPv6 addresses): they are printed in terminals and
-/// logs, so nothing that can forge a line or an escape.
+/// `A–Z a–z 0–9 . _ : / @ - [ ] , =` (brackets for IPv6 addresses; `,http=` as in an agent's
+/// miner address): they are printed in terminals and logs, so nothing that can forge a line or
+/// an escape.
 pub fn check_id(id: &str, field: &str) -> Result<String, FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '-' | '[' | ']')
+            c.is_ascii_alphanumeric()
+                || matches!(c, '.' | '_' | ':' | '/' | '@' | '-' | '[' | ']' | ',' | '=')
         });
     if ok {
         Ok(id.to_owned())
@@ -179,7 +181,7 @@ pub fn check_id(id: &str, field: &str) -> Result<String, FieldError> {
         Err(FieldError::new(
             field,
             format!(
-                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ - [ ]",
+                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ - [ ] , =",
                 id.chars().take(40).collect::<String>()
             ),
         ))

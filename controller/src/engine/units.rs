@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
-use pivot_proto::model::{IntentPhase, MinerState, Target, WorkloadState};
+use pivot_proto::model::{IntentPhase, MinerState, MinerTarget, Target, WorkloadState};
 
 use crate::fleet::{AgentEntry, GpuSlot, MinerSlot};
 use crate::market::FirmContract;
@@ -126,6 +126,25 @@ fn miner(
         Target::Miner(m) => Some(m),
         _ => None,
     });
+    // A confirmation is a read-back newer than the last telemetry: it wins, so the planner never
+    // decides on a reading older than the newest one (a miner put to sleep seconds ago must not
+    // still count at its mining draw until the next telemetry).
+    let (mut state, mut measured) = (
+        seen_obs.map_or(MinerState::Unknown, |o| o.state),
+        seen_obs.and_then(|o| o.power_w),
+    );
+    if let (Some(o), Some(d)) = (seen_obs, di)
+        && let Some(st) = d
+            .status
+            .as_ref()
+            .filter(|st| st.phase == IntentPhase::Confirmed && st.at > o.observed_at)
+    {
+        state = match d.intent.target {
+            Target::Miner(MinerTarget::Sleep) => MinerState::Sleeping,
+            _ => MinerState::Mining,
+        };
+        measured = st.observed_power_w.or(measured);
+    }
     MinerUnit {
         device_id: id.clone(),
         host_id: a.host_id.clone(),
@@ -135,8 +154,8 @@ fn miner(
         nameplate_hashrate_ths: inv.nameplate_hashrate_ths,
         efficiency_j_per_th: slot.last_mining_j_per_th,
         sleep_power_w: None,
-        state: seen_obs.map_or(MinerState::Unknown, |o| o.state),
-        measured_power_w: seen_obs.and_then(|o| o.power_w),
+        state,
+        measured_power_w: measured,
         seen: seen_obs.is_some(),
         power_target,
         intent,
@@ -148,7 +167,12 @@ fn miner(
     }
 }
 
-fn gpu_unit(g: &GpuSlot, connected: bool, s: &UnitSettings<'_>) -> GpuUnit {
+fn gpu_unit(
+    g: &GpuSlot,
+    connected: bool,
+    intent: Option<&DeviceIntent>,
+    s: &UnitSettings<'_>,
+) -> GpuUnit {
     let inv = &g.info.inventory;
     let min = f64::from(inv.power_cap_min_w);
     let max = f64::from(inv.power_cap_max_w);
@@ -162,12 +186,22 @@ fn gpu_unit(g: &GpuSlot, connected: bool, s: &UnitSettings<'_>) -> GpuUnit {
         .obs
         .as_ref()
         .filter(|o| fresh(connected, o.observed_at, o.restored, s));
+    let mut cap_w = seen.and_then(|o| o.enforced_power_limit_w);
+    // A confirmed cap newer than the reading is the newest read-back.
+    if let (Some(o), Some(d)) = (seen, intent)
+        && let Target::Gpu { power_cap_w } = d.intent.target
+        && d.status
+            .as_ref()
+            .is_some_and(|st| st.phase == IntentPhase::Confirmed && st.at > o.observed_at)
+    {
+        cap_w = Some(f64::from(power_cap_w));
+    }
     GpuUnit {
         device_id: g.info.device_id.clone(),
         min_cap_w: min,
         max_cap_w: max,
         full_service_cap_w: full,
-        cap_w: seen.and_then(|o| o.enforced_power_limit_w),
+        cap_w,
     }
 }
 
@@ -178,14 +212,14 @@ fn gpu_host(
     failed: &BTreeSet<String>,
     s: &UnitSettings<'_>,
 ) -> GpuHostUnit {
+    let mine = |id: &str| intents.get(id).filter(|d| d.host_id == a.host_id);
     let gpus: Vec<GpuUnit> = a
         .gpus
         .values()
-        .map(|g| gpu_unit(g, a.connected, s))
+        .map(|g| gpu_unit(g, a.connected, mine(&g.info.device_id), s))
         .collect();
     let host_device = format!("host/{}", a.host_id);
     let has_workload = !a.host.workload_managers.is_empty();
-    let mine = |id: &str| intents.get(id).filter(|d| d.host_id == a.host_id);
     let gpu_intents: Vec<Option<(Target, IntentPhase)>> =
         gpus.iter().map(|g| held(mine(&g.device_id))).collect();
     let workload = held(mine(&host_device));
@@ -309,7 +343,7 @@ mod tests {
     use super::*;
     use crate::fleet::{GpuInfo, GpuObservation, HostPower, MinerInfo, MinerObservation};
     use crate::store::StatusRecord;
-    use pivot_proto::model::{Intent, MinerDialect, MinerTarget};
+    use pivot_proto::model::{Intent, MinerDialect};
     use pivot_proto::v1;
 
     fn now() -> DateTime<Utc> {
@@ -348,7 +382,7 @@ mod tests {
             MinerSlot {
                 info: MinerInfo {
                     device_id: "m1".into(),
-                    dialect: MinerDialect::Luxos,
+                    dialect: Some(MinerDialect::Luxos),
                     nameplate_power_w: Some(3500.0),
                     power_target_max_w: None,
                     inventory: v1::MinerInventory {
@@ -485,6 +519,44 @@ mod tests {
         assert_eq!(m.pin, Some(MinerTarget::Sleep));
         assert!(m.protected);
         assert_eq!(m.last_change_at, Some(now() - Duration::seconds(5)));
+    }
+
+    #[test]
+    fn a_confirmation_newer_than_the_last_reading_wins() {
+        // The miner read mining 5 s ago; its sleep was confirmed 1 s ago at 20 W.
+        let a = with_miner(agent(true), MinerState::Mining, 5, false);
+        let mut d = intent(
+            "m1",
+            Target::Miner(MinerTarget::Sleep),
+            Some(IntentPhase::Confirmed),
+        );
+        if let Some(st) = d.status.as_mut() {
+            st.at = now() - Duration::seconds(1);
+            st.observed_power_w = Some(20.0);
+        }
+        let intents = BTreeMap::from([("m1".to_owned(), d.clone())]);
+        let m = &units(
+            &map(a.clone()),
+            &intents,
+            &[],
+            &BTreeSet::new(),
+            &settings(),
+        )
+        .miners[0];
+        assert_eq!(
+            (m.state, m.measured_power_w),
+            (MinerState::Sleeping, Some(20.0))
+        );
+        // An older confirmation does not override a newer reading.
+        if let Some(st) = d.status.as_mut() {
+            st.at = now() - Duration::seconds(9);
+        }
+        let intents = BTreeMap::from([("m1".to_owned(), d)]);
+        let m = &units(&map(a), &intents, &[], &BTreeSet::new(), &settings()).miners[0];
+        assert_eq!(
+            (m.state, m.measured_power_w),
+            (MinerState::Mining, Some(3400.0))
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub enum SendError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MinerInfo {
     pub device_id: String,
-    pub dialect: MinerDialect,
+    /// `None` for a configured miner its agent has not identified yet (it never answered): it
+    /// still counts, at its maximum, while unseen.
+    pub dialect: Option<MinerDialect>,
     pub nameplate_power_w: Option<f64>,
     pub power_target_max_w: Option<f64>,
     /// The validated inventory message, for display.
@@ -533,7 +535,7 @@ mod tests {
             MinerSlot {
                 info: MinerInfo {
                     device_id: id.to_owned(),
-                    dialect: MinerDialect::Antminer,
+                    dialect: Some(MinerDialect::Antminer),
                     nameplate_power_w: Some(nameplate),
                     power_target_max_w: None,
                     inventory: v1::MinerInventory::default(),
