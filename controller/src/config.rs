@@ -104,7 +104,7 @@ pub struct AgentsConfig {
     #[serde(default = "default_max_devices_per_host")]
     pub max_devices_per_host: usize,
     /// The most power one host's inventory may declare (miners at maximum, GPUs at maximum
-    /// caps, host base), W; default: the site cap.
+    /// caps, host base), W; default: twice the site cap.
     #[serde(default)]
     pub max_host_power_w: Option<f64>,
 }

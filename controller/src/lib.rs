@@ -114,11 +114,13 @@ impl Controller {
     pub fn admit(&self, entry: &fleet::AgentEntry) -> Result<(), Status> {
         let limits = fleet::HostLimits {
             max_devices: self.config.agents.max_devices_per_host,
+            // A site may well host more than it can run at once (that is what curtailment is
+            // for), but not wildly more on one host.
             max_power_w: self
                 .config
                 .agents
                 .max_host_power_w
-                .unwrap_or(self.config.site.cap_w),
+                .unwrap_or(2.0 * self.config.site.cap_w),
         };
         self.registry
             .admit(entry, &limits, &self.config.agents.assumptions())
