@@ -34,8 +34,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit.
+    /// Validate a configuration file and everything `serve` will need from it, and exit.
     CheckConfig { config: PathBuf },
+    /// API tokens for pivotctl, automation and agents (stored hashed in the controller's store).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Run the planner over a price trace against a modelled site (docs/formats.md).
     Backtest {
         /// The modelled fleet (SITE.toml).
@@ -57,6 +62,106 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = pivot_controller::backtest::parse_duration)]
         replan_every: chrono::Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token; it is printed once and never stored.
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Who or what it is for (shown in the audit log as `token:<name>`).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, admin or agent.
+        #[arg(long)]
+        role: String,
+        /// With `--role agent`: the only host it may speak for.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Every token, revoked or not.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Revoke a token by its id (from `list`): every later call with it is refused.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+    },
+}
+
+fn open_store(config: &std::path::Path) -> anyhow::Result<SqliteStore> {
+    let c = Config::load(config, &ProcessEnv)?;
+    SqliteStore::open(&c.store.path)
+        .with_context(|| format!("opening store {}", c.store.path.display()))
+}
+
+fn token(action: TokenAction) -> anyhow::Result<()> {
+    use pivot_controller::auth::{self, Role};
+    use pivot_controller::store::Store;
+    match action {
+        TokenAction::Create {
+            config,
+            name,
+            role,
+            host,
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role `{role}`: use viewer, operator, admin or agent")
+            })?;
+            pivot_controller::api::fleet::check_id(&name, "--name")?;
+            match (role, &host) {
+                (Role::Agent, None) => {
+                    anyhow::bail!("--role agent needs --host (the host it speaks for)")
+                }
+                (Role::Agent, Some(h)) => {
+                    pivot_controller::api::fleet::check_id(h, "--host")?;
+                }
+                (_, Some(_)) => anyhow::bail!("--host is only for --role agent"),
+                (_, None) => {}
+            }
+            let store = open_store(&config)?;
+            let (secret, record) = auth::new_token(&name, role, host, chrono::Utc::now());
+            store.put_token(&record)?;
+            eprintln!(
+                "token {} for {} (role {}) — shown once; keep it in a secret store",
+                record.id, record.name, record.role
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        TokenAction::List { config } => {
+            let store = open_store(&config)?;
+            println!(
+                "{:<14} {:<24} {:<9} {:<16} {:<26} REVOKED",
+                "ID", "NAME", "ROLE", "HOST", "CREATED"
+            );
+            for t in store.list_tokens()? {
+                println!(
+                    "{:<14} {:<24} {:<9} {:<16} {:<26} {}",
+                    t.id,
+                    t.name,
+                    t.role,
+                    t.host.as_deref().unwrap_or("-"),
+                    t.created_at.to_rfc3339(),
+                    t.revoked_at
+                        .map_or_else(|| "-".to_owned(), |r| r.to_rfc3339())
+                );
+            }
+            Ok(())
+        }
+        TokenAction::Revoke { config, id } => {
+            let store = open_store(&config)?;
+            if !store.revoke_token(&id, chrono::Utc::now())? {
+                anyhow::bail!("no token `{id}` that is not already revoked (see `token list`)");
+            }
+            println!("token {id} revoked");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -125,21 +230,26 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Dev { listen, site_cap_w } => dev(listen, site_cap_w).await,
-        Command::Serve { config } => match Config::load(&config, &ProcessEnv) {
+        Command::Serve { config } => match Config::load(&config, &ProcessEnv)
+            .and_then(|c| c.check_files(&config, &ProcessEnv).map(|()| c))
+        {
             Ok(c) => run(c).await,
             Err(e) => Err(e.into()),
         },
         Command::CheckConfig { config } => Config::load(&config, &ProcessEnv)
+            .and_then(|c| c.check_files(&config, &ProcessEnv).map(|()| c))
             .map(|c| {
                 println!(
-                    "{}: ok (site {}, cap {} W, listen {})",
+                    "{}: ok (site {}, cap {} W, listen {}, auth {:?})",
                     config.display(),
                     c.site.id,
                     c.site.cap_w,
-                    c.listen.grpc
+                    c.listen.grpc,
+                    c.auth.mode
                 );
             })
             .map_err(Into::into),
+        Command::Token { action } => token(action),
         Command::Backtest {
             site,
             trace,

@@ -105,6 +105,21 @@ fn override_from_proto(o: &v1::Override, actor: &str) -> Result<Override, FieldE
     })
 }
 
+/// The largest policy document accepted, bytes: a real one is a few kilobytes; anything near
+/// the message limit would be stored and then fail to be sent back.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+
+fn check_policy_size(doc: &str) -> Result<(), Vec<String>> {
+    if doc.len() > MAX_POLICY_BYTES {
+        Err(vec![format!(
+            "the document is {} bytes; at most {MAX_POLICY_BYTES} are accepted",
+            doc.len()
+        )])
+    } else {
+        Ok(())
+    }
+}
+
 /// The longest a demand-response event may last or be announced ahead.
 const DR_HORIZON: chrono::Duration = chrono::Duration::days(366);
 
@@ -485,6 +500,43 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         }))
     }
 
+    async fn forget_host(
+        &self,
+        request: Request<v1::ForgetHostRequest>,
+    ) -> Result<Response<v1::ForgetHostResponse>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Operate)?;
+        let req = request.into_inner();
+        let host = check_id(&req.host_id, "host_id")?;
+        let devices = self
+            .ctl
+            .registry
+            .with_agents(|a| a.get(&host).map_or(0, |e| e.miners.len() + e.gpus.len()));
+        let forgotten = self.ctl.registry.forget(&host)?;
+        if forgotten {
+            self.ctl
+                .audit(NewAudit {
+                    kind: "agent",
+                    subject: format!("host/{host}"),
+                    actor: who.name,
+                    reason: format!(
+                        "host forgotten with its {devices} devices: {}",
+                        if req.reason.is_empty() {
+                            "no reason given"
+                        } else {
+                            &req.reason
+                        }
+                    ),
+                    detail: serde_json::json!({ "devices": devices }),
+                })
+                .await;
+            self.ctl.replan.notify_one();
+        }
+        Ok(Response::new(v1::ForgetHostResponse {
+            forgotten,
+            devices: u32::try_from(devices).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn get_history(
         &self,
         request: Request<v1::GetHistoryRequest>,
@@ -567,7 +619,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         request: Request<v1::ValidatePolicyRequest>,
     ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
         self.ctl.auth.authorize(&request, Right::Read)?;
-        let errors = policy::validate(&request.into_inner().document_toml)
+        let doc = request.into_inner().document_toml;
+        let errors = check_policy_size(&doc)
+            .and_then(|()| policy::validate(&doc).map(|_| ()))
             .err()
             .unwrap_or_default();
         Ok(Response::new(v1::ValidatePolicyResponse {
@@ -582,6 +636,8 @@ impl v1::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<v1::Policy>, Status> {
         let who = self.ctl.auth.authorize(&request, Right::Administer)?;
         let req = request.into_inner();
+        check_policy_size(&req.document_toml)
+            .map_err(|e| Status::invalid_argument(format!("document_toml: {}", e.join("; "))))?;
         let doc = policy::validate(&req.document_toml).map_err(|errors| {
             Status::invalid_argument(format!("document_toml: {}", errors.join("; ")))
         })?;
