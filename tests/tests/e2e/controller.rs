@@ -425,3 +425,54 @@ fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
         .collect();
     assert_eq!(kinds, ["policy", "demand_response", "override", "override"]);
 }
+
+#[test]
+fn the_example_configuration_and_policy_are_accepted() {
+    let root = workspace_root();
+    // The example names a real site's paths; here they point into a temporary directory with
+    // certificates made for the test, so check-config proves everything it would on a site.
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    for name in ["controller.pem", "ca.pem"] {
+        std::fs::write(dir.path().join(name), cert.pem()).unwrap();
+    }
+    std::fs::write(dir.path().join("controller.key"), key.serialize_pem()).unwrap();
+    let example =
+        std::fs::read_to_string(root.join("deploy/config/controller.example.toml")).unwrap();
+    let local = example
+        .replace("/etc/pivot/", &format!("{}/", dir.path().display()))
+        .replace("/var/lib/pivot/", &format!("{}/", dir.path().display()));
+    let config = dir.path().join("controller.toml");
+    std::fs::write(&config, local).unwrap();
+    let out = Command::new(bin("pivot-controller"))
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key that is not there is refused, naming it.
+    std::fs::remove_file(dir.path().join("controller.key")).unwrap();
+    let out = Command::new(bin("pivot-controller"))
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen.tls.key_file"));
+
+    let ctl = start_dev_controller(&[]);
+    let policy = root.join("deploy/config/policy.example.toml");
+    let out = pivotctl(&ctl.addr, &["policy", "validate", policy.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
