@@ -5,5 +5,6 @@
 
 mod cli;
 mod dialects;
+mod fidelity;
 mod pyasic;
 mod rest;
