@@ -2,6 +2,7 @@
 //! requests, STATUS interpretation, and multi-command reads (one connection per poll).
 
 pub mod parse;
+pub mod typed;
 
 use std::collections::HashMap;
 
@@ -165,6 +166,97 @@ impl CgClient {
             (true, Some(e)) => Err(e),
             _ => Ok(out),
         }
+    }
+}
+
+/// The request bytes of a multi-command read, built once per driver rather than per poll.
+pub fn multi_request(commands: &[&str]) -> Box<[u8]> {
+    json!({ "command": commands.join("+") })
+        .to_string()
+        .into_bytes()
+        .into_boxed_slice()
+}
+
+impl CgClient {
+    /// The poll's read: `request` (from [`multi_request`] of `commands`) on one connection,
+    /// its replies read by the typed reader and handed to `read`; when the firmware refuses
+    /// `a+b` or its reply is unreadable, each command on its own connection. A command whose
+    /// reply is missing or failed is absent; the first error is returned only when nothing at
+    /// all could be read.
+    pub async fn read_multi<T>(
+        &self,
+        commands: &[&str],
+        request: &[u8],
+        read: impl FnOnce(&typed::Multi<'_>) -> T,
+    ) -> Result<T, MinerError> {
+        let joined = || commands.join("+");
+        match self.fetch(request, "poll").await {
+            Ok(bytes) => match typed::multi(&bytes, commands) {
+                Ok(m) if m.any_success() => return Ok(read(&m)),
+                Ok(_) => {
+                    tracing::debug!(miner = %self.addr, command = %joined(), "multi-command refused; reading commands one by one");
+                }
+                Err(e) => {
+                    tracing::debug!(miner = %self.addr, error = %e, "multi-command unreadable; reading commands one by one");
+                }
+            },
+            Err(e) if e.is_unreachable() => return Err(e),
+            Err(e) => {
+                tracing::debug!(miner = %self.addr, error = %e, "multi-command failed; reading commands one by one");
+            }
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut first_err = None;
+        for c in commands {
+            let req = json!({ "command": c }).to_string();
+            match self.fetch(req.as_bytes(), c).await {
+                Ok(bytes) => replies.push((*c, bytes)),
+                Err(e) if e.is_unreachable() => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut m = typed::Multi::default();
+        for (c, bytes) in &replies {
+            match typed::single(bytes) {
+                Ok(r) if r.is_success() => m.insert(c, r),
+                Ok(r) => {
+                    first_err.get_or_insert_with(|| MinerError::Status {
+                        addr: self.addr.to_string(),
+                        command: (*c).to_owned(),
+                        letter: r.status.letter.owned().unwrap_or_default(),
+                        code: r.status.code.get().or(r.code.get()).unwrap_or(-1.0) as i64,
+                        message: r.status.msg.owned().unwrap_or_default(),
+                    });
+                }
+                Err(e) => {
+                    first_err.get_or_insert_with(|| MinerError::Malformed {
+                        addr: self.addr.to_string(),
+                        command: (*c).to_owned(),
+                        problem: e.to_string(),
+                        snippet: snippet(bytes),
+                    });
+                }
+            }
+        }
+        match (m.any_success(), first_err) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(read(&m)),
+        }
+    }
+
+    /// One exchange's raw reply bytes.
+    async fn fetch(&self, payload: &[u8], command: &str) -> Result<Vec<u8>, MinerError> {
+        exchange(
+            &self.addr,
+            self.port,
+            payload,
+            Framing::NulOrEof,
+            self.timeouts,
+            command,
+        )
+        .await
     }
 }
 

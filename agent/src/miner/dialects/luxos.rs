@@ -11,9 +11,10 @@ use pivot_proto::model::{MinerDialect, MinerState};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::common::{self, HASHING_THS, leading_number};
+use super::common::{self, HASHING_THS, leading_number_text};
 use crate::miner::cgminer::parse::{number_at, string_at};
-use crate::miner::cgminer::{CgClient, Status};
+use crate::miner::cgminer::typed::Multi;
+use crate::miner::cgminer::{CgClient, Status, multi_request};
 use crate::miner::verify::read_back;
 use crate::miner::{
     Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
@@ -32,14 +33,20 @@ fn model_of(version: Option<&Value>, conf: &Value) -> Option<String> {
     common::section(version, "VERSION")
         .first()
         .and_then(|v| string_at(v, &["Type", "Model"]))
-        .map(|t| t.split(" (").next().unwrap_or(&t).trim().to_owned())
+        .map(|t| trim_model(&t))
         .filter(|t| !t.is_empty())
         .or_else(|| string_at(conf, &["Model"]))
+}
+
+/// `"Antminer S19 (xyz)"` → `"Antminer S19"`.
+fn trim_model(t: &str) -> String {
+    t.split(" (").next().unwrap_or(t).trim().to_owned()
 }
 
 pub struct Luxos {
     addr: MinerAddr,
     cg: CgClient,
+    read_request: Box<[u8]>,
     ctx: DriverContext,
     session: Mutex<Option<String>>,
 }
@@ -69,6 +76,7 @@ impl Luxos {
         Self {
             addr,
             cg,
+            read_request: multi_request(&READ),
             ctx,
             session: Mutex::new(None),
         }
@@ -146,6 +154,54 @@ impl Luxos {
         )
     }
 
+    /// A reading from the poll's replies.
+    fn reading(&self, m: &Multi<'_>) -> Reading {
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, m.get("summary"));
+        let (boards, fans) = common::boards_and_fans_from_stats(m.get("stats"));
+        r.boards = boards;
+        r.fans = fans;
+        r.pool = common::active_pool(m.get("pools"));
+        r.power_w = m
+            .get("power")
+            .and_then(|p| p.power.first())
+            .and_then(|p| p.watts.as_str())
+            .and_then(leading_number_text);
+        let conf = m.get("config").and_then(|c| c.config.first());
+        r.model = m
+            .get("version")
+            .and_then(|v| v.version.first())
+            .and_then(|v| v.model.as_str())
+            .map(trim_model)
+            .or_else(|| conf.and_then(|c| c.model.owned()));
+        r.power_target_w = conf.and_then(|c| c.profile.as_str()).and_then(|name| {
+            m.get("profiles")?
+                .profiles
+                .iter()
+                .find(|p| p.name.as_str() == Some(name))?
+                .watts
+                .get()
+                .map(|w| w as u32)
+        });
+        common::fill_hashrate_from_boards(&mut r);
+        // Curtailment shows in `config` (`IsSleeping`/`Curtailed`/`CurtailMode`); hashing speaks for itself.
+        let sleeping = conf.and_then(|c| {
+            c.sleeping.0.or_else(|| {
+                c.curtail_mode
+                    .as_str()
+                    .map(|m| m.eq_ignore_ascii_case("sleep"))
+            })
+        });
+        r.state = match (sleeping, r.hashrate_ths) {
+            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
+            (Some(true), _) => MinerState::Sleeping,
+            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
+            (Some(false), _) => MinerState::Ramping,
+            (None, _) => MinerState::Unknown,
+        };
+        r
+    }
+
     async fn atm_enabled(&self) -> Option<bool> {
         if let Ok(c) = self.cg.command("config", None).await
             && let Some(on) = common::section(Some(&c), "CONFIG")
@@ -203,50 +259,9 @@ impl MinerDriver for Luxos {
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        let replies = self.cg.multi(&READ).await?;
-        let mut r = Reading::empty(&self.addr, DIALECT);
-        common::apply_summary(&mut r, replies.get("summary"));
-        let (boards, fans) = common::boards_and_fans_from_stats(replies.get("stats"));
-        r.boards = boards;
-        r.fans = fans;
-        r.pool = common::active_pool(replies.get("pools"));
-        let power = common::section(replies.get("power"), "POWER")
-            .first()
-            .cloned();
-        r.power_w = power
-            .as_ref()
-            .and_then(|p| p.get("Watts"))
-            .and_then(leading_number);
-        let conf = common::section(replies.get("config"), "CONFIG")
-            .first()
-            .cloned()
-            .unwrap_or(Value::Null);
-        r.model = model_of(replies.get("version"), &conf);
-        let active = string_at(&conf, &["Profile"]);
-        r.power_target_w = active.as_ref().and_then(|name| {
-            profiles(replies.get("profiles"))
-                .into_iter()
-                .find(|p| &p.name == name)?
-                .watts
-                .map(|w| w as u32)
-        });
-        common::fill_hashrate_from_boards(&mut r);
-        // Curtailment shows in `config` (`IsSleeping`/`Curtailed`/`CurtailMode`); hashing speaks for itself.
-        let sleeping = ["IsSleeping", "Sleeping", "Curtailed"]
-            .iter()
-            .find_map(|k| conf.get(*k).and_then(Value::as_bool))
-            .or_else(|| {
-                string_at(&conf, &["CurtailMode", "Curtail"])
-                    .map(|m| m.eq_ignore_ascii_case("sleep"))
-            });
-        r.state = match (sleeping, r.hashrate_ths) {
-            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
-            (Some(true), _) => MinerState::Sleeping,
-            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
-            (Some(false), _) => MinerState::Ramping,
-            (None, _) => MinerState::Unknown,
-        };
-        Ok(r)
+        self.cg
+            .read_multi(&READ, &self.read_request, |m| self.reading(m))
+            .await
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
