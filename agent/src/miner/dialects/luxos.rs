@@ -1,5 +1,5 @@
-//! LuxOS: everything on the 4028 API. Reads in one `summary+stats+pools+power+config+profiles`
-//! connection; writes need a session id — the current one from `session` when there is one,
+//! LuxOS: everything on the 4028 API. Reads in one `summary+stats+pools+power+config`
+//! connection (`profiles` and `version` only when they may have changed); writes need a session id — the current one from `session` when there is one,
 //! else `logon` (Code 402 means another client holds the only session; sessions expire after
 //! 60 s idle, so an "invalid session" answer gets one fresh logon and a retry). Sleep and wake
 //! are `curtail <sid>,sleep|wakeup`; the power target is a profile (`profileset`), with ATM
@@ -21,11 +21,24 @@ use crate::miner::{
 };
 
 const DIALECT: MinerDialect = MinerDialect::Luxos;
-// `version` is in the poll for the model: LuxOS reports it only as `VERSION[0].Type`
-// ("Antminer S19"; luxos-tooling README, pyasic `get_miner_model_luxos`), not in `config`.
-const READ: [&str; 7] = [
-    "summary", "stats", "pools", "power", "config", "profiles", "version",
-];
+/// The poll: one connection for what changes between polls.
+const READ: [&str; 5] = ["summary", "stats", "pools", "power", "config"];
+/// What rarely changes, read when the active profile changed, the model is not known yet, or
+/// every [`REFRESH_POLLS`] polls: `version` for the model (LuxOS reports it only as
+/// `VERSION[0].Type`: luxos-tooling README, pyasic `get_miner_model_luxos`) and `profiles` for
+/// the active profile's watts. The two are two thirds of a poll's bytes (25 profiles of ten
+/// fields each on current firmware) and change only when an operator changes them.
+const READ_RARE: [&str; 2] = ["profiles", "version"];
+const REFRESH_POLLS: u32 = 60;
+
+/// What [`READ_RARE`] told, kept between polls.
+#[derive(Debug, Default)]
+struct RareCache {
+    model: Option<String>,
+    profile: Option<String>,
+    profile_watts: Option<u32>,
+    polls: u32,
+}
 
 /// The model from `version` (`"Type":"Antminer S19 (xyz)"` → `Antminer S19`, as pyasic trims
 /// it), else from `config.Model` (older builds' guess; none seen in the wild).
@@ -47,6 +60,8 @@ pub struct Luxos {
     addr: MinerAddr,
     cg: CgClient,
     read_request: Box<[u8]>,
+    rare_request: Box<[u8]>,
+    rare: std::sync::Mutex<RareCache>,
     ctx: DriverContext,
     session: Mutex<Option<String>>,
 }
@@ -77,6 +92,8 @@ impl Luxos {
             addr,
             cg,
             read_request: multi_request(&READ),
+            rare_request: multi_request(&READ_RARE),
+            rare: std::sync::Mutex::new(RareCache::default()),
             ctx,
             session: Mutex::new(None),
         }
@@ -154,8 +171,9 @@ impl Luxos {
         )
     }
 
-    /// A reading from the poll's replies.
-    fn reading(&self, m: &Multi<'_>) -> Reading {
+    /// A reading from the poll's replies, and the active profile's name (model and power target
+    /// come from [`RareCache`]).
+    fn reading(&self, m: &Multi<'_>) -> (Reading, Option<String>) {
         let mut r = Reading::empty(&self.addr, DIALECT);
         common::apply_summary(&mut r, m.get("summary"));
         let (boards, fans) = common::boards_and_fans_from_stats(m.get("stats"));
@@ -168,21 +186,9 @@ impl Luxos {
             .and_then(|p| p.watts.as_str())
             .and_then(leading_number_text);
         let conf = m.get("config").and_then(|c| c.config.first());
-        r.model = m
-            .get("version")
-            .and_then(|v| v.version.first())
-            .and_then(|v| v.model.as_str())
-            .map(trim_model)
-            .or_else(|| conf.and_then(|c| c.model.owned()));
-        r.power_target_w = conf.and_then(|c| c.profile.as_str()).and_then(|name| {
-            m.get("profiles")?
-                .profiles
-                .iter()
-                .find(|p| p.name.as_str() == Some(name))?
-                .watts
-                .get()
-                .map(|w| w as u32)
-        });
+        if let Some(model) = conf.and_then(|c| c.model.owned()) {
+            r.model = Some(model); // older builds' guess; `version` overrides it
+        }
         common::fill_hashrate_from_boards(&mut r);
         // Curtailment shows in `config` (`IsSleeping`/`Curtailed`/`CurtailMode`); hashing speaks for itself.
         let sleeping = conf.and_then(|c| {
@@ -199,7 +205,52 @@ impl Luxos {
             (Some(false), _) => MinerState::Ramping,
             (None, _) => MinerState::Unknown,
         };
-        r
+        (r, conf.and_then(|c| c.profile.owned()))
+    }
+
+    /// Fills model and power target from [`RareCache`], reading [`READ_RARE`] first when it is
+    /// stale. A failed rare read leaves the last known values: the poll itself succeeded.
+    async fn fill_rare(&self, r: &mut Reading, profile: Option<String>) {
+        let stale = {
+            let mut c = self.rare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.polls = c.polls.wrapping_add(1);
+            c.model.is_none() || c.profile != profile || c.polls % REFRESH_POLLS == 0
+        };
+        if stale {
+            let read = self
+                .cg
+                .read_multi(&READ_RARE, &self.rare_request, |m| {
+                    let model = m
+                        .get("version")
+                        .and_then(|v| v.version.first())
+                        .and_then(|v| v.model.as_str())
+                        .map(trim_model);
+                    let watts = profile.as_deref().and_then(|name| {
+                        m.get("profiles")?
+                            .profiles
+                            .iter()
+                            .find(|p| p.name.as_str() == Some(name))?
+                            .watts
+                            .get()
+                            .map(|w| w as u32)
+                    });
+                    (model, watts)
+                })
+                .await;
+            if let Ok((model, watts)) = read {
+                let mut c = self.rare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if model.is_some() {
+                    c.model = model;
+                }
+                c.profile_watts = watts;
+                c.profile = profile;
+            }
+        }
+        let c = self.rare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.model.is_some() {
+            r.model.clone_from(&c.model);
+        }
+        r.power_target_w = c.profile_watts;
     }
 
     async fn atm_enabled(&self) -> Option<bool> {
@@ -259,9 +310,12 @@ impl MinerDriver for Luxos {
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        self.cg
+        let (mut r, profile) = self
+            .cg
             .read_multi(&READ, &self.read_request, |m| self.reading(m))
-            .await
+            .await?;
+        self.fill_rare(&mut r, profile).await;
+        Ok(r)
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
