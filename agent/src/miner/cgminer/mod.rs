@@ -5,12 +5,13 @@ pub mod parse;
 pub mod typed;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
 use super::MinerAddr;
 use super::error::{MinerError, snippet};
-use super::transport::{Framing, Timeouts, exchange};
+use super::transport::{Framing, Timeouts, exchange, exchange_sized};
 
 /// The STATUS block of a reply: array form (`[{"STATUS":"S","Code":11,"Msg":..}]`, cgminer) or
 /// flat form (`"STATUS":"E","Code":135,"Msg":..`, Whatsminer's own commands).
@@ -50,11 +51,19 @@ impl Status {
 }
 
 /// A client for one miner's 4028-style port.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CgClient {
     pub addr: MinerAddr,
     pub port: u16,
     pub timeouts: Timeouts,
+    /// The size of the last poll's reply: the next one starts with a buffer that holds it.
+    last_reply_len: AtomicUsize,
+}
+
+impl Clone for CgClient {
+    fn clone(&self) -> Self {
+        Self::new(self.addr.clone(), self.port, self.timeouts)
+    }
 }
 
 impl CgClient {
@@ -63,6 +72,7 @@ impl CgClient {
             addr,
             port,
             timeouts,
+            last_reply_len: AtomicUsize::new(0),
         }
     }
 
@@ -190,9 +200,13 @@ impl CgClient {
         read: impl FnOnce(&typed::Multi<'_>) -> T,
     ) -> Result<T, MinerError> {
         let joined = || commands.join("+");
-        match self.fetch(request, "poll").await {
+        let expect = self.last_reply_len.load(Ordering::Relaxed) + 256;
+        match self.fetch(request, "poll", expect).await {
             Ok(bytes) => match typed::multi(&bytes, commands) {
-                Ok(m) if m.any_success() => return Ok(read(&m)),
+                Ok(m) if m.any_success() => {
+                    self.last_reply_len.store(bytes.len(), Ordering::Relaxed);
+                    return Ok(read(&m));
+                }
                 Ok(_) => {
                     tracing::debug!(miner = %self.addr, command = %joined(), "multi-command refused; reading commands one by one");
                 }
@@ -209,7 +223,7 @@ impl CgClient {
         let mut first_err = None;
         for c in commands {
             let req = json!({ "command": c }).to_string();
-            match self.fetch(req.as_bytes(), c).await {
+            match self.fetch(req.as_bytes(), c, 4096).await {
                 Ok(bytes) => replies.push((*c, bytes)),
                 Err(e) if e.is_unreachable() => return Err(e),
                 Err(e) => {
@@ -246,15 +260,21 @@ impl CgClient {
         }
     }
 
-    /// One exchange's raw reply bytes.
-    async fn fetch(&self, payload: &[u8], command: &str) -> Result<Vec<u8>, MinerError> {
-        exchange(
+    /// One exchange's raw reply bytes, read into a buffer of `expect` bytes to start with.
+    async fn fetch(
+        &self,
+        payload: &[u8],
+        command: &str,
+        expect: usize,
+    ) -> Result<Vec<u8>, MinerError> {
+        exchange_sized(
             &self.addr,
             self.port,
             payload,
             Framing::NulOrEof,
             self.timeouts,
             command,
+            expect,
         )
         .await
     }
