@@ -34,7 +34,11 @@ fn cpu_s() -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
     let fleet = std::fs::read_to_string(arg("--fleet").context("--fleet FILE")?)?;
     let count: usize = arg("--count").map_or(Ok(usize::MAX), |c| c.parse())?;
     let sweeps: usize = arg("--sweeps").map_or(Ok(3), |c| c.parse())?;
@@ -59,7 +63,11 @@ async fn main() -> Result<()> {
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_s() - c0);
     let reads = addrs.len() * sweeps;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let hwm_kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("").trim();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap_or("")
+        .trim();
     println!(
         "RESULT {}",
         serde_json::json!({"client": "floor", "reads": reads, "failures": failures, "wall_s": wall,

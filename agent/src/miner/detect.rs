@@ -180,10 +180,16 @@ mod tests {
     #[test]
     fn whatsminer_builds_from_november_2024_speak_api_v3() {
         // Builds as asic-rs' captures and pyasic reports show them.
-        assert_eq!(whatsminer_api("20230803.11.REL"), MinerDialect::WhatsminerV2);
+        assert_eq!(
+            whatsminer_api("20230803.11.REL"),
+            MinerDialect::WhatsminerV2
+        );
         assert_eq!(whatsminer_api("20241031.1.REL"), MinerDialect::WhatsminerV2);
         assert_eq!(whatsminer_api("20241101.1.REL"), MinerDialect::WhatsminerV3);
-        assert_eq!(whatsminer_api("20251209.16.Rel2"), MinerDialect::WhatsminerV3);
+        assert_eq!(
+            whatsminer_api("20251209.16.Rel2"),
+            MinerDialect::WhatsminerV3
+        );
         assert_eq!(whatsminer_api("v1.4.0"), MinerDialect::WhatsminerV2);
     }
 }

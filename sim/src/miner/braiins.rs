@@ -205,7 +205,9 @@ fn graphql(core: &Core, req: &HttpRequest) -> HttpResponse {
     let public = op.roots().iter().all(|f| {
         f.alias.is_none()
             && matches!(f.name.as_str(), "bosminer" | "bos")
-            && f.selection.iter().all(|s| matches!(s, graphql::Selection::Field(c) if c.name == "info"))
+            && f.selection
+                .iter()
+                .all(|s| matches!(s, graphql::Selection::Field(c) if c.name == "info"))
     });
     if !public && !session_cookie(req).is_some_and(|t| token_valid(core, &t)) {
         return gql_error("Unauthorized: log in first (auth.login)");

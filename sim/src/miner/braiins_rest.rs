@@ -35,8 +35,16 @@ fn ghs(x: f64) -> Value {
 fn windows(x: f64) -> Value {
     let mut m = serde_json::Map::new();
     for w in [
-        "last_5s", "last_15s", "last_30s", "last_1m", "last_5m", "last_15m", "last_30m",
-        "last_1h", "last_24h", "since_restart",
+        "last_5s",
+        "last_15s",
+        "last_30s",
+        "last_1m",
+        "last_5m",
+        "last_15m",
+        "last_30m",
+        "last_1h",
+        "last_24h",
+        "since_restart",
     ] {
         m.insert(w.to_owned(), ghs(x));
     }

@@ -292,7 +292,9 @@ impl Parser {
                             self.skip_directives()?;
                             out.push(Selection::Inline(self.selection_set(depth + 1)?));
                         }
-                        other => return Err(format!("named fragments are not supported ({other:?})")),
+                        other => {
+                            return Err(format!("named fragments are not supported ({other:?})"));
+                        }
                     }
                 }
                 Some(_) => out.push(Selection::Field(self.field(depth)?)),
@@ -382,7 +384,11 @@ pub(crate) fn project(data: &Value, selection: &[Selection]) -> Result<Value, St
     Ok(Value::Object(out))
 }
 
-fn project_into(data: &Value, selection: &[Selection], out: &mut Map<String, Value>) -> Result<(), String> {
+fn project_into(
+    data: &Value,
+    selection: &[Selection],
+    out: &mut Map<String, Value>,
+) -> Result<(), String> {
     for s in selection {
         match s {
             Selection::Inline(inner) => project_into(data, inner, out)?,
@@ -459,7 +465,14 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_read() {
-        for bad in ["", "{", "{ a(b) }", "query { ...Frag }", "{ a } { b }", "\"x"] {
+        for bad in [
+            "",
+            "{",
+            "{ a(b) }",
+            "query { ...Frag }",
+            "{ a } { b }",
+            "\"x",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         let deep = format!("{}{}", "{ a ".repeat(100), "}".repeat(100));

@@ -10,8 +10,8 @@
 
 use serde_json::{Value, json};
 
-use super::cgminer::{status, unix_now};
 use super::RunState;
+use super::cgminer::{status, unix_now};
 use super::readings::Reading;
 use super::state::Core;
 
@@ -222,7 +222,10 @@ fn stats(core: &Core, r: &Reading) -> Value {
         ("fan_num", json!(r.fans)),
         ("frequency", json!(freq)),
         ("miner_count", json!(r.boards)),
-        ("miner_id", json!(r.mac().replace(':', "").to_ascii_lowercase())),
+        (
+            "miner_id",
+            json!(r.mac().replace(':', "").to_ascii_lowercase()),
+        ),
         ("miner_version", json!(MINER)),
         ("no_matching_work", json!(0)),
         ("rate_30m", json!(round2(r.total_ghs()))),

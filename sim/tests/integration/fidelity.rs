@@ -49,7 +49,10 @@ async fn luxos_answers_every_read_pyasic_and_asic_rs_send() {
         assert!(ok(&v) && v[section].is_array(), "{command}: {v}");
     }
     let v = cg(api, "voltageget", Some("3")).await;
-    assert_eq!(v["STATUS"][0]["STATUS"], "E", "an S21 has no fourth board: {v}");
+    assert_eq!(
+        v["STATUS"][0]["STATUS"], "E",
+        "an S21 has no fourth board: {v}"
+    );
     let chips = cg(api, "healthchipget", Some("1")).await;
     assert_eq!(chips["CHIPS"].as_array().unwrap().len(), 108);
 
@@ -66,7 +69,11 @@ async fn luxos_answers_every_read_pyasic_and_asic_rs_send() {
 
     let conf = cg(api, "config", None).await;
     let c = &conf["CONFIG"][0];
-    assert_eq!(c.as_object().unwrap().len(), 43, "the capture's 43 keys: {c}");
+    assert_eq!(
+        c.as_object().unwrap().len(),
+        43,
+        "the capture's 43 keys: {c}"
+    );
     assert_eq!(c["RedLed"], "auto");
     assert_eq!(c["Profile"], "default");
 
@@ -85,7 +92,12 @@ async fn luxos_answers_every_read_pyasic_and_asic_rs_send() {
     );
     let stats = cg(api, "stats", None).await;
     assert_eq!(stats["STATS"][1]["chain_acn1"], 108);
-    assert!(stats["STATS"][1]["temp_chip1"].as_str().unwrap().contains('-'));
+    assert!(
+        stats["STATS"][1]["temp_chip1"]
+            .as_str()
+            .unwrap()
+            .contains('-')
+    );
 
     // pyasic's config read is one multi-command: every part answers.
     let multi = cg(api, "tempctrl+fans+pools+groups+config+profiles", None).await;
@@ -100,11 +112,19 @@ async fn chips_per_board_follow_the_model() {
         (Dialect::Antminer, "stats", "/STATS/1/chain_acn1", 126),
         (Dialect::Luxos, "stats", "/STATS/1/chain_acn2", 108),
         (Dialect::Braiins, "devdetails", "/DEVDETAILS/0/Chips", 108),
-        (Dialect::WhatsminerV2, "devs", "/DEVS/0/Effective Chips", 135),
+        (
+            Dialect::WhatsminerV2,
+            "devs",
+            "/DEVS/0/Effective Chips",
+            135,
+        ),
     ] {
-        let m = spawn(MinerSpec::new(dialect).timing(Timing::fast()), Bind::localhost())
-            .await
-            .unwrap();
+        let m = spawn(
+            MinerSpec::new(dialect).timing(Timing::fast()),
+            Bind::localhost(),
+        )
+        .await
+        .unwrap();
         let v = cg(m.api_addr(), command, None).await;
         assert_eq!(v.pointer(pointer), Some(&json!(chips)), "{dialect}: {v}");
     }
@@ -181,16 +201,32 @@ async fn braiins_graphql_identifies_without_login_and_reads_after_it() {
         let (h, b) = http(web, &head, &q.to_string()).await;
         (h, serde_json::from_str::<Value>(&b).unwrap())
     };
-    let (_, v) = post(json!({"query": "{ bosminer { info { modelName } } }"}), None).await;
-    assert_eq!(v["data"]["bosminer"]["info"]["modelName"], "Antminer S21", "{v}");
-    let (_, v) = post(json!({"query": "{ bos { info { version { full } } } }"}), None).await;
-    assert!(v["data"]["bos"]["info"]["version"]["full"]
-        .as_str()
-        .unwrap()
-        .contains("25.07"));
+    let (_, v) = post(
+        json!({"query": "{ bosminer { info { modelName } } }"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        v["data"]["bosminer"]["info"]["modelName"], "Antminer S21",
+        "{v}"
+    );
+    let (_, v) = post(
+        json!({"query": "{ bos { info { version { full } } } }"}),
+        None,
+    )
+    .await;
+    assert!(
+        v["data"]["bos"]["info"]["version"]["full"]
+            .as_str()
+            .unwrap()
+            .contains("25.07")
+    );
     let events = json!({"query": "{ events { appeals { id kind message timestamp } } }"});
     let (_, v) = post(events.clone(), None).await;
-    assert!(v["errors"][0]["message"].is_string(), "needs a session: {v}");
+    assert!(
+        v["errors"][0]["message"].is_string(),
+        "needs a session: {v}"
+    );
 
     let login = json!({
         "query": "mutation ($username: String!, $password: String!) { auth { login(username: \
@@ -198,7 +234,10 @@ async fn braiins_graphql_identifies_without_login_and_reads_after_it() {
         "variables": {"username": "root", "password": "wrong"},
     });
     let (head, v) = post(login.clone(), None).await;
-    assert!(v["errors"].is_array() && !head.contains("session_id="), "{head} {v}");
+    assert!(
+        v["errors"].is_array() && !head.contains("session_id="),
+        "{head} {v}"
+    );
     let mut login = login;
     login["variables"]["password"] = json!("root");
     let (head, v) = post(login, None).await;
@@ -223,7 +262,10 @@ async fn whatsminer_v3_firmware_still_answers_reads_on_4028_but_no_writes() {
     .unwrap();
     let legacy = m.legacy_api_addr().unwrap();
     let v = cg(legacy, "get_version", None).await;
-    assert!(v["Msg"]["fw_ver"].as_str().unwrap().starts_with("2025"), "{v}");
+    assert!(
+        v["Msg"]["fw_ver"].as_str().unwrap().starts_with("2025"),
+        "{v}"
+    );
     let v = cg(legacy, "devdetails", None).await;
     assert_eq!(v["DEVDETAILS"][0]["Model"], "M60S_VK30");
     assert_eq!(v["DEVDETAILS"][0]["Driver"], "bitmicro");

@@ -18,14 +18,41 @@ use super::cli::sim;
 
 /// make, model, firmware, nameplate TH/s, watts pyasic reads (`None`: none over what pivot-sim
 /// serves), hashboards, chips per board, fans.
-type Expect = (&'static str, &'static str, &'static str, f64, Option<u64>, usize, u64, usize);
+type Expect = (
+    &'static str,
+    &'static str,
+    &'static str,
+    f64,
+    Option<u64>,
+    usize,
+    u64,
+    usize,
+);
 
 const EXPECT: [Expect; 6] = [
     ("AntMiner", "S19j Pro", "Stock", 104.0, None, 3, 126, 4),
     ("AntMiner", "S21", "BOS+", 200.0, None, 3, 108, 4),
     ("AntMiner", "S21", "LuxOS", 200.0, Some(3500), 3, 108, 4),
-    ("WhatsMiner", "M50S VH50", "Stock", 126.0, Some(3276), 3, 135, 2),
-    ("WhatsMiner", "M60S VK30", "Stock", 186.0, Some(3441), 3, 245, 2),
+    (
+        "WhatsMiner",
+        "M50S VH50",
+        "Stock",
+        126.0,
+        Some(3276),
+        3,
+        135,
+        2,
+    ),
+    (
+        "WhatsMiner",
+        "M60S VK30",
+        "Stock",
+        186.0,
+        Some(3441),
+        3,
+        245,
+        2,
+    ),
     ("BitAxe", "Gamma", "Stock", 1.2, Some(17), 1, 1, 1),
 ];
 
@@ -87,7 +114,11 @@ fn pyasic_reads_every_dialect_in_full_with_one_get_data() {
         assert_eq!(row["found"], true, "{row}");
         assert!(row.get("raised").is_none(), "get_data() raised: {row}");
         assert_eq!(
-            (row["make"].as_str(), row["model"].as_str(), row["firmware"].as_str()),
+            (
+                row["make"].as_str(),
+                row["model"].as_str(),
+                row["firmware"].as_str()
+            ),
             (Some(make), Some(model), Some(fw)),
             "{row}"
         );
@@ -116,7 +147,10 @@ fn pyasic_reads_every_dialect_in_full_with_one_get_data() {
             assert_eq!(b["chips"].as_u64(), Some(chips), "chips per board: {row}");
             assert_eq!(b["expected_chips"].as_u64(), Some(chips), "{row}");
             let per_board = b["hashrate_ths"].as_f64().unwrap_or(0.0);
-            assert!((per_board * boards as f64 - ths).abs() < ths * 0.01, "{row}");
+            assert!(
+                (per_board * boards as f64 - ths).abs() < ths * 0.01,
+                "{row}"
+            );
         }
     }
 }

@@ -388,15 +388,12 @@ impl<'de> Deserialize<'de> for Temp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Temp, D::Error> {
         let t: Text<'_> = Text::deserialize(d)?;
         Ok(Temp(t.as_str().and_then(|s| {
-            s.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .or_else(|| {
-                    s.split('-')
-                        .filter_map(|p| p.trim().parse::<f64>().ok())
-                        .filter(|f| f.is_finite())
-                        .reduce(f64::max)
-                })
+            s.parse::<f64>().ok().filter(|f| f.is_finite()).or_else(|| {
+                s.split('-')
+                    .filter_map(|p| p.trim().parse::<f64>().ok())
+                    .filter(|f| f.is_finite())
+                    .reduce(f64::max)
+            })
         })))
     }
 }
@@ -487,7 +484,12 @@ pub struct ConfigRow<'a> {
     pub profile: Text<'a>,
     #[serde(rename = "Model", default, borrow)]
     pub model: Text<'a>,
-    #[serde(rename = "IsSleeping", alias = "Sleeping", alias = "Curtailed", default)]
+    #[serde(
+        rename = "IsSleeping",
+        alias = "Sleeping",
+        alias = "Curtailed",
+        default
+    )]
     pub sleeping: Flag,
     #[serde(rename = "CurtailMode", alias = "Curtail", default, borrow)]
     pub curtail_mode: Text<'a>,
@@ -496,7 +498,13 @@ pub struct ConfigRow<'a> {
 /// LuxOS `profiles`: name and watts.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ProfileRow<'a> {
-    #[serde(rename = "Profile Name", alias = "Name", alias = "Profile", default, borrow)]
+    #[serde(
+        rename = "Profile Name",
+        alias = "Name",
+        alias = "Profile",
+        default,
+        borrow
+    )]
     pub name: Text<'a>,
     #[serde(rename = "Watts", alias = "Power", default)]
     pub watts: Num,
@@ -741,7 +749,15 @@ mod tests {
         r#"{"status":[{"STATUS":"S","When":1,"Code":131,"Msg":{"mineroff":"false"},"Description":""}],"edevs":[{"STATUS":[{"STATUS":"S"}],"DEVS":[{"ASC":0,"MHS av":42000000.0,"Chip Temp Avg":70.5}],"id":1}],"devdetails":[{"STATUS":[{"STATUS":"S"}],"DEVDETAILS":[{"Model":"M50S_VH50"}],"id":1}],"id":1}"#,
     ];
     const COMMANDS: [&str; 10] = [
-        "summary", "stats", "pools", "config", "profiles", "power", "version", "status", "edevs",
+        "summary",
+        "stats",
+        "pools",
+        "config",
+        "profiles",
+        "power",
+        "version",
+        "status",
+        "edevs",
         "devdetails",
     ];
 
@@ -777,8 +793,14 @@ mod tests {
         assert_eq!(st[1].chain_temp[1][1], Some(47.0));
         assert_eq!(st[1].fan[1].get(), Some(1920.0));
         let m = multi(REPLIES[2].as_bytes(), &COMMANDS).unwrap();
-        assert_eq!(m.get("status").unwrap().msg.mineroff.as_str(), Some("false"));
-        assert_eq!(m.get("edevs").unwrap().devs[0].chip_temp_avg.get(), Some(70.5));
+        assert_eq!(
+            m.get("status").unwrap().msg.mineroff.as_str(),
+            Some("false")
+        );
+        assert_eq!(
+            m.get("edevs").unwrap().devs[0].chip_temp_avg.get(),
+            Some(70.5)
+        );
     }
 
     #[test]
@@ -790,7 +812,10 @@ mod tests {
         assert!((s.hashrate.ths().unwrap() - 126.0).abs() < 1e-9);
         assert_eq!(s.elapsed.get(), Some(5.0));
         // The cut pool keeps no URL: nothing is made up.
-        assert!(m.get("pools").is_none_or(|p| p.pools.iter().all(|p| p.url.as_str().is_none())));
+        assert!(
+            m.get("pools")
+                .is_none_or(|p| p.pools.iter().all(|p| p.url.as_str().is_none()))
+        );
     }
 
     #[test]
@@ -800,7 +825,10 @@ mod tests {
         assert!(m.get("summary").is_none());
         assert!(!m.any_success());
         let one = single(br#"{"STATUS":"E","Code":"135","Msg":"check token err"}"#).unwrap();
-        assert_eq!((one.status.letter.as_str(), one.code.get()), (Some("E"), Some(135.0)));
+        assert_eq!(
+            (one.status.letter.as_str(), one.code.get()),
+            (Some("E"), Some(135.0))
+        );
     }
 
     proptest! {

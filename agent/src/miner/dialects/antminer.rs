@@ -15,9 +15,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::common::{self, HASHING_THS, leading_number_text};
+use crate::miner::cgminer::parse::string_at;
 use crate::miner::cgminer::typed::Multi;
 use crate::miner::cgminer::{CgClient, multi_request};
-use crate::miner::cgminer::parse::string_at;
 use crate::miner::error::snippet;
 use crate::miner::http::digest::{Challenge, cnonce};
 use crate::miner::http::{HttpReply, HttpRequest};

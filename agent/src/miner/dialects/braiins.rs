@@ -201,8 +201,14 @@ impl MinerDriver for Braiins {
     async fn read(&self) -> Result<Reading, MinerError> {
         // One connection for the poll's five reads (closed after it, see `http::Session`).
         let token = self.token().await?;
-        let mut session = self.ctx.http.session(&self.addr, self.addr.web_port()).await?;
-        let details = self.read_get(&mut session, &token, "/api/v1/miner/details").await?;
+        let mut session = self
+            .ctx
+            .http
+            .session(&self.addr, self.addr.web_port())
+            .await?;
+        let details = self
+            .read_get(&mut session, &token, "/api/v1/miner/details")
+            .await?;
         let mut r = Reading::empty(&self.addr, DIALECT);
         r.model = str_at(
             &details,
@@ -211,7 +217,10 @@ impl MinerDriver for Braiins {
         r.uptime_s = num_at(&details, &["/system_uptime_s", "/bosminer_uptime_s"])
             .map(|u| u.max(0.0) as u64);
         let status = num_at(&details, &["/status"]).map(|s| s as i64);
-        match self.read_get(&mut session, &token, "/api/v1/miner/stats").await {
+        match self
+            .read_get(&mut session, &token, "/api/v1/miner/stats")
+            .await
+        {
             Ok(stats) => {
                 r.hashrate_ths = num_at(
                     &stats,
@@ -261,7 +270,9 @@ impl MinerDriver for Braiins {
                 })
                 .collect();
         }
-        if let Ok(c) = self.read_get(&mut session, &token, "/api/v1/cooling/state").await
+        if let Ok(c) = self
+            .read_get(&mut session, &token, "/api/v1/cooling/state")
+            .await
             && let Some(Value::Array(fans)) = at(&c, &["/fans"])
         {
             r.fans = fans

@@ -59,7 +59,9 @@ pub fn boards_from_devs(devs: Option<&Reply<'_>>) -> Vec<BoardReading> {
 
 /// Boards and fans from bmminer-style `stats` (`chain_rateN` GH/s, `temp_chipN`/`temp2_N`/
 /// `tempN`, `fanN`), the second STATS entry on stock firmware.
-pub fn boards_and_fans_from_stats(stats: Option<&Reply<'_>>) -> (Vec<BoardReading>, Vec<FanReading>) {
+pub fn boards_and_fans_from_stats(
+    stats: Option<&Reply<'_>>,
+) -> (Vec<BoardReading>, Vec<FanReading>) {
     let mut boards = Vec::new();
     let mut fans = Vec::new();
     for entry in stats.map_or(&[][..], |s| &s.stats[..]) {
@@ -118,7 +120,11 @@ pub fn active_pool(pools: Option<&Reply<'_>>) -> Option<String> {
         return p.url.owned();
     }
     list.iter()
-        .filter(|p| p.status.as_str().is_none_or(|s| s.eq_ignore_ascii_case("alive")))
+        .filter(|p| {
+            p.status
+                .as_str()
+                .is_none_or(|s| s.eq_ignore_ascii_case("alive"))
+        })
         .min_by(|a, b| {
             let pa = a.priority.get().unwrap_or(f64::MAX);
             let pb = b.priority.get().unwrap_or(f64::MAX);

@@ -212,9 +212,12 @@ impl Luxos {
     /// stale. A failed rare read leaves the last known values: the poll itself succeeded.
     async fn fill_rare(&self, r: &mut Reading, profile: Option<String>) {
         let stale = {
-            let mut c = self.rare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut c = self
+                .rare
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             c.polls = c.polls.wrapping_add(1);
-            c.model.is_none() || c.profile != profile || c.polls % REFRESH_POLLS == 0
+            c.model.is_none() || c.profile != profile || c.polls.is_multiple_of(REFRESH_POLLS)
         };
         if stale {
             let read = self
@@ -238,7 +241,10 @@ impl Luxos {
                 })
                 .await;
             if let Ok((model, watts)) = read {
-                let mut c = self.rare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut c = self
+                    .rare
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if model.is_some() {
                     c.model = model;
                 }
@@ -246,7 +252,10 @@ impl Luxos {
                 c.profile = profile;
             }
         }
-        let c = self.rare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let c = self
+            .rare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if c.model.is_some() {
             r.model.clone_from(&c.model);
         }

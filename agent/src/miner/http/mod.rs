@@ -114,7 +114,11 @@ impl HttpClient {
     ///
     /// # Errors
     /// When the miner cannot be connected to.
-    pub async fn session<'a>(&self, addr: &'a MinerAddr, port: u16) -> Result<Session<'a>, MinerError> {
+    pub async fn session<'a>(
+        &self,
+        addr: &'a MinerAddr,
+        port: u16,
+    ) -> Result<Session<'a>, MinerError> {
         Session::open(addr, port, self.timeouts).await
     }
 

@@ -39,9 +39,14 @@ impl<'a> Session<'a> {
     ///
     /// # Errors
     /// The connect error, typed as the cgminer transport types it.
-    pub async fn open(addr: &'a MinerAddr, port: u16, timeouts: Timeouts) -> Result<Self, MinerError> {
+    pub async fn open(
+        addr: &'a MinerAddr,
+        port: u16,
+        timeouts: Timeouts,
+    ) -> Result<Self, MinerError> {
         let socket = addr.socket(port);
-        let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(&socket)).await {
+        let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(&socket)).await
+        {
             Err(_) => {
                 return Err(MinerError::Timeout {
                     addr: addr.to_string(),
@@ -65,13 +70,14 @@ impl<'a> Session<'a> {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| MinerError::Connect {
-                addr: addr.to_string(),
-                port,
-                message: e.to_string(),
-            })?;
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| MinerError::Connect {
+                    addr: addr.to_string(),
+                    port,
+                    message: e.to_string(),
+                })?;
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -89,7 +95,11 @@ impl<'a> Session<'a> {
     ///
     /// # Errors
     /// A timeout past the request timeout, or the connection failing.
-    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<HttpReply, MinerError> {
+    pub async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpReply, MinerError> {
         let total: Duration = self.timeouts.request;
         let what = || format!("GET {path}");
         let mut req = http::Request::get(path).header(http::header::HOST, &self.host);
