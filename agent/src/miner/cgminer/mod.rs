@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::MinerAddr;
 use super::error::{MinerError, snippet};
-use super::transport::{Framing, Timeouts, exchange, exchange_sized};
+use super::transport::{Framing, Timeouts, exchange_sized};
 
 /// The STATUS block of a reply: array form (`[{"STATUS":"S","Code":11,"Msg":..}]`, cgminer) or
 /// flat form (`"STATUS":"E","Code":135,"Msg":..`, Whatsminer's own commands).
@@ -78,15 +78,7 @@ impl CgClient {
 
     /// Sends a raw payload and returns the parsed reply, without judging its STATUS.
     pub async fn raw(&self, payload: &[u8], command: &str) -> Result<Value, MinerError> {
-        let bytes = exchange(
-            &self.addr,
-            self.port,
-            payload,
-            Framing::NulOrEof,
-            self.timeouts,
-            command,
-        )
-        .await?;
+        let bytes = self.fetch(payload, command, 4096).await?;
         parse::parse_reply(&bytes).map_err(|e| MinerError::Malformed {
             addr: self.addr.to_string(),
             command: command.to_owned(),

@@ -225,7 +225,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatusField<'a> {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Hashrates([Num; 16]);
 
-const HASHRATE_KEYS: [(&str, f64); 16] = [
+pub(crate) const HASHRATE_KEYS: [(&str, f64); 16] = [
     ("THS 5s", 1.0),
     ("GHS 5s", 1e-3),
     ("MHS 5s", 1e-6),
