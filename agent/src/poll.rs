@@ -73,12 +73,13 @@ impl Observations {
 
 /// Reads one miner, never taking longer than `deadline`.
 pub async fn read_one(slot: &MinerSlot, deadline: Duration) -> Reading {
-    let addr = slot.driver.addr().clone();
+    // The address is only needed when the read fails: no copy of it per read.
+    let addr = slot.driver.addr();
     match tokio::time::timeout(deadline, slot.driver.read()).await {
         Ok(Ok(r)) => r.checked(),
-        Ok(Err(e)) => Reading::failed(&addr, slot.identity.dialect, &e),
+        Ok(Err(e)) => Reading::failed(addr, slot.identity.dialect, &e),
         Err(_) => Reading::failed(
-            &addr,
+            addr,
             slot.identity.dialect,
             &MinerError::Timeout {
                 addr: addr.to_string(),
