@@ -92,6 +92,12 @@ impl link::Source for AgentSource {
                 .slots()
                 .iter()
                 .map(inventory::miner_inventory)
+                .chain(
+                    self.miners
+                        .missing()
+                        .iter()
+                        .map(inventory::missing_inventory),
+                )
                 .collect(),
             gpus: self.gpu_slots.iter().map(gpus::inventory).collect(),
             held_intents: self

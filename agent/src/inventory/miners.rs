@@ -324,6 +324,28 @@ pub fn miner_inventory(slot: &MinerSlot) -> v1::MinerInventory {
     }
 }
 
+/// The inventory entry of a configured miner that never answered, so its dialect and model are
+/// unknown: the controller still hears of it (dialect unspecified) and counts it, unseen, at
+/// its configured nameplate or its assumed maximum — an operator listed it, so it may be drawing.
+pub fn missing_inventory(m: &Missing) -> v1::MinerInventory {
+    let t = &m.target;
+    v1::MinerInventory {
+        device_id: miner_device_id(&t.addr),
+        addr: t.addr.to_string(),
+        dialect: t.dialect.map_or(v1::MinerDialect::Unspecified as i32, |d| {
+            d.to_proto() as i32
+        }),
+        nameplate_power_w: t.nameplate_power_w,
+        nameplate_hashrate_ths: t.nameplate_hashrate_ths,
+        nameplate_source: if t.nameplate_power_w.is_some() {
+            "config".to_owned()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    }
+}
+
 /// A miner reading for the controller.
 pub fn miner_reading(
     device_id: &str,

@@ -947,10 +947,23 @@ async fn configured_miners_that_never_answer_are_reported_unseen() {
         &tables,
     );
     let hello = ctl.hello(WAIT).await;
-    // The configured dialect is enough to report it (unseen: the controller counts it at its
-    // maximum); nothing says what the "auto" one is, so it is not in the inventory yet.
-    assert_eq!(hello.miners.len(), 1, "{hello:?}");
-    let id = hello.miners[0].device_id.clone();
+    // Both are reported, unseen (the controller counts them at their maximum): the configured
+    // dialect is known; nothing says what the "auto" one is, so its dialect is unspecified.
+    assert_eq!(hello.miners.len(), 2, "{hello:?}");
+    let undetected_id = format!("miner/{}", undetected.api_addr());
+    let auto = hello
+        .miners
+        .iter()
+        .find(|m| m.device_id == undetected_id)
+        .unwrap_or_else(|| panic!("the undetected miner is not in {hello:?}"));
+    assert_eq!(auto.dialect, v1::MinerDialect::Unspecified as i32);
+    let id = hello
+        .miners
+        .iter()
+        .find(|m| m.device_id != undetected_id)
+        .unwrap()
+        .device_id
+        .clone();
     let reading = ctl
         .telemetry(WAIT, "the hung miner's reading", |t| {
             t.miners.iter().find(|m| m.device_id == id).cloned()
@@ -959,7 +972,6 @@ async fn configured_miners_that_never_answer_are_reported_unseen() {
     assert!(!reading.reachable, "{reading:?}");
     assert_eq!(reading.state, v1::MinerState::Unknown as i32);
     wait_for_series(&site, &format!("pivot_miner_up{{device=\"{id}\""), " 0").await;
-    let undetected_id = format!("miner/{}", undetected.api_addr());
     let line = wait_for_series(
         &site,
         &format!("pivot_miner_up{{device=\"{undetected_id}\""),
