@@ -182,7 +182,10 @@ impl Controller {
             .await?;
         let policy = self.blocking(|s| s.get_policy()).await?;
         let plan = self.blocking(|s| s.list_plans(1)).await?.pop();
-        let f = self.registry.summary(&self.config.agents.assumptions());
+        let f = self.registry.summary(
+            &self.config.agents.assumptions(),
+            self.config.engine.unknown_host_base_w_per_gpu,
+        );
         let o = self.outlook();
         // Overlapping events: the lowest target is the one in force.
         let dr = events
