@@ -6,5 +6,6 @@
 mod agent;
 mod controller;
 mod kubernetes;
+mod operator;
 mod slurm;
 mod tls;

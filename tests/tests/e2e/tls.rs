@@ -6,13 +6,19 @@ use std::time::Duration;
 use pivot_e2e::{bin, start_and_wait};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-struct Pki {
-    dir: tempfile::TempDir,
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Pki {
     /// A CA, a server certificate for `localhost`, and one client certificate.
     fn new() -> Self {
+        Self::with_clients(&["agent"])
+    }
+
+    /// A CA, a server certificate for `localhost`, and a client certificate with each common
+    /// name (`<name>.pem`, `<name>.key`).
+    pub(crate) fn with_clients(clients: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -23,10 +29,12 @@ impl Pki {
         let issuer = Issuer::new(ca, ca_key);
         let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
         write("ca.pem", ca_cert.pem());
-        for (name, sans) in [
-            ("server", vec!["localhost".to_owned()]),
-            ("agent", vec!["rack-1.agents.pivot".to_owned()]),
-        ] {
+        let names = std::iter::once(("server", vec!["localhost".to_owned()])).chain(
+            clients
+                .iter()
+                .map(|c| (*c, vec![format!("{c}.agents.pivot")])),
+        );
+        for (name, sans) in names {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(sans).unwrap();
             params.distinguished_name.push(DnType::CommonName, name);
@@ -37,7 +45,7 @@ impl Pki {
         Self { dir }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 }

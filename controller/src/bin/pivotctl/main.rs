@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
-use serde_json::json;
 use tonic::transport::Channel;
 
+use pivot_controller::views::audit_json;
 use render::{clean, mw, ts, ts_text};
 
 #[derive(Parser)]
@@ -599,10 +599,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for o in &list.overrides {
                     let pin = render::pin_words(o.pin.as_ref());
                     if json {
-                        println!(
-                            "{}",
-                            json!({ "target": o.target, "pin": pin, "expires_at": ts(o.expires_at.as_ref()), "reason": o.reason, "actor": o.actor })
-                        );
+                        println!("{}", pivot_controller::views::override_json(o));
                     } else {
                         println!(
                             "{:<40} {:<16} {:<26} {}",
@@ -720,10 +717,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn audit_json(r: &v1::AuditRecord) -> serde_json::Value {
-    json!({ "id": r.id, "at": ts(r.at.as_ref()), "kind": r.kind, "subject": r.subject,
-            "actor": r.actor, "reason": r.reason,
-            "detail": serde_json::from_str::<serde_json::Value>(&r.detail_json).unwrap_or_default() })
 }
