@@ -169,13 +169,13 @@ impl Site {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Up: the agent connected, its miners and GPUs known, a plan made on the market.
+        // Up: the agent connected, its miners and GPUs known, the market read, no plan moving.
         site.status_until(WAIT, "the site up and planned", |s| {
             s["agents_connected"] == 1
                 && s["miners_total"] == 4
                 && s["gpus_total"] == 2
                 && !s["economics"].is_null()
-                && s["plan"]["state"] == "completed"
+                && s["plan"]["state"] != "executing"
         })
         .await;
         site
@@ -401,10 +401,11 @@ async fn the_dashboard_in_a_real_browser_shows_the_site_live_and_acts_only_for_o
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let hidden = b
-        .eval("return [...document.querySelectorAll('.operator-only')].every(e => e.hidden) && !document.querySelector('#read-only').hidden", json!([]))
-        .await;
-    assert_eq!(hidden, true, "a viewer sees no actions and is told why");
+    for action in ["#curtail-all", "#dr-form", "#pin-form"] {
+        let e = b.find(action).await.unwrap();
+        assert!(!b.displayed(&e).await, "a viewer sees no `{action}`");
+    }
+    b.wait_for("#read-only", WAIT).await;
     // The device table lists the four miners and two GPUs, sortable and filterable.
     let rows = wait_js(
         &b,
@@ -446,6 +447,7 @@ async fn the_dashboard_in_a_real_browser_shows_the_site_live_and_acts_only_for_o
         !site.overrides().contains("\"miners\""),
         "nothing was stored"
     );
+    b.eval("window.scrollTo(0, 0)", json!([])).await;
     let first = b.screenshot(&shots.join("dashboard-viewer.png")).await;
 
     // An operator curtails every miner from the page; the site follows.
@@ -515,9 +517,13 @@ async fn the_dashboard_in_a_real_browser_shows_the_site_live_and_acts_only_for_o
         "a decision naming the spike",
     )
     .await;
+    b.set_window(1280, 2300).await;
+    b.eval("window.scrollTo(0, 0)", json!([])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let desktop = b.screenshot(&shots.join("dashboard.png")).await;
     b.set_window(390, 844).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    b.eval("window.scrollTo(0, 0)", json!([])).await;
     let phone = b.screenshot(&shots.join("dashboard-phone.png")).await;
     b.quit().await;
     println!(

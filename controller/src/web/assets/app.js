@@ -21,6 +21,11 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Replaces `el`'s children, leaving out the absent ones.
+function fill(el, ...kids) {
+  el.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined));
+}
+
 function s(tag, attrs) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
@@ -144,7 +149,8 @@ function renderStatus(st) {
 function renderEconomics(e) {
   state.economics = e;
   const rows = [
-    ["hashprice", usd(e.hashprice_usd_per_ph_day) + " USD/PH/day", "BTC " + usd(e.btc_price_usd, 0) + " USD, network " + usd(e.network_hashrate_ehs, 0) + " EH/s"],
+    ["hashprice", usd(e.hashprice_usd_per_ph_day) + " USD/PH/day", e.btc_price_usd > 0 && e.network_hashrate_ehs > 0
+      ? "BTC " + usd(e.btc_price_usd, 0) + " USD, network " + usd(e.network_hashrate_ehs, 0) + " EH/s" : "USD per PH/s per day, as the source gives it"],
     ["energy price", usd(e.energy_price_usd_per_mwh) + " USD/MWh", "real-time; a cost on every load"],
     ["mining value", usd(e.mining_value_usd_per_mwh, 0) + " USD/MWh", "at the fleet's " + usd(e.fleet_efficiency_j_per_th, 1) + " J/TH: hashprice × 1000 ÷ (24 × J/TH)"],
     ["mining margin", usd(e.mining_value_usd_per_mwh - e.energy_price_usd_per_mwh, 0) + " USD/MWh", "mining value − energy price"],
@@ -184,13 +190,25 @@ function axes(svg, f, t0, t1, y0, y1, fmt) {
     tx.textContent = fmt(v);
     svg.append(tx);
   }
-  for (let i = 0; i <= 4; i++) {
-    const t = t0 + ((t1 - t0) * i) / 4;
-    const tx = s("text", { x: x(t), y: f.h - 4, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-    tx.textContent = new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const ticks = Math.max(2, Math.min(6, Math.floor((f.w - f.left) / 130)));
+  const fmtT = t1 - t0 < 600000 ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" };
+  for (let i = 0; i <= ticks; i++) {
+    const t = t0 + ((t1 - t0) * i) / ticks;
+    const tx = s("text", { x: x(t), y: f.h - 4, "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" });
+    tx.textContent = new Date(t).toLocaleTimeString([], fmtT);
     svg.append(tx);
   }
   return { x, y };
+}
+
+// The chart's time span: the chosen range, or from the first sample when the history is younger.
+function span() {
+  const t1 = Date.now();
+  const range = t1 - state.minutes * 60000;
+  const first = Math.min(...state.history.site.concat(state.history.market).map((r) => Date.parse(r.at)).filter(isFinite));
+  let t0 = isFinite(first) && first > range ? first - 10000 : range;
+  if (t1 - t0 < 120000) t0 = t1 - 120000;
+  return [t0, t1];
 }
 
 function shade(svg, f, sc, t0, t1, from, to, fill, label) {
@@ -228,7 +246,7 @@ function drawPower() {
   const svg = $("#power-chart");
   const f = frame(svg);
   const rows = state.history.site.filter((r) => r.at);
-  const t1 = Date.now(), t0 = t1 - state.minutes * 60000;
+  const [t0, t1] = span();
   const pts = rows.map((r) => ({ t: Date.parse(r.at), ...r })).filter((r) => r.t >= t0);
   const siteCap = state.status ? state.status.site_cap_w : 0;
   const ymax = Math.max(siteCap, ...pts.map((p) => Math.max(p.cap_w, p.committed_w, p.measured_w || 0))) * 1.05 || 1;
@@ -256,7 +274,7 @@ function drawPower() {
 function drawPrices() {
   const svg = $("#price-chart");
   const f = frame(svg);
-  const t1 = Date.now(), t0 = t1 - state.minutes * 60000;
+  const [t0, t1] = span();
   const pts = state.history.market.map((m) => [Date.parse(m.at), m.energy_usd_per_mwh]).filter(([t, v]) => t >= t0 && isFinite(v));
   const e = state.economics;
   const refs = [];
@@ -266,13 +284,17 @@ function drawPrices() {
   const ymin = Math.min(0, ...vals), ymax = Math.max(10, ...vals) * 1.1;
   const sc = axes(svg, f, t0, t1, ymin, ymax, (v) => v.toFixed(0));
   shadeWindows(svg, f, sc, t0, t1);
-  for (const r of refs) {
+  let lastLabelY = -100;
+  for (const r of refs.sort((a, b) => b.v - a.v)) {
     const ln = s("line", { x1: f.left, x2: f.w - f.right, y1: sc.y(r.v), y2: sc.y(r.v), stroke: r.color, "stroke-dasharray": "6 4" });
     const title = s("title");
     title.textContent = r.label + ": " + usd(r.v, 0) + " USD/MWh";
     ln.append(title);
     svg.append(ln);
-    const tx = s("text", { x: f.w - f.right - 4, y: sc.y(r.v) - 3, "text-anchor": "end" });
+    const y = sc.y(r.v) - 3;
+    if (y - lastLabelY < 12) continue; // the line stays; its name is in its tooltip
+    lastLabelY = y;
+    const tx = s("text", { x: f.w - f.right - 4, y, "text-anchor": "end" });
     tx.textContent = r.label;
     svg.append(tx);
   }
@@ -287,7 +309,7 @@ function drawPrices() {
 function drawHashprice() {
   const svg = $("#hashprice-chart");
   const f = frame(svg);
-  const t1 = Date.now(), t0 = t1 - state.minutes * 60000;
+  const [t0, t1] = span();
   const hp = state.history.market.map((m) => [Date.parse(m.at), m.hashprice_usd_per_ph_day]).filter(([t, v]) => t >= t0 && isFinite(v));
   const mg = state.history.site.filter((r) => r.margin_usd_per_h !== null && r.margin_usd_per_h !== undefined).map((r) => [Date.parse(r.at), r.margin_usd_per_h]).filter(([t]) => t >= t0);
   const hmax = Math.max(1, ...hp.map((p) => p[1])) * 1.1;
@@ -330,7 +352,7 @@ function renderPlan(p) {
       h("details", {}, h("summary", {}, "moves"), h("ul", { class: "feed" }, moves, more)));
   });
   const decisions = p.decisions.length ? h("ul", {}, p.decisions.map((d) => h("li", {}, d))) : null;
-  box.replaceChildren(head, reason, decisions, ...phases);
+  fill(box, head, reason, decisions, phases);
 }
 
 function renderDecisions(list) {
@@ -347,7 +369,7 @@ function renderDrNow(d) {
   }
   const achieved = d.achieved_power_w;
   const met = achieved !== null && achieved !== undefined && achieved <= d.target_power_w;
-  box.replaceChildren(
+  fill(box,
     h("p", {}, h("span", { class: "badge " + (met ? "ok" : "in_force") }, met ? "target met" : "working"), " ", d.event_id, ": reach ",
       h("b", { "data-dr": "target" }, watts(d.target_power_w)), " by ", when(d.deadline), ", hold until ", when(d.ends_at)),
     h("p", {}, "achieved ", h("b", { "data-dr": "achieved" }, watts(achieved)), " (committed draw now)",
@@ -358,7 +380,7 @@ function renderDrNow(d) {
 function renderDrList(list) {
   $("#dr-list tbody").replaceChildren(...list.map((e) =>
     h("tr", {}, h("td", {}, e.event_id), h("td", {}, h("span", { class: "badge " + e.state }, e.state)), h("td", { class: "num" }, watts(e.target_power_w)),
-      h("td", { class: "num" }, watts(e.achieved_power_w)), h("td", {}, when(e.deadline)), h("td", {}, when(e.cancelled_at || e.ends_at)),
+      h("td", { class: "num" }, watts(e.achieved_power_w)), h("td", { title: "deadline " + when(e.deadline) }, when(e.cancelled_at || e.ends_at)),
       h("td", {}, mayOperate() && !e.cancelled_at && e.state !== "ended" ? h("button", { onclick: () => cancelDr(e.event_id) }, "Cancel…") : null))));
 }
 
