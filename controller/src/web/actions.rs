@@ -29,8 +29,8 @@ fn body<T: DeserializeOwned>(b: Result<Json<T>, JsonRejection>) -> Result<T, Web
         .map_err(|e| WebError::bad_request(format!("request body: {}", e.body_text())))
 }
 
-/// A pin as the page sends it: `"sleep"`, `"run"`, `"drain"`, `"release"`,
-/// `{"power_target_w": 3000}` or `{"gpu_cap_w": 300}`.
+/// A pin as people ask for one — the page sends `"sleep"`, `"run"`, `"drain"`, `"release"`,
+/// `{"power_target_w": 3000}` or `{"gpu_cap_w": 300}`; pivotctl's flags make the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PinBody {
@@ -43,7 +43,7 @@ pub enum PinBody {
 }
 
 impl PinBody {
-    fn to_proto(self) -> v1::r#override::Pin {
+    pub fn to_proto(self) -> v1::r#override::Pin {
         use v1::r#override::Pin;
         let miner = |mode: v1::MinerMode, power_target_w| {
             Pin::Miner(v1::MinerTarget {

@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use crate::Controller;
 use crate::api::fleet::FleetApi;
 
+pub use actions::PinBody;
 pub use error::WebError;
 pub use session::Sessions;
 

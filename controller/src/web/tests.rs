@@ -94,6 +94,19 @@ impl Site {
         )
     }
 
+    async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .call(reqwest::Method::POST, path, token, headers, Some(body))
+            .await;
+        (s, v)
+    }
+
     async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         let (s, v, _) = self
             .call(reqwest::Method::GET, path, token, &[], None)
@@ -132,14 +145,8 @@ async fn the_json_api_answers_as_fleet_service_and_refuses_what_it_refuses() {
 
     let curtail = json!({ "target": "miners", "pin": "sleep", "reason": "storm" });
     let csrf = [("x-pivot-csrf", "page")];
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/overrides",
-            Some(&site.viewer),
-            &csrf,
-            Some(curtail.clone()),
-        )
+    let (status, body) = site
+        .post("/api/overrides", Some(&site.viewer), &csrf, curtail.clone())
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(
@@ -148,14 +155,8 @@ async fn the_json_api_answers_as_fleet_service_and_refuses_what_it_refuses() {
     );
     assert!(site.store.list_overrides(Utc::now()).unwrap().is_empty());
 
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/overrides",
-            Some(&site.operator),
-            &[],
-            Some(curtail.clone()),
-        )
+    let (status, body) = site
+        .post("/api/overrides", Some(&site.operator), &[], curtail.clone())
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(
@@ -163,26 +164,19 @@ async fn the_json_api_answers_as_fleet_service_and_refuses_what_it_refuses() {
         "{body}"
     );
 
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
+    let (status, body) = site
+        .post(
             "/api/overrides",
             Some(&site.operator),
             &csrf,
-            Some(json!({ "target": "miners", "pin": "sleep", "colour": "red" })),
+            json!({ "target": "miners", "pin": "sleep", "colour": "red" }),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
 
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/overrides",
-            Some(&site.operator),
-            &csrf,
-            Some(curtail),
-        )
+    let (status, body) = site
+        .post("/api/overrides", Some(&site.operator), &csrf, curtail)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["target"], "miners");
@@ -199,13 +193,12 @@ async fn the_json_api_answers_as_fleet_service_and_refuses_what_it_refuses() {
     assert_eq!(list[0]["reason"], "storm");
 
     // The fleet check is FleetService's: a device nobody declared is refused, named.
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
+    let (status, body) = site
+        .post(
             "/api/overrides",
             Some(&site.operator),
             &csrf,
-            Some(json!({ "target": "host/nowhere", "pin": "drain" })),
+            json!({ "target": "host/nowhere", "pin": "drain" }),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -214,15 +207,7 @@ async fn the_json_api_answers_as_fleet_service_and_refuses_what_it_refuses() {
         "{body}"
     );
 
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/dr",
-            Some(&site.operator),
-            &csrf,
-            Some(json!({ "target_power_w": 400000.0, "within_s": 600, "duration_s": 3600, "event_id": "dr-web" })),
-        )
-        .await;
+    let (status, body) = site.post("/api/dr", Some(&site.operator), &csrf, json!({ "target_power_w": 400000.0, "within_s": 600, "duration_s": 3600, "event_id": "dr-web" })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["event_id"], "dr-web");
     let (_, events) = site.get("/api/dr", Some(&site.viewer)).await;
@@ -261,14 +246,8 @@ fn session_cookie(headers: &reqwest::header::HeaderMap) -> String {
 #[tokio::test]
 async fn a_session_acts_with_its_csrf_token_and_ends_with_its_token() {
     let site = site(ENFORCED).await;
-    let (status, body, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/session",
-            None,
-            &[],
-            Some(json!({ "token": "pvt_nope" })),
-        )
+    let (status, body) = site
+        .post("/api/session", None, &[], json!({ "token": "pvt_nope" }))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(site.ctl.store.list_tokens().unwrap().len(), 2);
@@ -303,23 +282,21 @@ async fn a_session_acts_with_its_csrf_token_and_ends_with_its_token() {
     assert_eq!(who2["csrf"], csrf.as_str());
 
     let body = json!({ "target": "miners" });
-    let (status, r, _) = site
-        .call(
-            reqwest::Method::POST,
+    let (status, r) = site
+        .post(
             "/api/overrides/clear",
             None,
             &[("cookie", cookie.as_str()), ("x-pivot-csrf", "guess")],
-            Some(body.clone()),
+            body.clone(),
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{r}");
-    let (status, r, _) = site
-        .call(
-            reqwest::Method::POST,
+    let (status, r) = site
+        .post(
             "/api/overrides/clear",
             None,
             &[("cookie", cookie.as_str()), ("x-pivot-csrf", csrf.as_str())],
-            Some(body),
+            body,
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{r}");
@@ -382,24 +359,10 @@ async fn open_mode_needs_no_sign_in_but_still_the_csrf_header() {
     assert_eq!(who["open"], true);
     assert_eq!(who["may_operate"], true);
     let body = json!({ "target": "miners", "pin": "sleep" });
-    let (status, _, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/overrides",
-            None,
-            &[],
-            Some(body.clone()),
-        )
-        .await;
+    let (status, _) = site.post("/api/overrides", None, &[], body.clone()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, r, _) = site
-        .call(
-            reqwest::Method::POST,
-            "/api/overrides",
-            None,
-            &[("x-pivot-csrf", "page")],
-            Some(body),
-        )
+    let (status, r) = site
+        .post("/api/overrides", None, &[("x-pivot-csrf", "page")], body)
         .await;
     assert_eq!(status, StatusCode::OK, "{r}");
 }

@@ -15,7 +15,7 @@ use pivot_e2e::{Running, bin, start_and_collect, start_and_wait};
 use pivot_sim::miner::{Bind, Dialect, MinerSpec, SimMiner, Timing, spawn};
 use serde_json::{Value, json};
 
-use crate::tls::Pki;
+use crate::tls::{Pki, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Miners that measure their draw and sleep on command.
@@ -37,14 +37,6 @@ struct Site {
     feed: PathBuf,
     viewer: String,
     operator: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn set_energy_price(feed: &Path, usd_per_mwh: f64) {
@@ -288,7 +280,9 @@ fn same_numbers(page: &Value, cli: &Value) -> Result<(), String> {
         num(&page["measured_power_w"]).unwrap_or(f64::NAN),
         cli["measured_power_w"].as_f64().unwrap_or(f64::NAN),
     );
-    if !((got - want).abs() <= 0.05 * want.abs().max(1.0)) {
+    // NaN (a missing number) is never close.
+    let close = (got - want).abs() <= 0.05 * want.abs().max(1.0);
+    if !close {
         return Err(format!("measured: page {got}, pivotctl {want}"));
     }
     Ok(())

@@ -193,31 +193,21 @@ struct PinArgs {
 
 impl PinArgs {
     fn to_proto(&self) -> v1::r#override::Pin {
-        use v1::r#override::Pin;
-        let miner = |mode: v1::MinerMode, power_target_w| {
-            Pin::Miner(v1::MinerTarget {
-                mode: mode as i32,
-                power_target_w,
-            })
-        };
-        let workload = |state: v1::WorkloadState| {
-            Pin::Workload(v1::WorkloadTarget {
-                state: state as i32,
-            })
-        };
-        if self.sleep {
-            miner(v1::MinerMode::Sleep, None)
+        use pivot_controller::web::PinBody;
+        let pin = if self.sleep {
+            PinBody::Sleep
         } else if let Some(w) = self.power_target_w {
-            miner(v1::MinerMode::Run, Some(w))
+            PinBody::PowerTargetW(w)
         } else if let Some(w) = self.gpu_cap_w {
-            Pin::Gpu(v1::GpuTarget { power_cap_w: w })
+            PinBody::GpuCapW(w)
         } else if self.drain {
-            workload(v1::WorkloadState::Drained)
+            PinBody::Drain
         } else if self.release {
-            workload(v1::WorkloadState::Released)
+            PinBody::Release
         } else {
-            miner(v1::MinerMode::Run, None)
-        }
+            PinBody::Run
+        };
+        pin.to_proto()
     }
 }
 
