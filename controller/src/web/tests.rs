@@ -550,3 +550,35 @@ async fn the_page_and_its_assets_are_served_with_a_strict_policy() {
     let (status, _) = site.get("/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[test]
+fn a_web_section_with_a_mistake_is_refused_naming_the_key() {
+    let base = "[site]\nid = \"s\"\ncap_w = 1000\n[store]\npath = \"/tmp/p.db\"\n";
+    let parse = |web: &str| {
+        Config::parse(
+            &format!("{base}[web]\n{web}"),
+            std::path::Path::new("/etc/pivot/c.toml"),
+            &NoEnv,
+        )
+    };
+    let c = parse("listen = \"0.0.0.0:8080\"\n").unwrap();
+    assert_eq!(c.web.unwrap().session_idle_s, 43_200);
+    for (web, key) in [
+        (
+            "listen = \"0.0.0.0:8080\"\nsession_idle_s = 5\n",
+            "web.session_idle_s",
+        ),
+        ("listen = \"0.0.0.0:8080\"\nport = 80\n", "port"),
+        ("listen = \"everywhere\"\n", "listen"),
+        ("session_idle_s = 600\n", "listen"),
+    ] {
+        let e = parse(web).unwrap_err().to_string();
+        assert!(
+            e.contains("/etc/pivot/c.toml") && e.contains(key),
+            "{web}: {e}"
+        );
+    }
+    // Without the section there is no web listener (serve); dev turns it on.
+    let c = Config::parse(base, std::path::Path::new("c.toml"), &NoEnv).unwrap();
+    assert!(c.web.is_none());
+}
