@@ -16,7 +16,7 @@ use tokio::time::Instant;
 /// The most sessions kept by default; past it the least recently used one ends.
 const MAX_SESSIONS: usize = 10_000;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Session {
     token: String,
     csrf: String,
@@ -24,14 +24,20 @@ struct Session {
 }
 
 /// What a live session gives a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionAccess {
     pub token: String,
     pub csrf: String,
 }
 
+// Secrets stay out of logs: a session shows neither its token nor its CSRF token.
+impl std::fmt::Debug for SessionAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionAccess { .. }")
+    }
+}
+
 /// The live sessions of this controller process.
-#[derive(Debug)]
 pub struct Sessions {
     idle: Duration,
     max: usize,
@@ -42,6 +48,15 @@ fn random_hex() -> String {
     let mut b = [0u8; 32];
     rand::rng().fill_bytes(&mut b);
     hex::encode(b)
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("idle", &self.idle)
+            .field("live", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sessions {
@@ -154,6 +169,9 @@ mod tests {
         assert!(!s.end(&id));
         assert!(s.get(&id, t0).is_none());
         assert!(s.get("not-a-session", t0).is_none());
+        let (id, _) = s.create("pvt_secret", t0);
+        let shown = format!("{s:?} {:?}", s.get(&id, t0).unwrap());
+        assert!(!shown.contains("pvt_secret") && !shown.contains(&id), "{shown}");
     }
 
     #[tokio::test(start_paused = true)]
