@@ -277,3 +277,57 @@ pub fn history_json(h: &v1::History) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_shows_what_the_table_flags_and_its_intent_in_words() {
+        let miner = v1::Device {
+            device_id: "miner/10.0.0.7:4028".into(),
+            host_id: "rack-1".into(),
+            kind: v1::DeviceKind::Miner as i32,
+            inventory: Some(v1::device::Inventory::Miner(v1::MinerInventory {
+                model: "Antminer S21".into(),
+                ..Default::default()
+            })),
+            reading: Some(v1::device::Reading::MinerReading(v1::MinerReading {
+                reachable: false,
+                poll_error: "connection refused".into(),
+                ..Default::default()
+            })),
+            intent: Some(v1::Intent {
+                generation: 3,
+                target: Some(v1::intent::Target::Miner(v1::MinerTarget {
+                    mode: v1::MinerMode::Run as i32,
+                    power_target_w: Some(3000),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let j = device_json(&miner);
+        assert_eq!(j["kind"], "miner");
+        assert_eq!(j["model"], "Antminer S21");
+        assert_eq!(j["reachable"], false);
+        assert_eq!(j["problem"], "connection refused");
+        assert_eq!(j["intent"]["target"], "run at 3000 W");
+        assert!(j["power_w"].is_null(), "an unread power is unknown, not 0");
+
+        let gpu = v1::Device {
+            kind: v1::DeviceKind::Gpu as i32,
+            reading: Some(v1::device::Reading::GpuReading(v1::GpuReading {
+                power_w: Some(612.0),
+                enforced_power_limit_w: Some(650.0),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let j = device_json(&gpu);
+        assert_eq!(j["power_w"], 612.0);
+        // No limit pivot set: the one the GPU enforces.
+        assert_eq!(j["power_cap_w"], 650.0);
+        assert!(j["reachable"].is_null());
+    }
+}

@@ -171,7 +171,10 @@ mod tests {
         assert!(s.get("not-a-session", t0).is_none());
         let (id, _) = s.create("pvt_secret", t0);
         let shown = format!("{s:?} {:?}", s.get(&id, t0).unwrap());
-        assert!(!shown.contains("pvt_secret") && !shown.contains(&id), "{shown}");
+        assert!(
+            !shown.contains("pvt_secret") && !shown.contains(&id),
+            "{shown}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
