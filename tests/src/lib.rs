@@ -131,5 +131,14 @@ pub fn start_and_collect(
     (Running { child, addr }, found)
 }
 
+/// A port nothing listens on now (for a daemon whose configuration names its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("a free port: {e}"))
+}
+
+pub mod pki;
 pub mod prometheus;
 pub mod webdriver;

@@ -32,10 +32,7 @@ impl Prometheus {
             "Prometheus not installed: scripts/test installs the Debian package `prometheus`"
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("a free port: {e}"));
+        let port = crate::free_port();
         let mut config = String::from("global:\n  scrape_interval: 1s\nscrape_configs:\n");
         for (job, target) in targets {
             config.push_str(&format!(

@@ -67,10 +67,7 @@ impl Chromedriver {
                 "{p} not found: scripts/test installs the Debian packages `chromium` and `chromium-driver`"
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("a free port: {e}"));
+        let port = crate::free_port();
         let child = {
             use std::os::unix::process::CommandExt as _;
             Command::new(CHROMEDRIVER)

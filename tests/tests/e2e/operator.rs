@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use pivot_controller::auth::{Role, new_token};
 use pivot_controller::store::{SqliteStore, Store};
+use pivot_e2e::pki::Pki;
 use pivot_e2e::prometheus::Prometheus;
 use pivot_e2e::webdriver::{Browser, Chromedriver};
-use pivot_e2e::{Running, bin, start_and_collect, start_and_wait};
+use pivot_e2e::{Running, bin, free_port, start_and_collect, start_and_wait};
 use pivot_sim::miner::{Bind, Dialect, MinerSpec, SimMiner, Timing, spawn};
 use serde_json::{Value, json};
-
-use crate::tls::{Pki, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Miners that measure their draw and sleep on command.
@@ -48,7 +47,7 @@ fn set_energy_price(feed: &Path, usd_per_mwh: f64) {
 
 impl Site {
     async fn start() -> Self {
-        let pki = Pki::with_clients(&["rack-1", "ops"]);
+        let pki = Pki::new(&["rack-1", "ops"]);
         let dir = pki.dir.path().to_owned();
         let mut miners = Vec::new();
         for d in DIALECTS {
@@ -665,8 +664,26 @@ fn literal_block(yaml: &str, key: &str) -> String {
 
 #[test]
 fn the_kubernetes_config_maps_hold_configurations_the_binaries_accept() {
-    let root = pivot_e2e::workspace_root();
-    let dir = tempfile::tempdir().unwrap();
+    // What the pods mount, under a temporary root: the TLS files of the Secrets (real PEM) at
+    // /etc/pivot/tls, the state folders of the volumes under /var/lib.
+    let pki = Pki::new(&["rack-1"]);
+    let root = pki.dir.path().join("root");
+    let tls = root.join("etc/pivot/tls");
+    for d in [
+        &tls,
+        &root.join("var/lib/pivot"),
+        &root.join("var/lib/pivot-agent"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    for (from, to) in [
+        ("rack-1.pem", "tls.crt"),
+        ("rack-1.key", "tls.key"),
+        ("ca.pem", "ca.crt"),
+    ] {
+        std::fs::copy(pki.path(from), tls.join(to)).unwrap();
+    }
+    let workspace = pivot_e2e::workspace_root();
     for (manifest, key, binary) in [
         (
             "pivot-controller.yaml",
@@ -675,9 +692,17 @@ fn the_kubernetes_config_maps_hold_configurations_the_binaries_accept() {
         ),
         ("pivot-agent.yaml", "agent.toml", "pivot-agent"),
     ] {
-        let yaml = std::fs::read_to_string(root.join("deploy/kubernetes").join(manifest)).unwrap();
-        let file = dir.path().join(key);
-        std::fs::write(&file, literal_block(&yaml, key)).unwrap();
+        let yaml =
+            std::fs::read_to_string(workspace.join("deploy/kubernetes").join(manifest)).unwrap();
+        let text = literal_block(&yaml, key)
+            .replace("\"/etc/pivot/", &format!("\"{}/etc/pivot/", root.display()))
+            .replace("\"/var/lib/", &format!("\"{}/var/lib/", root.display()));
+        assert!(
+            !text.contains("\"/etc/") && !text.contains("\"/var/"),
+            "{text}"
+        );
+        let file = pki.dir.path().join(key);
+        std::fs::write(&file, text).unwrap();
         let out = std::process::Command::new(bin(binary))
             .args(["check-config", file.to_str().unwrap()])
             .output()

@@ -6,19 +6,13 @@ use std::time::Duration;
 use pivot_e2e::{bin, start_and_wait};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-pub(crate) struct Pki {
-    pub(crate) dir: tempfile::TempDir,
+struct Pki {
+    dir: tempfile::TempDir,
 }
 
 impl Pki {
     /// A CA, a server certificate for `localhost`, and one client certificate.
     fn new() -> Self {
-        Self::with_clients(&["agent"])
-    }
-
-    /// A CA, a server certificate for `localhost`, and a client certificate with each common
-    /// name (`<name>.pem`, `<name>.key`).
-    pub(crate) fn with_clients(clients: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -29,12 +23,10 @@ impl Pki {
         let issuer = Issuer::new(ca, ca_key);
         let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
         write("ca.pem", ca_cert.pem());
-        let names = std::iter::once(("server", vec!["localhost".to_owned()])).chain(
-            clients
-                .iter()
-                .map(|c| (*c, vec![format!("{c}.agents.pivot")])),
-        );
-        for (name, sans) in names {
+        for (name, sans) in [
+            ("server", vec!["localhost".to_owned()]),
+            ("agent", vec!["rack-1.agents.pivot".to_owned()]),
+        ] {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(sans).unwrap();
             params.distinguished_name.push(DnType::CommonName, name);
@@ -45,12 +37,12 @@ impl Pki {
         Self { dir }
     }
 
-    pub(crate) fn path(&self, name: &str) -> String {
+    fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 }
 
-pub(crate) fn free_port() -> u16 {
+fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
