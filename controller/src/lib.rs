@@ -18,6 +18,8 @@ pub mod policy;
 pub mod store;
 pub mod toml_lines;
 pub mod trace;
+pub mod views;
+pub mod web;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -7,5 +7,6 @@ mod agent;
 mod brain;
 mod controller;
 mod kubernetes;
+mod operator;
 mod slurm;
 mod tls;
