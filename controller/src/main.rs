@@ -130,6 +130,19 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e.into()),
         },
         Command::CheckConfig { config } => Config::load(&config, &ProcessEnv)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                // What needs the machine too: trace and token files, password variables.
+                c.market.check(&ProcessEnv).map_err(|e| {
+                    anyhow::anyhow!(
+                        "config file {}: key `{}`: {}",
+                        config.display(),
+                        e.key,
+                        e.problem
+                    )
+                })?;
+                Ok(c)
+            })
             .map(|c| {
                 println!(
                     "{}: ok (site {}, cap {} W, listen {})",
@@ -138,8 +151,7 @@ async fn main() -> std::process::ExitCode {
                     c.site.cap_w,
                     c.listen.grpc
                 );
-            })
-            .map_err(Into::into),
+            }),
         Command::Backtest {
             site,
             trace,
