@@ -1,13 +1,14 @@
 //! The agent daemon hands its host over through each workload manager it speaks, driven by a
 //! scripted fake controller: Kubernetes against the scripted fake API server (the exact
 //! cordon/label/taint patches and evictions, a PodDisruptionBudget's refusal), and an
-//! operator's exec hook that records every call and fails on demand. Each intent for device
+//! operator's exec hook that records every call and fails on demand (`pivot_e2e::exec_hook`). Each intent for device
 //! `host` goes pending → applied → confirmed, or fails as the manager said (retrying or not).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
+use pivot_e2e::exec_hook::ExecHook;
 use pivot_e2e::fake_controller::FakeController;
 use pivot_e2e::fake_kube::{Expect, FakeKube};
 use pivot_e2e::{Running, start_and_wait};
@@ -202,49 +203,15 @@ async fn the_agent_daemon_hands_a_kubernetes_node_over_through_its_pdb() {
     assert!(seen.iter().all(|r| !r.starts_with("DELETE")), "{seen:?}");
 }
 
-const HOOK: &str = r#"#!/bin/sh
-dir=$(dirname "$0")
-if [ "$PIVOT_ACTION" != status ]; then
-  echo "$PIVOT_ACTION host=$PIVOT_HOST node=$PIVOT_NODE grace_over=${PIVOT_GRACE_OVER:-0} reason=$PIVOT_REASON" >> "$dir/calls.log"
-  if [ -f "$dir/fail" ]; then echo "hook failing on purpose"; exit "$(cat "$dir/fail")"; fi
-fi
-case "$PIVOT_ACTION" in
-  release) echo open > "$dir/node" ;;
-  drain) echo closed > "$dir/node"
-         if [ "${PIVOT_GRACE_OVER:-0}" = 1 ]; then echo 0 > "$dir/jobs"; fi ;;
-  status) n=$(cat "$dir/node"); j=$(cat "$dir/jobs")
-          if [ "$n" = open ]; then echo "state=open schedulable=true closed=false jobs=$j gpus=$((j*4))"
-          else echo "state=closed schedulable=false closed=true jobs=$j gpus=$((j*4))"; fi ;;
-esac
-"#;
-
-/// The hook's calls other than `status`, and forgets them.
-fn take_calls(dir: &Path) -> Vec<String> {
-    let log = dir.join("calls.log");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
-    text.lines().map(str::to_owned).collect()
-}
-
-fn hook(dir: &Path) -> PathBuf {
-    let path = dir.join("hook.sh");
-    std::fs::write(&path, HOOK).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::write(dir.join("node"), "open\n").unwrap();
-    std::fs::write(dir.join("jobs"), "1\n").unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_daemon_hands_its_host_over_through_an_exec_hook() {
     let dir = tempfile::tempdir().unwrap();
-    let hooks = tempfile::tempdir().unwrap();
-    let path = hook(hooks.path());
+    let hook = ExecHook::new(true, 1);
     let mut ctl = FakeController::start(Duration::from_millis(300)).await;
     let workload = format!(
         "[workload]\nmanager = \"exec\"\nnode_name = \"gpu-07\"\ngrace_s = 0.5\nconfirm_s = 5\npoll_s = 0.05\n\
          [workload.exec]\nhook = \"{}\"\ntimeout_s = 5\n",
-        path.display()
+        hook.path().display()
     );
     let _agent = start_agent(dir.path(), &ctl.url(), "rack-3-host-7", &workload);
     let hello = ctl.hello(WAIT).await;
@@ -270,7 +237,7 @@ async fn the_agent_daemon_hands_its_host_over_through_an_exec_hook() {
     )])
     .await;
     ctl.statuses(WAIT, "host", 1, &ALL_THE_WAY).await;
-    let calls = take_calls(hooks.path());
+    let calls = hook.take_calls();
     assert_eq!(
         calls,
         [
@@ -284,12 +251,12 @@ async fn the_agent_daemon_hands_its_host_over_through_an_exec_hook() {
         .await;
     ctl.statuses(WAIT, "host", 2, &ALL_THE_WAY).await;
     assert_eq!(
-        take_calls(hooks.path()),
+        hook.take_calls(),
         ["release host=rack-3-host-7 node=gpu-07 grace_over=0 reason=plan plan-e2: AI pays"]
     );
 
     // The hook says "never" (exit 78): failed for good, not tried again.
-    std::fs::write(hooks.path().join("fail"), "78").unwrap();
+    hook.fail_with(Some(78));
     ctl.send_intents(vec![intent(3, DRAINED, 300, "plan-e3", "x")])
         .await;
     ctl.status(WAIT, "host", 3, v1::IntentPhase::Pending).await;
@@ -297,21 +264,18 @@ async fn the_agent_daemon_hands_its_host_over_through_an_exec_hook() {
     assert!(!failed.retrying, "{failed:?}");
     assert!(failed.detail.contains("code 78"), "{}", failed.detail);
     ctl.quiet(Duration::from_secs(6)).await;
-    assert_eq!(take_calls(hooks.path()).len(), 1);
+    assert_eq!(hook.take_calls().len(), 1);
 
     // A passing failure (exit 1) is retried after the pacing, and then succeeds.
-    std::fs::write(hooks.path().join("fail"), "1").unwrap();
+    hook.fail_with(Some(1));
     ctl.send_intents(vec![intent(4, DRAINED, 300, "plan-e4", "y")])
         .await;
     ctl.status(WAIT, "host", 4, v1::IntentPhase::Pending).await;
     let failed = ctl.status(WAIT, "host", 4, v1::IntentPhase::Failed).await;
     assert!(failed.retrying, "{failed:?}");
-    std::fs::remove_file(hooks.path().join("fail")).unwrap();
+    hook.fail_with(None);
     ctl.status(WAIT, "host", 4, v1::IntentPhase::Applied).await;
     ctl.status(WAIT, "host", 4, v1::IntentPhase::Confirmed)
         .await;
-    assert_eq!(
-        std::fs::read_to_string(hooks.path().join("node")).unwrap(),
-        "closed\n"
-    );
+    assert!(!hook.node_open());
 }

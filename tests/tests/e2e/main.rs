@@ -5,6 +5,8 @@
 
 mod agent;
 mod controller;
+mod handoff;
+mod handoff_daemon;
 mod kubernetes;
 mod slurm;
 mod tls;
