@@ -12,6 +12,7 @@ pub mod intents;
 pub mod market;
 pub mod outlook;
 pub mod overrides;
+pub mod phase_timing;
 pub mod planner;
 pub mod planview;
 pub mod policy;

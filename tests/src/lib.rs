@@ -77,6 +77,7 @@ pub fn start_dev_controller(extra: &[&str]) -> Running {
     Running { child, addr }
 }
 
+pub mod exec_hook;
 pub mod fake_controller;
 pub mod fake_kube;
 pub mod slurm;

@@ -6,6 +6,8 @@
 mod agent;
 mod brain;
 mod controller;
+mod handoff;
+mod handoff_daemon;
 mod kubernetes;
 mod operator;
 mod slurm;
