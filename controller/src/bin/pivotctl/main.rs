@@ -600,7 +600,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(rpc_error("policy", url))?
                     .into_inner();
-                println!("# policy `{}`, revision {}", p.name, p.revision);
+                // The name is the document's own text: escaped, so it cannot forge this line.
+                println!("# policy `{}`, revision {}", clean(&p.name), p.revision);
                 print!("{}", p.document_toml);
             }
             PolicyAction::Validate { file } => {

@@ -13,13 +13,25 @@ pub use pivot_controller::views::{
 pub fn clean(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
-            if c.is_control() {
+            if c.is_control() || reorders_text(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]
             }
         })
         .collect()
+}
+
+/// Unicode line and paragraph separators and bidirectional controls: not control characters,
+/// but a terminal may break a line on them or show the text after them reordered (issue 11:
+/// a reason must not make one audit line read as another).
+fn reorders_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 pub fn ts_text(t: Option<&prost_types::Timestamp>) -> String {
@@ -217,5 +229,10 @@ mod tests {
         );
         assert_eq!(clean("a\u{1b}[2Jb\0"), "a\\u{1b}[2Jb\\u{0}");
         assert_eq!(clean("S19j Pro — 29.5 J/TH"), "S19j Pro — 29.5 J/TH");
+        // Not control characters, but a line break or a reordering in many terminals.
+        assert_eq!(
+            clean("fan\u{2028}ok \u{202e}tpircs"),
+            "fan\\u{2028}ok \\u{202e}tpircs"
+        );
     }
 }
