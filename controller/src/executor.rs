@@ -284,7 +284,9 @@ impl Failures {
 /// The plan in execution and where it is.
 #[derive(Debug, Clone)]
 pub struct Execution {
-    pub plan: ExecPlan,
+    /// Shared: every status an agent sends asks which plan is in flight, and a plan can hold
+    /// tens of thousands of moves.
+    pub plan: Arc<ExecPlan>,
     pub progress: Progress,
 }
 
@@ -311,7 +313,7 @@ impl Controller {
     /// Starts executing `plan` (stored first), superseding any plan in execution.
     pub async fn execute(self: &Arc<Self>, plan: ExecPlan, document: serde_json::Value) {
         let now = Utc::now();
-        let previous = self.execution().map(|e| e.plan.plan_id);
+        let previous = self.execution().map(|e| e.plan.plan_id.clone());
         let stored = StoredPlan {
             plan_id: plan.plan_id.clone(),
             created_at: now,
@@ -344,7 +346,7 @@ impl Controller {
             return;
         }
         *self.execution_slot() = Some(Execution {
-            plan,
+            plan: Arc::new(plan),
             progress: Progress { phase: 0 },
         });
         self.progress.notify_one();
@@ -378,7 +380,7 @@ impl Controller {
             Some(plan) => {
                 info!(plan = %plan.plan_id, phase = stored.current_phase, "Resuming the plan in flight");
                 *self.execution_slot() = Some(Execution {
-                    plan,
+                    plan: Arc::new(plan),
                     progress: Progress {
                         phase: usize::try_from(stored.current_phase).unwrap_or(usize::MAX),
                     },
@@ -403,17 +405,11 @@ impl Controller {
                 .phases
                 .get(phase_index)
                 .map(|p| {
-                    p.moves
-                        .iter()
-                        .map(|m| {
-                            move_state(
-                                m,
-                                &exec.plan.plan_id,
-                                phase_index,
-                                self.ledger.get(&m.device_id).as_ref(),
-                            )
+                    // One look at the ledger for the whole phase, nothing copied.
+                    self.ledger
+                        .with_each(p.moves.iter().map(|m| m.device_id.as_str()), |i, di| {
+                            move_state(&p.moves[i], &exec.plan.plan_id, phase_index, di)
                         })
-                        .collect()
                 })
                 .unwrap_or_default();
             let step = next_step(&exec.plan, exec.progress, &states, now);
@@ -612,7 +608,11 @@ pub async fn run(ctl: Arc<Controller>) {
             .unwrap_or(Duration::from_secs(3600))
             .min(Duration::from_secs(5));
         tokio::select! {
-            () = ctl.progress.notified() => {}
+            () = ctl.progress.notified() => {
+                // A phase's statuses come in bursts (thousands at once on a large site): let a
+                // burst settle into one pass instead of one pass per status.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             () = tokio::time::sleep(sleep_for) => {}
             _ = renew.tick() => {
                 ctl.renew_leases(Utc::now());

@@ -119,6 +119,18 @@ impl Ledger {
         self.lock().get(device_id).map(|e| e.di.clone())
     }
 
+    /// `f(i, desired state)` for the `i`-th of `ids`, under one lock and without copies.
+    pub fn with_each<'a, T>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        mut f: impl FnMut(usize, Option<&DeviceIntent>) -> T,
+    ) -> Vec<T> {
+        let entries = self.lock();
+        ids.enumerate()
+            .map(|(i, id)| f(i, entries.get(id).map(|e| &e.di)))
+            .collect()
+    }
+
     /// Every device's desired state.
     pub fn all(&self) -> Vec<DeviceIntent> {
         self.lock().values().map(|e| e.di.clone()).collect()

@@ -212,12 +212,23 @@ struct Deliveries {
     intents: usize,
 }
 
-/// One fake agent: hello, telemetry at the controller's interval, intents obeyed at once.
-async fn agent(url: String, host: usize, miners: usize, seen: Arc<Mutex<Deliveries>>) {
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+/// Sessions that had to be tried again (refused or reset while opening).
+static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+type Session = (
+    mpsc::Sender<v1::AgentMessage>,
+    tonic::Streaming<v1::ControllerMessage>,
+    Duration,
+);
+
+/// Connects, says hello and waits for the welcome.
+async fn open(url: &str, host: usize, miners: usize) -> Result<Session, String> {
+    let channel = Channel::from_shared(url.to_owned())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
     let mut client = v1::agent_service_client::AgentServiceClient::new(channel);
-    let ids: Vec<String> = (0..miners).map(|i| inventory(host, i).device_id).collect();
-    let mut mining = vec![true; miners];
     let (tx, rx) = mpsc::channel(64);
     tx.send(v1::AgentMessage {
         msg: Some(Up::Hello(v1::Hello {
@@ -233,22 +244,47 @@ async fn agent(url: String, host: usize, miners: usize, seen: Arc<Mutex<Deliveri
         })),
     })
     .await
-    .unwrap();
+    .map_err(|e| e.to_string())?;
     let mut down = client
         .session(ReceiverStream::new(rx))
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .into_inner();
-    let interval = match down.message().await.unwrap() {
+    match down.message().await.map_err(|e| e.to_string())? {
         Some(v1::ControllerMessage {
             msg: Some(Down::Welcome(w)),
-        }) => w.telemetry_interval.map_or(Duration::from_secs(5), |d| {
-            Duration::new(
-                u64::try_from(d.seconds).unwrap_or(5),
-                u32::try_from(d.nanos).unwrap_or(0),
-            )
-        }),
-        other => panic!("expected a welcome, got {other:?}"),
+        }) => {
+            let interval = w.telemetry_interval.map_or(Duration::from_secs(5), |d| {
+                Duration::new(
+                    u64::try_from(d.seconds).unwrap_or(5),
+                    u32::try_from(d.nanos).unwrap_or(0),
+                )
+            });
+            Ok((tx, down, interval))
+        }
+        other => Err(format!("expected a welcome, got {other:?}")),
+    }
+}
+
+/// One fake agent: hello, telemetry at the controller's interval, intents obeyed at once.
+async fn agent(url: String, host: usize, miners: usize, seen: Arc<Mutex<Deliveries>>) {
+    let ids: Vec<String> = (0..miners).map(|i| inventory(host, i).device_id).collect();
+    let mut mining = vec![true; miners];
+    // As a real agent does: a refused or reset connection is tried again, with backoff.
+    let mut attempt = 0u32;
+    let (tx, mut down, interval) = loop {
+        match open(&url, host, miners).await {
+            Ok(session) => break session,
+            Err(e) => {
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                attempt += 1;
+                assert!(
+                    attempt < 30,
+                    "rack-{host:04}: no session after {attempt} tries: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
+            }
+        }
     };
     let telemetry = |mining: &[bool]| v1::AgentMessage {
         msg: Some(Up::Telemetry(v1::TelemetrySnapshot {
@@ -359,6 +395,8 @@ async fn run(agents: usize, miners: usize, window: Duration) -> Row {
             miners,
             Arc::clone(&seen),
         )));
+        // Hosts come up over a second or so, not in one instant.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let want = u32::try_from(agents * miners).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
@@ -377,6 +415,7 @@ async fn run(agents: usize, miners: usize, window: Duration) -> Row {
     }
     // Quiet: every session streams telemetry, nothing to decide.
     let pid = ctl.running.child.id();
+    println!("sessions: {agents} agents connected, controller pid {pid}");
     let (cpu0, _, _) = usage(pid);
     let t0 = std::time::Instant::now();
     tokio::time::sleep(window).await;
@@ -438,8 +477,10 @@ async fn main() {
     for n in sizes {
         let row = run(n, miners, window).await;
         println!(
-            "sessions: {n} agents done (cpu {:.1} %, delivered {:.0} ms)",
-            row.cpu_pct, row.delivered_ms
+            "sessions: {n} agents done (cpu {:.1} %, delivered {:.0} ms, sessions retried so far {})",
+            row.cpu_pct,
+            row.delivered_ms,
+            RETRIES.load(std::sync::atomic::Ordering::Relaxed)
         );
         rows.push(row);
     }
