@@ -217,6 +217,7 @@ fn backtest(
         policy,
         dr_notice,
         replan_every,
+        ..backtest::Options::default()
     };
     let report = backtest::run(&site, &trace, &options);
     let static_site = baseline::static_site(&site, &trace);

@@ -1,7 +1,7 @@
 //! The decision: the cap in force, which GPU hosts AI demand keeps, what each load wants on its
 //! margin (floor, band, dwell), and the merit-order fit under the cap.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 
 use super::input::{AiContract, PlanInput};
 use super::loads::{Fixed, Level, Load, Unit};
@@ -10,9 +10,12 @@ use crate::policy::{SafeAction, ScheduleEffect};
 
 /// The cap in force now: the site's, the lowest DR target due within the shed lead, the lowest
 /// schedule window cap; each less the reserve.
+pub(super) fn shed_lead(input: &PlanInput) -> Duration {
+    Duration::seconds(i64::try_from(input.policy.economic.shed_lead_s).unwrap_or(i64::MAX))
+}
+
 pub(super) fn limit(input: &PlanInput, schedule: &ScheduleEffect) -> Limit {
-    let lead =
-        Duration::seconds(i64::try_from(input.policy.economic.shed_lead_s).unwrap_or(i64::MAX));
+    let lead = shed_lead(input);
     let mut cap_w = input.site.cap_w;
     let mut source = CapSource::Site;
     for e in &input.demand_response {
@@ -48,10 +51,17 @@ pub(super) fn select_ai_hosts(
     input: &PlanInput,
     loads: &mut [Load],
     host_loads: &[usize],
-) -> (u32, Vec<(chrono::DateTime<chrono::Utc>, u32)>) {
+) -> (u32, AiNeeds) {
     let e = &input.policy.economic;
     let Some(market) = input.market else {
-        return (0, input.memory.ai_hosts_needed.clone());
+        return (
+            0,
+            AiNeeds {
+                kept: 0,
+                history: input.memory.ai_hosts_needed.clone(),
+                falls_at: None,
+            },
+        );
     };
     let price = market
         .ai_usd_per_gpu_hour
@@ -104,16 +114,8 @@ pub(super) fn select_ai_hosts(
     }
     needed = needed.saturating_add(e.ai_buffer_hosts);
     let delay = Duration::seconds(i64::try_from(e.ai_drain_delay_s).unwrap_or(i64::MAX));
-    let since = input.now.checked_sub_signed(delay).unwrap_or(input.now);
-    let mut history: Vec<_> = input
-        .memory
-        .ai_hosts_needed
-        .iter()
-        .copied()
-        .filter(|(t, _)| *t > since && *t < input.now)
-        .collect();
-    history.push((input.now, needed));
-    let kept = history.iter().map(|(_, n)| *n).max().unwrap_or(needed);
+    let needs = AiNeeds::new(&input.memory.ai_hosts_needed, input.now, delay, needed);
+    let kept = needs.kept;
     for (rank, &li) in candidates.iter().enumerate() {
         let l = &mut loads[li];
         let n = gpus(l);
@@ -140,7 +142,67 @@ pub(super) fn select_ai_hosts(
             }
         }
     }
-    (kept, history)
+    (kept, needs)
+}
+
+/// How many interruptible hosts AI demand needed over the drain delay. The memory is a step
+/// function: each entry holds from its time until the next entry's (the last until now), so a
+/// plan that was skipped because nothing changed counts as if it had been made.
+pub(super) struct AiNeeds {
+    /// The most needed while the drain delay looks back (`needed` now included).
+    pub kept: u32,
+    /// The history to remember: the steps still inside the drain delay, then `(now, needed)`.
+    pub history: Vec<(DateTime<Utc>, u32)>,
+    /// When `kept` falls if nothing else changes: the end of the last step that needed it, plus
+    /// the delay (`None` when `kept` is what is needed now).
+    pub falls_at: Option<DateTime<Utc>>,
+}
+
+impl AiNeeds {
+    pub(super) fn new(
+        memory: &[(DateTime<Utc>, u32)],
+        now: DateTime<Utc>,
+        delay: Duration,
+        needed: u32,
+    ) -> AiNeeds {
+        let since = now
+            .checked_sub_signed(delay)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut past: Vec<(DateTime<Utc>, u32)> =
+            memory.iter().copied().filter(|(t, _)| *t < now).collect();
+        past.sort_by_key(|(t, _)| *t);
+        let mut history: Vec<(DateTime<Utc>, u32)> = Vec::with_capacity(past.len() + 1);
+        let mut kept = needed;
+        let mut last_end_at_kept: Option<DateTime<Utc>> = None;
+        for (i, &(t, n)) in past.iter().enumerate() {
+            let end = past.get(i + 1).map_or(now, |(next, _)| *next);
+            if end <= since {
+                continue;
+            }
+            if n > kept {
+                kept = n;
+                last_end_at_kept = Some(end);
+            } else if n == kept && n > needed {
+                last_end_at_kept = Some(end);
+            }
+            // Equal neighbours are one step.
+            if history.last().is_none_or(|(_, prev)| *prev != n) {
+                history.push((t, n));
+            }
+        }
+        if history.last().is_none_or(|(_, prev)| *prev != needed) {
+            history.push((now, needed));
+        }
+        let falls_at = last_end_at_kept.filter(|_| kept > needed).map(|end| {
+            end.checked_add_signed(delay)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        });
+        AiNeeds {
+            kept,
+            history,
+            falls_at,
+        }
+    }
 }
 
 /// What a load would do on its own, before the cap.
@@ -277,6 +339,49 @@ fn trim_to(l: &Load, room_w: f64) -> Option<f64> {
     (p >= l.min_on_w && p < l.full_w).then_some(p)
 }
 
+/// Keeps back the grants that the power committed now cannot take yet: with this plan's
+/// releases confirmed and every unit still in transition at the higher end, grants are made in
+/// `priority` order while they fit under `limit_w`; the first that does not, and all after it,
+/// stay where they are. They wait for the next plan, once the releases in flight are confirmed.
+fn defer_grants_without_room(
+    loads: &[Load],
+    decisions: &mut [Decision],
+    priority: &[usize],
+    limit_w: f64,
+) {
+    let after = |l: &Load, d: &Decision| {
+        if d.level.same_as(l.level_now) {
+            l.now_w
+        } else {
+            l.level_power(d.level)
+        }
+    };
+    let is_grant = |l: &Load, d: &Decision| {
+        let a = after(l, d);
+        !d.level.same_as(l.level_now) && !(a < l.now_w || (a <= l.now_w && !d.level.is_on()))
+    };
+    // Same test as the phases: a move that does not lower committed power is a grant.
+    let mut committed = 0.0;
+    for (l, d) in loads.iter().zip(decisions.iter()) {
+        committed += if is_grant(l, d) { l.now_w } else { after(l, d) };
+    }
+    let mut room = limit_w - committed;
+    let mut deferring = false;
+    for &i in priority {
+        let (l, d) = (&loads[i], decisions[i]);
+        if !is_grant(l, &d) {
+            continue;
+        }
+        let extra = after(l, &d) - l.now_w;
+        if !deferring && extra <= room + 1e-6 {
+            room -= extra;
+        } else {
+            deferring = true;
+            decisions[i].level = l.level_now;
+        }
+    }
+}
+
 /// Firm and pinned loads first; then the rest in merit order while the cap allows (a miner with
 /// a power target trimmed to fit). No load that is off is turned on in a safe-hold plan.
 pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) -> Fit {
@@ -288,25 +393,29 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
         })
         .collect();
     let mut warnings = Vec::new();
-    // What each load costs if left off: a load that is off and stays so keeps its committed
-    // figure (a curtailment still in flight counts at the higher end); one turned off counts at
-    // its off power once the release is confirmed, which grants wait for.
+    // The levels are chosen on what each load will draw once the intents in flight are
+    // confirmed (a miner on its way to sleep makes room; a second one need not sleep for it).
+    // What each load costs if left off: a load that is off and stays so keeps its settled
+    // figure; one turned off counts at its off power once the release is confirmed, which
+    // grants wait for.
     let off_cost = |l: &Load| {
         if l.level_now.is_on() {
             l.off_w
         } else {
-            l.now_w
+            l.settled_w
         }
     };
     let cost_at = |l: &Load, level: Level| {
         if level.same_as(l.level_now) {
-            l.now_w
+            l.settled_w
         } else {
             l.level_power(level)
         }
     };
     let mut used = 0.0;
     let mut grants: Vec<(usize, Level, Reason)> = Vec::new();
+    // Loads in the order their grants are entitled to room (pins and firm, then merit order).
+    let mut priority: Vec<usize> = Vec::new();
     for (i, l) in loads.iter().enumerate() {
         match l.fixed {
             None => used += off_cost(l),
@@ -317,11 +426,12 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
                     _ => (Level::Full, Reason::Firm),
                 };
                 let target = cost_at(l, level);
-                if target <= l.now_w || level.same_as(l.level_now) {
+                if target <= l.settled_w || level.same_as(l.level_now) {
                     used += target;
                     decisions[i] = Decision { level, reason };
+                    priority.push(i);
                 } else {
-                    used += l.now_w;
+                    used += l.settled_w;
                     grants.push((i, level, reason));
                 }
             }
@@ -332,7 +442,8 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
     let mut held = (0u32, 0.0);
     for (i, level, reason) in grants {
         let l = &loads[i];
-        let extra = cost_at(l, level) - l.now_w;
+        priority.push(i);
+        let extra = cost_at(l, level) - l.settled_w;
         let safe = matches!(mode, PlanMode::SafeHold | PlanMode::SafeCurtailMining);
         if extra <= budget && !safe {
             budget -= extra;
@@ -355,6 +466,7 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
         .collect();
     order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     for (_, i) in order {
+        priority.push(i);
         let (l, w) = (&loads[i], &wants[i]);
         let off = off_cost(l);
         let off_decision = Decision {
@@ -412,6 +524,7 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             };
         }
     }
+    defer_grants_without_room(loads, &mut decisions, &priority, limit_w);
     if lowest_achievable_w > limit_w {
         warnings.push(Warning::LimitUnreachable {
             limit_w,

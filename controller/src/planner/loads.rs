@@ -47,13 +47,16 @@ pub(super) enum Unit {
 }
 
 /// The figures of one unit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Load {
     pub unit: Unit,
     /// The level it is at or heading to (its intent, else its observed state).
     pub level_now: Level,
     /// Committed now: in transition at the higher of before and after, unseen at maximum.
     pub now_w: f64,
+    /// Committed once the intent in flight (if any) is confirmed: the level it is heading to.
+    /// Only the fit's choice of levels counts on it; grants wait for `now_w` to make room.
+    pub settled_w: f64,
     /// Committed once off (asleep / drained) and confirmed.
     pub off_w: f64,
     /// Committed once on at full and confirmed.
@@ -71,6 +74,10 @@ pub(super) struct Load {
     pub fixed: Option<Fixed>,
     /// Dwell passed and no intent in flight: economic moves allowed.
     pub may_move: bool,
+    /// An intent of it is on its way (the unit waits for it whatever its dwell).
+    pub in_flight: bool,
+    /// When the dwell of a unit inside it ends (`None`: not inside its dwell).
+    pub dwell_until: Option<DateTime<Utc>>,
     /// Hosts: among those AI demand (plus buffer, through the drain delay) keeps.
     pub selected: bool,
     /// Miners' efficiency, J/TH (ranks miners when prices are unknown).
@@ -99,8 +106,17 @@ fn non_negative(v: Option<f64>) -> Option<f64> {
     v.filter(|w| w.is_finite() && *w >= 0.0)
 }
 
-fn dwell_passed(last: Option<DateTime<Utc>>, now: DateTime<Utc>, dwell: Duration) -> bool {
-    last.is_none_or(|t| now.signed_duration_since(t) >= dwell)
+/// When a unit that last changed at `last` leaves its dwell, if it is still inside it at `now`.
+fn dwell_until(
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    dwell: Duration,
+) -> Option<DateTime<Utc>> {
+    let last = last?;
+    (now.signed_duration_since(last) < dwell).then(|| {
+        last.checked_add_signed(dwell)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    })
 }
 
 pub(super) fn dwell(input: &PlanInput) -> Duration {
@@ -188,7 +204,13 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
     let in_flight = m
         .intent
         .is_some_and(|i| matches!(i.phase, IntentPhase::Pending | IntentPhase::Applied));
+    let settled_w = if controllable && in_flight {
+        power(level_now)
+    } else {
+        now_w
+    };
     let j_per_th = miner_j_per_th(m, input.policy.economic.unknown_miner_j_per_th);
+    let dwell_until = dwell_until(m.last_change_at, input.now, dwell(input));
     let value = hashprice * 1000.0 / (24.0 * j_per_th);
     let (min_on_w, step_w) = match range {
         Some(r) => (r.min_w.min(full_w), positive(r.step_w)),
@@ -198,6 +220,7 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
         unit: Unit::Miner(i),
         level_now,
         now_w,
+        settled_w,
         off_w,
         full_w,
         min_on_w,
@@ -206,7 +229,9 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
         potential_usd_per_mwh: value,
         gpus_in_demand: 0,
         fixed,
-        may_move: !in_flight && dwell_passed(m.last_change_at, input.now, dwell(input)),
+        may_move: !in_flight && dwell_until.is_none(),
+        in_flight,
+        dwell_until,
         selected: false,
         j_per_th,
     }
@@ -262,10 +287,17 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
         None
     };
     let in_flight = matches!(h.state, HostState::Transition { .. });
+    let settled_w = match h.state {
+        HostState::Transition { to_serving: true } => full_w,
+        HostState::Transition { to_serving: false } => off_w,
+        _ => now_w,
+    };
+    let dwell_until = dwell_until(h.last_change_at, input.now, dwell(input));
     Load {
         unit: Unit::Host(i),
         level_now,
         now_w,
+        settled_w,
         off_w,
         full_w,
         min_on_w: full_w,
@@ -274,7 +306,9 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
         potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,
         fixed,
-        may_move: !in_flight && dwell_passed(h.last_change_at, input.now, dwell(input)),
+        may_move: !in_flight && dwell_until.is_none(),
+        in_flight,
+        dwell_until,
         selected: false,
         j_per_th: 0.0,
     }

@@ -65,6 +65,7 @@ mod input;
 mod loads;
 mod output;
 pub(crate) mod phases;
+mod revisit;
 
 #[cfg(test)]
 mod proptests;
@@ -98,7 +99,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         loads.push(loads::host_load(i, h, input));
     }
     let host_loads: Vec<usize> = (first_host..loads.len()).collect();
-    let (hosts_kept, history) = decide::select_ai_hosts(input, &mut loads, &host_loads);
+    let (hosts_kept, needs) = decide::select_ai_hosts(input, &mut loads, &host_loads);
     let cx = decide::Context {
         input,
         mode,
@@ -112,9 +113,18 @@ pub fn plan(input: &PlanInput) -> Plan {
     let explanations = explain::explain(&cx, &loads, &fit.decisions);
 
     let energy = input.market.map_or(0.0, |m| m.energy_usd_per_mwh);
-    let start_committed_w: f64 = loads.iter().map(|l| l.now_w).sum();
+    let (mut start_mining_w, mut start_ai_w) = (0.0, 0.0);
+    for l in &loads {
+        match l.unit {
+            Unit::Miner(_) => start_mining_w += l.now_w,
+            Unit::Host(_) => start_ai_w += l.now_w,
+        }
+    }
+    let start_committed_w = start_mining_w + start_ai_w;
     let mut s = Summary {
         start_committed_w,
+        start_mining_w,
+        start_ai_w,
         committed_w: phases
             .last()
             .map_or(start_committed_w, |p| p.committed_after_w),
@@ -169,8 +179,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     if input.market.is_none() {
         warnings.push(Warning::MarketUnusable);
     }
+    let revisit_at = revisit::revisit_at(&cx, &loads, &wants, &phases, &needs);
     let memory = PlannerMemory {
-        ai_hosts_needed: history,
+        ai_hosts_needed: needs.history,
         last_grant_at: granted_at.or(input.memory.last_grant_at),
     };
     Plan {
@@ -183,6 +194,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         explanations,
         warnings,
         memory,
+        revisit_at,
     }
 }
 

@@ -23,6 +23,12 @@ pub struct Plan {
     pub warnings: Vec<Warning>,
     /// Pass back as [`super::PlanInput::memory`] next time.
     pub memory: PlannerMemory,
+    /// The earliest time at which the same inputs could give another answer by the passage of
+    /// time alone (a dwell or the drain delay running out, a ramp step falling due, a schedule
+    /// window or a demand-response lead or event starting or ending). Until then a new plan is
+    /// needed only when an input changes; `None`: time alone never changes it.
+    #[serde(default)]
+    pub revisit_at: Option<DateTime<Utc>>,
 }
 
 impl Plan {
@@ -171,6 +177,13 @@ impl Reason {
 pub struct Summary {
     /// Committed power now, before the plan.
     pub start_committed_w: f64,
+    /// The miners' share of `start_committed_w` (same rules: in transition at the higher of
+    /// before and after, unseen at maximum).
+    #[serde(default)]
+    pub start_mining_w: f64,
+    /// The GPU hosts' share of `start_committed_w` (base + caps, firm included).
+    #[serde(default)]
+    pub start_ai_w: f64,
     /// Committed power once done.
     pub committed_w: f64,
     pub mining_w: f64,

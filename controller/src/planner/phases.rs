@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use pivot_proto::model::{MinerTarget, Target, WorkloadState};
 
 use super::decide::Decision;
-use super::input::PlanInput;
+use super::input::{HostState, PlanInput};
 use super::loads::{Level, Load, Unit};
 use super::output::{Move, Phase, PhaseKind};
 
@@ -156,6 +156,18 @@ pub(super) fn build(
     let mut grants: Vec<usize> = Vec::new();
     for (i, (l, d)) in loads.iter().zip(decisions).enumerate() {
         if d.level.same_as(l.level_now) {
+            // A drained host whose caps were left up (a plan superseded between the drain and
+            // the caps, or caps unknown) has them lowered now.
+            if let Unit::Host(h) = l.unit
+                && !d.level.is_on()
+                && input.gpu_hosts[h].state == HostState::Drained
+            {
+                let (caps, _) = b.host_moves(h, l, d);
+                if !caps.is_empty() {
+                    lower_delta += l.off_w - l.now_w;
+                    lower_caps.extend(caps);
+                }
+            }
             continue;
         }
         let after = l.level_power(d.level);
