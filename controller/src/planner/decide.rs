@@ -241,12 +241,14 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
     let energy = input.market.map_or(0.0, |m| m.energy_usd_per_mwh);
     let on_now = l.level_now.is_on();
     let half_band = e.hysteresis_usd_per_mwh / 2.0;
-    let group = match l.unit {
-        Unit::Miner(i) => input.miners[i].group.as_str(),
-        Unit::Host(i) => input.gpu_hosts[i].group.as_str(),
-    };
     let scheduled_off = (l.is_miner() && cx.schedule.curtail_mining.is_some())
-        || cx.schedule.curtail_groups.iter().any(|(g, _)| g == group);
+        || (!cx.schedule.curtail_groups.is_empty() && {
+            let group = match l.unit {
+                Unit::Miner(i) => input.miners[i].group.as_str(),
+                Unit::Host(i) => input.gpu_hosts[i].group.as_str(),
+            };
+            cx.schedule.curtail_groups.iter().any(|(g, _)| g == group)
+        });
     // A host AI demand keeps but has no work for (buffer, drain delay) is worth what it
     // will earn when work comes; one it does not keep is worth nothing.
     let is_buffer = !l.is_miner() && l.selected && l.gpus_in_demand == 0;
@@ -339,6 +341,55 @@ fn trim_to(l: &Load, room_w: f64) -> Option<f64> {
     (p >= l.min_on_w && p < l.full_w).then_some(p)
 }
 
+/// An integer that sorts ascending as `rank` sorts descending (IEEE total order).
+pub(super) fn descending_key(rank: f64) -> u64 {
+    let bits = rank.to_bits();
+    let ascending = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    !ascending
+}
+
+/// Sorts `(key, index)` pairs by key, equal keys in the order given: a least-significant-digit
+/// radix sort (a byte a pass below 65,536 items, 16 bits above), skipping the digits every key
+/// shares (most of a rank's exponent). Linear, where a comparison sort of 100,000 loads costs
+/// the planner a sixth of its time.
+pub(super) fn radix_sort(items: &mut Vec<(u64, usize)>) {
+    if items.len() < 2 {
+        return;
+    }
+    let bits: u32 = if items.len() < 1 << 16 { 8 } else { 16 };
+    let mask = (1u64 << bits) - 1;
+    let mut spare = vec![(0u64, 0usize); items.len()];
+    let mut starts = vec![0usize; 1 << bits];
+    let mut shift = 0;
+    while shift < 64 {
+        // At most 16 bits once masked: the cast cannot truncate.
+        let digit = |k: u64| ((k >> shift) & mask) as usize;
+        starts.fill(0);
+        for &(k, _) in items.iter() {
+            starts[digit(k)] += 1;
+        }
+        if starts[digit(items[0].0)] != items.len() {
+            let mut sum = 0;
+            for s in &mut starts {
+                let n = *s;
+                *s = sum;
+                sum += n;
+            }
+            for &item in items.iter() {
+                let d = digit(item.0);
+                spare[starts[d]] = item;
+                starts[d] += 1;
+            }
+            std::mem::swap(items, &mut spare);
+        }
+        shift += bits;
+    }
+}
+
 /// Keeps back the grants that the power committed now cannot take yet: with this plan's
 /// releases confirmed and every unit still in transition at the higher end, grants are made in
 /// `priority` order while they fit under `limit_w`; the first that does not, and all after it,
@@ -415,7 +466,7 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
     let mut used = 0.0;
     let mut grants: Vec<(usize, Level, Reason)> = Vec::new();
     // Loads in the order their grants are entitled to room (pins and firm, then merit order).
-    let mut priority: Vec<usize> = Vec::new();
+    let mut priority: Vec<usize> = Vec::with_capacity(loads.len());
     for (i, l) in loads.iter().enumerate() {
         match l.fixed {
             None => used += off_cost(l),
@@ -459,12 +510,23 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             power_w: held.1,
         });
     }
-    // Sort (rank, index) pairs once: contiguous keys sort far faster than indices into loads.
-    let mut order: Vec<(f64, usize)> = (0..loads.len())
-        .filter(|&i| loads[i].fixed.is_none())
-        .map(|i| (wants[i].rank, i))
-        .collect();
-    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    // Loads that want off take no room: only the others need the merit order. Sort
+    // (key, index) pairs once, the rank as an integer key (highest first, then by index).
+    let mut order: Vec<(u64, usize)> = Vec::with_capacity(loads.len());
+    for (i, (l, w)) in loads.iter().zip(wants).enumerate() {
+        if l.fixed.is_some() {
+            continue;
+        }
+        if w.on {
+            order.push((descending_key(w.rank), i));
+        } else {
+            decisions[i] = Decision {
+                level: Level::Off,
+                reason: w.off_reason.unwrap_or(Reason::Pin),
+            };
+        }
+    }
+    radix_sort(&mut order);
     for (_, i) in order {
         priority.push(i);
         let (l, w) = (&loads[i], &wants[i]);
@@ -473,10 +535,6 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             level: Level::Off,
             reason: w.off_reason.unwrap_or(Reason::Pin),
         };
-        if !w.on {
-            decisions[i] = off_decision;
-            continue;
-        }
         // Stay at the level it has (a trimmed miner stays trimmed in a hold), or go to full.
         let hold_level = matches!(
             mode,

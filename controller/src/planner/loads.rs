@@ -106,17 +106,34 @@ fn non_negative(v: Option<f64>) -> Option<f64> {
     v.filter(|w| w.is_finite() && *w >= 0.0)
 }
 
-/// When a unit that last changed at `last` leaves its dwell, if it is still inside it at `now`.
-fn dwell_until(
-    last: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    dwell: Duration,
-) -> Option<DateTime<Utc>> {
-    let last = last?;
-    (now.signed_duration_since(last) < dwell).then(|| {
-        last.checked_add_signed(dwell)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC)
-    })
+/// The dwell as of one plan's `now`, worked out once for every unit.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dwell {
+    length: Duration,
+    /// A unit that changed after this is still inside its dwell.
+    since: DateTime<Utc>,
+}
+
+impl Dwell {
+    pub(super) fn new(input: &PlanInput) -> Dwell {
+        let length = dwell(input);
+        Dwell {
+            length,
+            since: input
+                .now
+                .checked_sub_signed(length)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
+    /// When a unit that last changed at `last` leaves its dwell, if it is still inside it.
+    fn until(&self, last: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        let last = last.filter(|t| *t > self.since)?;
+        Some(
+            last.checked_add_signed(self.length)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
 }
 
 pub(super) fn dwell(input: &PlanInput) -> Duration {
@@ -149,19 +166,24 @@ fn miner_level(target: MinerTarget, full_w: f64) -> Level {
     }
 }
 
-pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: f64) -> Load {
+pub(super) fn miner_load(
+    i: usize,
+    m: &MinerUnit,
+    input: &PlanInput,
+    hashprice: f64,
+    dwell: &Dwell,
+) -> Load {
     let a = &input.assumptions;
     let range = m.power_target.filter(|r| {
         r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w
     });
     let measured = non_negative(m.measured_power_w);
-    let full_w = [positive(m.nameplate_power_w), range.map(|r| r.max_w)]
-        .into_iter()
-        .flatten()
-        .fold(None, |acc: Option<f64>, w| {
-            Some(acc.map_or(w, |a| a.max(w)))
-        })
-        .unwrap_or(a.unknown_miner_max_w);
+    let full_w = match (positive(m.nameplate_power_w), range) {
+        (Some(w), Some(r)) => w.max(r.max_w),
+        (Some(w), None) => w,
+        (None, Some(r)) => r.max_w,
+        (None, None) => a.unknown_miner_max_w,
+    };
     let off_w = non_negative(m.sleep_power_w)
         .unwrap_or(a.sleeping_miner_w)
         .min(full_w);
@@ -210,7 +232,7 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
         now_w
     };
     let j_per_th = miner_j_per_th(m, input.policy.economic.unknown_miner_j_per_th);
-    let dwell_until = dwell_until(m.last_change_at, input.now, dwell(input));
+    let dwell_until = dwell.until(m.last_change_at);
     let value = hashprice * 1000.0 / (24.0 * j_per_th);
     let (min_on_w, step_w) = match range {
         Some(r) => (r.min_w.min(full_w), positive(r.step_w)),
@@ -253,7 +275,7 @@ fn host_power(h: &GpuHostUnit, serve: bool) -> f64 {
             .sum::<f64>()
 }
 
-pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
+pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput, dwell: &Dwell) -> Load {
     let full_w = host_power(h, true);
     let off_w = host_power(h, false);
     let max_w = (h.base_power_w + h.gpus.iter().map(|g| g.max_cap_w).sum::<f64>())
@@ -292,7 +314,7 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
         HostState::Transition { to_serving: false } => off_w,
         _ => now_w,
     };
-    let dwell_until = dwell_until(h.last_change_at, input.now, dwell(input));
+    let dwell_until = dwell.until(h.last_change_at);
     Load {
         unit: Unit::Host(i),
         level_now,

@@ -90,13 +90,14 @@ pub fn plan(input: &PlanInput) -> Plan {
     let limit = decide::limit(input, &schedule);
     let mode = decide::mode(input);
     let hashprice = input.market.map_or(0.0, |m| m.hashprice_usd_per_ph_day);
+    let dwell = loads::Dwell::new(input);
     let mut loads = Vec::with_capacity(input.miners.len() + input.gpu_hosts.len());
     for (i, m) in input.miners.iter().enumerate() {
-        loads.push(loads::miner_load(i, m, input, hashprice));
+        loads.push(loads::miner_load(i, m, input, hashprice, &dwell));
     }
     let first_host = loads.len();
     for (i, h) in input.gpu_hosts.iter().enumerate() {
-        loads.push(loads::host_load(i, h, input));
+        loads.push(loads::host_load(i, h, input, &dwell));
     }
     let host_loads: Vec<usize> = (first_host..loads.len()).collect();
     let (hosts_kept, needs) = decide::select_ai_hosts(input, &mut loads, &host_loads);

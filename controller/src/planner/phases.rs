@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use pivot_proto::model::{MinerTarget, Target, WorkloadState};
 
-use super::decide::Decision;
+use super::decide::{Decision, descending_key, radix_sort};
 use super::input::{HostState, PlanInput};
 use super::loads::{Level, Load, Unit};
 use super::output::{Move, Phase, PhaseKind};
@@ -149,11 +149,17 @@ pub(super) fn build(
         phases: Vec::new(),
         committed_w: loads.iter().map(|l| l.now_w).sum(),
     };
-    let mut curtail = Vec::new();
+    // Sized once: growing vectors of moves would copy them over and over.
+    let moved = loads
+        .iter()
+        .zip(decisions)
+        .filter(|(l, d)| !d.level.same_as(l.level_now))
+        .count();
+    let mut curtail = Vec::with_capacity(moved);
     let mut curtail_delta = 0.0;
     let mut lower_caps = Vec::new();
     let mut lower_delta = 0.0;
-    let mut grants: Vec<usize> = Vec::new();
+    let mut grants: Vec<usize> = Vec::with_capacity(moved);
     for (i, (l, d)) in loads.iter().zip(decisions).enumerate() {
         if d.level.same_as(l.level_now) {
             // A drained host whose caps were left up (a plan superseded between the drain and
@@ -197,13 +203,16 @@ pub(super) fn build(
     b.push(PhaseKind::LowerGpuCaps, None, lower_caps, lower_delta);
 
     // Hosts first (AI is the grant the curtailment made room for), then miners, most valuable first.
-    grants.sort_by(|&a, &b| {
-        let (la, lb) = (&loads[a], &loads[b]);
-        la.is_miner()
-            .cmp(&lb.is_miner())
-            .then(lb.value_usd_per_mwh.total_cmp(&la.value_usd_per_mwh))
-            .then(a.cmp(&b))
-    });
+    let mut keyed: Vec<(u64, usize)> = grants
+        .iter()
+        .map(|&i| (descending_key(loads[i].value_usd_per_mwh), i))
+        .collect();
+    radix_sort(&mut keyed);
+    let (mut grants, miners): (Vec<usize>, Vec<usize>) = keyed
+        .into_iter()
+        .map(|(_, i)| i)
+        .partition(|&i| !loads[i].is_miner());
+    grants.extend(miners);
     let ramp_w = input.policy.economic.ramp_limit_w_per_min;
     let first_at = input
         .memory
