@@ -57,6 +57,10 @@ pub struct Interval {
     /// Cap in force (the row's, else the site's).
     pub cap_w: f64,
     pub margin_usd_per_h: f64,
+    /// Mining revenue over the row, per hour.
+    pub mining_usd_per_h: f64,
+    /// AI revenue (firm included) over the row, per hour.
+    pub ai_usd_per_h: f64,
 }
 
 /// A backtest's result; `--json` prints it as is.

@@ -47,6 +47,8 @@ struct Books {
     row_mining_wh: f64,
     row_ai_wh: f64,
     row_margin_usd: f64,
+    row_mining_usd: f64,
+    row_ai_usd: f64,
 }
 
 /// Sums the fleet's rates from scratch (once a row, so float drift cannot build up).
@@ -171,6 +173,8 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
             row_mining_wh: 0.0,
             row_ai_wh: 0.0,
             row_margin_usd: 0.0,
+            row_mining_usd: 0.0,
+            row_ai_usd: 0.0,
         };
         let mut replan_now = true;
         while t < row_end {
@@ -329,6 +333,8 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
             ai_w: books.row_ai_wh / hours,
             cap_w,
             margin_usd_per_h: books.row_margin_usd / hours,
+            mining_usd_per_h: books.row_mining_usd / hours,
+            ai_usd_per_h: books.row_ai_usd / hours,
         });
     }
     report.margin_usd = report.mining_revenue_usd + report.ai_revenue_usd - report.energy_cost_usd;
@@ -365,6 +371,8 @@ fn book(report: &mut Report, books: &mut Books, row: &TraceRow, hours: f64) {
     report.ai_revenue_usd += ai * hours;
     report.energy_cost_usd += energy * hours;
     books.row_margin_usd += (mining + ai - energy) * hours;
+    books.row_mining_usd += mining * hours;
+    books.row_ai_usd += ai * hours;
     books.row_mining_wh += r.mining_w * hours;
     books.row_ai_wh += r.ai_w * hours;
     books.row_max_draw_w = books.row_max_draw_w.max(r.draw_w);

@@ -127,19 +127,20 @@ pub(super) fn select_ai_hosts(
     }
     for &li in host_loads {
         let l = &mut loads[li];
-        let mw = l.full_w / 1e6;
         if let Unit::Host(h) = l.unit {
-            match input.gpu_hosts[h].contract {
+            let (revenue, potential) = match input.gpu_hosts[h].contract {
                 AiContract::Firm { usd_per_mwh } => {
-                    l.value_usd_per_mwh = usd_per_mwh;
-                    l.potential_usd_per_mwh = usd_per_mwh;
+                    let r = usd_per_mwh * l.full_w / 1e6;
+                    (r, r)
                 }
-                AiContract::Interruptible if mw > 0.0 => {
-                    l.value_usd_per_mwh = price * f64::from(l.gpus_in_demand) / mw;
-                    l.potential_usd_per_mwh = price * f64::from(gpus(l)) / mw;
-                }
-                AiContract::Interruptible => {}
-            }
+                AiContract::Interruptible => (
+                    price * f64::from(l.gpus_in_demand),
+                    price * f64::from(gpus(l)),
+                ),
+            };
+            l.revenue_usd_per_h = revenue;
+            l.value_usd_per_mwh = l.per_mwh_added(revenue);
+            l.potential_usd_per_mwh = l.per_mwh_added(potential);
         }
     }
     (kept, needs)

@@ -64,8 +64,12 @@ pub(super) struct Load {
     /// Lowest power target (miners with a range), else `full_w`.
     pub min_on_w: f64,
     pub step_w: Option<f64>,
-    /// Gross value of running it, USD/MWh of its draw (miners: hashprice / efficiency; hosts:
-    /// GPU-hours within demand; firm: the contract rate).
+    /// Revenue while on at full power, USD/h (miners: hashprice × hashrate; hosts: GPU-hours
+    /// within demand; firm: the contract rate on its draw).
+    pub revenue_usd_per_h: f64,
+    /// Gross value of running it per MWh of the power it adds over being off (`full_w −
+    /// off_w`): what its margin is compared on, since a drained host still draws its base and
+    /// its GPUs' minimum caps, and what the room under a cap is shared by.
     pub value_usd_per_mwh: f64,
     /// Hosts: value if every GPU had work (what a buffer host is worth when demand comes).
     pub potential_usd_per_mwh: f64,
@@ -91,6 +95,11 @@ impl Load {
             Level::Full => self.full_w,
             Level::Trim(w) => w,
         }
+    }
+
+    /// A revenue per hour as USD per MWh of the power the load adds when on.
+    pub(super) fn per_mwh_added(&self, usd_per_h: f64) -> f64 {
+        usd_per_h / ((self.full_w - self.off_w).max(1.0) / 1e6)
     }
 
     pub(super) fn is_miner(&self) -> bool {
@@ -233,12 +242,13 @@ pub(super) fn miner_load(
     };
     let j_per_th = miner_j_per_th(m, input.policy.economic.unknown_miner_j_per_th);
     let dwell_until = dwell.until(m.last_change_at);
-    let value = hashprice * 1000.0 / (24.0 * j_per_th);
+    // Hashprice per PH/day × TH/s (W ÷ J/TH) ÷ 1000 ÷ 24.
+    let revenue = hashprice * full_w / j_per_th / 24_000.0;
     let (min_on_w, step_w) = match range {
         Some(r) => (r.min_w.min(full_w), positive(r.step_w)),
         None => (full_w, None),
     };
-    Load {
+    let mut load = Load {
         unit: Unit::Miner(i),
         level_now,
         now_w,
@@ -247,8 +257,9 @@ pub(super) fn miner_load(
         full_w,
         min_on_w,
         step_w,
-        value_usd_per_mwh: value,
-        potential_usd_per_mwh: value,
+        revenue_usd_per_h: revenue,
+        value_usd_per_mwh: 0.0,
+        potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,
         fixed,
         may_move: !in_flight && dwell_until.is_none(),
@@ -256,7 +267,10 @@ pub(super) fn miner_load(
         dwell_until,
         selected: false,
         j_per_th,
-    }
+    };
+    load.value_usd_per_mwh = load.per_mwh_added(revenue);
+    load.potential_usd_per_mwh = load.value_usd_per_mwh;
+    load
 }
 
 /// GPU caps at a level, clamped to each GPU's range.
@@ -324,6 +338,7 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput, dwell: &Dw
         full_w,
         min_on_w: full_w,
         step_w: None,
+        revenue_usd_per_h: 0.0,
         value_usd_per_mwh: 0.0,
         potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,

@@ -167,12 +167,11 @@ pub fn plan(input: &PlanInput) -> Plan {
             }
         }
         if on && input.market.is_some() {
-            let earning_w = if matches!(d.level, Level::Trim(_)) {
-                l.level_power(d.level)
-            } else {
-                l.full_w
+            // A trimmed miner's hashrate scales with its power.
+            s.margin_usd_per_h += match d.level {
+                Level::Trim(p) if l.full_w > 0.0 => l.revenue_usd_per_h * p / l.full_w,
+                _ => l.revenue_usd_per_h,
             };
-            s.margin_usd_per_h += l.value_usd_per_mwh * earning_w / 1e6;
         }
     }
     s.margin_usd_per_h -= energy * s.committed_w / 1e6;

@@ -808,3 +808,40 @@ fn the_summary_splits_committed_power_now_by_load_class() {
         p.summary.start_mining_w + p.summary.start_ai_w
     );
 }
+
+#[test]
+fn a_host_is_worth_its_revenue_per_mwh_it_adds_over_being_drained() {
+    // 8 GPUs × 2 USD/h = 16 USD/h. Serving draws 10.2 kW, drained 6.2 kW: serving adds 4 kW,
+    // so it pays at any energy price below 4,000 USD/MWh (not 16 / 10.2 kW = 1,569).
+    let mut i = input(
+        vec![],
+        vec![h100_host("g1", true)],
+        Some(market(40.0, 2000.0, Some(8))),
+    );
+    i.policy.economic.ai_buffer_hosts = 0;
+    assert!(plan(&i).phases.is_empty());
+    i.market = Some(market(40.0, 4100.0, Some(8)));
+    let p = plan(&i);
+    assert_eq!(
+        to(&p, "host/g1"),
+        Some(Target::Workload {
+            state: WorkloadState::Drained
+        })
+    );
+    let Some((_, m)) = moved(&p, "host/g1") else {
+        panic!("no move")
+    };
+    let Reason::Economic {
+        value_usd_per_mwh, ..
+    } = m.reason
+    else {
+        panic!("{m:?}")
+    };
+    assert!((value_usd_per_mwh - 4000.0).abs() < 1e-9);
+    // Drained, serving earns 16 USD/h for 4 kW more at 4,100 USD/MWh: 0.4 USD/h saved.
+    assert!(
+        (p.summary.margin_usd_per_h - (-6.2 * 4.1)).abs() < 1e-9,
+        "{:?}",
+        p.summary
+    );
+}
