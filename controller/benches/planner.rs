@@ -225,6 +225,7 @@ fn plain_policy() -> PolicyDocument {
     p.economic.hysteresis_usd_per_mwh = 10.0;
     p.economic.min_dwell_s = 0;
     p.economic.ai_buffer_hosts = 0;
+    p.economic.ai_buffer_fraction = 0.0;
     p.economic.ai_drain_delay_s = 0;
     p
 }
@@ -298,6 +299,7 @@ impl Setting {
                 "band" => e.hysteresis_usd_per_mwh = v,
                 "dwell" => e.min_dwell_s = v as u64,
                 "buffer" => e.ai_buffer_hosts = v as u32,
+                "fraction" => e.ai_buffer_fraction = v,
                 "drain" => e.ai_drain_delay_s = v as u64,
                 "lead" => e.shed_lead_s = v as u64,
                 "ramp" => e.ramp_limit_w_per_min = v,
@@ -410,7 +412,19 @@ fn sweep(args: &[String]) {
 
 /// `losses`: where pivot's margin falls short of the hindsight bound, by kind of row.
 fn losses(args: &[String]) {
-    let site = generate::hybrid_site();
+    let mut site = generate::hybrid_site();
+    // LOSSES_TRANSITION_S=0: every move instant, to see what the transitions alone cost.
+    if let Some(t) = std::env::var("LOSSES_TRANSITION_S")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        for m in &mut site.miners {
+            m.transition_s = Some(t);
+        }
+        for h in &mut site.gpu_hosts {
+            h.transition_s = Some(t);
+        }
+    }
     let Ok(mut policy) = policy::validate(policy::DEFAULT_POLICY) else {
         return;
     };
@@ -424,7 +438,11 @@ fn losses(args: &[String]) {
     );
     setting.apply(&mut policy);
     println!("# losses with {}", setting.label());
-    for (name, seed) in [("month", 1u64), ("month", 2), ("wobble", 1)] {
+    let which = std::env::var("LOSSES_TRACES").unwrap_or_else(|_| "month1,month2,wobble1".into());
+    for (name, seed) in which.split(',').filter_map(|w| {
+        let (name, seed) = w.split_at(w.find(|c: char| c.is_ascii_digit())?);
+        Some((name, seed.parse::<u64>().ok()?))
+    }) {
         let trace = if name == "month" {
             generate::month_with_spikes(seed, &site)
         } else {
@@ -502,7 +520,18 @@ fn losses(args: &[String]) {
             for (i, row) in rows.iter().enumerate() {
                 let hours = trace.interval_len(i).num_milliseconds() as f64 / 3.6e6;
                 let ai_short = bound[i].ai_revenue_usd - r.intervals[i].ai_usd_per_h * hours;
-                if ai_short > 5.0 {
+                let lost = bound[i].margin_usd - r.intervals[i].margin_usd_per_h * hours;
+                if row.energy_usd_per_mwh > 150.0
+                    || (i > 0 && rows[i - 1].energy_usd_per_mwh > 150.0)
+                {
+                    println!(
+                        "{} spike energy {:.0} lost {lost:.0} USD (ai short {ai_short:.0}), pivot mining {:.0} kW ai {:.0} kW",
+                        row.time.format("%d %H:%M"),
+                        row.energy_usd_per_mwh,
+                        r.intervals[i].mining_w / 1e3,
+                        r.intervals[i].ai_w / 1e3
+                    );
+                } else if ai_short > 5.0 {
                     println!(
                         "{} demand {:?} prev {:?} energy {:.0} ai short {ai_short:.1} USD, pivot ai_w {:.0} kW",
                         row.time.format("%d %H:%M"),

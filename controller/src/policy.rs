@@ -29,9 +29,10 @@ min_dwell_s = 300
 ramp_limit_w_per_min = 3000000.0
 # Value of interruptible GPU capacity when no AI price feed is configured.
 ai_spot_price_usd_per_gpu_hour = 2.0
-# GPU hosts kept released above current AI demand, and how long demand must stay low before
-# a host is drained.
+# GPU hosts kept released above current AI demand (a number, plus a fraction of the
+# interruptible hosts, rounded up), and how long demand must stay low before a host is drained.
 ai_buffer_hosts = 1
+ai_buffer_fraction = 0.0
 ai_drain_delay_s = 900
 # Efficiency assumed for a miner that never reported one.
 unknown_miner_j_per_th = 38.0
@@ -83,6 +84,8 @@ pub struct EconomicPolicy {
     pub ramp_limit_w_per_min: f64,
     pub ai_spot_price_usd_per_gpu_hour: f64,
     pub ai_buffer_hosts: u32,
+    /// Also kept released: this share of the interruptible hosts (0–1), rounded up.
+    pub ai_buffer_fraction: f64,
     pub ai_drain_delay_s: u64,
     pub unknown_miner_j_per_th: f64,
     pub shed_lead_s: u64,
@@ -98,6 +101,7 @@ impl Default for EconomicPolicy {
             ramp_limit_w_per_min: 3_000_000.0,
             ai_spot_price_usd_per_gpu_hour: 2.0,
             ai_buffer_hosts: 1,
+            ai_buffer_fraction: 0.0,
             ai_drain_delay_s: 900,
             unknown_miner_j_per_th: 38.0,
             shed_lead_s: 600,
@@ -421,6 +425,12 @@ pub fn validate(document: &str) -> Result<PolicyDocument, Vec<String>> {
         if !finite_at_least(v, 0.0) {
             bad(key, format!("{v} must be a number >= 0"));
         }
+    }
+    if !(e.ai_buffer_fraction.is_finite() && (0.0..=1.0).contains(&e.ai_buffer_fraction)) {
+        bad(
+            "economic.ai_buffer_fraction",
+            format!("{} must be a number from 0 to 1", e.ai_buffer_fraction),
+        );
     }
     if !(e.unknown_miner_j_per_th.is_finite() && e.unknown_miner_j_per_th > 0.0) {
         bad(

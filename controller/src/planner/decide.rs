@@ -112,7 +112,17 @@ pub(super) fn select_ai_hosts(
         needed += 1;
         covered = covered.saturating_sub(gpus(&loads[li]));
     }
-    needed = needed.saturating_add(e.ai_buffer_hosts);
+    // The share of the interruptible hosts, rounded up (clamped first: the cast is exact).
+    let hosts = u32::try_from(candidates.len()).unwrap_or(u32::MAX);
+    let share = (e.ai_buffer_fraction * f64::from(hosts)).ceil();
+    let share = if share.is_finite() {
+        share.clamp(0.0, f64::from(hosts)) as u32
+    } else {
+        0
+    };
+    needed = needed
+        .saturating_add(e.ai_buffer_hosts)
+        .saturating_add(share);
     let delay = Duration::seconds(i64::try_from(e.ai_drain_delay_s).unwrap_or(i64::MAX));
     let needs = AiNeeds::new(&input.memory.ai_hosts_needed, input.now, delay, needed);
     let kept = needs.kept;
@@ -327,6 +337,8 @@ pub(super) struct Fit {
     pub decisions: Vec<Decision>,
     pub warnings: Vec<Warning>,
     pub lowest_achievable_w: f64,
+    /// Grants held back until releases already in flight are confirmed.
+    pub grants_waiting: u32,
 }
 
 fn trim_to(l: &Load, room_w: f64) -> Option<f64> {
@@ -400,7 +412,7 @@ fn defer_grants_without_room(
     decisions: &mut [Decision],
     priority: &[usize],
     limit_w: f64,
-) {
+) -> u32 {
     let after = |l: &Load, d: &Decision| {
         if d.level.same_as(l.level_now) {
             l.now_w
@@ -419,6 +431,7 @@ fn defer_grants_without_room(
     }
     let mut room = limit_w - committed;
     let mut deferring = false;
+    let mut deferred = 0u32;
     for &i in priority {
         let (l, d) = (&loads[i], decisions[i]);
         if !is_grant(l, &d) {
@@ -429,9 +442,11 @@ fn defer_grants_without_room(
             room -= extra;
         } else {
             deferring = true;
+            deferred = deferred.saturating_add(1);
             decisions[i].level = l.level_now;
         }
     }
+    deferred
 }
 
 /// Firm and pinned loads first; then the rest in merit order while the cap allows (a miner with
@@ -583,7 +598,7 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
             };
         }
     }
-    defer_grants_without_room(loads, &mut decisions, &priority, limit_w);
+    let grants_waiting = defer_grants_without_room(loads, &mut decisions, &priority, limit_w);
     if lowest_achievable_w > limit_w {
         warnings.push(Warning::LimitUnreachable {
             limit_w,
@@ -594,5 +609,6 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
         decisions,
         warnings,
         lowest_achievable_w,
+        grants_waiting,
     }
 }

@@ -47,9 +47,9 @@
 //!   Miners' value = hashprice × 1000 ÷ (24 × J/TH); least efficient go first. An interruptible
 //!   GPU host is worth price per GPU-hour × GPUs within demand ÷ its draw (base + caps) in MW.
 //!   A miner with a power-target range is trimmed to fit the last room.
-//! - AI demand keeps demand + `ai_buffer_hosts` interruptible hosts released (hosts already
-//!   serving first); the count kept is the most needed over the last `ai_drain_delay_s`, so a
-//!   host is drained only after demand has stayed low that long. Buffer hosts are ranked on
+//! - AI demand keeps demand + `ai_buffer_hosts` + `ai_buffer_fraction` of the interruptible
+//!   hosts (rounded up) released (hosts already serving first); the count kept is the most
+//!   needed over the last `ai_drain_delay_s`, so a host is drained only after demand has stayed low that long. Buffer hosts are ranked on
 //!   their value with work.
 //! - No usable market: `market_failure.action` — `hold` keeps every level and never adds load
 //!   (a lower cap still sheds, least efficient miners first); `curtail-mining` also sleeps miners.
@@ -137,6 +137,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         hosts_drained: 0,
         margin_usd_per_h: 0.0,
         lowest_achievable_w: fit.lowest_achievable_w,
+        grants_waiting: fit.grants_waiting,
         moves: u32::try_from(phases.iter().map(|p| p.moves.len()).sum::<usize>())
             .unwrap_or(u32::MAX),
     };

@@ -199,6 +199,10 @@ pub struct Summary {
     /// protected and unseen devices as they are (for "DR target cannot be reached").
     pub lowest_achievable_w: f64,
     pub moves: u32,
+    /// Loads that would be granted power but wait for releases already in flight (sent by an
+    /// earlier plan, still counted at their higher end): plan again once those are confirmed.
+    #[serde(default)]
+    pub grants_waiting: u32,
 }
 
 /// A group of moves with one cause, and the sentence that says it.

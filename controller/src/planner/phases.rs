@@ -254,6 +254,8 @@ pub(super) fn build(
         b.push(PhaseKind::ReleaseHosts, None, releases, release_delta);
         step += 1;
     }
-    let granted = (!grants.is_empty()).then_some(first_at);
+    // Only a step due now starts the ramp's next minute: a plan made while a step is still
+    // waiting for its minute must not push it back (replanned every tick, it never came).
+    let granted = (!grants.is_empty() && first_at <= input.now).then_some(first_at);
     (b.phases, granted)
 }

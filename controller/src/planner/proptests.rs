@@ -249,6 +249,7 @@ fn build(w: &World) -> PlanInput {
     e.min_dwell_s = w.dwell_s;
     e.ramp_limit_w_per_min = w.ramp_w;
     e.ai_buffer_hosts = w.buffer;
+    e.ai_buffer_fraction = f64::from(w.buffer) * 0.1;
     if w.curtail_on_failure {
         i.policy.market_failure.action = crate::policy::SafeAction::CurtailMining;
     }

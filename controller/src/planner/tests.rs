@@ -197,6 +197,19 @@ fn cheap_energy_wakes_sleeping_miners_most_efficient_first() {
         again.phases[0].not_before,
         Some(t0() + Duration::minutes(1))
     );
+    // Planned again while that step waits: it stays where it was, and comes at its minute.
+    for s in [40, 59] {
+        i.memory = plan(&i).memory;
+        i.now = t0() + Duration::seconds(s);
+        assert_eq!(
+            plan(&i).phases[0].not_before,
+            Some(t0() + Duration::minutes(1)),
+            "at {s} s"
+        );
+    }
+    i.memory = plan(&i).memory;
+    i.now = t0() + Duration::minutes(1);
+    assert_eq!(plan(&i).phases[0].not_before, None);
 }
 
 #[test]
@@ -346,12 +359,15 @@ fn protected_devices_never_move() {
 
 #[test]
 fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
-    // Demand 0, buffer 1: one host stays released, the other is drained (drain delay: no history).
+    // Demand 0, buffer a third of the hosts (rounded up: 1): one host stays released, the
+    // other is drained (drain delay: no history).
     let mut i = input(
         vec![asleep(s21("m1")), asleep(s21("m2")), asleep(s21("m3"))],
         vec![h100_host("g1", true), h100_host("g2", true)],
         Some(market(40.0, 30.0, Some(0))),
     );
+    i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.34;
     // Two hosts at 10.2 kW; cap 22 kW leaves room for one S21 until a host drains.
     i.site.cap_w = 22_000.0;
     let p = plan(&i);
@@ -404,6 +420,7 @@ fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
     // Drained host 6.2 kW + two S21 7 kW = 13.2 kW; cap 14 kW: serving (10.2 kW) needs one S21 asleep.
     i.site.cap_w = 14_000.0;
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
     let p = plan(&i);
     let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
     assert_eq!(
@@ -433,6 +450,7 @@ fn a_host_is_drained_only_after_demand_stayed_low_for_the_drain_delay() {
         Some(market(40.0, 30.0, Some(16))),
     );
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
     let p = plan(&i);
     assert!(p.phases.is_empty());
     // Demand falls to 8 GPUs: one host is enough, but the last 15 minutes needed two.
@@ -718,6 +736,7 @@ fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
     );
     i.site.cap_w = 14_000.0;
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
     let p = plan(&i);
     let slept: Vec<&str> = p
         .moves()
@@ -740,6 +759,7 @@ fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
     i.now = t0() + Duration::seconds(30);
     let p = plan(&i);
     assert!(p.phases.is_empty(), "{:?}", p.phases);
+    assert_eq!(p.summary.grants_waiting, 1);
     assert_eq!(p.summary.start_committed_w, 7000.0 + 6200.0);
     // Confirmed: now the caps rise.
     for m in &mut i.miners {
@@ -752,6 +772,7 @@ fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
         }
     }
     let p = plan(&i);
+    assert_eq!(p.summary.grants_waiting, 0);
     assert_eq!(p.phases[0].kind, PhaseKind::Grant);
     assert_eq!(p.phases[0].moves.len(), 8);
     assert!(
@@ -769,6 +790,7 @@ fn a_drained_host_whose_caps_were_left_up_has_them_lowered() {
     h.gpus[0].cap_w = None;
     let mut i = input(vec![], vec![h], Some(market(40.0, 30.0, Some(0))));
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
     let p = plan(&i);
     assert_eq!(p.phases.len(), 1);
     assert_eq!(p.phases[0].kind, PhaseKind::LowerGpuCaps);
@@ -819,6 +841,7 @@ fn a_host_is_worth_its_revenue_per_mwh_it_adds_over_being_drained() {
         Some(market(40.0, 2000.0, Some(8))),
     );
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
     assert!(plan(&i).phases.is_empty());
     i.market = Some(market(40.0, 4100.0, Some(8)));
     let p = plan(&i);
