@@ -26,7 +26,8 @@ use serde_json::json;
 /// Sweep an emulated fleet with pivot's drivers.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Files of `pivot-sim miners` output lines (`<dialect> <host:port>[ http=<host:port>]`).
+    /// Files of `pivot-sim miners` output lines (`<dialect> <address>`, the address as the agent
+    /// takes it: `HOST:PORT[,http=PORT]`).
     #[arg(long, required = true)]
     fleet: Vec<PathBuf>,
     /// Miners to read: the first COUNT lines of the fleet files (all when absent).
@@ -74,16 +75,13 @@ fn read_fleet(files: &[PathBuf]) -> Result<Vec<Line>> {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         for l in text.lines().filter(|l| !l.trim().is_empty()) {
             let mut parts = l.split_whitespace();
-            let (Some(dialect), Some(api)) = (parts.next(), parts.next()) else {
-                bail!("{}: `{l}` is not `<dialect> <host:port>`", f.display());
-            };
-            let addr = match parts.next() {
-                Some(http) => format!("{api},{http}"),
-                None => api.to_owned(),
+            let (Some(dialect), Some(addr), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("{}: `{l}` is not `<dialect> <address>`", f.display());
             };
             out.push(Line {
                 dialect: dialect.to_owned(),
-                addr,
+                addr: addr.to_owned(),
             });
         }
     }
@@ -192,7 +190,7 @@ async fn timed_sweep(slots: &Arc<Vec<MinerSlot>>, args: &Args, tck: f64) -> Resu
     let (cpu_s, connections) = (cpu_seconds(tck)? - cpu, active_opens()? - opens);
     let mut errors = BTreeMap::new();
     let mut reachable = 0;
-    for (_, r) in &readings {
+    for (_, r, _) in &readings {
         match r.error_kind {
             None => reachable += 1,
             Some(kind) => *errors.entry(kind.to_owned()).or_insert(0) += 1,

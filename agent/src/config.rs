@@ -35,7 +35,26 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub fallback: Fallback,
+    #[serde(default)]
+    pub host: HostConfig,
+    /// The workload manager that hands this host to AI jobs (`[workload]`); none when absent,
+    /// and workload intents are then refused.
+    #[serde(default)]
+    pub workload: Option<crate::workload::WorkloadConfig>,
 }
+
+/// The host itself, for the controller's accounting of a GPU host (base draw plus GPU caps).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's own draw without its GPUs (CPUs, memory, NICs, fans) at full load, W.
+    pub base_power_w: Option<u32>,
+    /// The most the whole host can draw, GPUs at their maximum caps included, W.
+    pub max_power_w: Option<u32>,
+}
+
+/// The largest draw one host may be configured with, W (a rack of GPU servers is ~130 kW).
+pub const MAX_HOST_POWER_W: u32 = 1_000_000;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -47,10 +66,18 @@ pub struct ControllerConfig {
     /// Longest wait between reconnection attempts, seconds.
     #[serde(default = "default_backoff_max_s")]
     pub reconnect_max_s: u64,
+    /// Largest difference between this host's clock and the controller's, seconds, at which the
+    /// agent still trusts leases (absolute times on the controller's clock) to raise power.
+    #[serde(default = "default_max_clock_skew_s")]
+    pub max_clock_skew_s: f64,
 }
 
 fn default_backoff_max_s() -> u64 {
     30
+}
+
+fn default_max_clock_skew_s() -> f64 {
+    5.0
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,6 +116,10 @@ pub struct PollConfig {
     /// How often configured miners that were not found are looked for again, seconds.
     #[serde(default = "default_rediscover_s")]
     pub rediscover_s: f64,
+    /// Least time between two tries of the same target on one miner (a retry after a failure,
+    /// a re-apply after the miner drifted), seconds. By default per firmware: stock Antminer 120
+    /// (its CGI restarts cgminer), Braiins 30, the others 15.
+    pub pacing_s: Option<f64>,
 }
 
 fn default_rediscover_s() -> f64 {
@@ -124,6 +155,7 @@ impl Default for PollConfig {
             settle_s: default_settle_s(),
             confirm_s: default_confirm_s(),
             rediscover_s: default_rediscover_s(),
+            pacing_s: None,
         }
     }
 }
@@ -157,6 +189,11 @@ pub struct MinerEntry {
     pub port: Option<u16>,
     /// Web API port for every address of a range.
     pub http_port: Option<u16>,
+    /// Nameplate draw at the wall, W, for every miner of the entry; wins over the agent's table
+    /// of models.
+    pub nameplate_power_w: Option<u32>,
+    /// Nameplate hashrate, TH/s.
+    pub nameplate_hashrate_ths: Option<f64>,
 }
 
 fn auto() -> String {
@@ -290,6 +327,8 @@ pub struct MinerTarget {
     /// `None` for auto-detection.
     pub dialect: Option<MinerDialect>,
     pub credentials: Option<String>,
+    pub nameplate_power_w: Option<u32>,
+    pub nameplate_hashrate_ths: Option<f64>,
 }
 
 impl Config {
@@ -331,6 +370,41 @@ impl Config {
         if self.host_id.trim().is_empty() {
             return Err(invalid("host_id".into(), "must not be empty".into()));
         }
+        if let Some(c) = self.host_id.chars().find(|c| c.is_control()) {
+            // It labels every metric series and every audit record: a NUL or a newline in it
+            // breaks both.
+            return Err(invalid(
+                "host_id".into(),
+                format!("must not contain control characters (found {c:?})"),
+            ));
+        }
+        let skew = self.controller.max_clock_skew_s;
+        if !(skew.is_finite() && skew > 0.0 && skew <= 3600.0) {
+            return Err(invalid(
+                "controller.max_clock_skew_s".into(),
+                format!("must be a number of seconds in (0, 3600], got {skew}"),
+            ));
+        }
+        let h = &self.host;
+        for (key, v) in [
+            ("host.base_power_w", h.base_power_w),
+            ("host.max_power_w", h.max_power_w),
+        ] {
+            if v.is_some_and(|w| w == 0 || w > MAX_HOST_POWER_W) {
+                return Err(invalid(
+                    key.into(),
+                    format!("must be a draw in watts in 1-{MAX_HOST_POWER_W}"),
+                ));
+            }
+        }
+        if let (Some(base), Some(max)) = (h.base_power_w, h.max_power_w)
+            && base > max
+        {
+            return Err(invalid(
+                "host.base_power_w".into(),
+                format!("{base} W is above host.max_power_w {max} W"),
+            ));
+        }
         let url = &self.controller.url;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid(
@@ -359,6 +433,7 @@ impl Config {
             ("poll.settle_s", p.settle_s),
             ("poll.confirm_s", p.confirm_s),
             ("poll.rediscover_s", p.rediscover_s),
+            ("poll.pacing_s", p.pacing_s.unwrap_or(1.0)),
             ("gpus.confirm_s", self.gpus.confirm_s),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
@@ -422,6 +497,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(w) = &self.workload {
+            w.validate().map_err(|e| invalid(e.key, e.problem))?;
+        }
         self.miner_targets(path)?;
         Ok(())
     }
@@ -436,6 +514,28 @@ impl Config {
                 key,
                 problem,
             };
+            if m.nameplate_power_w
+                .is_some_and(|w| w == 0 || w > MAX_HOST_POWER_W)
+            {
+                return Err(invalid(
+                    key("nameplate_power_w"),
+                    format!("must be a draw in watts in 1-{MAX_HOST_POWER_W}"),
+                ));
+            }
+            if m.nameplate_hashrate_ths
+                .is_some_and(|h| !(h.is_finite() && h > 0.0 && h < 1e6))
+            {
+                return Err(invalid(
+                    key("nameplate_hashrate_ths"),
+                    "must be a positive number of TH/s".into(),
+                ));
+            }
+            if m.nameplate_hashrate_ths.is_some() && m.nameplate_power_w.is_none() {
+                return Err(invalid(
+                    key("nameplate_hashrate_ths"),
+                    "give nameplate_power_w with it".into(),
+                ));
+            }
             let dialect = if m.dialect == "auto" {
                 None
             } else {
@@ -468,6 +568,8 @@ impl Config {
                         addr,
                         dialect,
                         credentials: m.credentials.clone(),
+                        nameplate_power_w: m.nameplate_power_w,
+                        nameplate_hashrate_ths: m.nameplate_hashrate_ths,
                     });
                 }
                 (None, Some(r)) => {
@@ -479,6 +581,8 @@ impl Config {
                             addr,
                             dialect,
                             credentials: m.credentials.clone(),
+                            nameplate_power_w: m.nameplate_power_w,
+                            nameplate_hashrate_ths: m.nameplate_hashrate_ths,
                         });
                     }
                 }
@@ -610,8 +714,81 @@ password_env = "LUX_PW"
                 "poll.miner_interval_s",
             ),
             (format!("{GOOD}\n[fallback]\n"), "fallback"),
+            (GOOD.replace("rack-1", "rack\u{0}1"), "host_id"),
+            (
+                format!("{GOOD}\n[host]\nbase_power_w = 2000\nmax_power_w = 1500\n"),
+                "host.base_power_w",
+            ),
+            (
+                format!("{GOOD}\n[host]\nmax_power_w = 0\n"),
+                "host.max_power_w",
+            ),
+            (
+                GOOD.replace(
+                    "url = \"http://10.0.0.1:50051\"",
+                    "url = \"http://10.0.0.1:50051\"\nmax_clock_skew_s = -1",
+                ),
+                "controller.max_clock_skew_s",
+            ),
+            (
+                GOOD.replace(
+                    "addr = \"10.1.1.5:4028,http=8080\"",
+                    "addr = \"10.1.1.5\"\nnameplate_hashrate_ths = 100.0",
+                ),
+                "miners[1].nameplate_hashrate_ths",
+            ),
         ];
         for (text, key) in cases {
+            let e = Config::parse(&text, Path::new("/etc/pivot/agent.toml"), &env())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/etc/pivot/agent.toml") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_and_nameplates_parse() {
+        let text = GOOD.replace(
+            "addr = \"10.1.1.5:4028,http=8080\"",
+            "addr = \"10.1.1.5:4028,http=8080\"\nnameplate_power_w = 3250\nnameplate_hashrate_ths = 95.0",
+        ) + "\n[host]\nbase_power_w = 1800\nmax_power_w = 12000\n";
+        let c = Config::parse(&text, Path::new("a.toml"), &env()).unwrap();
+        assert_eq!(c.host.base_power_w, Some(1800));
+        assert_eq!(c.host.max_power_w, Some(12000));
+        assert_eq!(c.controller.max_clock_skew_s, 5.0);
+        let t = c.miner_targets(Path::new("a.toml")).unwrap();
+        assert_eq!(t[2].nameplate_power_w, Some(3250));
+        assert_eq!(t[2].nameplate_hashrate_ths, Some(95.0));
+    }
+
+    #[test]
+    fn workload_section_parses_and_its_errors_name_the_key() {
+        let text = format!(
+            "{GOOD}\n[workload]\nmanager = \"slurm\"\nnode_name = \"gpu-01\"\ngrace_s = 60\n[workload.slurm]\nafter_grace = \"cancel\"\n"
+        );
+        let c = Config::parse(&text, Path::new("a.toml"), &env()).unwrap();
+        let w = c.workload.unwrap();
+        assert_eq!(w.node_name.as_deref(), Some("gpu-01"));
+        assert_eq!(w.grace_s, 60.0);
+        assert!(
+            Config::parse(GOOD, Path::new("a.toml"), &env())
+                .unwrap()
+                .workload
+                .is_none()
+        );
+        for (tail, key) in [
+            (
+                "manager = \"slurm\"\nnode_name = \"gpu[1-2]\"\n",
+                "workload.node_name",
+            ),
+            ("manager = \"exec\"\n", "workload.exec"),
+            ("manager = \"slurm\"\ngrace_s = -5\n", "workload.grace_s"),
+            ("manager = \"slurm\"\ngrace = 5\n", "grace"),
+        ] {
+            let text = format!("{GOOD}\n[workload]\n{tail}");
             let e = Config::parse(&text, Path::new("/etc/pivot/agent.toml"), &env())
                 .unwrap_err()
                 .to_string();

@@ -11,3 +11,4 @@ pub mod miner;
 pub mod poll;
 pub mod reconcile;
 pub mod state;
+pub mod workload;

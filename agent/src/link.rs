@@ -18,7 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use crate::config::ControllerConfig;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Reconciler, Renewal};
 
 /// What the link needs from the rest of the agent.
 pub trait Source: Send + Sync {
@@ -157,12 +157,17 @@ async fn session(
         .await?
         .ok_or_else(|| tonic::Status::unavailable("controller closed before welcome"))?;
     let interval = match first.msg {
-        Some(Down::Welcome(w)) => w
-            .telemetry_interval
-            .as_ref()
-            .and_then(|d| model::duration_from_proto(d, "telemetry_interval").ok())
-            .filter(|d| !d.is_zero())
-            .unwrap_or(Duration::from_secs(10)),
+        Some(Down::Welcome(w)) => {
+            if let Some(t) = controller_time(w.controller_time.as_ref(), "welcome.controller_time")
+            {
+                reconciler.note_controller_time(t);
+            }
+            w.telemetry_interval
+                .as_ref()
+                .and_then(|d| model::duration_from_proto(d, "telemetry_interval").ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(10))
+        }
         _ => {
             return Err(tonic::Status::invalid_argument(
                 "controller's first message was not welcome",
@@ -192,17 +197,64 @@ async fn session(
             }
             msg = inbound.message() => match msg? {
                 None => return Ok(()),
-                Some(v1::ControllerMessage { msg: Some(Down::Intents(batch)) }) => reconciler.receive(&batch.intents),
-                Some(v1::ControllerMessage { msg: Some(Down::Lease(l)) }) => match l.lease_expires_at.as_ref().map(|t| model::timestamp_from_proto(t, "lease.lease_expires_at")) {
-                    Some(Ok(until)) => reconciler.renew_lease(until),
-                    Some(Err(e)) => warn!(error = %e, "Ignored a malformed lease renewal"),
-                    None => warn!("Ignored a lease renewal without lease_expires_at"),
+                Some(v1::ControllerMessage { msg: Some(Down::Intents(batch)) }) => {
+                    let at = controller_time(batch.controller_time.as_ref(), "intents.controller_time");
+                    reconciler.receive(&batch.intents, at);
+                }
+                Some(v1::ControllerMessage { msg: Some(Down::Lease(l)) }) => match renewal(&l) {
+                    Ok(r) => reconciler.renew(&r),
+                    Err(e) => warn!(error = %e, "Ignored a malformed lease renewal; nothing changed"),
                 },
                 Some(v1::ControllerMessage { msg: Some(Down::Welcome(_)) }) => {}
                 Some(v1::ControllerMessage { msg: None }) => warn!("Ignored an empty controller message"),
             },
         }
     }
+}
+
+/// The controller's clock from a message, when it carries a valid one.
+fn controller_time(
+    t: Option<&prost_types::Timestamp>,
+    field: &str,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    match t.map(|t| model::timestamp_from_proto(t, field)) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            warn!(error = %e, "Ignored a malformed controller time");
+            None
+        }
+        None => None,
+    }
+}
+
+/// A lease renewal from the wire, checked: a lease, and the intents it names.
+pub fn renewal(l: &v1::LeaseRenewal) -> Result<Renewal, model::FieldError> {
+    let until = l
+        .lease_expires_at
+        .as_ref()
+        .ok_or_else(|| model::FieldError::new("lease.lease_expires_at", "required but missing"))
+        .and_then(|t| model::timestamp_from_proto(t, "lease.lease_expires_at"))?;
+    let mut intents = Vec::with_capacity(l.intents.len());
+    for (i, r) in l.intents.iter().enumerate() {
+        let id = model::non_empty(&r.device_id, &format!("lease.intents[{i}].device_id"))?;
+        if r.generation == 0 {
+            return Err(model::FieldError::new(
+                format!("lease.intents[{i}].generation"),
+                "must be at least 1",
+            ));
+        }
+        intents.push((id, r.generation));
+    }
+    let controller_time = l
+        .controller_time
+        .as_ref()
+        .map(|t| model::timestamp_from_proto(t, "lease.controller_time"))
+        .transpose()?;
+    Ok(Renewal {
+        until,
+        intents,
+        controller_time,
+    })
 }
 
 async fn send(tx: &mpsc::Sender<v1::AgentMessage>, msg: Up) -> Result<(), tonic::Status> {
@@ -214,6 +266,34 @@ async fn send(tx: &mpsc::Sender<v1::AgentMessage>, msg: Up) -> Result<(), tonic:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewals_name_what_they_renew_and_malformed_ones_are_refused() {
+        let ts = |s| prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        };
+        let l = v1::LeaseRenewal {
+            lease_expires_at: Some(ts(1_800_000_000)),
+            intents: vec![v1::IntentRef {
+                device_id: "miner/a".into(),
+                generation: 4,
+            }],
+            controller_time: Some(ts(1_799_999_000)),
+        };
+        let r = renewal(&l).unwrap();
+        assert_eq!(r.intents, [("miner/a".to_owned(), 4)]);
+        assert!(r.controller_time.is_some());
+        let mut bad = l.clone();
+        bad.intents[0].generation = 0;
+        assert!(renewal(&bad).unwrap_err().field.contains("generation"));
+        let mut bad = l.clone();
+        bad.lease_expires_at = None;
+        assert!(renewal(&bad).is_err());
+        let mut bad = l;
+        bad.intents[0].device_id = String::new();
+        assert!(renewal(&bad).unwrap_err().field.contains("device_id"));
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

@@ -25,12 +25,17 @@ use crate::poll::{MinerStatus, Observations};
 /// Series rendered by another part of the agent (GPUs, host).
 pub type ExtraSeries = Arc<dyn Fn(&mut MetricsWriter) + Send + Sync>;
 
+/// The device ids of configured miners no dialect answered for yet.
+pub type Undetected = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// What the HTTP endpoints read.
 #[derive(Clone)]
 pub struct Exposition {
     pub host_id: String,
     pub obs: Arc<Observations>,
     pub link: Arc<LinkState>,
+    /// Configured miners not found yet: `pivot_miner_up` 0 with dialect "unknown".
+    pub undetected: Undetected,
     /// Extra series (GPUs, host), rendered by their owners.
     pub extra: Vec<ExtraSeries>,
 }
@@ -75,6 +80,9 @@ impl MetricsWriter {
                         '\\' => self.out.push_str("\\\\"),
                         '"' => self.out.push_str("\\\""),
                         '\n' => self.out.push_str("\\n"),
+                        // The text format has no escape for other control characters (a NUL
+                        // from a miner's model name or a host id ends many parsers' lines).
+                        c if c.is_control() => self.out.push(char::REPLACEMENT_CHARACTER),
                         c => self.out.push(c),
                     }
                 }
@@ -102,8 +110,9 @@ const STATES: [MinerState; 5] = [
 pub fn render(e: &Exposition) -> String {
     let mut w = MetricsWriter::default();
     let host = e.host_id.as_str();
+    let undetected = (e.undetected)();
     e.obs
-        .with_miners(|miners| render_miners(&mut w, host, miners));
+        .with_miners(|miners| render_miners(&mut w, host, miners, &undetected));
 
     let sweep = e.obs.sweep();
     w.family(
@@ -158,11 +167,17 @@ pub fn render(e: &Exposition) -> String {
 }
 
 /// The per-miner families, from the latest statuses (read under their lock, not copied).
-fn render_miners(w: &mut MetricsWriter, host: &str, miners: &BTreeMap<String, MinerStatus>) {
+fn render_miners(
+    w: &mut MetricsWriter,
+    host: &str,
+    miners: &BTreeMap<String, MinerStatus>,
+    undetected: &[String],
+) {
     w.family(
         "pivot_miner_up",
         "gauge",
-        "Whether the miner answered its last poll (1) or not (0).",
+        "Whether the miner answered its last poll (1) or not (0); configured miners not found yet \
+         are 0 with dialect \"unknown\".",
     );
     for (id, m) in miners {
         let ok = m.reading.reachable && m.reading.error.is_none();
@@ -170,6 +185,18 @@ fn render_miners(w: &mut MetricsWriter, host: &str, miners: &BTreeMap<String, Mi
             "pivot_miner_up",
             &miner_labels(host, id, m),
             if ok { 1.0 } else { 0.0 },
+        );
+    }
+    for id in undetected {
+        w.sample(
+            "pivot_miner_up",
+            &[
+                ("device", id.as_str()),
+                ("dialect", "unknown"),
+                ("model", ""),
+                ("Hostname", host),
+            ],
+            0.0,
         );
     }
     w.family(
@@ -274,7 +301,7 @@ fn miner_labels<'a>(host: &'a str, id: &'a str, m: &'a MinerStatus) -> Vec<(&'a 
     vec![
         ("device", id),
         ("dialect", m.reading.dialect.as_str()),
-        ("model", m.reading.model.as_deref().unwrap_or("")),
+        ("model", m.model.as_deref().unwrap_or("")),
         ("Hostname", host),
     ]
 }
@@ -336,5 +363,19 @@ mod tests {
         let s = w.finish();
         assert!(s.contains("x{model=\"a\\\"b\\\\c\\nd\"} 1.5\n"), "{s}");
         assert!(!s.contains("nan\"}"), "{s}");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_exposition() {
+        let mut w = MetricsWriter::default();
+        w.family("x", "gauge", "h");
+        w.sample(
+            "x",
+            &[("Hostname", "rack\u{0}1"), ("model", "S21\u{7}\r")],
+            1.0,
+        );
+        let s = w.finish();
+        assert!(!s.chars().any(|c| c.is_control() && c != '\n'), "{s:?}");
+        assert!(s.contains("rack\u{fffd}1"), "{s}");
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::inventory::{MinerSlot, observed_miner};
 use crate::miner::{MinerError, Reading};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Observation, Reconciler};
 
 /// Per-device health.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -29,7 +29,13 @@ pub struct MinerStatus {
     pub reading: Reading,
     pub at: DateTime<Utc>,
     pub health: Health,
+    /// The model it last named: kept while it is unreachable, so its series keep their labels.
+    pub model: Option<String>,
 }
+
+/// One miner's reading and the instant the read started (what the reading is stamped with: a
+/// read that started before a driver call finished is older than that call's read-back).
+pub type Read = (String, Reading, Instant);
 
 /// Statistics of the last sweep.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -67,12 +73,13 @@ impl Observations {
 
 /// Reads one miner, never taking longer than `deadline`.
 pub async fn read_one(slot: &MinerSlot, deadline: Duration) -> Reading {
-    let addr = slot.driver.addr().clone();
+    // The address is only needed when the read fails: no copy of it per read.
+    let addr = slot.driver.addr();
     match tokio::time::timeout(deadline, slot.driver.read()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Reading::failed(&addr, slot.identity.dialect, &e),
+        Ok(Ok(r)) => r.checked(),
+        Ok(Err(e)) => Reading::failed(addr, slot.identity.dialect, &e),
         Err(_) => Reading::failed(
-            &addr,
+            addr,
             slot.identity.dialect,
             &MinerError::Timeout {
                 addr: addr.to_string(),
@@ -88,13 +95,18 @@ pub async fn sweep(
     slots: &Arc<Vec<MinerSlot>>,
     concurrency: usize,
     deadline: Duration,
-) -> Vec<(String, Reading)> {
+) -> Vec<Read> {
     futures::stream::iter(0..slots.len())
         .map(|i| {
             let slots = Arc::clone(slots);
             async move {
                 let slot = &slots[i];
-                (slot.device_id.clone(), read_one(slot, deadline).await)
+                let started = Instant::now();
+                (
+                    slot.device_id.clone(),
+                    read_one(slot, deadline).await,
+                    started,
+                )
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -102,11 +114,12 @@ pub async fn sweep(
         .await
 }
 
-/// Records a sweep's readings and hands them to the reconciler.
+/// Records a sweep's readings and hands them to the reconciler. A miner that stops answering,
+/// or answers again, is logged once, at the change.
 pub fn record(
     obs: &Observations,
     reconciler: Option<&Arc<Reconciler>>,
-    readings: Vec<(String, Reading)>,
+    readings: Vec<Read>,
     took: Duration,
 ) {
     let now = Utc::now();
@@ -117,22 +130,38 @@ pub fn record(
             .miners
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (id, reading) in readings {
+        for (id, reading, started) in readings {
             let ok = reading.reachable && reading.error.is_none();
             let entry = miners.entry(id.clone()).or_insert_with(|| MinerStatus {
                 reading: reading.clone(),
                 at: now,
                 health: Health::default(),
+                model: None,
             });
             if ok {
                 reachable += 1;
+                if entry.health.consecutive_failures > 0 {
+                    info!(miner = %reading.addr, device = %id, after_failures = entry.health.consecutive_failures, "Miner answers again");
+                }
                 entry.health.last_seen = Some(now);
                 entry.health.consecutive_failures = 0;
             } else {
+                if entry.health.consecutive_failures == 0 {
+                    warn!(miner = %reading.addr, device = %id, error = reading.error.as_deref().unwrap_or("unreachable"), "Miner stopped answering; it counts as unseen until it does");
+                }
                 entry.health.consecutive_failures += 1;
                 entry.health.last_error = reading.error.clone();
             }
-            for_reconciler.push((id, observed_miner(&reading)));
+            if reading.model.is_some() {
+                entry.model.clone_from(&reading.model);
+            }
+            for_reconciler.push((
+                id,
+                Observation {
+                    taken_at: started,
+                    observed: observed_miner(&reading),
+                },
+            ));
             entry.reading = reading;
             entry.at = now;
         }
@@ -152,7 +181,7 @@ pub fn record(
     debug!(
         miners = total,
         reachable,
-        took_ms = took.as_millis() as u64,
+        took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         "Sweep done"
     );
     if let Some(r) = reconciler {
@@ -177,5 +206,80 @@ pub async fn run(
         let slots = set.slots();
         let readings = sweep(&slots, concurrency, deadline).await;
         record(&obs, Some(&reconciler), readings, start.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::miner::MinerAddr;
+    use pivot_proto::model::{MinerDialect, MinerState};
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    /// Log lines written while `f` runs.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn mining(addr: &MinerAddr) -> Reading {
+        let mut r = Reading::empty(addr, MinerDialect::Luxos);
+        r.state = MinerState::Mining;
+        r.hashrate_ths = Some(200.0);
+        r.model = Some("Antminer S21".into());
+        r
+    }
+
+    #[test]
+    fn a_miner_going_away_and_coming_back_is_logged_once_each_and_keeps_its_model() {
+        let obs = Observations::default();
+        let addr = MinerAddr::new("10.0.0.7");
+        let gone = Reading::failed(
+            &addr,
+            MinerDialect::Luxos,
+            &MinerError::Refused {
+                addr: addr.to_string(),
+                port: 4028,
+            },
+        );
+        let t = Instant::now();
+        let read = |r: &Reading| vec![("miner/10.0.0.7".to_owned(), r.clone(), t)];
+        let logs = logs_of(|| {
+            record(&obs, None, read(&mining(&addr)), Duration::ZERO);
+            record(&obs, None, read(&gone), Duration::ZERO);
+            record(&obs, None, read(&gone), Duration::ZERO);
+            record(&obs, None, read(&mining(&addr)), Duration::ZERO);
+        });
+        assert_eq!(logs.matches("Miner stopped answering").count(), 1, "{logs}");
+        assert!(logs.contains("connection refused"), "{logs}");
+        assert_eq!(logs.matches("Miner answers again").count(), 1, "{logs}");
+        obs.with_miners(|m| {
+            let s = &m["miner/10.0.0.7"];
+            assert_eq!(s.model.as_deref(), Some("Antminer S21"));
+            assert_eq!(s.health.consecutive_failures, 0);
+        });
+        // While it is away its series keep their model label (no new series).
+        record(&obs, None, read(&gone), Duration::ZERO);
+        obs.with_miners(|m| {
+            assert_eq!(m["miner/10.0.0.7"].model.as_deref(), Some("Antminer S21"));
+        });
     }
 }

@@ -21,6 +21,15 @@ pub struct Config {
     /// Identities and roles (`[auth]`); enforced unless `mode = "open"`.
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// Market inputs (`[market]`); fixed 2026 values when absent.
+    #[serde(default)]
+    pub market: crate::market::MarketConfig,
+    /// The control loop (`[engine]`): cadence, phase timeouts, history.
+    #[serde(default)]
+    pub engine: crate::engine::EngineConfig,
+    /// The dashboard, its JSON API and `/metrics` (`[web]`); off when absent.
+    #[serde(default)]
+    pub web: Option<crate::web::WebConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -98,7 +107,7 @@ pub struct AgentsConfig {
     #[serde(default = "default_max_devices_per_host")]
     pub max_devices_per_host: usize,
     /// The most power one host's inventory may declare (miners at maximum, GPUs at maximum
-    /// caps, host base), W; default: the site cap.
+    /// caps, host base), W; default: twice the site cap.
     #[serde(default)]
     pub max_host_power_w: Option<f64>,
 }
@@ -210,6 +219,80 @@ impl Config {
         Ok(config)
     }
 
+    /// What `serve` will open, checked now: TLS files readable and PEM, the store's directory
+    /// there and writable, the market's files and secrets present. `check-config` runs it; a
+    /// bad one is an error naming the key and the file.
+    pub fn check_files(&self, path: &Path, env: &dyn EnvSource) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        if let Some(tls) = &self.listen.tls {
+            for (key, file) in [
+                ("listen.tls.cert_file", Some(&tls.cert_file)),
+                ("listen.tls.key_file", Some(&tls.key_file)),
+                ("listen.tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                let Some(file) = file else { continue };
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
+                if !text.contains("-----BEGIN ") {
+                    return Err(invalid(
+                        key,
+                        format!("{} is not a PEM file", file.display()),
+                    ));
+                }
+            }
+        } else if self.auth.mode == crate::auth::AuthMode::Enforced
+            && !self.auth.allow_plaintext_tokens
+        {
+            return Err(invalid(
+                "listen.tls",
+                "[auth] is enforced but the gRPC port has no TLS: no client could prove who it is \
+                 (add [listen.tls], or allow_plaintext_tokens behind a TLS proxy, or mode = \"open\" for a lab)"
+                    .into(),
+            ));
+        }
+        let dir = self
+            .store
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let meta = std::fs::metadata(dir).map_err(|e| {
+            invalid(
+                "store.path",
+                format!("directory {} is not there: {e}", dir.display()),
+            )
+        })?;
+        if !meta.is_dir() {
+            return Err(invalid(
+                "store.path",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        if meta.permissions().readonly() {
+            return Err(invalid(
+                "store.path",
+                format!("directory {} is read-only", dir.display()),
+            ));
+        }
+        if self.store.path.is_dir() {
+            return Err(invalid(
+                "store.path",
+                format!(
+                    "{} is a directory, not a database file",
+                    self.store.path.display()
+                ),
+            ));
+        }
+        self.market
+            .check(env)
+            .map_err(|e| invalid(&e.key, e.problem))?;
+        Ok(())
+    }
+
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -270,6 +353,15 @@ impl Config {
                     self.agents.lease_s
                 ),
             ));
+        }
+        if let Err(e) = self.market.validate() {
+            return Err(invalid(&e.key, e.problem));
+        }
+        if let Err((key, problem)) = self.engine.validate() {
+            return Err(invalid(&key, problem));
+        }
+        if let Some(Err((key, problem))) = self.web.as_ref().map(crate::web::WebConfig::validate) {
+            return Err(invalid(&key, problem));
         }
         if self.agents.telemetry_interval_s == 0 {
             return Err(invalid(

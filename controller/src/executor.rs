@@ -318,7 +318,17 @@ impl Controller {
             state: PlanState::Executing,
             current_phase: 0,
             updated_at: now,
-            document: serde_json::json!({ "exec": plan, "plan": document }),
+            document: {
+                let mut d = match document {
+                    serde_json::Value::Object(m) => m,
+                    other => serde_json::Map::from_iter([("plan".to_owned(), other)]),
+                };
+                d.insert(
+                    "exec".to_owned(),
+                    serde_json::to_value(&plan).unwrap_or_default(),
+                );
+                serde_json::Value::Object(d)
+            },
         };
         let prev = previous.clone();
         let stored_ok = self
@@ -415,16 +425,19 @@ impl Controller {
                     }
                 }
                 Step::Advance { to } => {
+                    self.audit_phase(&exec.plan, phase_index, "confirmed").await;
                     self.set_progress(&exec.plan.plan_id, to, PlanState::Executing)
                         .await;
                 }
                 Step::Complete => {
+                    self.audit_phase(&exec.plan, phase_index, "confirmed").await;
                     let last = exec.plan.phases.len().saturating_sub(1);
                     self.finish(&exec.plan.plan_id, last, PlanState::Completed, &[])
                         .await;
                     return None;
                 }
                 Step::Stop { phase, failed } => {
+                    self.audit_phase(&exec.plan, phase, "stopped").await;
                     self.finish(&exec.plan.plan_id, phase, PlanState::Stopped, &failed)
                         .await;
                     return None;

@@ -4,18 +4,23 @@ pub mod api;
 pub mod auth;
 pub mod backtest;
 pub mod config;
+pub mod demand;
+pub mod engine;
 pub mod executor;
 pub mod fleet;
 pub mod intents;
 pub mod market;
 pub mod outlook;
 pub mod overrides;
+pub mod phase_timing;
 pub mod planner;
 pub mod planview;
 pub mod policy;
 pub mod store;
 pub mod toml_lines;
 pub mod trace;
+pub mod views;
+pub mod web;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,11 +117,13 @@ impl Controller {
     pub fn admit(&self, entry: &fleet::AgentEntry) -> Result<(), Status> {
         let limits = fleet::HostLimits {
             max_devices: self.config.agents.max_devices_per_host,
+            // A site may well host more than it can run at once (that is what curtailment is
+            // for), but not wildly more on one host.
             max_power_w: self
                 .config
                 .agents
                 .max_host_power_w
-                .unwrap_or(self.config.site.cap_w),
+                .unwrap_or(2.0 * self.config.site.cap_w),
         };
         self.registry
             .admit(entry, &limits, &self.config.agents.assumptions())
@@ -178,7 +185,10 @@ impl Controller {
             .await?;
         let policy = self.blocking(|s| s.get_policy()).await?;
         let plan = self.blocking(|s| s.list_plans(1)).await?.pop();
-        let f = self.registry.summary(&self.config.agents.assumptions());
+        let f = self.registry.summary(
+            &self.config.agents.assumptions(),
+            self.config.engine.unknown_host_base_w_per_gpu,
+        );
         let o = self.outlook();
         // Overlapping events: the lowest target is the one in force.
         let dr = events

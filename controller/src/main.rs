@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pivot_controller::config::{self, Config, ProcessEnv};
+use pivot_controller::market::{Market, MarketParts};
 use pivot_controller::store::SqliteStore;
 use pivot_controller::{Controller, api};
 use tracing::info;
@@ -27,14 +28,22 @@ enum Command {
         /// Site cap in watts for the dev site.
         #[arg(long, default_value_t = 5_000_000.0)]
         site_cap_w: f64,
+        /// Web dashboard and /metrics listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        web: std::net::SocketAddr,
     },
     /// Run the production controller from a configuration file.
     Serve {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit.
+    /// Validate a configuration file and everything `serve` will need from it, and exit.
     CheckConfig { config: PathBuf },
+    /// API tokens for pivotctl, automation and agents (stored hashed in the controller's store).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Run the planner over a price trace against a modelled site (docs/formats.md).
     Backtest {
         /// The modelled fleet (SITE.toml).
@@ -56,6 +65,106 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = pivot_controller::backtest::parse_duration)]
         replan_every: chrono::Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a token; it is printed once and never stored.
+    Create {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Who or what it is for (shown in the audit log as `token:<name>`).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, admin or agent.
+        #[arg(long)]
+        role: String,
+        /// With `--role agent`: the only host it may speak for.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Every token, revoked or not.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Revoke a token by its id (from `list`): every later call with it is refused.
+    Revoke {
+        #[arg(long, short)]
+        config: PathBuf,
+        id: String,
+    },
+}
+
+fn open_store(config: &std::path::Path) -> anyhow::Result<SqliteStore> {
+    let c = Config::load(config, &ProcessEnv)?;
+    SqliteStore::open(&c.store.path)
+        .with_context(|| format!("opening store {}", c.store.path.display()))
+}
+
+fn token(action: TokenAction) -> anyhow::Result<()> {
+    use pivot_controller::auth::{self, Role};
+    use pivot_controller::store::Store;
+    match action {
+        TokenAction::Create {
+            config,
+            name,
+            role,
+            host,
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role `{role}`: use viewer, operator, admin or agent")
+            })?;
+            pivot_controller::api::fleet::check_id(&name, "--name")?;
+            match (role, &host) {
+                (Role::Agent, None) => {
+                    anyhow::bail!("--role agent needs --host (the host it speaks for)")
+                }
+                (Role::Agent, Some(h)) => {
+                    pivot_controller::api::fleet::check_id(h, "--host")?;
+                }
+                (_, Some(_)) => anyhow::bail!("--host is only for --role agent"),
+                (_, None) => {}
+            }
+            let store = open_store(&config)?;
+            let (secret, record) = auth::new_token(&name, role, host, chrono::Utc::now());
+            store.put_token(&record)?;
+            eprintln!(
+                "token {} for {} (role {}) — shown once; keep it in a secret store",
+                record.id, record.name, record.role
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        TokenAction::List { config } => {
+            let store = open_store(&config)?;
+            println!(
+                "{:<14} {:<24} {:<9} {:<16} {:<26} REVOKED",
+                "ID", "NAME", "ROLE", "HOST", "CREATED"
+            );
+            for t in store.list_tokens()? {
+                println!(
+                    "{:<14} {:<24} {:<9} {:<16} {:<26} {}",
+                    t.id,
+                    t.name,
+                    t.role,
+                    t.host.as_deref().unwrap_or("-"),
+                    t.created_at.to_rfc3339(),
+                    t.revoked_at
+                        .map_or_else(|| "-".to_owned(), |r| r.to_rfc3339())
+                );
+            }
+            Ok(())
+        }
+        TokenAction::Revoke { config, id } => {
+            let store = open_store(&config)?;
+            if !store.revoke_token(&id, chrono::Utc::now())? {
+                anyhow::bail!("no token `{id}` that is not already revoked (see `token list`)");
+            }
+            println!("token {id} revoked");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -97,8 +206,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "[auth] mode = \"open\": every caller is an admin and agents may speak for any host"
         );
     }
+    let market = Market::new(
+        MarketParts::from_config(&config.market, &ProcessEnv, chrono::Utc::now())
+            .map_err(|e| anyhow::anyhow!("market: key `{}`: {}", e.key, e.problem))?,
+    );
+    let feed = market.view();
     let ctl = Controller::new(config, Arc::new(store)).context("loading the desired state")?;
+    tokio::spawn(market.run(chrono::Utc::now));
     tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
+    tokio::spawn(pivot_controller::engine::run(Arc::clone(&ctl), feed));
+    if let Some(web) = ctl.config.web.clone() {
+        let listener = tokio::net::TcpListener::bind(web.listen)
+            .await
+            .with_context(|| {
+                format!("binding the web listener on {} ([web] listen)", web.listen)
+            })?;
+        let web_addr = listener.local_addr()?;
+        info!(addr = %web_addr, "pivot-controller web dashboard and /metrics listening");
+        // The line tests and scripts wait for (printed before the gRPC line).
+        println!("pivot-controller web on http://{web_addr}");
+        let ctl = Arc::clone(&ctl);
+        tokio::spawn(async move {
+            if let Err(e) =
+                pivot_controller::web::serve(ctl, &web, listener, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "The web listener stopped");
+            }
+        });
+    }
     info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
     // The line tests and scripts wait for.
     println!("pivot-controller listening on {}", listener.local_addr()?);
@@ -116,22 +251,31 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Dev { listen, site_cap_w } => dev(listen, site_cap_w).await,
-        Command::Serve { config } => match Config::load(&config, &ProcessEnv) {
+        Command::Dev {
+            listen,
+            site_cap_w,
+            web,
+        } => dev(listen, site_cap_w, web).await,
+        Command::Serve { config } => match Config::load(&config, &ProcessEnv)
+            .and_then(|c| c.check_files(&config, &ProcessEnv).map(|()| c))
+        {
             Ok(c) => run(c).await,
             Err(e) => Err(e.into()),
         },
         Command::CheckConfig { config } => Config::load(&config, &ProcessEnv)
+            .and_then(|c| c.check_files(&config, &ProcessEnv).map(|()| c))
             .map(|c| {
                 println!(
-                    "{}: ok (site {}, cap {} W, listen {})",
+                    "{}: ok (site {}, cap {} W, listen {}, auth {:?})",
                     config.display(),
                     c.site.id,
                     c.site.cap_w,
-                    c.listen.grpc
+                    c.listen.grpc,
+                    c.auth.mode
                 );
             })
             .map_err(Into::into),
+        Command::Token { action } => token(action),
         Command::Backtest {
             site,
             trace,
@@ -157,7 +301,11 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()> {
+async fn dev(
+    listen: std::net::SocketAddr,
+    site_cap_w: f64,
+    web: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("pivot-dev-")
         .tempdir()
@@ -176,6 +324,9 @@ async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()
             path: dir.path().join("pivot.db"),
         },
         agents: config::AgentsConfig::default(),
+        market: pivot_controller::market::MarketConfig::default(),
+        engine: pivot_controller::engine::EngineConfig::default(),
+        web: Some(pivot_controller::web::WebConfig::on(web)),
         // A development controller on a laptop: anyone who reaches the port is an admin.
         auth: pivot_controller::auth::AuthConfig {
             mode: pivot_controller::auth::AuthMode::Open,

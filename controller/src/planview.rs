@@ -86,10 +86,17 @@ pub fn plan_view(p: &StoredPlan, ledger: &Ledger) -> v1::PlanView {
                                     d.intent.plan_id == e.plan_id
                                         && usize::try_from(d.intent.phase).is_ok_and(|x| x == i)
                                 });
+                                let issued = di.is_some();
                                 let (status, detail) = match di.and_then(|d| d.status) {
                                     Some(s) => (phase_word(s.phase).to_owned(), s.detail),
-                                    None if i <= current => ("sent".into(), String::new()),
-                                    None => ("waiting".into(), String::new()),
+                                    None if issued => ("sent".into(), String::new()),
+                                    None => (
+                                        "waiting".into(),
+                                        ph.not_before
+                                            .filter(|_| i == current)
+                                            .map(|t| format!("not before {}", t.to_rfc3339()))
+                                            .unwrap_or_default(),
+                                    ),
                                 };
                                 v1::PlanMove {
                                     device_id: m.device_id.clone(),

@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve emulated ASIC miners until SIGINT/SIGTERM. Prints `<dialect> <host:port>` per miner
-    /// (plus ` http=<host:port>` for Antminer and Braiins), then serves.
+    /// Serve emulated ASIC miners until SIGINT/SIGTERM. Prints `<dialect> <address>` per miner,
+    /// the address as `pivot-agent` takes it (`HOST:PORT`, plus `,http=PORT` for Antminer and
+    /// Braiins), then serves.
     Miners(MinersArgs),
 }
 
@@ -111,10 +112,7 @@ async fn miners(args: MinersArgs) -> Result<()> {
     let fleet = spawn_fleet(specs, addressing).await?;
     let mut out = std::io::stdout().lock();
     for m in &fleet {
-        match m.http_addr() {
-            Some(http) => writeln!(out, "{} {} http={}", m.dialect(), m.api_addr(), http)?,
-            None => writeln!(out, "{} {}", m.dialect(), m.api_addr())?,
-        }
+        writeln!(out, "{} {}", m.dialect(), m.agent_addr())?;
     }
     out.flush()?;
     drop(out);

@@ -255,11 +255,20 @@ impl<'a> PowerCapper<'a> {
             milliwatts,
             previous_limit_w,
         } = planned;
+        let requested_w = mw_to_watts(milliwatts);
+        // Recorded before it is set: a cap that cannot be recorded is not applied (the agent
+        // re-applies what it recorded, so it must have recorded everything it applied).
+        let persisted = match store {
+            Some(store) => {
+                store.record(&uuid, index, requested_w)?;
+                true
+            }
+            None => false,
+        };
         let set_at = Instant::now();
         self.gpus.set_power_limit_mw(index, milliwatts)?;
         let limits = self.gpus.power_limits(index)?;
         let enforced_after_ms = elapsed_ms(set_at);
-        let requested_w = mw_to_watts(milliwatts);
         // The management limit must be ours; the enforced one may be lower (another limit holder)
         // but never higher.
         if watts_to_mw(limits.limit_w) != Some(milliwatts)
@@ -282,13 +291,6 @@ impl<'a> PowerCapper<'a> {
             gpu = index, %uuid, requested_w, previous_limit_w, enforced_w = limits.enforced_w,
             enforced_after_ms, "GPU power cap applied"
         );
-        let persisted = match store {
-            Some(store) => {
-                store.record(&uuid, index, requested_w)?;
-                true
-            }
-            None => false,
-        };
         Ok(Applied {
             report: CapReport {
                 index,

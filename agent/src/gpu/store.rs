@@ -2,18 +2,24 @@
 //!
 //! NVML forgets power limits on reboot and driver reload, so the agent records each cap it sets
 //! and re-applies them when it starts. Caps are keyed by GPU UUID: indices can change between
-//! boots. The file is small JSON, written atomically (temporary file, fsync, rename).
+//! boots. The file is small JSON, changed under a cross-process lock (the daemon and
+//! `pivot-agent gpu cap --state-dir` share it) and written with the agent's one atomic write.
+//! It is checked as a whole when read: a file with one impossible cap is refused by name, never
+//! half re-applied.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::GpuError;
+use crate::state::{StateError, read_json, update_json};
 
 /// The file's name inside the state directory.
 pub const CAP_FILE: &str = "gpu-caps.json";
+
+/// No GPU takes a cap above this, W (the largest accelerators are around 1.2 kW).
+pub const MAX_CAP_W: f64 = 10_000.0;
 
 /// One recorded cap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,71 +67,67 @@ impl CapStore {
     /// The recorded caps by UUID; empty when nothing was recorded yet.
     ///
     /// # Errors
-    /// When the file exists but cannot be read or parsed: a broken file is reported, never
-    /// silently treated as "no caps".
+    /// When the file exists but cannot be read or parsed, or any entry is not a cap a GPU could
+    /// take: a broken file is reported, never silently treated as "no caps" or half read.
     pub fn load(&self) -> Result<BTreeMap<String, PersistedCap>, GpuError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(e) => return Err(self.error(e)),
+        self.read().map_err(|e| self.error(e))
+    }
+
+    fn read(&self) -> Result<BTreeMap<String, PersistedCap>, StateError> {
+        let Some(file) = read_json::<CapFile>(&self.path)? else {
+            return Ok(BTreeMap::new());
         };
-        let file: CapFile = serde_json::from_str(&text)
-            .map_err(|e| self.error(format!("not a valid caps file ({e}); fix or remove it")))?;
+        let corrupt = |problem: String| StateError::Corrupt {
+            path: self.path.clone(),
+            problem,
+        };
+        if file.version != 1 {
+            return Err(corrupt(format!("version {} is not 1", file.version)));
+        }
+        for (uuid, cap) in &file.caps {
+            if uuid.trim().is_empty() {
+                return Err(corrupt("a cap without a GPU UUID".into()));
+            }
+            if !(cap.watts.is_finite() && cap.watts > 0.0 && cap.watts <= MAX_CAP_W) {
+                return Err(corrupt(format!(
+                    "cap of {uuid} is {} W, not a cap any GPU takes (0-{MAX_CAP_W} W)",
+                    cap.watts
+                )));
+            }
+        }
         Ok(file.caps)
     }
 
     /// Records `watts` as the cap of the GPU `uuid`.
     pub fn record(&self, uuid: &str, index: u32, watts: f64) -> Result<(), GpuError> {
-        let mut caps = self.load()?;
-        caps.insert(
-            uuid.to_string(),
-            PersistedCap {
-                watts,
-                index,
-                set_at: chrono::Utc::now().to_rfc3339(),
-            },
-        );
-        self.save(caps)
+        self.update(|caps| {
+            caps.insert(
+                uuid.to_string(),
+                PersistedCap {
+                    watts,
+                    index,
+                    set_at: chrono::Utc::now().to_rfc3339(),
+                },
+            );
+            true
+        })
     }
 
     /// Forgets the cap of `uuid` (the GPU goes back to its default at the next reboot).
     pub fn forget(&self, uuid: &str) -> Result<(), GpuError> {
-        let mut caps = self.load()?;
-        if caps.remove(uuid).is_some() {
-            self.save(caps)?;
-        }
-        Ok(())
+        self.update(|caps| caps.remove(uuid).is_some())
     }
 
-    fn save(&self, caps: BTreeMap<String, PersistedCap>) -> Result<(), GpuError> {
-        let text = serde_json::to_string_pretty(&CapFile { version: 1, caps })
-            .map_err(|e| self.error(e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| self.error(e))?;
-        }
-        let mut tmp_name = self
-            .path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        tmp_name.push(format!(".tmp.{}", std::process::id()));
-        let tmp = self.path.with_file_name(tmp_name);
-        let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            // The rename is durable once the directory entry is.
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok::<(), std::io::Error>(())
-        })();
-        written.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            self.error(e)
-        })
+    fn update(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, PersistedCap>) -> bool,
+    ) -> Result<(), GpuError> {
+        update_json(
+            &self.path,
+            || self.read().map(|caps| CapFile { version: 1, caps }),
+            |file| change(&mut file.caps),
+        )
+        .map_err(|e| self.error(e))
     }
 }
 
@@ -151,8 +153,15 @@ mod tests {
         );
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state"))
             .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp")
+            })
             .collect();
-        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+        assert!(leftovers.is_empty(), "no temporary files left behind");
     }
 
     #[test]
@@ -160,6 +169,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CAP_FILE), "{not json").unwrap();
         let err = CapStore::in_dir(dir.path()).load().unwrap_err();
-        assert!(err.to_string().contains("not a valid caps file"), "{err}");
+        assert!(err.to_string().contains("gpu-caps.json"), "{err}");
+    }
+
+    #[test]
+    fn a_file_with_one_impossible_cap_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"version":1,"caps":{
+            "GPU-a":{"watts":300.0,"index":0,"set_at":"2026-01-01T00:00:00Z"},
+            "GPU-b":{"watts":4000000000.0,"index":1,"set_at":"2026-01-01T00:00:00Z"}}}"#;
+        std::fs::write(dir.path().join(CAP_FILE), text).unwrap();
+        let err = CapStore::in_dir(dir.path()).load().unwrap_err().to_string();
+        assert!(err.contains("GPU-b") && err.contains(CAP_FILE), "{err}");
+        // Nothing is recorded over it either.
+        assert!(
+            CapStore::in_dir(dir.path())
+                .record("GPU-c", 2, 250.0)
+                .is_err()
+        );
     }
 }

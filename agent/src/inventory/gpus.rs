@@ -17,7 +17,9 @@ use crate::gpu::{
     PowerLimits, read_all,
 };
 use crate::metrics::MetricsWriter;
-use crate::reconcile::{Actuator, Device, Limits, Observed, Reconciler};
+use crate::reconcile::{
+    Actuator, ApplyError, Device, Limits, Observation, Observed, RaiseGuard, Reconciler,
+};
 
 /// One GPU this agent drives.
 #[derive(Debug, Clone)]
@@ -35,14 +37,35 @@ pub fn gpu_device_id(uuid: &str) -> String {
     format!("gpu/{uuid}")
 }
 
-/// Finds the GPUs and the cap range each accepts.
-pub fn discover(gpus: &dyn GpuManager, config: &GpuConfig) -> Result<Vec<GpuSlot>, GpuError> {
+/// A GPU that could not be read at start: left out, reported, the rest kept.
+#[derive(Debug)]
+pub struct LostGpu {
+    pub index: u32,
+    pub error: GpuError,
+}
+
+/// Finds the GPUs and the cap range each accepts. A GPU that cannot be read (fallen off the
+/// bus) is left out and returned with why; only failing to count the GPUs at all is an error.
+pub fn discover(
+    gpus: &dyn GpuManager,
+    config: &GpuConfig,
+) -> Result<(Vec<GpuSlot>, Vec<LostGpu>), GpuError> {
     let mut out = Vec::new();
+    let mut lost = Vec::new();
     for index in 0..gpus.count()? {
-        let identity = gpus.identity(index)?;
-        let limits = gpus.power_limits(index)?;
-        let min = (limits.min_w.ceil() as u32).max(config.min_cap_w.unwrap_or(0));
-        let max = (limits.max_w.floor() as u32).min(config.max_cap_w.unwrap_or(u32::MAX));
+        let found = gpus
+            .identity(index)
+            .and_then(|identity| Ok((identity, gpus.power_limits(index)?)));
+        let (identity, limits) = match found {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(gpu = index, error = %error, "GPU cannot be read; the agent runs without it");
+                lost.push(LostGpu { index, error });
+                continue;
+            }
+        };
+        let min = watts_u32(limits.min_w.ceil()).max(config.min_cap_w.unwrap_or(0));
+        let max = watts_u32(limits.max_w.floor()).min(config.max_cap_w.unwrap_or(u32::MAX));
         if min > max {
             warn!(gpu = index, uuid = %identity.uuid, min, max, "Configured cap range does not overlap the GPU's constraints; it takes no caps");
         }
@@ -54,22 +77,34 @@ pub fn discover(gpus: &dyn GpuManager, config: &GpuConfig) -> Result<Vec<GpuSlot
             max_cap_w: max,
         });
     }
-    Ok(out)
+    Ok((out, lost))
+}
+
+/// NVML's watts as whole watts (negative or NaN as 0, huge as `u32::MAX`).
+fn watts_u32(w: f64) -> u32 {
+    if w.is_finite() && w > 0.0 {
+        w.min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    }
 }
 
 /// Re-applies the caps persisted in the state directory (NVML forgets them on reboot or driver
 /// reload). Never raises a limit: that waits for the controller's lease.
-pub async fn reapply_persisted(gpus: &dyn GpuManager, state_dir: &std::path::Path) {
+///
+/// # Errors
+/// When the caps file cannot be read or holds what no cap could be: the agent does not start on
+/// it (as with `intents.json`), rather than re-apply half of it.
+pub async fn reapply_persisted(
+    gpus: &dyn GpuManager,
+    state_dir: &std::path::Path,
+) -> Result<(), GpuError> {
     let capper =
         PowerCapper::new(gpus, ConfirmPolicy::default()).with_store(CapStore::in_dir(state_dir));
-    match capper.reapply().await {
-        Ok(list) => {
-            for r in list {
-                info!("{r}");
-            }
-        }
-        Err(e) => warn!(error = %e, "Could not re-apply persisted GPU caps"),
+    for r in capper.reapply().await? {
+        info!("{r}");
     }
+    Ok(())
 }
 
 /// Sets a GPU's cap through [`PowerCapper`]: checked, applied, read back, confirmed on the draw,
@@ -83,22 +118,24 @@ pub struct GpuActuator {
 
 #[async_trait]
 impl Actuator for GpuActuator {
-    async fn apply(&self, target: &Target) -> Result<Observed, String> {
+    async fn apply(&self, target: &Target, guard: &RaiseGuard) -> Result<Observed, ApplyError> {
         let Target::Gpu { power_cap_w } = target else {
-            return Err(format!("a GPU cannot take {target:?}"));
+            return Err(ApplyError::WrongTarget {
+                device: "GPU",
+                target: *target,
+            });
         };
         // Indices can change across a driver reload; the UUID cannot.
-        let index = self
-            .gpus
-            .index_of_uuid(&self.uuid)
-            .map_err(|e| e.to_string())?;
+        let index = self.gpus.index_of_uuid(&self.uuid)?;
+        let now = self.gpus.power_limits(index)?;
+        if f64::from(*power_cap_w) > now.limit_w + 0.5 {
+            guard.check("raise the GPU's power cap")?;
+        }
         let capper =
             PowerCapper::new(self.gpus.as_ref(), self.policy).with_store(self.store.clone());
-        let report = capper
-            .set(index, f64::from(*power_cap_w))
-            .await
-            .map_err(|e| e.to_string())?;
+        let report = capper.set(index, f64::from(*power_cap_w)).await?;
         Ok(Observed::Gpu {
+            limit_w: Some(report.limit_w),
             enforced_cap_w: Some(report.enforced_w),
             power_w: Some(report.draw_w),
         })
@@ -127,6 +164,8 @@ pub fn device(
             store: CapStore::in_dir(state_dir),
         }),
         pacing: Duration::from_secs(5),
+        // NVML calls are short; the confirmation window is most of it.
+        deadline: Duration::from_secs_f64(config.confirm_s) + Duration::from_secs(30),
     }
 }
 
@@ -139,7 +178,7 @@ pub fn inventory(slot: &GpuSlot) -> v1::GpuInventory {
         pci_bus_id: slot.identity.pci_bus_id.clone(),
         power_cap_min_w: slot.min_cap_w,
         power_cap_max_w: slot.max_cap_w,
-        power_cap_default_w: slot.limits.default_w.round() as u32,
+        power_cap_default_w: watts_u32(slot.limits.default_w.round()),
     }
 }
 
@@ -216,6 +255,7 @@ pub async fn run_poll(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let taken_at = tokio::time::Instant::now();
         let g = Arc::clone(&gpus);
         // NVML calls block (briefly): keep them off the runtime's workers.
         let reads = match tokio::task::spawn_blocking(move || read_all(g.as_ref())).await {
@@ -246,9 +286,13 @@ pub async fn run_poll(
                 if let Ok(st) = &status {
                     observed.push((
                         slot.device_id.clone(),
-                        Observed::Gpu {
-                            enforced_cap_w: finite(st.telemetry.limits.enforced_w),
-                            power_w: finite(st.telemetry.power_w),
+                        Observation {
+                            taken_at,
+                            observed: Observed::Gpu {
+                                limit_w: finite(st.telemetry.limits.limit_w),
+                                enforced_cap_w: finite(st.telemetry.limits.enforced_w),
+                                power_w: finite(st.telemetry.power_w),
+                            },
                         },
                     ));
                 }
@@ -265,9 +309,42 @@ pub async fn run_poll(
     }
 }
 
-/// GPU series under dcgm-exporter's names and labels, plus pivot's cap series.
-pub fn render(w: &mut MetricsWriter, host: &str, obs: &GpuObservations) {
+/// GPU series under dcgm-exporter's names and labels, plus pivot's cap series, and
+/// `pivot_gpu_up` for every GPU the agent knows of: one that stops answering (or was lost at
+/// start, `lost`) shows 0 rather than vanishing.
+pub fn render(
+    w: &mut MetricsWriter,
+    host: &str,
+    slots: &[GpuSlot],
+    lost: &[u32],
+    obs: &GpuObservations,
+) {
     let gpus = obs.snapshot();
+    w.family(
+        "pivot_gpu_up",
+        "gauge",
+        "Whether the GPU answered its last read (1) or not (0).",
+    );
+    for slot in slots {
+        let up = gpus.get(&slot.device_id).is_some_and(|o| o.status.is_ok());
+        let index = slot.identity.index.to_string();
+        let labels = [
+            ("gpu", index.as_str()),
+            ("UUID", slot.identity.uuid.as_str()),
+            ("pci_bus_id", slot.identity.pci_bus_id.as_str()),
+            ("modelName", slot.identity.name.as_str()),
+            ("Hostname", host),
+        ];
+        w.sample("pivot_gpu_up", &labels, if up { 1.0 } else { 0.0 });
+    }
+    for index in lost {
+        let index = index.to_string();
+        w.sample(
+            "pivot_gpu_up",
+            &[("gpu", index.as_str()), ("Hostname", host)],
+            0.0,
+        );
+    }
     let rows: Vec<(String, &GpuStatus)> = gpus
         .values()
         .filter_map(|o| o.status.as_ref().ok())

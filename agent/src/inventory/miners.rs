@@ -12,11 +12,12 @@ use pivot_proto::v1;
 use tracing::{info, warn};
 
 use crate::config::{Config, MinerTarget as ConfiguredMiner};
+use crate::miner::nameplate::{self, Nameplate};
 use crate::miner::{
-    Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, MinerError,
-    Reading, Timeouts, detect, driver_for,
+    Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, Reading,
+    Timeouts, detect, driver_for,
 };
-use crate::reconcile::{Actuator, Device, Limits, Observed};
+use crate::reconcile::{Actuator, ApplyError, Device, Limits, Observed, RaiseGuard};
 
 /// One miner this agent drives.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct MinerSlot {
     pub device_id: String,
     pub driver: Arc<dyn MinerDriver>,
     pub identity: Identity,
+    /// From the configuration, else from the model it names (see [`nameplate`]).
+    pub nameplate: Option<Nameplate>,
 }
 
 impl std::fmt::Debug for MinerSlot {
@@ -31,6 +34,7 @@ impl std::fmt::Debug for MinerSlot {
         f.debug_struct("MinerSlot")
             .field("device_id", &self.device_id)
             .field("identity", &self.identity)
+            .field("nameplate", &self.nameplate)
             .finish()
     }
 }
@@ -134,7 +138,8 @@ pub async fn discover_miners(
                         fallback_identity(dialect)
                     }
                 };
-                Ok(MinerSlot { device_id: miner_device_id(&target.addr), driver, identity })
+                let nameplate = nameplate::resolve(target.nameplate_power_w, target.nameplate_hashrate_ths, identity.model.as_deref());
+                Ok(MinerSlot { device_id: miner_device_id(&target.addr), driver, identity, nameplate })
             }
         })
         .buffer_unordered(config.poll.concurrency.max(1))
@@ -170,38 +175,76 @@ fn fallback_identity(dialect: MinerDialect) -> Identity {
             power_target: !matches!(dialect, MinerDialect::Antminer | MinerDialect::Bitaxe),
             power_target_min_w: None,
             power_target_max_w: None,
+            power_target_steps_w: Vec::new(),
         },
     }
 }
 
 /// Applies miner targets through the driver; every call returns the driver's read-back.
+///
+/// A wake to a power target never runs the miner at the power it slept at: where the firmware
+/// keeps a target while asleep it is set first; elsewhere the miner wakes and takes the target
+/// at once, and is put back to sleep if the target fails. Every step that could raise power is
+/// judged on a fresh read and asked of the [`RaiseGuard`] right before it runs.
 pub struct MinerActuator {
     pub driver: Arc<dyn MinerDriver>,
 }
 
+impl MinerActuator {
+    async fn wake_to_target(&self, watts: u32, guard: &RaiseGuard) -> Result<Reading, ApplyError> {
+        if self.driver.target_while_asleep() {
+            self.driver.set_power_target(watts).await?;
+            guard.check("wake the miner")?;
+            return Ok(self.driver.wake().await?);
+        }
+        guard.check("wake the miner")?;
+        self.driver.wake().await?;
+        match self.driver.set_power_target(watts).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // Awake at its pre-sleep power without the target asked for: back to sleep.
+                warn!(miner = %self.driver.addr(), error = %e, "Power target failed after the wake; putting the miner back to sleep");
+                if let Err(back) = self.driver.sleep().await {
+                    warn!(miner = %self.driver.addr(), error = %back, "Could not put the miner back to sleep");
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Actuator for MinerActuator {
-    async fn apply(&self, target: &Target) -> Result<Observed, String> {
+    async fn apply(&self, target: &Target, guard: &RaiseGuard) -> Result<Observed, ApplyError> {
         let reading = match target {
-            Target::Miner(MinerTarget::Sleep) => self.driver.sleep().await,
-            Target::Miner(MinerTarget::Run {
-                power_target_w: None,
-            }) => self.driver.wake().await,
-            Target::Miner(MinerTarget::Run {
-                power_target_w: Some(w),
-            }) => {
-                // A sleeping miner wakes first; the target is set on a hashing miner.
-                let now = self.driver.read().await.map_err(|e| e.to_string())?;
-                if now.state == MinerState::Sleeping {
-                    self.driver.wake().await.map_err(|e| e.to_string())?;
+            Target::Miner(MinerTarget::Sleep) => self.driver.sleep().await?,
+            Target::Miner(MinerTarget::Run { power_target_w }) => {
+                let now = self.driver.read().await?;
+                // Ramping may be a miner on its way to sleep: not hashing.
+                let hashing = now.state == MinerState::Mining;
+                match (power_target_w, hashing) {
+                    (None, true) => now,
+                    (None, false) => {
+                        guard.check("wake the miner")?;
+                        self.driver.wake().await?
+                    }
+                    (Some(w), true) => {
+                        if now.power_target_w.is_none_or(|cur| *w > cur) {
+                            guard.check("raise the power target")?;
+                        }
+                        self.driver.set_power_target(*w).await?
+                    }
+                    (Some(w), false) => self.wake_to_target(*w, guard).await?,
                 }
-                self.driver.set_power_target(*w).await
             }
-            other => return Err(format!("a miner cannot take {other:?}")),
+            other => {
+                return Err(ApplyError::WrongTarget {
+                    device: "miner",
+                    target: *other,
+                });
+            }
         };
-        reading
-            .map(|r| observed_miner(&r))
-            .map_err(|e: MinerError| e.to_string())
+        Ok(observed_miner(&reading))
     }
 }
 
@@ -216,8 +259,9 @@ pub fn observed_miner(r: &Reading) -> Observed {
     }
 }
 
-/// The reconciler's view of a miner.
-pub fn miner_device(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> Device {
+/// The reconciler's view of a miner. `options` bound how long one driver call may take;
+/// `pacing` replaces the firmware's default pacing (`poll.pacing_s`).
+pub fn miner_device(slot: &MinerSlot, options: &DriverOptions, pacing: Option<Duration>) -> Device {
     let c = &slot.identity.capabilities;
     Device {
         limits: Limits::Miner {
@@ -225,17 +269,36 @@ pub fn miner_device(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> Device 
             power_target: c.power_target,
             power_target_min_w: c.power_target_min_w,
             power_target_max_w: c.power_target_max_w,
-            nameplate_power_w,
+            power_target_steps_w: c.power_target_steps_w.clone(),
+            nameplate_power_w: slot.nameplate.map(|n| f64::from(n.power_w)),
+            nameplate_hashrate_ths: slot.nameplate.and_then(|n| n.hashrate_ths),
         },
         actuator: Arc::new(MinerActuator {
             driver: Arc::clone(&slot.driver),
         }),
-        pacing: pacing_for(slot.identity.dialect),
+        pacing: pacing.unwrap_or_else(|| pacing_for(slot.identity.dialect)),
+        deadline: call_deadline(options),
     }
 }
 
+/// The longest one driver call may take: a wake to a target is up to three control steps (set,
+/// wake, and a sleep back if the target fails), each a slow request and its read-back.
+pub fn call_deadline(options: &DriverOptions) -> Duration {
+    let step = options
+        .slow_request
+        .saturating_add(options.settle)
+        .saturating_add(
+            options
+                .timeouts
+                .connect
+                .saturating_add(options.timeouts.request)
+                * 2,
+        );
+    step.saturating_mul(3)
+}
+
 /// The miner's inventory entry for the controller.
-pub fn miner_inventory(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> v1::MinerInventory {
+pub fn miner_inventory(slot: &MinerSlot) -> v1::MinerInventory {
     let id = &slot.identity;
     v1::MinerInventory {
         device_id: slot.device_id.clone(),
@@ -245,16 +308,41 @@ pub fn miner_inventory(slot: &MinerSlot, nameplate_power_w: Option<f64>) -> v1::
         firmware: id.firmware.clone().unwrap_or_default(),
         serial: id.serial.clone().unwrap_or_default(),
         mac: id.mac.clone().unwrap_or_default(),
-        nameplate_power_w: nameplate_power_w.map(|w| w.round() as u32),
-        nameplate_hashrate_ths: None,
+        nameplate_power_w: slot.nameplate.map(|n| n.power_w),
+        nameplate_hashrate_ths: slot.nameplate.and_then(|n| n.hashrate_ths),
         capabilities: Some(v1::MinerCapabilities {
             can_sleep: id.capabilities.can_sleep,
             power_target: id.capabilities.power_target,
             power_target_min_w: id.capabilities.power_target_min_w,
             power_target_max_w: id.capabilities.power_target_max_w,
-            power_target_steps_w: Vec::new(),
+            power_target_steps_w: id.capabilities.power_target_steps_w.clone(),
         }),
-        nameplate_source: String::new(),
+        nameplate_source: slot
+            .nameplate
+            .map(|n| n.source.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// The inventory entry of a configured miner that never answered, so its dialect and model are
+/// unknown: the controller still hears of it (dialect unspecified) and counts it, unseen, at
+/// its configured nameplate or its assumed maximum — an operator listed it, so it may be drawing.
+pub fn missing_inventory(m: &Missing) -> v1::MinerInventory {
+    let t = &m.target;
+    v1::MinerInventory {
+        device_id: miner_device_id(&t.addr),
+        addr: t.addr.to_string(),
+        dialect: t.dialect.map_or(v1::MinerDialect::Unspecified as i32, |d| {
+            d.to_proto() as i32
+        }),
+        nameplate_power_w: t.nameplate_power_w,
+        nameplate_hashrate_ths: t.nameplate_hashrate_ths,
+        nameplate_source: if t.nameplate_power_w.is_some() {
+            "config".to_owned()
+        } else {
+            String::new()
+        },
+        ..Default::default()
     }
 }
 
@@ -381,10 +469,206 @@ pub async fn rediscover(
             continue;
         }
         let (found, missing) = discover_miners(&config, &state_dir, targets).await;
+        let options = driver_options(&config);
         for slot in &found {
             info!(miner = %slot.driver.addr(), dialect = %slot.identity.dialect, "Configured miner found");
-            reconciler.add_device(slot.device_id.clone(), miner_device(slot, None));
+            let pacing = config.poll.pacing_s.map(Duration::from_secs_f64);
+            reconciler.add_device(slot.device_id.clone(), miner_device(slot, &options, pacing));
         }
         set.extend(found, missing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::miner::{MinerAddr, MinerError};
+    use crate::reconcile::{ClockCheck, ClockTrust, WallClock};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A driver that records the order of its calls. `on_target` runs when a target is set.
+    struct Recording {
+        addr: MinerAddr,
+        calls: Mutex<Vec<&'static str>>,
+        asleep: Mutex<bool>,
+        target_fails: bool,
+        target_while_asleep: bool,
+        on_target: Box<dyn Fn() + Send + Sync>,
+    }
+
+    impl Recording {
+        fn reading(&self) -> Reading {
+            let mut r = Reading::empty(&self.addr, MinerDialect::Braiins);
+            let asleep = *self.asleep.lock().unwrap();
+            r.state = if asleep {
+                MinerState::Sleeping
+            } else {
+                MinerState::Mining
+            };
+            r
+        }
+    }
+
+    #[async_trait]
+    impl MinerDriver for Recording {
+        fn dialect(&self) -> MinerDialect {
+            MinerDialect::Braiins
+        }
+        fn addr(&self) -> &MinerAddr {
+            &self.addr
+        }
+        async fn identify(&self) -> Result<Identity, MinerError> {
+            Ok(fallback_identity(MinerDialect::Braiins))
+        }
+        async fn read(&self) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("read");
+            Ok(self.reading())
+        }
+        async fn sleep(&self) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("sleep");
+            *self.asleep.lock().unwrap() = true;
+            Ok(self.reading())
+        }
+        async fn wake(&self) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("wake");
+            *self.asleep.lock().unwrap() = false;
+            Ok(self.reading())
+        }
+        async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
+            self.calls.lock().unwrap().push("target");
+            (self.on_target)();
+            if self.target_fails {
+                return Err(MinerError::Other {
+                    addr: self.addr.to_string(),
+                    message: "refused".into(),
+                });
+            }
+            Ok(self.reading())
+        }
+        fn target_while_asleep(&self) -> bool {
+            self.target_while_asleep
+        }
+    }
+
+    fn recording(target_fails: bool, target_while_asleep: bool) -> Recording {
+        Recording {
+            addr: MinerAddr::new("10.0.0.1"),
+            calls: Mutex::new(Vec::new()),
+            asleep: Mutex::new(true),
+            target_fails,
+            target_while_asleep,
+            on_target: Box::new(|| {}),
+        }
+    }
+
+    /// A guard on a lease of `lease_s` seconds from now, on a clock the test moves.
+    fn guard(lease_s: i64) -> (Arc<AtomicI64>, RaiseGuard) {
+        let offset = Arc::new(AtomicI64::new(0));
+        let o = Arc::clone(&offset);
+        let start = chrono::Utc::now();
+        let clock: WallClock =
+            Arc::new(move || start + chrono::Duration::seconds(o.load(Ordering::SeqCst)));
+        let trust = Arc::new(ClockTrust::default());
+        trust.set(ClockCheck::Within { skew_s: 0.0 });
+        let lease = start + chrono::Duration::seconds(lease_s);
+        (offset, RaiseGuard::new(Some(lease), clock, trust))
+    }
+
+    const RUN_2000: Target = Target::Miner(MinerTarget::Run {
+        power_target_w: Some(2000),
+    });
+
+    #[tokio::test]
+    async fn hole4_a_sleeping_miner_gets_its_target_before_it_wakes() {
+        let d = Arc::new(recording(false, true));
+        let a = MinerActuator { driver: d.clone() };
+        a.apply(&RUN_2000, &guard(60).1).await.unwrap();
+        assert_eq!(*d.calls.lock().unwrap(), ["read", "target", "wake"]);
+    }
+
+    #[tokio::test]
+    async fn hole4_a_failed_target_after_a_wake_puts_the_miner_back_to_sleep() {
+        let d = Arc::new(recording(true, false));
+        let a = MinerActuator { driver: d.clone() };
+        assert!(a.apply(&RUN_2000, &guard(60).1).await.is_err());
+        assert_eq!(
+            *d.calls.lock().unwrap(),
+            ["read", "wake", "target", "sleep"]
+        );
+        assert!(*d.asleep.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn hole5_no_wake_once_the_lease_is_gone() {
+        let d = Arc::new(recording(false, false));
+        let a = MinerActuator { driver: d.clone() };
+        let e = a.apply(&RUN_2000, &guard(-1).1).await.unwrap_err();
+        assert!(matches!(e, ApplyError::RaiseRefused(_)), "{e}");
+        assert_eq!(*d.calls.lock().unwrap(), ["read"]);
+        assert!(*d.asleep.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn hole5_the_lease_is_checked_again_before_each_raising_step() {
+        // The target takes so long that the lease ends before the wake: no wake.
+        let (offset, g) = guard(30);
+        let mut d = recording(false, true);
+        d.on_target = Box::new(move || offset.store(31, Ordering::SeqCst));
+        let d = Arc::new(d);
+        let a = MinerActuator { driver: d.clone() };
+        let e = a.apply(&RUN_2000, &g).await.unwrap_err();
+        assert!(e.to_string().contains("wake the miner"), "{e}");
+        assert_eq!(*d.calls.lock().unwrap(), ["read", "target"]);
+        assert!(*d.asleep.lock().unwrap(), "woken after its lease ended");
+    }
+
+    #[tokio::test]
+    async fn a_miner_already_hashing_is_not_woken_and_sleep_needs_no_lease() {
+        let d = Arc::new(recording(false, false));
+        *d.asleep.lock().unwrap() = false;
+        let a = MinerActuator { driver: d.clone() };
+        let run = Target::Miner(MinerTarget::Run {
+            power_target_w: None,
+        });
+        a.apply(&run, &guard(-1).1).await.unwrap();
+        a.apply(
+            &Target::Miner(MinerTarget::Sleep),
+            &RaiseGuard::lowering_only(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(*d.calls.lock().unwrap(), ["read", "sleep"]);
+    }
+
+    #[test]
+    fn hole10_a_known_model_carries_its_nameplate_and_the_config_wins() {
+        let identity = Identity {
+            model: Some("Antminer S21".into()),
+            ..fallback_identity(MinerDialect::Luxos)
+        };
+        let slot = MinerSlot {
+            device_id: "miner/10.0.0.1".into(),
+            driver: Arc::new(recording(false, false)),
+            nameplate: nameplate::resolve(None, None, identity.model.as_deref()),
+            identity: identity.clone(),
+        };
+        let inv = miner_inventory(&slot);
+        assert_eq!(inv.nameplate_power_w, Some(3500));
+        assert_eq!(inv.nameplate_hashrate_ths, Some(200.0));
+        assert_eq!(inv.nameplate_source, "model-table");
+        let configured = MinerSlot {
+            nameplate: nameplate::resolve(Some(3300), Some(190.0), identity.model.as_deref()),
+            ..slot
+        };
+        let inv = miner_inventory(&configured);
+        assert_eq!(inv.nameplate_power_w, Some(3300));
+        assert_eq!(inv.nameplate_source, "config");
+        match miner_device(&configured, &DriverOptions::default(), None).limits {
+            Limits::Miner {
+                nameplate_power_w, ..
+            } => assert_eq!(nameplate_power_w, Some(3300.0)),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -188,6 +188,30 @@ fn default_state_file() -> Option<PathBuf> {
     Some(base.join("pivot/miner-modes.json"))
 }
 
+/// One address probed: a reading, or nothing that answered as a known miner (no dialect is
+/// named for it: nothing said which it is).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Probed {
+    Read(Reading),
+    Undetected { addr: String, error: String },
+}
+
+impl Probed {
+    fn ok(&self) -> bool {
+        matches!(self, Probed::Read(r) if r.reachable && r.error.is_none())
+    }
+
+    fn line(&self) -> String {
+        match self {
+            Probed::Read(r) => table_line(r),
+            Probed::Undetected { addr, error } => {
+                format!("{addr:<28} {:<14} error: {error}", "undetected")
+            }
+        }
+    }
+}
+
 fn table_line(r: &Reading) -> String {
     let f = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |x| format!("{x:.2} {unit}"));
     let mut line = format!(
@@ -215,37 +239,37 @@ pub async fn run(args: MinerArgs) -> anyhow::Result<ExitCode> {
     let fleet = Fleet::new(args.common)?;
     match args.command {
         MinerCommand::Probe { addrs, json } => {
-            let readings: Vec<Reading> = futures::stream::iter(addrs)
+            let rows: Vec<Probed> = futures::stream::iter(addrs)
                 .map(|a| {
                     let fleet = &fleet;
                     async move {
                         match fleet.driver(&a).await {
-                            Ok(d) => poll(d.as_ref()).await,
-                            Err((dialect, e)) => Reading::failed(&a, dialect, &e),
+                            Ok(d) => Probed::Read(poll(d.as_ref()).await),
+                            Err((_, e)) => Probed::Undetected {
+                                addr: a.to_string(),
+                                error: e.to_string(),
+                            },
                         }
                     }
                 })
                 .buffered(CONCURRENCY)
                 .collect()
                 .await;
-            let failed = readings
-                .iter()
-                .filter(|r| r.error.is_some() || !r.reachable)
-                .count();
+            let failed = rows.iter().filter(|r| !r.ok()).count();
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&readings).context("rendering readings")?
+                    serde_json::to_string_pretty(&rows).context("rendering readings")?
                 );
             } else {
-                for r in &readings {
-                    println!("{}", table_line(r));
+                for r in &rows {
+                    println!("{}", r.line());
                 }
             }
             if failed > 0 {
                 eprintln!(
                     "pivot-agent: {failed} of {} miners could not be read",
-                    readings.len()
+                    rows.len()
                 );
                 return Ok(ExitCode::FAILURE);
             }
@@ -292,7 +316,28 @@ async fn control(fleet: &Fleet, addrs: Vec<MinerAddr>, action: Action) -> anyhow
                             driver.wake().await
                         }
                     }
-                    Action::PowerTarget(w) => driver.set_power_target(w).await,
+                    Action::PowerTarget(w) => {
+                        // The daemon's rule: refused outside the firmware's range, or above
+                        // nameplate where it reports none; steps land at or below the ask.
+                        let id = driver.identify().await?;
+                        let nameplate = super::nameplate::resolve(None, None, id.model.as_deref());
+                        let c = &id.capabilities;
+                        let caps = crate::reconcile::TargetCaps {
+                            power_target: c.power_target,
+                            min_w: c.power_target_min_w,
+                            max_w: c.power_target_max_w,
+                            steps_w: &c.power_target_steps_w,
+                            nameplate_power_w: nameplate.map(|n| f64::from(n.power_w)),
+                        };
+                        let landing =
+                            crate::reconcile::power_target_landing(w, &caps).map_err(|e| {
+                                MinerError::Other {
+                                    addr: a.to_string(),
+                                    message: format!("{e}; nothing was changed"),
+                                }
+                            })?;
+                        driver.set_power_target(landing).await
+                    }
                 }
             }
             .await;

@@ -1,5 +1,6 @@
 //! Which dialect answers at an address. The three wire protocols are tried at once — cgminer
-//! JSON (`version`, then `get_version` for Whatsminer), Whatsminer v3's length-prefixed JSON,
+//! JSON (`version`, then `get_version` for Whatsminer, whose build date tells API v2 from v3),
+//! Whatsminer v3's length-prefixed JSON,
 //! and AxeOS' `GET /api/system/info` — each on the given port or its own default, and the first
 //! one that identifies itself wins, so a wrong guess costs no timeout.
 
@@ -31,6 +32,22 @@ pub fn classify_version(v: &Value) -> Option<MinerDialect> {
     }
 }
 
+/// Which Whatsminer API a firmware build speaks. Firmware from November 2024 on keeps answering
+/// the old plaintext reads on 4028 but takes commands only over API v3 on 4433; asic-rs 0.8.6
+/// draws the line at builds dated 2024-11-01 and later (`firmwares/whatsminer` firmware.rs), and
+/// so does this.
+pub fn whatsminer_api(fw_ver: &str) -> MinerDialect {
+    let date = fw_ver
+        .split('.')
+        .next()
+        .filter(|d| d.len() == 8)
+        .and_then(|d| d.parse::<u32>().ok());
+    match date {
+        Some(d) if d >= 20_241_101 => MinerDialect::WhatsminerV3,
+        _ => MinerDialect::WhatsminerV2,
+    }
+}
+
 async fn probe_cgminer(addr: &MinerAddr, t: Timeouts) -> Result<MinerDialect, String> {
     let cg = CgClient::new(addr.clone(), addr.api_port(MinerDialect::Antminer), t);
     let v = cg
@@ -43,7 +60,7 @@ async fn probe_cgminer(addr: &MinerAddr, t: Timeouts) -> Result<MinerDialect, St
     if let Some(d) = classify_version(&v) {
         return Ok(d);
     }
-    // Whatsminer v2 answers its own `get_version` with Msg.fw_ver / api_ver.
+    // Whatsminer answers its own `get_version` with Msg.fw_ver / api_ver.
     let w = cg
         .raw(
             json!({ "command": "get_version" }).to_string().as_bytes(),
@@ -51,7 +68,10 @@ async fn probe_cgminer(addr: &MinerAddr, t: Timeouts) -> Result<MinerDialect, St
         )
         .await
         .map_err(|e| e.to_string())?;
-    if w.pointer("/Msg/fw_ver").is_some() || w.pointer("/Msg/api_ver").is_some() {
+    if let Some(fw) = w.pointer("/Msg/fw_ver").and_then(Value::as_str) {
+        return Ok(whatsminer_api(fw));
+    }
+    if w.pointer("/Msg/api_ver").is_some() {
         return Ok(MinerDialect::WhatsminerV2);
     }
     Err(format!(
@@ -155,5 +175,21 @@ mod tests {
             classify_version(&json!({"VERSION":[{"CGMiner":"4.9"}]})),
             None
         );
+    }
+
+    #[test]
+    fn whatsminer_builds_from_november_2024_speak_api_v3() {
+        // Builds as asic-rs' captures and pyasic reports show them.
+        assert_eq!(
+            whatsminer_api("20230803.11.REL"),
+            MinerDialect::WhatsminerV2
+        );
+        assert_eq!(whatsminer_api("20241031.1.REL"), MinerDialect::WhatsminerV2);
+        assert_eq!(whatsminer_api("20241101.1.REL"), MinerDialect::WhatsminerV3);
+        assert_eq!(
+            whatsminer_api("20251209.16.Rel2"),
+            MinerDialect::WhatsminerV3
+        );
+        assert_eq!(whatsminer_api("v1.4.0"), MinerDialect::WhatsminerV2);
     }
 }

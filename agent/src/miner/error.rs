@@ -94,6 +94,16 @@ pub enum MinerError {
     )]
     WakeModeUnknown { addr: String },
 
+    #[error(
+        "miner {addr}: the file of modes before sleep, {path}, cannot be used ({problem}); fix or \
+         move it away"
+    )]
+    ModeMemory {
+        addr: String,
+        path: String,
+        problem: String,
+    },
+
     #[error("miner {addr}: no known miner dialect answered ({tried})")]
     NotDetected { addr: String, tried: String },
 
@@ -131,6 +141,7 @@ impl MinerError {
             MinerError::Unsupported { .. } => "unsupported",
             MinerError::OutOfRange { .. } => "out_of_range",
             MinerError::WakeModeUnknown { .. } => "wake_mode_unknown",
+            MinerError::ModeMemory { .. } => "mode_memory",
             MinerError::NotDetected { .. } => "not_detected",
             MinerError::Other { .. } => "other",
         }

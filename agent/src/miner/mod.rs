@@ -13,6 +13,7 @@ pub mod detect;
 pub mod dialects;
 pub mod error;
 pub mod http;
+pub mod nameplate;
 pub mod transport;
 pub mod verify;
 
@@ -48,6 +49,9 @@ pub struct Capabilities {
     /// The range the firmware accepts, when it says.
     pub power_target_min_w: Option<u32>,
     pub power_target_max_w: Option<u32>,
+    /// The targets the firmware can express, ascending, where it has steps (LuxOS profiles); a
+    /// request lands on the highest step at or below it. Empty: any watt value in the range.
+    pub power_target_steps_w: Vec<u32>,
 }
 
 /// One hashboard.
@@ -122,6 +126,24 @@ impl Reading {
         }
     }
 
+    /// The reading as far as it can be believed. A reply that parsed but carried no hashrate
+    /// at all (a truncated reply, a reply of the wrong shape) says nothing about whether the
+    /// miner hashes; a state a dialect inferred without it ("faulted", "ramping") would be a
+    /// guess. Such a reading is unknown, with the reason, so the miner counts as unseen.
+    #[must_use]
+    pub fn checked(mut self) -> Self {
+        if self.error.is_none() && self.hashrate_ths.is_none() {
+            self.error = Some(format!(
+                "miner {}: the reply carried no hashrate (truncated or not a miner's reply); \
+                 state unknown",
+                self.addr
+            ));
+            self.error_kind = Some("incomplete");
+            self.state = MinerState::Unknown;
+        }
+        self
+    }
+
     /// A one-line summary for error messages.
     pub fn summary(&self) -> String {
         let f = |v: Option<f64>| v.map_or("?".to_owned(), |x| format!("{x:.1}"));
@@ -180,12 +202,19 @@ pub trait MinerDriver: Send + Sync {
 
     /// Sets the power target; returns the read-back that shows it.
     async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError>;
+
+    /// Whether the firmware takes a power target while asleep and keeps it for the wake, so a
+    /// wake to a target can set the target first and never run at the power it slept at.
+    fn target_while_asleep(&self) -> bool {
+        false
+    }
 }
 
-/// A reading that never fails: an unreachable or unreadable miner yields a reading that says so.
+/// A reading that never fails: an unreachable or unreadable miner yields a reading that says so
+/// (and an incomplete reply one that says it is unknown, see [`Reading::checked`]).
 pub async fn poll(driver: &dyn MinerDriver) -> Reading {
     match driver.read().await {
-        Ok(r) => r,
+        Ok(r) => r.checked(),
         Err(e) => Reading::failed(driver.addr(), driver.dialect(), &e),
     }
 }

@@ -51,6 +51,20 @@ pub async fn exchange(
     timeouts: Timeouts,
     command: &str,
 ) -> Result<Vec<u8>, MinerError> {
+    exchange_sized(addr, port, payload, framing, timeouts, command, 4096).await
+}
+
+/// [`exchange`], reading into a buffer of `expect` bytes to start with (the size of this
+/// miner's last reply, say), so a reply of the usual size is read without growing the buffer.
+pub async fn exchange_sized(
+    addr: &MinerAddr,
+    port: u16,
+    payload: &[u8],
+    framing: Framing,
+    timeouts: Timeouts,
+    command: &str,
+    expect: usize,
+) -> Result<Vec<u8>, MinerError> {
     let label = || addr.to_string();
     let socket = addr.socket(port);
     let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(&socket)).await {
@@ -65,7 +79,7 @@ pub async fn exchange(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let work = talk(stream, payload, framing);
+    let work = talk(stream, payload, framing, expect);
     match tokio::time::timeout(timeouts.request, work).await {
         Err(_) => Err(MinerError::Timeout {
             addr: label(),
@@ -81,20 +95,30 @@ pub async fn exchange(
     }
 }
 
-async fn talk(mut stream: TcpStream, payload: &[u8], framing: Framing) -> std::io::Result<Vec<u8>> {
+async fn talk(
+    mut stream: TcpStream,
+    payload: &[u8],
+    framing: Framing,
+    expect: usize,
+) -> std::io::Result<Vec<u8>> {
     stream.write_all(payload).await?;
     stream.flush().await?;
     match framing {
-        Framing::NulOrEof => read_until_nul(&mut stream).await,
+        Framing::NulOrEof => read_until_nul(&mut stream, expect).await,
         Framing::LengthPrefixed => read_length_prefixed(&mut stream).await,
     }
 }
 
-async fn read_until_nul(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(4096);
-    let mut buf = [0u8; 8192];
+/// Reads straight into the reply buffer (no bounce buffer, no copy), growing it only when a
+/// reply is larger than `expect`.
+async fn read_until_nul(stream: &mut TcpStream, expect: usize) -> std::io::Result<Vec<u8>> {
+    let mut out: Vec<u8> = Vec::with_capacity(expect.clamp(512, MAX_REPLY));
     loop {
-        let n = match stream.read(&mut buf).await {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let before = out.len();
+        let n = match stream.read_buf(&mut out).await {
             Ok(n) => n,
             // A reset after some data: keep what came (the parser copes with truncation).
             Err(e) if !out.is_empty() && is_reset(&e) => return Ok(out),
@@ -103,13 +127,12 @@ async fn read_until_nul(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         if n == 0 {
             return Ok(out);
         }
-        let chunk = &buf[..n];
-        if let Some(i) = chunk.iter().position(|b| *b == 0) {
-            out.extend_from_slice(&chunk[..i]);
+        if let Some(i) = out[before..].iter().position(|b| *b == 0) {
+            out.truncate(before + i);
             return Ok(out);
         }
-        out.extend_from_slice(chunk);
         if out.len() >= MAX_REPLY {
+            out.truncate(MAX_REPLY);
             return Ok(out);
         }
     }

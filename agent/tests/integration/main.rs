@@ -5,3 +5,4 @@
 
 mod gpu;
 mod miner;
+mod workload_exec;

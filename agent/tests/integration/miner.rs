@@ -469,3 +469,46 @@ async fn whatsminer_token_errors_retry_once_then_fail_typed() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_truncated_or_empty_reply_reads_unknown_never_a_guessed_state() {
+    // Truncation cuts the hashrate out of these dialects' poll: the state must not be guessed
+    // (it read "faulted" on the Antminer, "ramping" on LuxOS) and the miner counts as down.
+    for d in [Dialect::Antminer, Dialect::Luxos] {
+        let (_m, drv) =
+            start(MinerSpec::new(d).faults(vec![Fault::Quirk(JsonQuirk::Truncated)])).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let r = pivot_agent::miner::poll(drv.as_ref()).await;
+        assert_eq!(r.state, MinerState::Unknown, "{d}: {r:?}");
+        assert_eq!(r.error_kind, Some("incomplete"), "{d}: {r:?}");
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("no hashrate")),
+            "{r:?}"
+        );
+    }
+    // Something that answers 4028 with JSON that is no miner's reply.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"{\"hello\":\"world\",\"id\":1}\0").await;
+        }
+    });
+    let ctx = DriverContext::new(options(), Credentials::default_for(MinerDialect::Luxos));
+    let drv = driver_for(
+        MinerDialect::Luxos,
+        MinerAddr::new("127.0.0.1").with_port(port),
+        ctx,
+    );
+    let r = pivot_agent::miner::poll(drv.as_ref()).await;
+    assert_eq!(r.state, MinerState::Unknown, "{r:?}");
+    assert!(
+        r.error.is_some(),
+        "garbage must not read as a healthy miner: {r:?}"
+    );
+}

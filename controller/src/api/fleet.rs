@@ -105,6 +105,21 @@ fn override_from_proto(o: &v1::Override, actor: &str) -> Result<Override, FieldE
     })
 }
 
+/// The largest policy document accepted, bytes: a real one is a few kilobytes; anything near
+/// the message limit would be stored and then fail to be sent back.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
+
+fn check_policy_size(doc: &str) -> Result<(), Vec<String>> {
+    if doc.len() > MAX_POLICY_BYTES {
+        Err(vec![format!(
+            "the document is {} bytes; at most {MAX_POLICY_BYTES} are accepted",
+            doc.len()
+        )])
+    } else {
+        Ok(())
+    }
+}
+
 /// The longest a demand-response event may last or be announced ahead.
 const DR_HORIZON: chrono::Duration = chrono::Duration::days(366);
 
@@ -165,13 +180,15 @@ pub fn validate_demand_response(
 }
 
 /// Identifiers (host, device and event ids) are 1–128 characters of
-/// `A–Z a–z 0–9 . _ : / @ - [ ]` (brackets for IPv6 addresses): they are printed in terminals and
-/// logs, so nothing that can forge a line or an escape.
+/// `A–Z a–z 0–9 . _ : / @ - [ ] , =` (brackets for IPv6 addresses; `,http=` as in an agent's
+/// miner address): they are printed in terminals and logs, so nothing that can forge a line or
+/// an escape.
 pub fn check_id(id: &str, field: &str) -> Result<String, FieldError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '-' | '[' | ']')
+            c.is_ascii_alphanumeric()
+                || matches!(c, '.' | '_' | ':' | '/' | '@' | '-' | '[' | ']' | ',' | '=')
         });
     if ok {
         Ok(id.to_owned())
@@ -179,7 +196,7 @@ pub fn check_id(id: &str, field: &str) -> Result<String, FieldError> {
         Err(FieldError::new(
             field,
             format!(
-                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ - [ ]",
+                "{:?} is not an id: use 1-128 characters of A-Z a-z 0-9 . _ : / @ - [ ] , =",
                 id.chars().take(40).collect::<String>()
             ),
         ))
@@ -288,9 +305,11 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         request: Request<v1::GetEconomicsRequest>,
     ) -> Result<Response<v1::Economics>, Status> {
         self.ctl.auth.authorize(&request, Right::Read)?;
-        Err(Status::unavailable(
-            "no market data source is configured on this controller (hashprice and energy price sources are not built yet)",
-        ))
+        self.ctl.outlook().economics.map(Response::new).ok_or_else(|| {
+            Status::unavailable(
+                "the controller has not planned yet (the first round runs within seconds of start)",
+            )
+        })
     }
 
     async fn set_override(
@@ -481,6 +500,43 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         }))
     }
 
+    async fn forget_host(
+        &self,
+        request: Request<v1::ForgetHostRequest>,
+    ) -> Result<Response<v1::ForgetHostResponse>, Status> {
+        let who = self.ctl.auth.authorize(&request, Right::Operate)?;
+        let req = request.into_inner();
+        let host = check_id(&req.host_id, "host_id")?;
+        let devices = self
+            .ctl
+            .registry
+            .with_agents(|a| a.get(&host).map_or(0, |e| e.miners.len() + e.gpus.len()));
+        let forgotten = self.ctl.registry.forget(&host)?;
+        if forgotten {
+            self.ctl
+                .audit(NewAudit {
+                    kind: "agent",
+                    subject: format!("host/{host}"),
+                    actor: who.name,
+                    reason: format!(
+                        "host forgotten with its {devices} devices: {}",
+                        if req.reason.is_empty() {
+                            "no reason given"
+                        } else {
+                            &req.reason
+                        }
+                    ),
+                    detail: serde_json::json!({ "devices": devices }),
+                })
+                .await;
+            self.ctl.replan.notify_one();
+        }
+        Ok(Response::new(v1::ForgetHostResponse {
+            forgotten,
+            devices: u32::try_from(devices).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn get_history(
         &self,
         request: Request<v1::GetHistoryRequest>,
@@ -563,7 +619,9 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         request: Request<v1::ValidatePolicyRequest>,
     ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
         self.ctl.auth.authorize(&request, Right::Read)?;
-        let errors = policy::validate(&request.into_inner().document_toml)
+        let doc = request.into_inner().document_toml;
+        let errors = check_policy_size(&doc)
+            .and_then(|()| policy::validate(&doc).map(|_| ()))
             .err()
             .unwrap_or_default();
         Ok(Response::new(v1::ValidatePolicyResponse {
@@ -578,9 +636,32 @@ impl v1::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<v1::Policy>, Status> {
         let who = self.ctl.auth.authorize(&request, Right::Administer)?;
         let req = request.into_inner();
-        let doc = policy::validate(&req.document_toml).map_err(|errors| {
-            Status::invalid_argument(format!("document_toml: {}", errors.join("; ")))
-        })?;
+        let checked = check_policy_size(&req.document_toml)
+            .and_then(|()| policy::validate(&req.document_toml));
+        let doc = match checked {
+            Ok(doc) => doc,
+            Err(errors) => {
+                // A refused change of the site's rules is audited too (issue 11: an oversized
+                // or broken policy is refused *and* audited), with who tried; nothing is stored.
+                let why = errors.join("; ");
+                self.ctl
+                    .audit(NewAudit {
+                        kind: "policy",
+                        subject: format!("site/{}", self.ctl.config.site.id),
+                        actor: who.name.clone(),
+                        reason: format!(
+                            "policy refused: {}",
+                            why.chars().take(512).collect::<String>()
+                        ),
+                        detail: serde_json::json!({
+                            "bytes": req.document_toml.len(),
+                            "client_actor": req.actor,
+                        }),
+                    })
+                    .await;
+                return Err(Status::invalid_argument(format!("document_toml: {why}")));
+            }
+        };
         let actor = who.name.clone();
         let (name, text, a, expected) = (
             doc.name.clone(),

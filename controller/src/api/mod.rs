@@ -13,8 +13,12 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::Controller;
 
-/// Largest message the controller accepts (a hello from an agent with 10,000 miners fits).
+/// Largest message the controller accepts from an agent (a hello from an agent with 10,000
+/// miners fits), and the largest answer it sends.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Largest FleetService request: refused before anything is decoded, let alone stored.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -54,7 +58,13 @@ pub async fn serve(
             AgentServiceServer::new(agent::AgentApi::new(Arc::clone(&ctl)))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(FleetServiceServer::new(fleet::FleetApi::new(ctl)))
+        .add_service(
+            FleetServiceServer::new(fleet::FleetApi::new(ctl))
+                // Requests are small (the largest, a policy, is limited to 64 KiB); answers
+                // about a large fleet are not.
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -236,13 +236,14 @@ pub trait Store: Send + Sync + 'static {
     /// Overrides not expired at `now`.
     fn list_overrides(&self, now: DateTime<Utc>) -> Result<Vec<Override>, StoreError>;
     fn get_policy(&self) -> Result<Option<StoredPolicy>, StoreError>;
-    /// Replaces the policy; `expected_revision` 0 skips the optimistic-concurrency check.
+    /// Replaces the policy; `expected_revision` `None` skips the optimistic-concurrency check
+    /// (`Some(0)`: only if no policy was stored yet).
     fn set_policy(
         &self,
         name: &str,
         document_toml: &str,
         actor: &str,
-        expected_revision: u64,
+        expected_revision: Option<u64>,
     ) -> Result<StoredPolicy, StoreError>;
     /// Stores a new event; an id that exists already is refused (`Exists`), never replaced.
     fn put_demand_response(&self, e: &DemandResponse) -> Result<(), StoreError>;

@@ -417,7 +417,7 @@ impl Store for SqliteStore {
         name: &str,
         document_toml: &str,
         actor: &str,
-        expected_revision: u64,
+        expected_revision: Option<u64>,
     ) -> Result<StoredPolicy, StoreError> {
         let sql = self.sql();
         let now = Utc::now();
@@ -430,9 +430,11 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(&sql)?
                 .map_or(0, |r| u64::try_from(r).unwrap_or(0));
-            if expected_revision != 0 && expected_revision != current {
+            if let Some(expected) = expected_revision
+                && expected != current
+            {
                 return Err(StoreError::RevisionConflict {
-                    expected: expected_revision,
+                    expected,
                     actual: current,
                 });
             }
@@ -1057,18 +1059,26 @@ mod tests {
         let (_d, s) = store();
         assert!(s.get_policy().unwrap().is_none());
         let p1 = s
-            .set_policy("economic", "name = \"economic\"", "op", 0)
+            .set_policy("economic", "name = \"economic\"", "op", Some(0))
             .unwrap();
         assert_eq!(p1.revision, 1);
         assert!(matches!(
-            s.set_policy("x", "", "op", 5),
+            s.set_policy("x", "", "op", Some(5)),
             Err(StoreError::RevisionConflict {
                 expected: 5,
                 actual: 1
             })
         ));
-        assert_eq!(s.set_policy("x", "", "op", 1).unwrap().revision, 2);
-        assert_eq!(s.get_policy().unwrap().unwrap().name, "x");
+        assert_eq!(s.set_policy("x", "", "op", Some(1)).unwrap().revision, 2);
+        assert!(matches!(
+            s.set_policy("y", "", "op", Some(0)),
+            Err(StoreError::RevisionConflict {
+                expected: 0,
+                actual: 2
+            })
+        ));
+        assert_eq!(s.set_policy("z", "", "op", None).unwrap().revision, 3);
+        assert_eq!(s.get_policy().unwrap().unwrap().name, "z");
     }
 
     #[test]

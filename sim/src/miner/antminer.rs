@@ -50,14 +50,14 @@ pub(crate) fn api(core: &Core, req: &Request) -> Value {
             let mut s = json!({
                 "STATS": 0, "ID": "BC50", "Elapsed": r.uptime_s, "Calls": 0, "Wait": 0.0, "Max": 0.0,
                 "Min": 99999999.0, "GHS 5s": round2(r.total_ghs()), "GHS av": round2(r.total_ghs()),
-                "miner_count": r.boards, "frequency": "525", "fan_num": 4, "temp_num": r.boards,
+                "miner_count": r.boards, "frequency": "525", "fan_num": r.fans, "temp_num": r.boards,
                 "total_rateideal": round2(r.ideal_ghs()), "rate_unit": "GH",
                 "total_freqavg": 525.0, "total_acn": r.chips_per_board as usize * r.boards,
                 "total_rate": round2(r.total_ghs()), "miner_version": "49.0.1.3",
                 "miner_id": format!("{:016x}", u64::from(r.serial) * 0x9e37_79b9),
             });
             if let Value::Object(m) = &mut s {
-                for f in 1..=4 {
+                for f in 1..=r.fans {
                     m.insert(format!("fan{f}"), json!(r.fan_rpm(f)));
                 }
                 for b in 0..r.boards {
@@ -168,6 +168,15 @@ pub(crate) fn web(core: Arc<Core>, req: HttpRequest) -> BoxFuture<'static, HttpR
                     "serinum": r.serial_number("JYZZB3"),
                 }),
             ),
+            // Model and control-board type: asic-rs 0.8.6 (`firmwares/antminer` firmware.rs and
+            // v2023_07 `get_miner_type_info`) reads `miner_type` and `subtype` here before it
+            // falls back to `get_system_info.cgi`; `fw_version` as in the replies Tether's
+            // MiningOS mocks. `CVCtrl` is a CVITEK control board, a name asic-rs recognises.
+            (Method::GET, "/cgi-bin/miner_type.cgi") => json_reply(
+                StatusCode::OK,
+                &json!({"miner_type": core.spec.model.name, "subtype": "CVCtrl",
+                        "fw_version": "20230915"}),
+            ),
             (Method::GET, "/cgi-bin/get_blink_status.cgi") => {
                 json_reply(StatusCode::OK, &json!({"blink": false}))
             }
@@ -192,8 +201,8 @@ pub(crate) fn web(core: Arc<Core>, req: HttpRequest) -> BoxFuture<'static, HttpR
                     "INFO": {"miner_version": "49.0.1.3", "CompileTime": COMPILE_TIME, "type": core.spec.model.name},
                     "STATS": [{"elapsed": r.uptime_s, "rate_5s": round2(r.total_ghs()), "rate_30m": round2(r.total_ghs()),
                         "rate_avg": round2(r.total_ghs()), "rate_ideal": round2(r.ideal_ghs()), "rate_unit": "GH/s",
-                        "chain_num": r.boards, "fan_num": 4,
-                        "fan": (1..=4).map(|f| r.fan_rpm(f)).collect::<Vec<_>>(), "hwp_total": 0.0,
+                        "chain_num": r.boards, "fan_num": r.fans,
+                        "fan": (1..=r.fans).map(|f| r.fan_rpm(f)).collect::<Vec<_>>(), "hwp_total": 0.0,
                         "miner-mode": work_mode(&core), "freq-level": 100,
                         "chain": (0..r.boards).map(|b| json!({
                             "index": b, "freq_avg": 525, "rate_ideal": round2(r.ideal_ghs() / r.boards as f64),

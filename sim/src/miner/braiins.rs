@@ -4,8 +4,20 @@
 //! approximate power (`ApproximateMinerPowerConsumption`) and `PowerLimit`; the web root says
 //! "Braiins OS". REST: `POST /api/v1/auth/login {"username","password"}` returns a token sent back in
 //! `Authorization`; `PUT /api/v1/actions/pause|resume`; `PUT /api/v1/performance/power-target
-//! {"watt":N}` within `GET /api/v1/configuration/constraints`; reads `/miner/stats`,
-//! `/miner/details`, `/performance/tuner-state`. A pause does not survive a reboot.
+//! {"watt":N}` within `GET /api/v1/configuration/constraints`; the reads are in `braiins_rest`.
+//! A pause does not survive a reboot.
+//!
+//! What a real Braiins OS 25.x serves, and what this emulates:
+//! - REST `/api/v1` on 80 (public since 25.07, OpenAPI document in asic-rs `meta/braiins/25.07`):
+//!   served.
+//! - GraphQL `POST /graphql` on 80: still queried by asic-rs 0.8.6 on 25.07 and 26.04 (model and
+//!   version to identify, `events.appeals` for messages): served, for the fields clients query.
+//! - cgminer API (BOSer) on 4028: served.
+//! - gRPC "Public API" on 50051 (since 23.03; braiins/bos-plus-api): pyasic 0.79 reads serial
+//!   numbers, MAC, hostname, firmware version, hashboards, power, fans, pools and the fault light
+//!   only from it. Not served: Braiins' .proto files are GPL-3.0 and may not be copied into this
+//!   Apache-2.0 project, and a gRPC server cannot be written without them. Clients see those
+//!   fields missing (named in sim/tests/integration/pyasic.rs and docs/BENCHMARKS.md).
 
 use std::sync::Arc;
 
@@ -15,20 +27,16 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::antminer;
+use super::braiins_rest::{self, target_w};
 use super::cgminer::{Request, invalid_command, status};
 use super::faults::Fault;
+use super::graphql::{self, OperationKind};
 use super::http::{HttpRequest, HttpResponse, json as json_reply, text};
 use super::readings::Reading;
 use super::state::Core;
 
 /// How long a REST token stays valid.
 const TOKEN_TTL_S: u64 = 3600;
-
-fn target_w(core: &Core) -> u32 {
-    core.snapshot()
-        .power_target_w
-        .unwrap_or(core.spec.model.nameplate_w)
-}
 
 pub(crate) fn api(core: &Core, req: &Request) -> Value {
     let desc = core.description();
@@ -75,8 +83,8 @@ pub(crate) fn api(core: &Core, req: &Request) -> Value {
                 "Chip": r.chip_temp(b)})).collect::<Vec<_>>(),
         }),
         "fans" => json!({
-            "STATUS": status("S", 202, "4 Fan(s)", &desc),
-            "FANS": (0..4).map(|f| json!({"FAN": f, "ID": f, "RPM": r.fan_rpm(f), "Speed": 100}))
+            "STATUS": status("S", 202, &format!("{} Fan(s)", r.fans), &desc),
+            "FANS": (0..r.fans).map(|f| json!({"FAN": f, "ID": f, "RPM": r.fan_rpm(f), "Speed": 100}))
                 .collect::<Vec<_>>(),
         }),
         "tunerstatus" => json!({
@@ -116,74 +124,45 @@ fn route(core: &Core, req: &HttpRequest) -> HttpResponse {
         );
         return resp;
     }
+    if path == "/graphql" {
+        return if req.method == Method::POST {
+            graphql(core, req)
+        } else {
+            error(StatusCode::METHOD_NOT_ALLOWED, "GraphQL takes POST")
+        };
+    }
     if req.method == Method::POST && path == "/api/v1/auth/login" {
         return login(core, req);
     }
-    if !path.starts_with("/api/v1/") {
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
         return text(StatusCode::NOT_FOUND, "Not Found");
-    }
+    };
     if !authorized(core, req) {
         return error(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: missing or expired token",
         );
     }
-    let r = Reading::of(core);
-    let model = core.spec.model;
-    let (min_w, max_w) = model.power_target_range_w();
-    match (&req.method, path) {
-        (&Method::GET, "/api/v1/miner/details") => json_reply(
-            StatusCode::OK,
-            &json!({
-                "uid": format!("sim{:08}", r.serial), "serial_number": r.serial_number("BOS"),
-                "hostname": "braiins-os", "mac_address": r.mac(), "system_uptime_s": r.uptime_s,
-                "bosminer_uptime_s": r.uptime_s, "platform": 3, "bos_mode": 2,
-                "bos_version": {"current": "2025-07-01-0-a1b2c3d4-25.07-plus", "major": "25", "bos_plus": true},
-                "miner_identity": {"brand": 1, "model": model.name, "name": model.name},
-                "sticker_hashrate": {"gigahash_per_second": model.nameplate_ths * 1000.0},
-                "status": if r.snap.sleep_requested { 3 } else { 2 },
-            }),
-        ),
-        (&Method::GET, "/api/v1/miner/stats") => json_reply(
-            StatusCode::OK,
-            &json!({
-                "miner_stats": {
-                    "real_hashrate": {"last_5s": {"gigahash_per_second": r.total_ghs()},
-                                       "last_15m": {"gigahash_per_second": r.total_ghs()}},
-                    "nominal_hashrate": {"gigahash_per_second": r.ideal_ghs()},
-                },
-                "power_stats": {"approximated_consumption": {"watt": r.watts()},
-                                "efficiency": {"joule_per_terahash": if r.snap.hashrate_ths > 0.0 { r.snap.power_w / r.snap.hashrate_ths } else { 0.0 }}},
-                "pool_stats": {"accepted_shares": r.accepted, "rejected_shares": 0},
-            }),
-        ),
-        (&Method::GET, "/api/v1/performance/tuner-state") => json_reply(
-            StatusCode::OK,
-            &json!({
-                "overall_tuner_state": if r.snap.state == super::RunState::Mining { "Stable" } else { "Tuning" },
-                "power_target_mode_state": {"current_target": {"watt": target_w(core)}},
-            }),
-        ),
-        (&Method::GET, "/api/v1/configuration/constraints") => json_reply(
-            StatusCode::OK,
-            &json!({
-                "tuner_constraints": {"power_target": {"min": {"watt": min_w}, "max": {"watt": max_w},
-                                                        "default": {"watt": model.nameplate_w}}},
-            }),
-        ),
-        (&Method::PUT, "/api/v1/actions/pause") => {
+    if req.method == Method::GET
+        && let Some(reply) = braiins_rest::get(core, rest)
+    {
+        return json_reply(StatusCode::OK, &reply);
+    }
+    let (min_w, max_w) = core.spec.model.power_target_range_w();
+    match (&req.method, rest) {
+        (&Method::PUT, "actions/pause") => {
             core.set_awake(false);
             json_reply(StatusCode::OK, &json!({"paused": true}))
         }
-        (&Method::PUT, "/api/v1/actions/resume") => {
+        (&Method::PUT, "actions/resume") => {
             core.set_awake(true);
             json_reply(StatusCode::OK, &json!({"resumed": true}))
         }
-        (&Method::PUT, "/api/v1/actions/reboot") | (&Method::POST, "/api/v1/actions/reboot") => {
+        (&Method::PUT | &Method::POST, "actions/reboot") => {
             core.reboot();
             json_reply(StatusCode::OK, &json!({}))
         }
-        (&Method::PUT, "/api/v1/performance/power-target") => {
+        (&Method::PUT, "performance/power-target") => {
             let watt = serde_json::from_slice::<Value>(&req.body)
                 .ok()
                 .and_then(|v| v.get("watt").and_then(Value::as_u64));
@@ -203,15 +182,83 @@ fn route(core: &Core, req: &HttpRequest) -> HttpResponse {
     }
 }
 
-fn login(core: &Core, req: &HttpRequest) -> HttpResponse {
-    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+/// `POST /graphql`: the model and version answer anyone (clients identify the miner before
+/// they log in); every other query needs the `session_id` cookie the `auth.login` mutation
+/// sets. Errors are GraphQL's own shape, `{"errors": [{"message": …}]}`, with HTTP 200.
+fn graphql(core: &Core, req: &HttpRequest) -> HttpResponse {
+    let gql_error = |msg: &str| json_reply(StatusCode::OK, &json!({"errors": [{"message": msg}]}));
+    let body: Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(e) => return gql_error(&format!("body is not JSON: {e}")),
+    };
+    let Some(query) = body.get("query").and_then(Value::as_str) else {
+        return gql_error("no \"query\" in the body");
+    };
+    let variables = body.get("variables").cloned().unwrap_or(Value::Null);
+    let op = match graphql::parse(query) {
+        Ok(op) => op,
+        Err(e) => return gql_error(&format!("Syntax Error: {e}")),
+    };
+    if op.kind == OperationKind::Mutation {
+        return graphql_mutation(core, &op, &variables);
+    }
+    let public = op.roots().iter().all(|f| {
+        f.alias.is_none()
+            && matches!(f.name.as_str(), "bosminer" | "bos")
+            && f.selection
+                .iter()
+                .all(|s| matches!(s, graphql::Selection::Field(c) if c.name == "info"))
+    });
+    if !public && !session_cookie(req).is_some_and(|t| token_valid(core, &t)) {
+        return gql_error("Unauthorized: log in first (auth.login)");
+    }
+    match graphql::project(&braiins_rest::graphql_data(core), &op.selection) {
+        Ok(data) => json_reply(StatusCode::OK, &json!({"data": data})),
+        Err(e) => gql_error(&e),
+    }
+}
+
+/// The one mutation clients send before reading: `auth { login(username, password) }`, which
+/// answers a `VoidResult` and sets the session cookie.
+fn graphql_mutation(core: &Core, op: &graphql::Operation, variables: &Value) -> HttpResponse {
+    let gql_error = |msg: &str| json_reply(StatusCode::OK, &json!({"errors": [{"message": msg}]}));
+    let Some(login) = op
+        .roots()
+        .into_iter()
+        .find(|f| f.name == "auth")
+        .and_then(|auth| auth.child("login"))
+    else {
+        return gql_error("this emulator answers only the auth.login mutation");
+    };
     let (user, pass) = core.spec.login();
-    let ok = body.get("username").and_then(Value::as_str) == Some(user.as_str())
-        && body.get("password").and_then(Value::as_str) == Some(pass.as_str())
+    let ok = login.arg_str("username", variables).as_deref() == Some(user.as_str())
+        && login.arg_str("password", variables).as_deref() == Some(pass.as_str())
         && !core.has_fault(&Fault::WrongCredentials);
     if !ok {
-        return error(StatusCode::UNAUTHORIZED, "invalid username or password");
+        return gql_error("Invalid username or password");
     }
+    let token = issue_token(core);
+    let mut resp = json_reply(
+        StatusCode::OK,
+        &json!({"data": {"auth": {"login": {"void": null, "__typename": "VoidResult"}}}}),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&format!("session_id={token}; Path=/; HttpOnly")) {
+        resp.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn session_cookie(req: &HttpRequest) -> Option<String> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("session_id=").map(str::to_owned))
+}
+
+/// A fresh token (REST bearer or GraphQL session), remembered for [`TOKEN_TTL_S`].
+fn issue_token(core: &Core) -> String {
     let token = format!(
         "{:016x}",
         u64::from(core.next_counter()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -225,6 +272,27 @@ fn login(core: &Core, req: &HttpRequest) -> HttpResponse {
         inner.tokens.remove(0);
     }
     inner.tokens.push((token.clone(), now));
+    token
+}
+
+fn token_valid(core: &Core, token: &str) -> bool {
+    let now = Instant::now();
+    core.lock()
+        .tokens
+        .iter()
+        .any(|(t, at)| t == token && now.saturating_duration_since(*at).as_secs() < TOKEN_TTL_S)
+}
+
+fn login(core: &Core, req: &HttpRequest) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let (user, pass) = core.spec.login();
+    let ok = body.get("username").and_then(Value::as_str) == Some(user.as_str())
+        && body.get("password").and_then(Value::as_str) == Some(pass.as_str())
+        && !core.has_fault(&Fault::WrongCredentials);
+    if !ok {
+        return error(StatusCode::UNAUTHORIZED, "invalid username or password");
+    }
+    let token = issue_token(core);
     json_reply(
         StatusCode::OK,
         &json!({"token": token, "timeout_s": TOKEN_TTL_S}),
@@ -242,10 +310,5 @@ fn authorized(core: &Core, req: &HttpRequest) -> bool {
     else {
         return false;
     };
-    let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
-    let now = Instant::now();
-    core.lock()
-        .tokens
-        .iter()
-        .any(|(t, at)| t == token && now.saturating_duration_since(*at).as_secs() < TOKEN_TTL_S)
+    token_valid(core, token.strip_prefix("Bearer ").unwrap_or(token).trim())
 }

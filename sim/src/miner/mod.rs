@@ -20,11 +20,14 @@
 mod antminer;
 mod bitaxe;
 mod braiins;
+mod braiins_rest;
 mod cgminer;
 mod crypto;
 mod faults;
+mod graphql;
 mod http;
 mod luxos;
+mod luxos_status;
 mod readings;
 mod state;
 mod whatsminer_v2;
@@ -88,6 +91,16 @@ impl Dialect {
         }
     }
 
+    /// The port of the older API a firmware still answers besides its primary one: Whatsminer v3
+    /// firmware's plaintext reads on 4028 (see `whatsminer_v3`). Served where miners have their
+    /// real ports or ephemeral ones, not in `--port-base` layouts (pivot never uses it).
+    pub fn legacy_api_port(self) -> Option<u16> {
+        match self {
+            Dialect::WhatsminerV3 => Some(4028),
+            _ => None,
+        }
+    }
+
     /// The real firmware's second (HTTP) port, where it has one besides the primary API.
     pub fn http_port(self) -> Option<u16> {
         match self {
@@ -140,6 +153,12 @@ pub struct Model {
     pub nameplate_ths: f64,
     /// Hashboards (chains) the model has; readings are split across them.
     pub boards: u8,
+    /// ASIC chips on each hashboard (what `chain_acnN`, `Chips`, `Effective Chips` report).
+    /// Counts as pyasic 0.79 (`miners/device/models`) and asic-rs 0.8.6 (`makes/*/hardware.rs`)
+    /// both list them for the model.
+    pub chips_per_board: u16,
+    /// Cooling fans (hashboard fans; a Whatsminer's PSU fan is reported apart).
+    pub fans: u8,
 }
 
 impl Model {
@@ -149,6 +168,8 @@ impl Model {
         nameplate_w: 3068,
         nameplate_ths: 104.0,
         boards: 3,
+        chips_per_board: 126,
+        fans: 4,
     };
     /// Antminer S21 200 TH: 3500 W.
     pub const ANTMINER_S21: Model = Model {
@@ -156,6 +177,8 @@ impl Model {
         nameplate_w: 3500,
         nameplate_ths: 200.0,
         boards: 3,
+        chips_per_board: 108,
+        fans: 4,
     };
     /// Whatsminer M50S 126 TH: 3276 W.
     pub const WHATSMINER_M50S: Model = Model {
@@ -163,6 +186,8 @@ impl Model {
         nameplate_w: 3276,
         nameplate_ths: 126.0,
         boards: 3,
+        chips_per_board: 135,
+        fans: 2,
     };
     /// Whatsminer M60S 186 TH: 3441 W.
     pub const WHATSMINER_M60S: Model = Model {
@@ -170,6 +195,8 @@ impl Model {
         nameplate_w: 3441,
         nameplate_ths: 186.0,
         boards: 3,
+        chips_per_board: 245,
+        fans: 2,
     };
     /// Bitaxe Gamma (BM1370) 1.2 TH: 17 W.
     pub const BITAXE_GAMMA: Model = Model {
@@ -177,6 +204,8 @@ impl Model {
         nameplate_w: 17,
         nameplate_ths: 1.2,
         boards: 1,
+        chips_per_board: 1,
+        fans: 1,
     };
 
     /// The model a dialect gets unless the spec names another.
@@ -420,6 +449,7 @@ pub enum SimError {
 pub struct SimMiner {
     api: SocketAddr,
     http: Option<SocketAddr>,
+    legacy_api: Option<SocketAddr>,
     handle: MinerHandle,
 }
 
@@ -432,6 +462,21 @@ impl SimMiner {
     /// The HTTP API address where the dialect has one besides the primary API (Antminer, Braiins).
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http
+    }
+
+    /// The older API the firmware still answers, where it has one and it is served
+    /// ([`Dialect::legacy_api_port`]).
+    pub fn legacy_api_addr(&self) -> Option<SocketAddr> {
+        self.legacy_api
+    }
+
+    /// The address in the syntax `pivot-agent` takes (`HOST:PORT[,http=PORT]`, see the agent's
+    /// `miner::addr`), which `pivot-sim miners` prints.
+    pub fn agent_addr(&self) -> String {
+        match self.http {
+            Some(http) => format!("{},http={}", self.api, http.port()),
+            None => self.api.to_string(),
+        }
     }
 
     /// A cloneable handle to read and steer the miner.
@@ -473,6 +518,11 @@ pub async fn spawn(spec: MinerSpec, bind: Bind) -> Result<SimMiner, SimError> {
                 .map(|_| http.unwrap_or_else(|| SocketAddr::new(api.ip(), 0))),
         ),
     };
+    let legacy_want = match bind {
+        Bind::Ephemeral(ip) => dialect.legacy_api_port().map(|_| SocketAddr::new(ip, 0)),
+        Bind::RealPorts(ip) => dialect.legacy_api_port().map(|p| SocketAddr::new(ip, p)),
+        Bind::Explicit { .. } => None,
+    };
     let handle = MinerHandle::new(spec);
     let api_listener = listen(dialect, api_want).await?;
     let http_listener = match http_want {
@@ -484,7 +534,18 @@ pub async fn spawn(spec: MinerSpec, bind: Bind) -> Result<SimMiner, SimError> {
         Some(l) => Some(local_addr(dialect, l, http_want.unwrap_or(api_want))?),
         None => None,
     };
+    let legacy_listener = match legacy_want {
+        Some(addr) => Some(listen(dialect, addr).await?),
+        None => None,
+    };
+    let legacy_api = match (&legacy_listener, legacy_want) {
+        (Some(l), Some(want)) => Some(local_addr(dialect, l, want)?),
+        _ => None,
+    };
     let core = Arc::clone(handle.core());
+    if let Some(l) = legacy_listener {
+        cgminer::serve(l, Arc::clone(&core), whatsminer_v3::legacy_api);
+    }
     match dialect {
         Dialect::Antminer => {
             cgminer::serve(api_listener, Arc::clone(&core), antminer::api);
@@ -503,7 +564,12 @@ pub async fn spawn(spec: MinerSpec, bind: Bind) -> Result<SimMiner, SimError> {
         Dialect::WhatsminerV3 => whatsminer_v3::serve(api_listener, core),
         Dialect::Bitaxe => http::serve(api_listener, core, bitaxe::web),
     }
-    Ok(SimMiner { api, http, handle })
+    Ok(SimMiner {
+        api,
+        http,
+        legacy_api,
+        handle,
+    })
 }
 
 /// Start a fleet: one miner per spec, laid out by `addressing`.

@@ -11,6 +11,7 @@ pub(crate) struct Reading {
     pub load: f64,
     pub boards: usize,
     pub chips_per_board: u32,
+    pub fans: usize,
     pub uptime_s: u64,
     pub accepted: u64,
     pub serial: u32,
@@ -28,13 +29,13 @@ impl Reading {
         // About one accepted share per 2^32 × difficulty hashes; a pool difficulty that gives
         // a few shares a minute at nameplate.
         let accepted = (snap.hashrate_ths * snap.uptime_s as f64 / 40.0) as u64;
-        let chips_per_board = if model.boards <= 1 { 1 } else { 108 };
         Reading {
             uptime_s: snap.uptime_s,
             boards: usize::from(model.boards.max(1)),
             snap,
             load,
-            chips_per_board,
+            chips_per_board: u32::from(model.chips_per_board),
+            fans: usize::from(model.fans),
             accepted,
             serial: core.spec.serial,
         }

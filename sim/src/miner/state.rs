@@ -372,7 +372,7 @@ impl Core {
         match self.spec.dialect {
             Dialect::Antminer => "cgminer 1.0.0".to_owned(),
             Dialect::Braiins => "BOSminer bosminer-plus-tuner 1.0.0".to_owned(),
-            Dialect::Luxos => "LUXminer 2025.1.10.143624".to_owned(),
+            Dialect::Luxos => format!("LUXminer {}", super::luxos_status::LUXMINER),
             Dialect::WhatsminerV2 | Dialect::WhatsminerV3 => "btminer".to_owned(),
             Dialect::Bitaxe => "AxeOS".to_owned(),
         }

@@ -24,6 +24,16 @@ const TOKEN_TTL_S: u64 = 1800;
 const MAX_TOKENS: usize = 32;
 pub(crate) const FW_VERSION: &str = "20240105.22.REL";
 
+/// The firmware build a miner reports on 4028: v3-era firmware (see `whatsminer_v3`) answers the
+/// same reads with its own, later build.
+fn fw_version(core: &Core) -> &'static str {
+    if core.spec.dialect == super::Dialect::WhatsminerV3 {
+        super::whatsminer_v3::FW_VERSION
+    } else {
+        FW_VERSION
+    }
+}
+
 /// The model code Whatsminer firmware reports (`M50S_VH50`).
 pub(crate) fn model_code(core: &Core) -> String {
     let short = core.spec.model.short_name();
@@ -117,13 +127,13 @@ pub(crate) fn api(core: &Core, req: &Request) -> Value {
             "S",
             131,
             json!({"mineroff": if s.sleep_requested { "true" } else { "false" },
-            "mineroff_reason": "", "mineroff_time": "", "FirmwareVersion": format!("'{FW_VERSION}'"),
+            "mineroff_reason": "", "mineroff_time": "", "FirmwareVersion": format!("'{}'", fw_version(core)),
             "power_mode": "", "hash_percent": ""}),
         ),
         "get_version" => msg(
             "S",
             131,
-            json!({"api_ver": "2.0.5", "fw_ver": FW_VERSION,
+            json!({"api_ver": "2.0.5", "fw_ver": fw_version(core),
             "platform": "H6OS", "chip": "K5"}),
         ),
         "get_miner_info" => msg(

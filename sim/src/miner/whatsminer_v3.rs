@@ -5,6 +5,16 @@
 //! characters of base64(SHA-256(cmd + password + salt + ts)); default account super/super.
 //! `set.miner.service` stop/start, `set.miner.power_limit` watts, `get.miner.status` summary /
 //! pools / edevs. The connection stays open for several requests.
+//!
+//! Port 4028 on v3 firmware. Reports differ: MicroBT's API 3.0.0 demo and a hass-miner report
+//! (Schnitzel/hass-miner#405, firmware 20241011) say the API moved from 4028 to 4433; pyasic's
+//! maintainer (UpstreamData/pyasic#363, firmware 20250422) says firmware after 2024.11 "broke"
+//! the v2 API he used for control; pyasic reports on firmware 20250120 and 20250321
+//! (pyasic#314, #396) show `fw_ver` read from 4028's `get_version`; and asic-rs 0.8.6, whose v3
+//! capture is firmware 20251209, identifies a Whatsminer by 4028 `devdetails` and chooses API v3
+//! when 4028 `get_version` reports a build from 2024-11-01 on. So v3 firmware keeps answering
+//! the old plaintext reads on 4028, and writes go to 4433: [`legacy_api`] serves those reads
+//! (the v2 emulator's, reporting this firmware's build) and refuses the v2 token writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +26,14 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::cgminer::{hang, unix_now};
+use super::cgminer::{Request, hang, unix_now};
 use super::faults::Fault;
 use super::readings::Reading;
 use super::state::Core;
 
 const MAX_FRAME: u32 = 64 * 1024;
 const IDLE: Duration = Duration::from_secs(30);
-const FW_VERSION: &str = "20250214.16.1.Rel";
+pub(crate) const FW_VERSION: &str = "20250214.16.1.Rel";
 
 pub(crate) fn serve(listener: TcpListener, core: Arc<Core>) {
     tokio::spawn(async move {
@@ -80,6 +90,16 @@ async fn connection(mut stream: TcpStream, core: Arc<Core>) {
             return;
         }
     }
+}
+
+/// The plaintext cgminer-style API v3 firmware still answers on 4028: reads only.
+pub(crate) fn legacy_api(core: &Core, req: &Request) -> Value {
+    if req.raw.get("enc").is_some() || req.command == "get_token" {
+        // The v2 write path (token, AES) is gone; answered as an unknown command.
+        return json!({"STATUS": "E", "When": unix_now(), "Code": 14, "Msg": "invalid cmd",
+                      "Description": ""});
+    }
+    super::whatsminer_v2::api(core, req)
 }
 
 fn salt(core: &Core) -> String {

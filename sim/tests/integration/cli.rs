@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Kill(std::process::Child);
+/// A child process killed when the test ends, pass or fail.
+pub(crate) struct Kill(std::process::Child);
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -18,7 +19,7 @@ impl Drop for Kill {
 }
 
 /// Start `pivot-sim miners` with `args`, return the process and its `count` printed lines.
-fn sim(args: &[&str], count: usize) -> (Kill, Vec<String>) {
+pub(crate) fn sim(args: &[&str], count: usize) -> (Kill, Vec<String>) {
     let mut child = Kill(
         Command::new(env!("CARGO_BIN_EXE_pivot-sim"))
             .arg("miners")
@@ -67,8 +68,8 @@ async fn port_base_mode_lists_and_serves_each_dialect() {
     assert_eq!(
         listed,
         [
-            "antminer 127.88.0.1:14000 http=127.88.0.1:14001",
-            "braiins 127.88.0.1:14002 http=127.88.0.1:14003",
+            "antminer 127.88.0.1:14000,http=14001",
+            "braiins 127.88.0.1:14002,http=14003",
             "luxos 127.88.0.1:14004",
             "whatsminer-v2 127.88.0.1:14005",
             "whatsminer-v3 127.88.0.1:14006",

@@ -3,7 +3,9 @@
 // Helpers outside #[test] functions panic too: in a test binary that is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod asic_rs;
 mod cli;
 mod dialects;
+mod fidelity;
 mod pyasic;
 mod rest;

@@ -110,7 +110,7 @@ async fn braiins_rest_login_pause_resume_and_power_target_within_constraints() {
     let (code, v) = request(web, "GET", "/api/v1/performance/tuner-state", t, None).await;
     assert_eq!(code, 200);
     assert_eq!(
-        v["power_target_mode_state"]["current_target"]["watt"].as_u64(),
+        v["mode_state"]["powertargetmodestate"]["current_target"]["watt"].as_u64(),
         Some(want),
         "{v}"
     );

@@ -329,12 +329,24 @@ fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // An override on a device nobody declared is refused, naming it, and nothing is stored.
+    let unknown = pivotctl(
+        &ctl.addr,
+        &["override", "set", "miner/10.0.0.7:4028", "--sleep"],
+    );
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("no device or host `miner/10.0.0.7:4028`"),
+        "{err}"
+    );
+    // The site-wide miners pin (what `pivotctl curtail` sets) is known without any agent.
     ok(pivotctl(
         &ctl.addr,
         &[
             "override",
             "set",
-            "miner/10.0.0.7:4028",
+            "miners",
             "--sleep",
             "--expires-in",
             "2h",
@@ -344,13 +356,11 @@ fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
     ));
     let list = ok(pivotctl(&ctl.addr, &["override", "list", "--json"]));
     let row: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
-    assert_eq!(row["target"], "miner/10.0.0.7:4028");
+    assert_eq!(row["target"], "miners");
+    assert_eq!(row["pin"], "sleep");
     assert_eq!(row["reason"], "fan swap");
-    ok(pivotctl(
-        &ctl.addr,
-        &["override", "clear", "miner/10.0.0.7:4028"],
-    ));
-    let again = pivotctl(&ctl.addr, &["override", "clear", "miner/10.0.0.7:4028"]);
+    ok(pivotctl(&ctl.addr, &["override", "clear", "miners"]));
+    let again = pivotctl(&ctl.addr, &["override", "clear", "miners"]);
     assert!(
         !again.status.success(),
         "clearing twice must say there was nothing to clear"
@@ -383,7 +393,7 @@ fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("min_margin"));
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "name = \"night-curtail\"\n[[schedule]]\nname = \"4cp\"\nstart = \"20:00\"\nend = \"22:00\"\n").unwrap();
+    std::fs::write(&good, "name = \"night-curtail\"\n[[schedule]]\nname = \"4cp\"\ntime_zone = \"America/Chicago\"\nstart = \"15:00\"\nend = \"17:30\"\ncurtail_mining = true\n").unwrap();
     assert!(
         ok(pivotctl(
             &ctl.addr,
@@ -414,4 +424,55 @@ fn pivotctl_overrides_demand_response_and_policy_are_stored_and_audited() {
         })
         .collect();
     assert_eq!(kinds, ["policy", "demand_response", "override", "override"]);
+}
+
+#[test]
+fn the_example_configuration_and_policy_are_accepted() {
+    let root = workspace_root();
+    // The example names a real site's paths; here they point into a temporary directory with
+    // certificates made for the test, so check-config proves everything it would on a site.
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    for name in ["controller.pem", "ca.pem"] {
+        std::fs::write(dir.path().join(name), cert.pem()).unwrap();
+    }
+    std::fs::write(dir.path().join("controller.key"), key.serialize_pem()).unwrap();
+    let example =
+        std::fs::read_to_string(root.join("deploy/config/controller.example.toml")).unwrap();
+    let local = example
+        .replace("/etc/pivot/", &format!("{}/", dir.path().display()))
+        .replace("/var/lib/pivot/", &format!("{}/", dir.path().display()));
+    let config = dir.path().join("controller.toml");
+    std::fs::write(&config, local).unwrap();
+    let out = Command::new(bin("pivot-controller"))
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key that is not there is refused, naming it.
+    std::fs::remove_file(dir.path().join("controller.key")).unwrap();
+    let out = Command::new(bin("pivot-controller"))
+        .args(["check-config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen.tls.key_file"));
+
+    let ctl = start_dev_controller(&[]);
+    let policy = root.join("deploy/config/policy.example.toml");
+    let out = pivotctl(&ctl.addr, &["policy", "validate", policy.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -2,14 +2,16 @@
 //! requests, STATUS interpretation, and multi-command reads (one connection per poll).
 
 pub mod parse;
+pub mod typed;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
 
 use super::MinerAddr;
 use super::error::{MinerError, snippet};
-use super::transport::{Framing, Timeouts, exchange};
+use super::transport::{Framing, Timeouts, exchange_sized};
 
 /// The STATUS block of a reply: array form (`[{"STATUS":"S","Code":11,"Msg":..}]`, cgminer) or
 /// flat form (`"STATUS":"E","Code":135,"Msg":..`, Whatsminer's own commands).
@@ -49,11 +51,19 @@ impl Status {
 }
 
 /// A client for one miner's 4028-style port.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CgClient {
     pub addr: MinerAddr,
     pub port: u16,
     pub timeouts: Timeouts,
+    /// The size of the last poll's reply: the next one starts with a buffer that holds it.
+    last_reply_len: AtomicUsize,
+}
+
+impl Clone for CgClient {
+    fn clone(&self) -> Self {
+        Self::new(self.addr.clone(), self.port, self.timeouts)
+    }
 }
 
 impl CgClient {
@@ -62,20 +72,13 @@ impl CgClient {
             addr,
             port,
             timeouts,
+            last_reply_len: AtomicUsize::new(0),
         }
     }
 
     /// Sends a raw payload and returns the parsed reply, without judging its STATUS.
     pub async fn raw(&self, payload: &[u8], command: &str) -> Result<Value, MinerError> {
-        let bytes = exchange(
-            &self.addr,
-            self.port,
-            payload,
-            Framing::NulOrEof,
-            self.timeouts,
-            command,
-        )
-        .await?;
+        let bytes = self.fetch(payload, command, 4096).await?;
         parse::parse_reply(&bytes).map_err(|e| MinerError::Malformed {
             addr: self.addr.to_string(),
             command: command.to_owned(),
@@ -165,6 +168,107 @@ impl CgClient {
             (true, Some(e)) => Err(e),
             _ => Ok(out),
         }
+    }
+}
+
+/// The request bytes of a multi-command read, built once per driver rather than per poll.
+pub fn multi_request(commands: &[&str]) -> Box<[u8]> {
+    json!({ "command": commands.join("+") })
+        .to_string()
+        .into_bytes()
+        .into_boxed_slice()
+}
+
+impl CgClient {
+    /// The poll's read: `request` (from [`multi_request`] of `commands`) on one connection,
+    /// its replies read by the typed reader and handed to `read`; when the firmware refuses
+    /// `a+b` or its reply is unreadable, each command on its own connection. A command whose
+    /// reply is missing or failed is absent; the first error is returned only when nothing at
+    /// all could be read.
+    pub async fn read_multi<T>(
+        &self,
+        commands: &[&str],
+        request: &[u8],
+        read: impl FnOnce(&typed::Multi<'_>) -> T,
+    ) -> Result<T, MinerError> {
+        let joined = || commands.join("+");
+        let expect = self.last_reply_len.load(Ordering::Relaxed) + 256;
+        match self.fetch(request, "poll", expect).await {
+            Ok(bytes) => match typed::multi(&bytes, commands) {
+                Ok(m) if m.any_success() => {
+                    self.last_reply_len.store(bytes.len(), Ordering::Relaxed);
+                    return Ok(read(&m));
+                }
+                Ok(_) => {
+                    tracing::debug!(miner = %self.addr, command = %joined(), "multi-command refused; reading commands one by one");
+                }
+                Err(e) => {
+                    tracing::debug!(miner = %self.addr, error = %e, "multi-command unreadable; reading commands one by one");
+                }
+            },
+            Err(e) if e.is_unreachable() => return Err(e),
+            Err(e) => {
+                tracing::debug!(miner = %self.addr, error = %e, "multi-command failed; reading commands one by one");
+            }
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        let mut first_err = None;
+        for c in commands {
+            let req = json!({ "command": c }).to_string();
+            match self.fetch(req.as_bytes(), c, 4096).await {
+                Ok(bytes) => replies.push((*c, bytes)),
+                Err(e) if e.is_unreachable() => return Err(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut m = typed::Multi::default();
+        for (c, bytes) in &replies {
+            match typed::single(bytes) {
+                Ok(r) if r.is_success() => m.insert(c, r),
+                Ok(r) => {
+                    first_err.get_or_insert_with(|| MinerError::Status {
+                        addr: self.addr.to_string(),
+                        command: (*c).to_owned(),
+                        letter: r.status.letter.owned().unwrap_or_default(),
+                        code: r.status.code.get().or(r.code.get()).unwrap_or(-1.0) as i64,
+                        message: r.status.msg.owned().unwrap_or_default(),
+                    });
+                }
+                Err(e) => {
+                    first_err.get_or_insert_with(|| MinerError::Malformed {
+                        addr: self.addr.to_string(),
+                        command: (*c).to_owned(),
+                        problem: e.to_string(),
+                        snippet: snippet(bytes),
+                    });
+                }
+            }
+        }
+        match (m.any_success(), first_err) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(read(&m)),
+        }
+    }
+
+    /// One exchange's raw reply bytes, read into a buffer of `expect` bytes to start with.
+    async fn fetch(
+        &self,
+        payload: &[u8],
+        command: &str,
+        expect: usize,
+    ) -> Result<Vec<u8>, MinerError> {
+        exchange_sized(
+            &self.addr,
+            self.port,
+            payload,
+            Framing::NulOrEof,
+            self.timeouts,
+            command,
+            expect,
+        )
+        .await
     }
 }
 

@@ -354,27 +354,9 @@ pub fn string_at(obj: &Value, keys: &[&str]) -> Option<String> {
 /// The hashrate in TH/s from whichever cgminer key the firmware uses: `THS`, `GHS`, `MHS` or
 /// `KHS`, 5-second value preferred over 1-minute over average.
 pub fn hashrate_ths(obj: &Value) -> Option<f64> {
-    // Window first, then unit: every miner is read through this on every poll, so the keys are
-    // spelled out rather than formatted each time.
-    const KEYS: [(&str, f64); 16] = [
-        ("THS 5s", 1.0),
-        ("GHS 5s", 1e-3),
-        ("MHS 5s", 1e-6),
-        ("KHS 5s", 1e-9),
-        ("THS 1m", 1.0),
-        ("GHS 1m", 1e-3),
-        ("MHS 1m", 1e-6),
-        ("KHS 1m", 1e-9),
-        ("THS 30s", 1.0),
-        ("GHS 30s", 1e-3),
-        ("MHS 30s", 1e-6),
-        ("KHS 30s", 1e-9),
-        ("THS av", 1.0),
-        ("GHS av", 1e-3),
-        ("MHS av", 1e-6),
-        ("KHS av", 1e-9),
-    ];
-    KEYS.iter()
+    // The typed reader's table: window first, then unit.
+    super::typed::HASHRATE_KEYS
+        .iter()
         .find_map(|(key, scale)| obj.get(*key).and_then(number).map(|v| v * scale))
 }
 

@@ -14,9 +14,10 @@ use pivot_proto::model::{MinerDialect, MinerState};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::common::{self, HASHING_THS, leading_number};
-use crate::miner::cgminer::CgClient;
-use crate::miner::cgminer::parse::{number_at, string_at};
+use super::common::{self, HASHING_THS, leading_number_text};
+use crate::miner::cgminer::parse::string_at;
+use crate::miner::cgminer::typed::Multi;
+use crate::miner::cgminer::{CgClient, multi_request};
 use crate::miner::error::snippet;
 use crate::miner::http::digest::{Challenge, cnonce};
 use crate::miner::http::{HttpReply, HttpRequest};
@@ -26,11 +27,14 @@ use crate::miner::{
 };
 
 const SLEEP_MODE: &str = "1";
+/// The poll: one `summary+stats+pools` connection.
+const READ: [&str; 3] = ["summary", "stats", "pools"];
 const DIALECT: MinerDialect = MinerDialect::Antminer;
 
 pub struct Antminer {
     addr: MinerAddr,
     cg: CgClient,
+    read_request: Box<[u8]>,
     ctx: DriverContext,
     nc: AtomicU32,
     /// An explicit work mode to wake into when none was remembered (operator's choice).
@@ -43,10 +47,38 @@ impl Antminer {
         Self {
             addr,
             cg,
+            read_request: multi_request(&READ),
             ctx,
             nc: AtomicU32::new(1),
             wake_mode: None,
         }
+    }
+
+    /// A reading from the poll's replies (state still to be settled).
+    fn reading(&self, m: &Multi<'_>) -> Reading {
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, m.get("summary"));
+        let (boards, fans) = common::boards_and_fans_from_stats(m.get("stats"));
+        r.boards = boards;
+        r.fans = fans;
+        r.pool = common::active_pool(m.get("pools"));
+        for entry in m.get("stats").map_or(&[][..], |s| &s.stats[..]) {
+            if r.model.is_none() {
+                r.model = entry.model.owned();
+            }
+            // Power appears only in newer builds' stats (`chain_power`, `Power`): never estimated.
+            if r.power_w.is_none() {
+                r.power_w = entry
+                    .power
+                    .iter()
+                    .find_map(|p| p.as_str().and_then(leading_number_text));
+            }
+            if r.uptime_s.is_none() {
+                r.uptime_s = entry.elapsed.get().map(|e| e.max(0.0) as u64);
+            }
+        }
+        common::fill_hashrate_from_boards(&mut r);
+        r
     }
 
     fn key(&self) -> String {
@@ -196,33 +228,16 @@ impl MinerDriver for Antminer {
                 power_target: false,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        let replies = self.cg.multi(&["summary", "stats", "pools"]).await?;
-        let mut r = Reading::empty(&self.addr, DIALECT);
-        common::apply_summary(&mut r, replies.get("summary"));
-        let (boards, fans) = common::boards_and_fans_from_stats(replies.get("stats"));
-        r.boards = boards;
-        r.fans = fans;
-        r.pool = common::active_pool(replies.get("pools"));
-        for entry in common::section(replies.get("stats"), "STATS") {
-            if r.model.is_none() {
-                r.model = string_at(entry, &["Type"]);
-            }
-            // Power appears only in newer builds' stats (`chain_power`, `Power`): never estimated.
-            if r.power_w.is_none() {
-                r.power_w = ["chain_power", "Power", "power"]
-                    .iter()
-                    .find_map(|k| entry.get(*k).and_then(leading_number));
-            }
-            if r.uptime_s.is_none() {
-                r.uptime_s = number_at(entry, &["Elapsed"]).map(|e| e.max(0.0) as u64);
-            }
-        }
-        common::fill_hashrate_from_boards(&mut r);
+        let mut r = self
+            .cg
+            .read_multi(&READ, &self.read_request, |m| self.reading(m))
+            .await?;
         r.state = match r.hashrate_ths {
             Some(h) if h > HASHING_THS => MinerState::Mining,
             // Not hashing: only the web config tells sleep from trouble (one extra request, for
@@ -247,8 +262,11 @@ impl MinerDriver for Antminer {
         let conf = self.get_conf().await?;
         if let Some(mode) = Self::work_mode_of(&conf)
             && mode != SLEEP_MODE
+            && let Err(e) = self.ctx.modes.remember(&self.key(), &mode)
         {
-            self.ctx.modes.remember(&self.key(), &mode);
+            // Sleeping lowers power and must not wait on a disk; the wake will need the mode
+            // passed explicitly.
+            tracing::warn!(miner = %self.addr, error = %e, mode, "Could not remember the work mode before sleep");
         }
         let answered = self.set_mode(conf, SLEEP_MODE).await?;
         read_back(
@@ -264,7 +282,12 @@ impl MinerDriver for Antminer {
     async fn wake(&self) -> Result<Reading, MinerError> {
         let conf = self.get_conf().await?;
         let current = Self::work_mode_of(&conf);
-        let mode = match (self.ctx.modes.recall(&self.key()), self.wake_mode, current) {
+        let remembered = self
+            .ctx
+            .modes
+            .recall(&self.key())
+            .map_err(|e| e.for_miner(&self.addr.to_string()))?;
+        let mode = match (remembered, self.wake_mode, current) {
             (Some(m), _, _) => m,
             (None, Some(m), _) => m.to_string(),
             // Awake already in a real mode: re-assert it rather than guess.
@@ -284,7 +307,9 @@ impl MinerDriver for Antminer {
             |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
         )
         .await?;
-        self.ctx.modes.forget(&self.key());
+        if let Err(e) = self.ctx.modes.forget(&self.key()) {
+            tracing::warn!(miner = %self.addr, error = %e, "Could not forget the work mode after wake");
+        }
         Ok(r)
     }
 

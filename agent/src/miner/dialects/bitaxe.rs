@@ -121,12 +121,19 @@ impl MinerDriver for Bitaxe {
                 power_target: false,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        let v = self.info().await?;
+        // A connection of its own, closed after the read (see `http::Session`).
+        let path = "/api/system/info";
+        let mut session = self.ctx.http.session(&self.addr, self.port()).await?;
+        let reply = session.get(path, &[]).await?;
+        drop(session);
+        let v = crate::miner::http::check_status(&self.addr, &format!("GET {path}"), reply)?
+            .json(&self.addr, path)?;
         let mut r = Reading::empty(&self.addr, DIALECT);
         r.model = model_of(&v);
         r.hashrate_ths = number_at(&v, &["hashRate"]).map(|g| g / 1000.0);

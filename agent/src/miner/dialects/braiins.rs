@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::common::HASHING_THS;
 use crate::miner::cgminer::parse::number;
-use crate::miner::http::{HttpReply, HttpRequest};
+use crate::miner::http::{HttpReply, HttpRequest, Session};
 use crate::miner::verify::read_back;
 use crate::miner::{
     BoardReading, Capabilities, DriverContext, FanReading, Identity, MinerAddr, MinerDriver,
@@ -128,6 +128,23 @@ impl Braiins {
             .json(&self.addr, path)
     }
 
+    /// A poll's GET on the poll's connection; a token the miner no longer takes gets one fresh
+    /// login, and the request goes again through the client (rare: tokens live an hour).
+    async fn read_get(
+        &self,
+        session: &mut Session<'_>,
+        token: &str,
+        path: &str,
+    ) -> Result<Value, MinerError> {
+        let reply = session.get(path, &[("authorization", token)]).await?;
+        if reply.status == 401 {
+            *self.token.lock().await = None;
+            return self.get(path).await;
+        }
+        crate::miner::http::check_status(&self.addr, &format!("GET {path}"), reply)?
+            .json(&self.addr, path)
+    }
+
     async fn constraints(&self) -> Option<(u32, u32)> {
         let v = self.get("/api/v1/configuration/constraints").await.ok()?;
         let min = num_at(
@@ -177,12 +194,22 @@ impl MinerDriver for Braiins {
                 power_target: true,
                 power_target_min_w: range.map(|r| r.0),
                 power_target_max_w: range.map(|r| r.1),
+                power_target_steps_w: Vec::new(),
             },
         })
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        let details = self.get("/api/v1/miner/details").await?;
+        // One connection for the poll's five reads (closed after it, see `http::Session`).
+        let token = self.token().await?;
+        let mut session = self
+            .ctx
+            .http
+            .session(&self.addr, self.addr.web_port())
+            .await?;
+        let details = self
+            .read_get(&mut session, &token, "/api/v1/miner/details")
+            .await?;
         let mut r = Reading::empty(&self.addr, DIALECT);
         r.model = str_at(
             &details,
@@ -191,7 +218,10 @@ impl MinerDriver for Braiins {
         r.uptime_s = num_at(&details, &["/system_uptime_s", "/bosminer_uptime_s"])
             .map(|u| u.max(0.0) as u64);
         let status = num_at(&details, &["/status"]).map(|s| s as i64);
-        match self.get("/api/v1/miner/stats").await {
+        match self
+            .read_get(&mut session, &token, "/api/v1/miner/stats")
+            .await
+        {
             Ok(stats) => {
                 r.hashrate_ths = num_at(
                     &stats,
@@ -205,7 +235,10 @@ impl MinerDriver for Braiins {
                 r.error_kind = Some(e.kind());
             }
         }
-        if let Ok(t) = self.get("/api/v1/performance/tuner-state").await {
+        if let Ok(t) = self
+            .read_get(&mut session, &token, "/api/v1/performance/tuner-state")
+            .await
+        {
             r.power_target_w = num_at(
                 &t,
                 &[
@@ -216,7 +249,9 @@ impl MinerDriver for Braiins {
             )
             .map(|w| w.max(0.0) as u32);
         }
-        if let Ok(h) = self.get("/api/v1/miner/hw/hashboards").await
+        if let Ok(h) = self
+            .read_get(&mut session, &token, "/api/v1/miner/hw/hashboards")
+            .await
             && let Some(Value::Array(boards)) = at(&h, &["/hashboards"])
         {
             r.boards = boards
@@ -236,7 +271,9 @@ impl MinerDriver for Braiins {
                 })
                 .collect();
         }
-        if let Ok(c) = self.get("/api/v1/cooling/state").await
+        if let Ok(c) = self
+            .read_get(&mut session, &token, "/api/v1/cooling/state")
+            .await
             && let Some(Value::Array(fans)) = at(&c, &["/fans"])
         {
             r.fans = fans
@@ -290,6 +327,11 @@ impl MinerDriver for Braiins {
             matches!(r.state, MinerState::Mining | MinerState::Ramping)
         })
         .await
+    }
+
+    /// The power target is tuner configuration, kept while paused and used on resume.
+    fn target_while_asleep(&self) -> bool {
+        true
     }
 
     async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError> {

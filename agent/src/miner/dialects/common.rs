@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use crate::miner::cgminer::parse::{hashrate_ths, number, number_at, string_at};
+use crate::miner::cgminer::parse::number;
+use crate::miner::cgminer::typed::Reply;
 use crate::miner::{BoardReading, FanReading, Reading};
 
 /// The first element of an upper-case section (`SUMMARY`, `STATS`, ...), if any.
@@ -14,75 +15,69 @@ pub fn section<'a>(reply: Option<&'a Value>, name: &str) -> &'a [Value] {
     }
 }
 
-/// Fills hashrate, uptime and errors from a `summary` reply's first SUMMARY entry.
-pub fn apply_summary(r: &mut Reading, summary: Option<&Value>) {
-    let Some(s) = section(summary, "SUMMARY").first() else {
+/// Fills hashrate, uptime, power, power limit and errors from a `summary` reply's first entry.
+pub fn apply_summary(r: &mut Reading, summary: Option<&Reply<'_>>) {
+    let Some(s) = summary.and_then(|s| s.summary.first()) else {
         return;
     };
-    r.hashrate_ths = hashrate_ths(s);
-    r.uptime_s = number_at(s, &["Elapsed", "Uptime"]).map(|v| v.max(0.0) as u64);
-    if let Some(p) = number_at(s, &["Power"]) {
+    r.hashrate_ths = s.hashrate.ths();
+    r.uptime_s = s
+        .elapsed
+        .get()
+        .or(s.uptime.get())
+        .map(|v| v.max(0.0) as u64);
+    if let Some(p) = s.power.get() {
         r.power_w = Some(p);
     }
-    if let Some(t) = number_at(s, &["Power Limit"]) {
+    if let Some(t) = s.power_limit.get() {
         r.power_target_w = Some(t.max(0.0) as u32);
     }
-    for key in ["Error Code", "error_code"] {
-        match s.get(key) {
-            Some(Value::Array(errs)) => r.miner_errors.extend(errs.iter().map(render)),
-            Some(Value::Object(errs)) => r
-                .miner_errors
-                .extend(errs.iter().map(|(k, v)| format!("{k}: {}", render(v)))),
-            _ => {}
-        }
-    }
-}
-
-fn render(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+    r.miner_errors.extend(s.error_code.0.iter().cloned());
 }
 
 /// Boards from `devs`/`edevs` (`DEVS` entries with `MHS 5s`/`Temperature`/`Chip Temp Avg`).
-pub fn boards_from_devs(devs: Option<&Value>) -> Vec<BoardReading> {
-    section(devs, "DEVS")
+pub fn boards_from_devs(devs: Option<&Reply<'_>>) -> Vec<BoardReading> {
+    devs.map_or(&[][..], |d| &d.devs[..])
         .iter()
         .enumerate()
         .map(|(i, d)| BoardReading {
-            index: number_at(d, &["ASC", "Slot", "ID"]).map_or(i as u32, |v| v.max(0.0) as u32),
-            hashrate_ths: hashrate_ths(d),
-            temperature_c: number_at(d, &["Chip Temp Avg", "Temperature", "Temp"]),
+            index: d
+                .asc
+                .get()
+                .or(d.slot.get())
+                .or(d.id.get())
+                .map_or(i as u32, |v| v.max(0.0) as u32),
+            hashrate_ths: d.hashrate.ths(),
+            temperature_c: d
+                .chip_temp_avg
+                .get()
+                .or(d.temperature.get())
+                .or(d.temp.get()),
         })
         .collect()
 }
 
-/// Boards and fans from bmminer-style `stats` (`chain_rateN` GH/s, `temp2_N`/`temp_chipN`,
-/// `fanN`), the second STATS entry on stock firmware.
-pub fn boards_and_fans_from_stats(stats: Option<&Value>) -> (Vec<BoardReading>, Vec<FanReading>) {
+/// Boards and fans from bmminer-style `stats` (`chain_rateN` GH/s, `temp_chipN`/`temp2_N`/
+/// `tempN`, `fanN`), the second STATS entry on stock firmware.
+pub fn boards_and_fans_from_stats(
+    stats: Option<&Reply<'_>>,
+) -> (Vec<BoardReading>, Vec<FanReading>) {
     let mut boards = Vec::new();
     let mut fans = Vec::new();
-    for entry in section(stats, "STATS") {
-        for n in 1..=16u32 {
-            let rate = entry.get(format!("chain_rate{n}")).and_then(number);
-            let temp = [
-                format!("temp_chip{n}"),
-                format!("temp2_{n}"),
-                format!("temp{n}"),
-            ]
-            .iter()
-            .find_map(|k| entry.get(k).and_then(chip_temp));
-            if rate.is_some() {
+    for entry in stats.map_or(&[][..], |s| &s.stats[..]) {
+        for (i, rate) in entry.chain_rate.iter().enumerate() {
+            if let Some(rate) = rate.get() {
                 boards.push(BoardReading {
-                    index: n - 1,
-                    hashrate_ths: rate.map(|g| g / 1000.0),
-                    temperature_c: temp,
+                    index: i as u32,
+                    hashrate_ths: Some(rate / 1000.0),
+                    temperature_c: entry.chain_temp[i].iter().find_map(|t| *t),
                 });
             }
-            if let Some(rpm) = entry.get(format!("fan{n}")).and_then(number) {
+        }
+        for (i, rpm) in entry.fan.iter().enumerate() {
+            if let Some(rpm) = rpm.get() {
                 fans.push(FanReading {
-                    index: n - 1,
+                    index: i as u32,
                     rpm: Some(rpm),
                 });
             }
@@ -91,32 +86,22 @@ pub fn boards_and_fans_from_stats(stats: Option<&Value>) -> (Vec<BoardReading>, 
     (boards, fans)
 }
 
-/// `temp_chip1` is either a number or a dash-separated list (`"60-62-75-77"`): take the highest.
-fn chip_temp(v: &Value) -> Option<f64> {
-    number(v).or_else(|| {
-        v.as_str()?
-            .split('-')
-            .filter_map(|p| p.trim().parse::<f64>().ok())
-            .filter(|f| f.is_finite())
-            .reduce(f64::max)
-    })
-}
-
 /// Fans from a `fans` reply (`FANS` entries with `RPM`) or Whatsminer summary (`Fan Speed In/Out`).
-pub fn fans_from(reply: Option<&Value>, summary: Option<&Value>) -> Vec<FanReading> {
-    let mut fans: Vec<FanReading> = section(reply, "FANS")
+pub fn fans_from(reply: Option<&Reply<'_>>, summary: Option<&Reply<'_>>) -> Vec<FanReading> {
+    let mut fans: Vec<FanReading> = reply
+        .map_or(&[][..], |r| &r.fans[..])
         .iter()
         .enumerate()
         .map(|(i, f)| FanReading {
-            index: number_at(f, &["ID", "FAN"]).map_or(i as u32, |v| v.max(0.0) as u32),
-            rpm: number_at(f, &["RPM", "Speed"]),
+            index: f.id.get().map_or(i as u32, |v| v.max(0.0) as u32),
+            rpm: f.rpm.get().or(f.speed.get()),
         })
         .collect();
     if fans.is_empty()
-        && let Some(s) = section(summary, "SUMMARY").first()
+        && let Some(s) = summary.and_then(|s| s.summary.first())
     {
-        for (i, k) in ["Fan Speed In", "Fan Speed Out"].iter().enumerate() {
-            if let Some(rpm) = number_at(s, &[k]) {
+        for (i, rpm) in [s.fan_in, s.fan_out].iter().enumerate() {
+            if let Some(rpm) = rpm.get() {
                 fans.push(FanReading {
                     index: i as u32,
                     rpm: Some(rpm),
@@ -127,24 +112,25 @@ pub fn fans_from(reply: Option<&Value>, summary: Option<&Value>) -> Vec<FanReadi
     fans
 }
 
-/// The pool in use: the first alive pool with the best (lowest) priority, or the one flagged
-/// `Stratum Active`.
-pub fn active_pool(pools: Option<&Value>) -> Option<String> {
-    let list = section(pools, "POOLS");
-    if let Some(p) = list
-        .iter()
-        .find(|p| p.get("Stratum Active").and_then(Value::as_bool) == Some(true))
-    {
-        return string_at(p, &["URL", "Url", "url"]);
+/// The pool in use: the one flagged `Stratum Active`, else the first alive pool with the best
+/// (lowest) priority.
+pub fn active_pool(pools: Option<&Reply<'_>>) -> Option<String> {
+    let list = pools.map_or(&[][..], |p| &p.pools[..]);
+    if let Some(p) = list.iter().find(|p| p.stratum_active.0 == Some(true)) {
+        return p.url.owned();
     }
     list.iter()
-        .filter(|p| string_at(p, &["Status"]).is_none_or(|s| s.eq_ignore_ascii_case("alive")))
+        .filter(|p| {
+            p.status
+                .as_str()
+                .is_none_or(|s| s.eq_ignore_ascii_case("alive"))
+        })
         .min_by(|a, b| {
-            let pa = number_at(a, &["Priority"]).unwrap_or(f64::MAX);
-            let pb = number_at(b, &["Priority"]).unwrap_or(f64::MAX);
+            let pa = a.priority.get().unwrap_or(f64::MAX);
+            let pb = b.priority.get().unwrap_or(f64::MAX);
             pa.total_cmp(&pb)
         })
-        .and_then(|p| string_at(p, &["URL", "Url", "url"]))
+        .and_then(|p| p.url.owned())
 }
 
 /// Sums per-board hashrates when the summary has none.
@@ -159,13 +145,22 @@ pub fn fill_hashrate_from_boards(r: &mut Reading) {
 
 /// A number at the start of a string such as `"3250 W"`, or a plain number.
 pub fn leading_number(v: &Value) -> Option<f64> {
-    number(v).or_else(|| {
-        let s = v.as_str()?.trim();
-        let end = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-            .unwrap_or(s.len());
-        s[..end].parse::<f64>().ok().filter(|f| f.is_finite())
-    })
+    number(v).or_else(|| leading_number_text(v.as_str()?))
+}
+
+/// [`leading_number`] of text.
+pub fn leading_number_text(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(s.len());
+    s[..end].parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// A watt value from a miner's reply as a `u32`, when it is one (finite, positive, in range).
+pub fn watts_u32(w: f64) -> Option<u32> {
+    // Truncated, as the read path turns a profile's watts into the target it reports.
+    (w.is_finite() && w >= 1.0 && w <= f64::from(u32::MAX)).then(|| w.trunc() as u32)
 }
 
 /// Hashing above this counts as mining (TH/s); below it a miner is not doing useful work.
@@ -174,13 +169,14 @@ pub const HASHING_THS: f64 = 1e-6;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::miner::cgminer::parse::parse_text;
+    use crate::miner::cgminer::typed::single;
 
     #[test]
     fn bmminer_stats_boards_and_fans() {
         // Shape of stock S19 `stats` STATS[1] (asic-rs antminer v2020 rpc fixtures; pyasic
         // backends/antminer.py reads the same keys).
-        let v = parse_text(r#"{"STATUS":[{"STATUS":"S"}],"STATS":[{"BMMiner":"1.0.0","Type":"Antminer S19j Pro"},{"Elapsed":600,"fan1":5400,"fan2":5460,"chain_rate1":"34512.3","chain_rate2":"34700.0","temp_chip1":"60-62-75-77","temp2_2":71}],"id":1}"#).unwrap();
+        let raw = br#"{"STATUS":[{"STATUS":"S"}],"STATS":[{"BMMiner":"1.0.0","Type":"Antminer S19j Pro"},{"Elapsed":600,"fan1":5400,"fan2":5460,"chain_rate1":"34512.3","chain_rate2":"34700.0","temp_chip1":"60-62-75-77","temp2_2":71}],"id":1}"#;
+        let v = single(raw).unwrap();
         let (boards, fans) = boards_and_fans_from_stats(Some(&v));
         assert_eq!(boards.len(), 2);
         assert!((boards[0].hashrate_ths.unwrap() - 34.5123).abs() < 1e-9);
@@ -191,7 +187,8 @@ mod tests {
 
     #[test]
     fn picks_the_active_pool() {
-        let v = parse_text(r#"{"POOLS":[{"URL":"stratum+tcp://b:3333","Priority":1,"Status":"Alive"},{"URL":"stratum+tcp://a:3333","Priority":0,"Status":"Dead"},{"URL":"stratum+tcp://c:3333","Priority":2,"Status":"Alive"}]}"#).unwrap();
+        let raw = br#"{"POOLS":[{"URL":"stratum+tcp://b:3333","Priority":1,"Status":"Alive"},{"URL":"stratum+tcp://a:3333","Priority":0,"Status":"Dead"},{"URL":"stratum+tcp://c:3333","Priority":2,"Status":"Alive"}]}"#;
+        let v = single(raw).unwrap();
         assert_eq!(
             active_pool(Some(&v)).as_deref(),
             Some("stratum+tcp://b:3333")

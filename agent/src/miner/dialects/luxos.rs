@@ -1,5 +1,5 @@
-//! LuxOS: everything on the 4028 API. Reads in one `summary+stats+pools+power+config+profiles`
-//! connection; writes need a session id — the current one from `session` when there is one,
+//! LuxOS: everything on the 4028 API. Reads in one `summary+stats+pools+power+config`
+//! connection (`profiles` and `version` only when they may have changed); writes need a session id — the current one from `session` when there is one,
 //! else `logon` (Code 402 means another client holds the only session; sessions expire after
 //! 60 s idle, so an "invalid session" answer gets one fresh logon and a retry). Sleep and wake
 //! are `curtail <sid>,sleep|wakeup`; the power target is a profile (`profileset`), with ATM
@@ -11,20 +11,34 @@ use pivot_proto::model::{MinerDialect, MinerState};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::common::{self, HASHING_THS, leading_number};
+use super::common::{self, HASHING_THS, leading_number_text};
 use crate::miner::cgminer::parse::{number_at, string_at};
-use crate::miner::cgminer::{CgClient, Status};
+use crate::miner::cgminer::typed::Multi;
+use crate::miner::cgminer::{CgClient, Status, multi_request};
 use crate::miner::verify::read_back;
 use crate::miner::{
     Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
 };
 
 const DIALECT: MinerDialect = MinerDialect::Luxos;
-// `version` is in the poll for the model: LuxOS reports it only as `VERSION[0].Type`
-// ("Antminer S19"; luxos-tooling README, pyasic `get_miner_model_luxos`), not in `config`.
-const READ: [&str; 7] = [
-    "summary", "stats", "pools", "power", "config", "profiles", "version",
-];
+/// The poll: one connection for what changes between polls.
+const READ: [&str; 5] = ["summary", "stats", "pools", "power", "config"];
+/// What rarely changes, read when the active profile changed, the model is not known yet, or
+/// every [`REFRESH_POLLS`] polls: `version` for the model (LuxOS reports it only as
+/// `VERSION[0].Type`: luxos-tooling README, pyasic `get_miner_model_luxos`) and `profiles` for
+/// the active profile's watts. The two are two thirds of a poll's bytes (25 profiles of ten
+/// fields each on current firmware) and change only when an operator changes them.
+const READ_RARE: [&str; 2] = ["profiles", "version"];
+const REFRESH_POLLS: u32 = 60;
+
+/// What [`READ_RARE`] told, kept between polls.
+#[derive(Debug, Default)]
+struct RareCache {
+    model: Option<String>,
+    profile: Option<String>,
+    profile_watts: Option<u32>,
+    polls: u32,
+}
 
 /// The model from `version` (`"Type":"Antminer S19 (xyz)"` → `Antminer S19`, as pyasic trims
 /// it), else from `config.Model` (older builds' guess; none seen in the wild).
@@ -32,14 +46,22 @@ fn model_of(version: Option<&Value>, conf: &Value) -> Option<String> {
     common::section(version, "VERSION")
         .first()
         .and_then(|v| string_at(v, &["Type", "Model"]))
-        .map(|t| t.split(" (").next().unwrap_or(&t).trim().to_owned())
+        .map(|t| trim_model(&t))
         .filter(|t| !t.is_empty())
         .or_else(|| string_at(conf, &["Model"]))
+}
+
+/// `"Antminer S19 (xyz)"` → `"Antminer S19"`.
+fn trim_model(t: &str) -> String {
+    t.split(" (").next().unwrap_or(t).trim().to_owned()
 }
 
 pub struct Luxos {
     addr: MinerAddr,
     cg: CgClient,
+    read_request: Box<[u8]>,
+    rare_request: Box<[u8]>,
+    rare: std::sync::Mutex<RareCache>,
     ctx: DriverContext,
     session: Mutex<Option<String>>,
 }
@@ -69,6 +91,9 @@ impl Luxos {
         Self {
             addr,
             cg,
+            read_request: multi_request(&READ),
+            rare_request: multi_request(&READ_RARE),
+            rare: std::sync::Mutex::new(RareCache::default()),
             ctx,
             session: Mutex::new(None),
         }
@@ -146,6 +171,97 @@ impl Luxos {
         )
     }
 
+    /// A reading from the poll's replies, and the active profile's name (model and power target
+    /// come from [`RareCache`]).
+    fn reading(&self, m: &Multi<'_>) -> (Reading, Option<String>) {
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, m.get("summary"));
+        let (boards, fans) = common::boards_and_fans_from_stats(m.get("stats"));
+        r.boards = boards;
+        r.fans = fans;
+        r.pool = common::active_pool(m.get("pools"));
+        r.power_w = m
+            .get("power")
+            .and_then(|p| p.power.first())
+            .and_then(|p| p.watts.as_str())
+            .and_then(leading_number_text);
+        let conf = m.get("config").and_then(|c| c.config.first());
+        if let Some(model) = conf.and_then(|c| c.model.owned()) {
+            r.model = Some(model); // older builds' guess; `version` overrides it
+        }
+        common::fill_hashrate_from_boards(&mut r);
+        // Curtailment shows in `config` (`IsSleeping`/`Curtailed`/`CurtailMode`); hashing speaks for itself.
+        let sleeping = conf.and_then(|c| {
+            c.sleeping.0.or_else(|| {
+                c.curtail_mode
+                    .as_str()
+                    .map(|m| m.eq_ignore_ascii_case("sleep"))
+            })
+        });
+        r.state = match (sleeping, r.hashrate_ths) {
+            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
+            (Some(true), _) => MinerState::Sleeping,
+            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
+            (Some(false), _) => MinerState::Ramping,
+            (None, _) => MinerState::Unknown,
+        };
+        (r, conf.and_then(|c| c.profile.owned()))
+    }
+
+    /// Fills model and power target from [`RareCache`], reading [`READ_RARE`] first when it is
+    /// stale. A failed rare read leaves the last known values: the poll itself succeeded.
+    async fn fill_rare(&self, r: &mut Reading, profile: Option<String>) {
+        let stale = {
+            let mut c = self
+                .rare
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.polls = c.polls.wrapping_add(1);
+            c.model.is_none() || c.profile != profile || c.polls.is_multiple_of(REFRESH_POLLS)
+        };
+        if stale {
+            let read = self
+                .cg
+                .read_multi(&READ_RARE, &self.rare_request, |m| {
+                    let model = m
+                        .get("version")
+                        .and_then(|v| v.version.first())
+                        .and_then(|v| v.model.as_str())
+                        .map(trim_model);
+                    let watts = profile.as_deref().and_then(|name| {
+                        m.get("profiles")?
+                            .profiles
+                            .iter()
+                            .find(|p| p.name.as_str() == Some(name))?
+                            .watts
+                            .get()
+                            .map(|w| w as u32)
+                    });
+                    (model, watts)
+                })
+                .await;
+            if let Ok((model, watts)) = read {
+                let mut c = self
+                    .rare
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if model.is_some() {
+                    c.model = model;
+                }
+                c.profile_watts = watts;
+                c.profile = profile;
+            }
+        }
+        let c = self
+            .rare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.model.is_some() {
+            r.model.clone_from(&c.model);
+        }
+        r.power_target_w = c.profile_watts;
+    }
+
     async fn atm_enabled(&self) -> Option<bool> {
         if let Ok(c) = self.cg.command("config", None).await
             && let Some(on) = common::section(Some(&c), "CONFIG")
@@ -183,10 +299,13 @@ impl MinerDriver for Luxos {
             .first()
             .cloned()
             .unwrap_or(Value::Null);
-        let watts: Vec<f64> = profiles(r.get("profiles"))
+        // The profiles are the steps a target can land on (LuxOS has no free watt value).
+        let mut steps: Vec<u32> = profiles(r.get("profiles"))
             .iter()
-            .filter_map(|p| p.watts)
+            .filter_map(|p| p.watts.and_then(common::watts_u32))
             .collect();
+        steps.sort_unstable();
+        steps.dedup();
         Ok(Identity {
             dialect: DIALECT,
             model: model_of(r.get("version"), &conf),
@@ -195,57 +314,20 @@ impl MinerDriver for Luxos {
             mac: string_at(&conf, &["MACAddr"]),
             capabilities: Capabilities {
                 can_sleep: true,
-                power_target: !watts.is_empty(),
-                power_target_min_w: watts.iter().copied().reduce(f64::min).map(|w| w as u32),
-                power_target_max_w: watts.iter().copied().reduce(f64::max).map(|w| w as u32),
+                power_target: !steps.is_empty(),
+                power_target_min_w: steps.first().copied(),
+                power_target_max_w: steps.last().copied(),
+                power_target_steps_w: steps,
             },
         })
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        let replies = self.cg.multi(&READ).await?;
-        let mut r = Reading::empty(&self.addr, DIALECT);
-        common::apply_summary(&mut r, replies.get("summary"));
-        let (boards, fans) = common::boards_and_fans_from_stats(replies.get("stats"));
-        r.boards = boards;
-        r.fans = fans;
-        r.pool = common::active_pool(replies.get("pools"));
-        let power = common::section(replies.get("power"), "POWER")
-            .first()
-            .cloned();
-        r.power_w = power
-            .as_ref()
-            .and_then(|p| p.get("Watts"))
-            .and_then(leading_number);
-        let conf = common::section(replies.get("config"), "CONFIG")
-            .first()
-            .cloned()
-            .unwrap_or(Value::Null);
-        r.model = model_of(replies.get("version"), &conf);
-        let active = string_at(&conf, &["Profile"]);
-        r.power_target_w = active.as_ref().and_then(|name| {
-            profiles(replies.get("profiles"))
-                .into_iter()
-                .find(|p| &p.name == name)?
-                .watts
-                .map(|w| w as u32)
-        });
-        common::fill_hashrate_from_boards(&mut r);
-        // Curtailment shows in `config` (`IsSleeping`/`Curtailed`/`CurtailMode`); hashing speaks for itself.
-        let sleeping = ["IsSleeping", "Sleeping", "Curtailed"]
-            .iter()
-            .find_map(|k| conf.get(*k).and_then(Value::as_bool))
-            .or_else(|| {
-                string_at(&conf, &["CurtailMode", "Curtail"])
-                    .map(|m| m.eq_ignore_ascii_case("sleep"))
-            });
-        r.state = match (sleeping, r.hashrate_ths) {
-            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
-            (Some(true), _) => MinerState::Sleeping,
-            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
-            (Some(false), _) => MinerState::Ramping,
-            (None, _) => MinerState::Unknown,
-        };
+        let (mut r, profile) = self
+            .cg
+            .read_multi(&READ, &self.read_request, |m| self.reading(m))
+            .await?;
+        self.fill_rare(&mut r, profile).await;
         Ok(r)
     }
 

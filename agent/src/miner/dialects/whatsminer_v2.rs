@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 use super::common::{self, HASHING_THS};
 use super::wm_crypto::V2Token;
 use crate::miner::cgminer::parse::{self, string_at};
-use crate::miner::cgminer::{CgClient, Status};
+use crate::miner::cgminer::typed::Multi;
+use crate::miner::cgminer::{CgClient, Status, multi_request};
 use crate::miner::verify::read_back;
 use crate::miner::{
     Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
@@ -25,9 +26,13 @@ const DIALECT: MinerDialect = MinerDialect::WhatsminerV2;
 pub struct WhatsminerV2 {
     addr: MinerAddr,
     cg: CgClient,
+    read_request: Box<[u8]>,
     ctx: DriverContext,
     token: Mutex<Option<V2Token>>,
 }
+
+/// The poll: one connection for these.
+const READ: [&str; 5] = ["summary", "pools", "edevs", "status", "devdetails"];
 
 /// The model code btminer reports in `devdetails` (`DEVDETAILS[0].Model`, e.g. `M50S_VH50`;
 /// pyasic `get_miner_model_whatsminer`, asic-rs `get_model_whatsminer_v2`). Its `summary`
@@ -39,11 +44,37 @@ fn model_of(devdetails: Option<&Value>) -> Option<String> {
 }
 
 impl WhatsminerV2 {
+    /// A reading from the poll's replies.
+    fn reading(&self, m: &Multi<'_>) -> Reading {
+        let mut r = Reading::empty(&self.addr, DIALECT);
+        common::apply_summary(&mut r, m.get("summary"));
+        r.boards = common::boards_from_devs(m.get("edevs"));
+        r.fans = common::fans_from(None, m.get("summary"));
+        r.pool = common::active_pool(m.get("pools"));
+        r.model = m
+            .get("devdetails")
+            .and_then(|d| d.devdetails.iter().find_map(|d| d.model.owned()));
+        common::fill_hashrate_from_boards(&mut r);
+        let off = m
+            .get("status")
+            .and_then(|s| s.msg.mineroff.as_str())
+            .map(|s| s.eq_ignore_ascii_case("true"));
+        r.state = match (off, r.hashrate_ths) {
+            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
+            (Some(true), _) => MinerState::Sleeping,
+            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
+            (Some(false), _) => MinerState::Ramping,
+            (None, _) => MinerState::Unknown,
+        };
+        r
+    }
+
     pub fn new(addr: MinerAddr, ctx: DriverContext) -> Self {
         let cg = CgClient::new(addr.clone(), addr.api_port(DIALECT), ctx.options.timeouts);
         Self {
             addr,
             cg,
+            read_request: multi_request(&READ),
             ctx,
             token: Mutex::new(None),
         }
@@ -176,35 +207,15 @@ impl MinerDriver for WhatsminerV2 {
                 power_target: true,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        let replies = self
-            .cg
-            .multi(&["summary", "pools", "edevs", "status", "devdetails"])
-            .await?;
-        let mut r = Reading::empty(&self.addr, DIALECT);
-        common::apply_summary(&mut r, replies.get("summary"));
-        r.boards = common::boards_from_devs(replies.get("edevs"));
-        r.fans = common::fans_from(None, replies.get("summary"));
-        r.pool = common::active_pool(replies.get("pools"));
-        r.model = model_of(replies.get("devdetails"));
-        common::fill_hashrate_from_boards(&mut r);
-        let off = replies
-            .get("status")
-            .and_then(|s| s.get("Msg"))
-            .and_then(|m| string_at(m, &["mineroff", "btmineroff"]))
-            .map(|s| s.eq_ignore_ascii_case("true"));
-        r.state = match (off, r.hashrate_ths) {
-            (Some(true), Some(h)) if h > HASHING_THS => MinerState::Ramping,
-            (Some(true), _) => MinerState::Sleeping,
-            (_, Some(h)) if h > HASHING_THS => MinerState::Mining,
-            (Some(false), _) => MinerState::Ramping,
-            (None, _) => MinerState::Unknown,
-        };
-        Ok(r)
+        self.cg
+            .read_multi(&READ, &self.read_request, |m| self.reading(m))
+            .await
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {

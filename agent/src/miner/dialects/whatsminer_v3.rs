@@ -274,6 +274,7 @@ impl MinerDriver for WhatsminerV3 {
                 power_target: true,
                 power_target_min_w: None,
                 power_target_max_w: None,
+                power_target_steps_w: Vec::new(),
             },
         })
     }
@@ -386,6 +387,11 @@ impl MinerDriver for WhatsminerV3 {
             |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
         )
         .await
+    }
+
+    /// `set.miner.power_limit` is a setting of the miner, not of the stopped service.
+    fn target_while_asleep(&self) -> bool {
+        true
     }
 
     async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError> {

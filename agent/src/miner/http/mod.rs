@@ -2,6 +2,9 @@
 //! connection pool, per-request timeouts, and errors that name the miner.
 
 pub mod digest;
+pub mod session;
+
+pub use session::Session;
 
 use std::time::Duration;
 
@@ -105,6 +108,18 @@ impl HttpClient {
 
     pub fn timeouts(&self) -> Timeouts {
         self.timeouts
+    }
+
+    /// A connection for one poll's requests, closed when dropped (see [`Session`]).
+    ///
+    /// # Errors
+    /// When the miner cannot be connected to.
+    pub async fn session<'a>(
+        &self,
+        addr: &'a MinerAddr,
+        port: u16,
+    ) -> Result<Session<'a>, MinerError> {
+        Session::open(addr, port, self.timeouts).await
     }
 
     /// Sends one request; any HTTP status comes back as a reply (callers judge it).

@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
-use serde_json::json;
 use tonic::transport::Channel;
 
+use pivot_controller::views::audit_json;
 use render::{clean, mw, ts, ts_text};
 
 #[derive(Parser)]
@@ -32,6 +32,9 @@ struct Cli {
     cert_file: Option<PathBuf>,
     #[arg(long, global = true, env = "PIVOT_KEY_FILE", requires = "cert_file")]
     key_file: Option<PathBuf>,
+    /// API token (from `pivot-controller token create`); sent as `authorization: Bearer`.
+    #[arg(long, global = true, env = "PIVOT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,9 +113,25 @@ enum Command {
         #[command(subcommand)]
         action: DrAction,
     },
+    /// Agents' hosts.
+    Hosts {
+        #[command(subcommand)]
+        action: HostAction,
+    },
     /// Follow the controller's live events (decisions, intents, confirmations, agents).
     #[command(alias = "events")]
     Watch,
+}
+
+#[derive(Subcommand)]
+enum HostAction {
+    /// Forget a host that is not connected, with its devices (they stop counting at their
+    /// maximum): for a host that was decommissioned or moved.
+    Forget {
+        host_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,31 +212,21 @@ struct PinArgs {
 
 impl PinArgs {
     fn to_proto(&self) -> v1::r#override::Pin {
-        use v1::r#override::Pin;
-        let miner = |mode: v1::MinerMode, power_target_w| {
-            Pin::Miner(v1::MinerTarget {
-                mode: mode as i32,
-                power_target_w,
-            })
-        };
-        let workload = |state: v1::WorkloadState| {
-            Pin::Workload(v1::WorkloadTarget {
-                state: state as i32,
-            })
-        };
-        if self.sleep {
-            miner(v1::MinerMode::Sleep, None)
+        use pivot_controller::web::PinBody;
+        let pin = if self.sleep {
+            PinBody::Sleep
         } else if let Some(w) = self.power_target_w {
-            miner(v1::MinerMode::Run, Some(w))
+            PinBody::PowerTargetW(w)
         } else if let Some(w) = self.gpu_cap_w {
-            Pin::Gpu(v1::GpuTarget { power_cap_w: w })
+            PinBody::GpuCapW(w)
         } else if self.drain {
-            workload(v1::WorkloadState::Drained)
+            PinBody::Drain
         } else if self.release {
-            workload(v1::WorkloadState::Released)
+            PinBody::Release
         } else {
-            miner(v1::MinerMode::Run, None)
-        }
+            PinBody::Run
+        };
+        pin.to_proto()
     }
 }
 
@@ -269,40 +278,115 @@ enum PolicyAction {
     /// Replace the policy with a file.
     Set {
         file: PathBuf,
-        /// Fail if the policy changed since this revision.
-        #[arg(long, default_value_t = 0)]
-        expected_revision: u64,
+        /// Fail if the policy in force is not this revision (0: if none was set yet).
+        #[arg(long)]
+        expected_revision: Option<u64>,
     },
 }
 
-async fn connect(cli: &Cli) -> anyhow::Result<FleetServiceClient<Channel>> {
+/// The client: a channel to the controller, with the bearer token on every call.
+type Client = FleetServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is given.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let url = cli.controller.as_str();
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        anyhow::bail!(
+            "`{url}` has no scheme: use http://{url} (or https://{url} for a controller with TLS)"
+        );
+    }
     let mut endpoint = Channel::from_shared(url.to_owned())
         .with_context(|| {
             format!("`{url}` is not a valid controller URL (e.g. http://127.0.0.1:50051)")
         })?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    if let Some(ca) = &cli.ca_file {
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&cli.cert_file, &cli.key_file) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30));
+    match (&cli.ca_file, https) {
+        (Some(ca), true) => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&cli.cert_file, &cli.key_file) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .context("controller TLS configuration")?;
         }
-        endpoint = endpoint
-            .tls_config(tls)
-            .context("controller TLS configuration")?;
+        (None, true) => anyhow::bail!(
+            "`{url}` is https: give --ca-file (PIVOT_CA_FILE), the site CA that signed the controller's certificate"
+        ),
+        (Some(_), false) => anyhow::bail!(
+            "--ca-file is for a TLS controller: use https:// in --controller (`{url}` is plaintext)"
+        ),
+        (None, false) => {}
+    }
+    let token = cli
+        .token
+        .as_deref()
+        .map(|t| {
+            tonic::metadata::MetadataValue::try_from(format!("Bearer {}", t.trim()))
+                .context("--token is not a valid token (it must be printable ASCII)")
+        })
+        .transpose()?;
+    if token.is_some() && !https {
+        eprintln!(
+            "pivotctl: warning: sending a token over plaintext to {url}; the controller refuses it unless it sits behind a TLS proxy"
+        );
     }
     let channel = endpoint.connect().await.with_context(|| {
-        format!("cannot reach the controller at {url} (is pivot-controller running?)")
+        if https {
+            format!("cannot reach the controller at {url} (is pivot-controller running there with TLS? does --ca-file hold the CA that signed its certificate?)")
+        } else {
+            format!("cannot reach the controller at {url} (is pivot-controller running? if it uses TLS, use https:// with --ca-file)")
+        }
     })?;
-    Ok(FleetServiceClient::new(channel))
+    Ok(FleetServiceClient::with_interceptor(channel, Bearer(token)))
 }
 
+/// An RPC error in words, with what to do about the common mistakes.
 fn rpc_error<'a>(what: &str, url: &'a str) -> impl FnOnce(tonic::Status) -> anyhow::Error + 'a {
     let what = what.to_owned();
-    move |s| anyhow::anyhow!("{what} at {url}: {} ({:?})", s.message(), s.code())
+    move |s| {
+        let m = s.message();
+        let hint = if m.contains("grpc-status header missing") || m.contains("content-type") {
+            format!(
+                " — the server at {url} answered plain HTTP, not gRPC: is this the controller's gRPC port (default 50051)?"
+            )
+        } else if url.starts_with("http://")
+            && (m.contains("h2 protocol error")
+                || m.contains("broken pipe")
+                || m.contains("connection reset")
+                || m.contains("frame with invalid size"))
+        {
+            format!(
+                " — {url} did not speak plaintext gRPC: if the controller uses TLS, use https:// with --ca-file"
+            )
+        } else {
+            match s.code() {
+                tonic::Code::Unauthenticated => {
+                    " — give a token with --token or PIVOT_TOKEN (pivot-controller token create), or a client certificate".to_owned()
+                }
+                tonic::Code::DeadlineExceeded => " — the controller did not answer within 30 s".to_owned(),
+                _ => String::new(),
+            }
+        };
+        anyhow::anyhow!("{what} at {url}: {m} ({:?}){hint}", s.code())
+    }
 }
 
 #[tokio::main]
@@ -516,7 +600,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(rpc_error("policy", url))?
                     .into_inner();
-                println!("# policy `{}`, revision {}", p.name, p.revision);
+                // The name is the document's own text: escaped, so it cannot forge this line.
+                println!("# policy `{}`, revision {}", clean(&p.name), p.revision);
                 print!("{}", p.document_toml);
             }
             PolicyAction::Validate { file } => {
@@ -599,10 +684,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for o in &list.overrides {
                     let pin = render::pin_words(o.pin.as_ref());
                     if json {
-                        println!(
-                            "{}",
-                            json!({ "target": o.target, "pin": pin, "expires_at": ts(o.expires_at.as_ref()), "reason": o.reason, "actor": o.actor })
-                        );
+                        println!("{}", pivot_controller::views::override_json(o));
                     } else {
                         println!(
                             "{:<40} {:<16} {:<26} {}",
@@ -695,6 +777,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Hosts {
+            action: HostAction::Forget { host_id, reason },
+        } => {
+            let r = client
+                .forget_host(v1::ForgetHostRequest {
+                    host_id: host_id.clone(),
+                    reason,
+                })
+                .await
+                .map_err(rpc_error("forgetting the host", url))?
+                .into_inner();
+            if !r.forgotten {
+                anyhow::bail!("no host `{}` is known to the controller", clean(&host_id));
+            }
+            println!(
+                "host {} forgotten with its {} devices",
+                clean(&host_id),
+                r.devices
+            );
+        }
         Command::Watch => {
             let mut stream = client
                 .watch_events(v1::WatchEventsRequest {})
@@ -720,10 +822,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn audit_json(r: &v1::AuditRecord) -> serde_json::Value {
-    json!({ "id": r.id, "at": ts(r.at.as_ref()), "kind": r.kind, "subject": r.subject,
-            "actor": r.actor, "reason": r.reason,
-            "detail": serde_json::from_str::<serde_json::Value>(&r.detail_json).unwrap_or_default() })
 }

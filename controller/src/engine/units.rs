@@ -1,0 +1,606 @@
+//! The planner's view of the fleet, built from what the controller knows: the registry (what
+//! agents declared and last read), the ledger (the intents issued and where they stand), the
+//! overrides in force and the devices whose last move failed. Pure: the same knowledge gives the
+//! same units.
+//!
+//! What counts as *seen*: the agent's session is live and the device's last reading is
+//! reachable, from this session (not restored from an earlier one), and younger than
+//! `stale_after`. Anything else is unseen and the planner counts it at its maximum.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+use pivot_proto::model::{IntentPhase, MinerState, MinerTarget, Target, WorkloadState};
+
+use crate::fleet::{AgentEntry, GpuSlot, MinerSlot};
+use crate::market::FirmContract;
+use crate::overrides;
+use crate::planner::{
+    AiContract, GpuHostUnit, GpuUnit, HeldIntent, HostPin, HostState, MinerUnit, PowerTargetRange,
+};
+use crate::store::{DeviceIntent, Override};
+
+/// What the mapping needs besides the fleet.
+#[derive(Debug, Clone)]
+pub struct UnitSettings<'a> {
+    pub now: DateTime<Utc>,
+    /// A reading older than this is not believed.
+    pub stale_after: Duration,
+    /// The GPU cap a serving host runs at; `None` = each GPU's default cap.
+    pub full_service_cap_w: Option<u32>,
+    /// Host base draw per GPU where the agent declares none (an 8×H100 server: ~575 W per GPU).
+    pub unknown_base_w_per_gpu: f64,
+    pub firm: &'a [FirmContract],
+}
+
+/// The planner's units: one per miner, one per host with GPUs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Units {
+    pub miners: Vec<MinerUnit>,
+    pub gpu_hosts: Vec<GpuHostUnit>,
+}
+
+fn fresh(connected: bool, at: DateTime<Utc>, restored: bool, s: &UnitSettings<'_>) -> bool {
+    connected && !restored && s.now - at <= s.stale_after
+}
+
+fn held(di: Option<&DeviceIntent>) -> Option<(Target, IntentPhase)> {
+    let di = di?;
+    let phase = di.status.as_ref().map_or(IntentPhase::Pending, |s| s.phase);
+    Some((di.intent.target, phase))
+}
+
+/// Builds the units from the fleet and the desired state.
+pub fn units(
+    agents: &BTreeMap<String, AgentEntry>,
+    intents: &BTreeMap<String, DeviceIntent>,
+    pins: &[Override],
+    failed: &BTreeSet<String>,
+    s: &UnitSettings<'_>,
+) -> Units {
+    let mut out = Units::default();
+    for a in agents.values() {
+        for slot in a.miners.values() {
+            out.miners.push(miner(a, slot, intents, pins, failed, s));
+        }
+        if !a.gpus.is_empty() {
+            out.gpu_hosts.push(gpu_host(a, intents, pins, failed, s));
+        }
+    }
+    out
+}
+
+fn miner(
+    a: &AgentEntry,
+    slot: &MinerSlot,
+    intents: &BTreeMap<String, DeviceIntent>,
+    pins: &[Override],
+    failed: &BTreeSet<String>,
+    s: &UnitSettings<'_>,
+) -> MinerUnit {
+    let id = &slot.info.device_id;
+    let inv = &slot.info.inventory;
+    let seen_obs = slot
+        .obs
+        .as_ref()
+        .filter(|o| o.reachable && fresh(a.connected, o.observed_at, o.restored, s));
+    let caps = inv.capabilities.clone().unwrap_or_default();
+    let power_target = caps
+        .power_target
+        .then(|| {
+            let min = caps
+                .power_target_steps_w
+                .first()
+                .copied()
+                .or(caps.power_target_min_w)?;
+            let max = caps
+                .power_target_steps_w
+                .last()
+                .copied()
+                .or(caps.power_target_max_w)?;
+            (min < max).then_some(PowerTargetRange {
+                min_w: f64::from(min),
+                max_w: f64::from(max),
+                step_w: None,
+            })
+        })
+        .flatten();
+    let di = intents.get(id).filter(|d| d.host_id == a.host_id);
+    let intent = held(di).and_then(|(t, phase)| match t {
+        Target::Miner(target) => Some(HeldIntent { target, phase }),
+        _ => None,
+    });
+    let model = if inv.model.is_empty() {
+        "unknown model".to_owned()
+    } else {
+        inv.model.clone()
+    };
+    let pin = overrides::pin_for(
+        pins,
+        id,
+        &a.host_id,
+        |t| matches!(t, Target::Miner(_)),
+        true,
+    )
+    .and_then(|o| match o.pin {
+        Target::Miner(m) => Some(m),
+        _ => None,
+    });
+    // A confirmation is a read-back newer than the last telemetry: it wins, so the planner never
+    // decides on a reading older than the newest one (a miner put to sleep seconds ago must not
+    // still count at its mining draw until the next telemetry).
+    let (mut state, mut measured) = (
+        seen_obs.map_or(MinerState::Unknown, |o| o.state),
+        seen_obs.and_then(|o| o.power_w),
+    );
+    if let (Some(o), Some(d)) = (seen_obs, di)
+        && let Some(st) = d
+            .status
+            .as_ref()
+            .filter(|st| st.phase == IntentPhase::Confirmed && st.at > o.observed_at)
+    {
+        state = match d.intent.target {
+            Target::Miner(MinerTarget::Sleep) => MinerState::Sleeping,
+            _ => MinerState::Mining,
+        };
+        measured = st.observed_power_w.or(measured);
+    }
+    MinerUnit {
+        device_id: id.clone(),
+        host_id: a.host_id.clone(),
+        group: model.clone(),
+        model,
+        nameplate_power_w: slot.info.nameplate_power_w.or(slot.info.power_target_max_w),
+        nameplate_hashrate_ths: inv.nameplate_hashrate_ths,
+        efficiency_j_per_th: slot.last_mining_j_per_th,
+        sleep_power_w: None,
+        state,
+        measured_power_w: measured,
+        seen: seen_obs.is_some(),
+        power_target,
+        intent,
+        last_change_at: di.map(|d| d.issued_at),
+        // A device whose last move failed holds where it is, counted as it is, until the
+        // memory of the failure fades: the next device in merit order is moved instead.
+        protected: failed.contains(id),
+        pin,
+    }
+}
+
+fn gpu_unit(
+    g: &GpuSlot,
+    connected: bool,
+    intent: Option<&DeviceIntent>,
+    s: &UnitSettings<'_>,
+) -> GpuUnit {
+    let inv = &g.info.inventory;
+    let min = f64::from(inv.power_cap_min_w);
+    let max = f64::from(inv.power_cap_max_w);
+    let default = if inv.power_cap_default_w > 0 {
+        inv.power_cap_default_w
+    } else {
+        inv.power_cap_max_w
+    };
+    let full = f64::from(s.full_service_cap_w.unwrap_or(default)).clamp(min, max);
+    let seen = g
+        .obs
+        .as_ref()
+        .filter(|o| fresh(connected, o.observed_at, o.restored, s));
+    let mut cap_w = seen.and_then(|o| o.enforced_power_limit_w);
+    // A confirmed cap newer than the reading is the newest read-back.
+    if let (Some(o), Some(d)) = (seen, intent)
+        && let Target::Gpu { power_cap_w } = d.intent.target
+        && d.status
+            .as_ref()
+            .is_some_and(|st| st.phase == IntentPhase::Confirmed && st.at > o.observed_at)
+    {
+        cap_w = Some(f64::from(power_cap_w));
+    }
+    GpuUnit {
+        device_id: g.info.device_id.clone(),
+        min_cap_w: min,
+        max_cap_w: max,
+        full_service_cap_w: full,
+        cap_w,
+    }
+}
+
+fn gpu_host(
+    a: &AgentEntry,
+    intents: &BTreeMap<String, DeviceIntent>,
+    pins: &[Override],
+    failed: &BTreeSet<String>,
+    s: &UnitSettings<'_>,
+) -> GpuHostUnit {
+    let mine = |id: &str| intents.get(id).filter(|d| d.host_id == a.host_id);
+    let gpus: Vec<GpuUnit> = a
+        .gpus
+        .values()
+        .map(|g| gpu_unit(g, a.connected, mine(&g.info.device_id), s))
+        .collect();
+    let host_device = format!("host/{}", a.host_id);
+    let has_workload = !a.host.workload_managers.is_empty();
+    let gpu_intents: Vec<Option<(Target, IntentPhase)>> =
+        gpus.iter().map(|g| held(mine(&g.device_id))).collect();
+    let workload = held(mine(&host_device));
+    let any_seen = a.gpus.values().any(|g| {
+        g.obs
+            .as_ref()
+            .is_some_and(|o| fresh(a.connected, o.observed_at, o.restored, s))
+    });
+    let state = host_state(&gpus, &gpu_intents, workload, a, any_seen);
+    let last_change_at = gpus
+        .iter()
+        .map(|g| g.device_id.as_str())
+        .chain(std::iter::once(host_device.as_str()))
+        .filter_map(|id| mine(id).map(|d| d.issued_at))
+        .max();
+    let contract = s
+        .firm
+        .iter()
+        .find(|c| c.hosts.iter().any(|h| h == &a.host_id))
+        .map_or(AiContract::Interruptible, |c| AiContract::Firm {
+            usd_per_mwh: c.usd_per_mwh,
+        });
+    let host_pin = pins
+        .iter()
+        .find(|o| o.target == host_device && matches!(o.pin, Target::Workload { .. }));
+    let pin = host_pin.and_then(|o| match o.pin {
+        Target::Workload {
+            state: WorkloadState::Released,
+        } => Some(HostPin::Serve),
+        Target::Workload {
+            state: WorkloadState::Drained,
+        } => Some(HostPin::Drain),
+        _ => None,
+    });
+    // A GPU cap pinned by hand (on a GPU or its host) is outside what the planner moves: the
+    // host holds where it is.
+    let gpu_pinned = gpus.iter().any(|g| {
+        overrides::pin_for(
+            pins,
+            &g.device_id,
+            &a.host_id,
+            |t| matches!(t, Target::Gpu { .. }),
+            false,
+        )
+        .is_some()
+    });
+    let failed_here =
+        gpus.iter().any(|g| failed.contains(&g.device_id)) || failed.contains(&host_device);
+    let base = a
+        .host_power
+        .base_w
+        .unwrap_or(s.unknown_base_w_per_gpu * gpus.len() as f64);
+    GpuHostUnit {
+        host_id: a.host_id.clone(),
+        group: "GPU host".to_owned(),
+        gpus,
+        base_power_w: base,
+        max_power_w: a.host_power.max_w,
+        measured_power_w: a
+            .host_reading
+            .as_ref()
+            .and_then(|h| h.power_w)
+            .filter(|_| a.connected),
+        workload_device_id: has_workload.then_some(host_device),
+        contract,
+        state,
+        last_change_at,
+        protected: gpu_pinned || failed_here,
+        pin,
+    }
+}
+
+/// Where a GPU host is, from its intents (where the controller sent it) and, where it has none,
+/// from what its GPUs read (a site pivot has never driven).
+fn host_state(
+    gpus: &[GpuUnit],
+    gpu_intents: &[Option<(Target, IntentPhase)>],
+    workload: Option<(Target, IntentPhase)>,
+    a: &AgentEntry,
+    any_seen: bool,
+) -> HostState {
+    if !a.connected || !any_seen {
+        return HostState::Unseen;
+    }
+    let serving_cap = |g: &GpuUnit, cap: f64| cap >= g.full_service_cap_w - 1.0;
+    // Where the intents point, and whether all of them are confirmed.
+    let mut toward: Option<bool> = None;
+    let mut unconfirmed = false;
+    for (g, i) in gpus.iter().zip(gpu_intents) {
+        if let Some((Target::Gpu { power_cap_w }, phase)) = i {
+            let up = serving_cap(g, f64::from(*power_cap_w));
+            toward = Some(toward.map_or(up, |t| t && up));
+            unconfirmed |= *phase != IntentPhase::Confirmed;
+        }
+    }
+    if let Some((Target::Workload { state }, phase)) = workload {
+        let up = state == WorkloadState::Released;
+        toward = Some(toward.map_or(up, |t| t && up));
+        unconfirmed |= phase != IntentPhase::Confirmed;
+    }
+    match toward {
+        Some(to_serving) if unconfirmed => HostState::Transition { to_serving },
+        Some(true) => HostState::Serving,
+        Some(false) => HostState::Drained,
+        None => {
+            // Never driven by pivot: serving if every GPU runs at its service cap (or above).
+            let all_full = gpus
+                .iter()
+                .all(|g| g.cap_w.is_some_and(|c| serving_cap(g, c)));
+            if all_full {
+                HostState::Serving
+            } else {
+                HostState::Drained
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{GpuInfo, GpuObservation, HostPower, MinerInfo, MinerObservation};
+    use crate::store::StatusRecord;
+    use pivot_proto::model::{Intent, MinerDialect};
+    use pivot_proto::v1;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn settings() -> UnitSettings<'static> {
+        UnitSettings {
+            now: now(),
+            stale_after: Duration::seconds(30),
+            full_service_cap_w: None,
+            unknown_base_w_per_gpu: 575.0,
+            firm: &[],
+        }
+    }
+
+    fn agent(connected: bool) -> AgentEntry {
+        AgentEntry {
+            host_id: "h1".into(),
+            agent_version: String::new(),
+            connected,
+            session: None,
+            connected_at: now(),
+            last_seen: now(),
+            host: v1::HostInventory::default(),
+            host_power: HostPower::default(),
+            host_reading: None,
+            miners: BTreeMap::new(),
+            gpus: BTreeMap::new(),
+        }
+    }
+
+    fn with_miner(mut a: AgentEntry, state: MinerState, age_s: i64, restored: bool) -> AgentEntry {
+        a.miners.insert(
+            "m1".into(),
+            MinerSlot {
+                info: MinerInfo {
+                    device_id: "m1".into(),
+                    dialect: Some(MinerDialect::Luxos),
+                    nameplate_power_w: Some(3500.0),
+                    power_target_max_w: None,
+                    inventory: v1::MinerInventory {
+                        model: "Antminer S21".into(),
+                        nameplate_hashrate_ths: Some(200.0),
+                        ..Default::default()
+                    },
+                },
+                obs: Some(MinerObservation {
+                    reachable: true,
+                    state,
+                    power_w: Some(3400.0),
+                    hashrate_ths: Some(200.0),
+                    power_target_w: None,
+                    observed_at: now() - Duration::seconds(age_s),
+                    restored,
+                    reading: v1::MinerReading::default(),
+                }),
+                last_mining_j_per_th: Some(17.0),
+            },
+        );
+        a
+    }
+
+    fn with_gpus(mut a: AgentEntry, cap: f64) -> AgentEntry {
+        for i in 0..2 {
+            let id = format!("gpu/G{i}");
+            a.gpus.insert(
+                id.clone(),
+                GpuSlot {
+                    info: GpuInfo {
+                        device_id: id,
+                        power_cap_max_w: 700.0,
+                        inventory: v1::GpuInventory {
+                            power_cap_min_w: 200,
+                            power_cap_max_w: 700,
+                            power_cap_default_w: 700,
+                            ..Default::default()
+                        },
+                    },
+                    obs: Some(GpuObservation {
+                        power_w: Some(100.0),
+                        enforced_power_limit_w: Some(cap),
+                        observed_at: now(),
+                        restored: false,
+                        reading: v1::GpuReading::default(),
+                    }),
+                },
+            );
+        }
+        a
+    }
+
+    fn map(a: AgentEntry) -> BTreeMap<String, AgentEntry> {
+        BTreeMap::from([(a.host_id.clone(), a)])
+    }
+
+    fn intent(device: &str, target: Target, phase: Option<IntentPhase>) -> DeviceIntent {
+        DeviceIntent {
+            host_id: "h1".into(),
+            intent: Intent {
+                device_id: device.into(),
+                generation: 1,
+                lease_expires_at: now(),
+                target,
+                reason: String::new(),
+                phase: 0,
+                plan_id: "p".into(),
+            },
+            issued_at: now() - Duration::seconds(5),
+            before_w: None,
+            status: phase.map(|phase| StatusRecord {
+                phase,
+                detail: String::new(),
+                retrying: false,
+                observed_power_w: None,
+                at: now(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_fresh_reachable_readings_of_a_live_session_are_seen() {
+        let u = |a| {
+            units(
+                &map(a),
+                &BTreeMap::new(),
+                &[],
+                &BTreeSet::new(),
+                &settings(),
+            )
+        };
+        let m = &u(with_miner(agent(true), MinerState::Mining, 5, false)).miners[0];
+        assert!(m.seen);
+        assert_eq!(m.state, MinerState::Mining);
+        assert_eq!(m.efficiency_j_per_th, Some(17.0));
+        assert_eq!(m.model, "Antminer S21");
+        for a in [
+            with_miner(agent(false), MinerState::Mining, 5, false),
+            with_miner(agent(true), MinerState::Mining, 60, false),
+            with_miner(agent(true), MinerState::Mining, 5, true),
+        ] {
+            let m = &u(a).miners[0];
+            assert!(!m.seen);
+            assert_eq!(m.state, MinerState::Unknown);
+        }
+    }
+
+    #[test]
+    fn intents_pins_and_failures_reach_the_miner() {
+        let a = with_miner(agent(true), MinerState::Mining, 0, false);
+        let intents = BTreeMap::from([(
+            "m1".to_owned(),
+            intent("m1", Target::Miner(MinerTarget::Sleep), None),
+        )]);
+        let pins = vec![Override {
+            target: "miners".into(),
+            pin: Target::Miner(MinerTarget::Sleep),
+            expires_at: None,
+            reason: String::new(),
+            actor: String::new(),
+            created_at: now(),
+        }];
+        let failed = BTreeSet::from(["m1".to_owned()]);
+        let u = units(&map(a), &intents, &pins, &failed, &settings());
+        let m = &u.miners[0];
+        assert_eq!(
+            m.intent,
+            Some(HeldIntent {
+                target: MinerTarget::Sleep,
+                phase: IntentPhase::Pending
+            })
+        );
+        assert_eq!(m.pin, Some(MinerTarget::Sleep));
+        assert!(m.protected);
+        assert_eq!(m.last_change_at, Some(now() - Duration::seconds(5)));
+    }
+
+    #[test]
+    fn a_confirmation_newer_than_the_last_reading_wins() {
+        // The miner read mining 5 s ago; its sleep was confirmed 1 s ago at 20 W.
+        let a = with_miner(agent(true), MinerState::Mining, 5, false);
+        let mut d = intent(
+            "m1",
+            Target::Miner(MinerTarget::Sleep),
+            Some(IntentPhase::Confirmed),
+        );
+        if let Some(st) = d.status.as_mut() {
+            st.at = now() - Duration::seconds(1);
+            st.observed_power_w = Some(20.0);
+        }
+        let intents = BTreeMap::from([("m1".to_owned(), d.clone())]);
+        let m = &units(
+            &map(a.clone()),
+            &intents,
+            &[],
+            &BTreeSet::new(),
+            &settings(),
+        )
+        .miners[0];
+        assert_eq!(
+            (m.state, m.measured_power_w),
+            (MinerState::Sleeping, Some(20.0))
+        );
+        // An older confirmation does not override a newer reading.
+        if let Some(st) = d.status.as_mut() {
+            st.at = now() - Duration::seconds(9);
+        }
+        let intents = BTreeMap::from([("m1".to_owned(), d)]);
+        let m = &units(&map(a), &intents, &[], &BTreeSet::new(), &settings()).miners[0];
+        assert_eq!(
+            (m.state, m.measured_power_w),
+            (MinerState::Mining, Some(3400.0))
+        );
+    }
+
+    #[test]
+    fn a_gpu_host_is_where_its_intents_point_or_what_its_caps_read() {
+        let s = settings();
+        let none = BTreeMap::new();
+        let u = |a, i: &BTreeMap<String, DeviceIntent>| {
+            units(&map(a), i, &[], &BTreeSet::new(), &s).gpu_hosts[0].clone()
+        };
+        assert_eq!(
+            u(with_gpus(agent(true), 700.0), &none).state,
+            HostState::Serving
+        );
+        assert_eq!(
+            u(with_gpus(agent(true), 200.0), &none).state,
+            HostState::Drained
+        );
+        assert_eq!(
+            u(with_gpus(agent(false), 700.0), &none).state,
+            HostState::Unseen
+        );
+        let h = u(with_gpus(agent(true), 200.0), &none);
+        assert_eq!(h.base_power_w, 1150.0, "unknown base: 575 W per GPU");
+        let up = BTreeMap::from([
+            (
+                "gpu/G0".to_owned(),
+                intent(
+                    "gpu/G0",
+                    Target::Gpu { power_cap_w: 700 },
+                    Some(IntentPhase::Confirmed),
+                ),
+            ),
+            (
+                "gpu/G1".to_owned(),
+                intent(
+                    "gpu/G1",
+                    Target::Gpu { power_cap_w: 700 },
+                    Some(IntentPhase::Applied),
+                ),
+            ),
+        ]);
+        assert_eq!(
+            u(with_gpus(agent(true), 200.0), &up).state,
+            HostState::Transition { to_serving: true }
+        );
+    }
+}
