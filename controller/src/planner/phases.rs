@@ -214,11 +214,16 @@ pub(super) fn build(
         .partition(|&i| !loads[i].is_miner());
     grants.extend(miners);
     let ramp_w = input.policy.economic.ramp_limit_w_per_min;
-    let first_at = input
-        .memory
-        .last_grant_at
-        .and_then(|t| t.checked_add_signed(Duration::minutes(1)))
-        .map_or(input.now, |t| t.max(input.now));
+    // 0 = no limit: every grant in one step, and no minute to wait after the last plan's.
+    let first_at = if ramp_w > 0.0 {
+        input
+            .memory
+            .last_grant_at
+            .and_then(|t| t.checked_add_signed(Duration::minutes(1)))
+            .map_or(input.now, |t| t.max(input.now))
+    } else {
+        input.now
+    };
     let mut step = 0i32;
     let mut at = 0usize;
     while at < grants.len() {

@@ -164,7 +164,7 @@ fn energy_above_breakeven_sleeps_the_least_efficient_and_says_why() {
     assert!((e.gain_usd_per_h - 0.1442).abs() < 1e-3, "{e:?}");
     assert!(
         e.text.starts_with(
-            "energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0 USD/h"
+            "energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0.14 USD/h"
         ),
         "{}",
         e.text
@@ -210,6 +210,24 @@ fn cheap_energy_wakes_sleeping_miners_most_efficient_first() {
     i.memory = plan(&i).memory;
     i.now = t0() + Duration::minutes(1);
     assert_eq!(plan(&i).phases[0].not_before, None);
+}
+
+#[test]
+fn without_a_ramp_limit_every_grant_goes_in_one_step_at_once() {
+    // ramp_limit_w_per_min = 0 is "no limit": no steps, and no minute after the last plan's grant.
+    let mut i = input(
+        vec![asleep(s19jpro("a")), asleep(s21("b")), asleep(s21("c"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.policy.economic.ramp_limit_w_per_min = 0.0;
+    i.memory.last_grant_at = Some(t0() - Duration::seconds(10));
+    let p = plan(&i);
+    assert_eq!(p.phases.len(), 1, "{:?}", p.phases);
+    assert_eq!(p.phases[0].kind, PhaseKind::Grant);
+    assert_eq!(p.phases[0].moves.len(), 3);
+    assert_eq!(p.phases[0].not_before, None);
+    assert_eq!(p.revisit_at, None);
 }
 
 #[test]
