@@ -30,9 +30,9 @@ ramp_limit_w_per_min = 3000000.0
 # Value of interruptible GPU capacity when no AI price feed is configured.
 ai_spot_price_usd_per_gpu_hour = 2.0
 # GPU hosts kept released above current AI demand (a number, plus a fraction of the
-# interruptible hosts, rounded up), and how long demand must stay low before a host is drained.
+# interruptible hosts, rounded down), and how long demand must stay low before a host is drained.
 ai_buffer_hosts = 1
-ai_buffer_fraction = 0.0
+ai_buffer_fraction = 0.05
 ai_drain_delay_s = 900
 # Efficiency assumed for a miner that never reported one.
 unknown_miner_j_per_th = 38.0
@@ -84,7 +84,7 @@ pub struct EconomicPolicy {
     pub ramp_limit_w_per_min: f64,
     pub ai_spot_price_usd_per_gpu_hour: f64,
     pub ai_buffer_hosts: u32,
-    /// Also kept released: this share of the interruptible hosts (0–1), rounded up.
+    /// Also kept released: this share of the interruptible hosts (0–1), rounded down (fewer than 20 hosts at 0.05: none).
     pub ai_buffer_fraction: f64,
     pub ai_drain_delay_s: u64,
     pub unknown_miner_j_per_th: f64,
@@ -101,7 +101,7 @@ impl Default for EconomicPolicy {
             ramp_limit_w_per_min: 3_000_000.0,
             ai_spot_price_usd_per_gpu_hour: 2.0,
             ai_buffer_hosts: 1,
-            ai_buffer_fraction: 0.0,
+            ai_buffer_fraction: 0.05,
             ai_drain_delay_s: 900,
             unknown_miner_j_per_th: 38.0,
             shed_lead_s: 600,

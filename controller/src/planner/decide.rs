@@ -112,9 +112,10 @@ pub(super) fn select_ai_hosts(
         needed += 1;
         covered = covered.saturating_sub(gpus(&loads[li]));
     }
-    // The share of the interruptible hosts, rounded up (clamped first: the cast is exact).
+    // The share of the interruptible hosts, rounded down: a site of a few hosts keeps none by
+    // it (clamped first: the cast is exact).
     let hosts = u32::try_from(candidates.len()).unwrap_or(u32::MAX);
-    let share = (e.ai_buffer_fraction * f64::from(hosts)).ceil();
+    let share = (e.ai_buffer_fraction * f64::from(hosts)).floor();
     let share = if share.is_finite() {
         share.clamp(0.0, f64::from(hosts)) as u32
     } else {
@@ -422,7 +423,8 @@ fn defer_grants_without_room(
     };
     let is_grant = |l: &Load, d: &Decision| {
         let a = after(l, d);
-        !d.level.same_as(l.level_now) && !(a < l.now_w || (a <= l.now_w && !d.level.is_on()))
+        let lowers = a < l.now_w || (a <= l.now_w && !d.level.is_on());
+        !d.level.same_as(l.level_now) && !lowers
     };
     // Same test as the phases: a move that does not lower committed power is a grant.
     let mut committed = 0.0;

@@ -48,7 +48,7 @@
 //!   GPU host is worth price per GPU-hour × GPUs within demand ÷ its draw (base + caps) in MW.
 //!   A miner with a power-target range is trimmed to fit the last room.
 //! - AI demand keeps demand + `ai_buffer_hosts` + `ai_buffer_fraction` of the interruptible
-//!   hosts (rounded up) released (hosts already serving first); the count kept is the most
+//!   hosts (rounded down) released (hosts already serving first); the count kept is the most
 //!   needed over the last `ai_drain_delay_s`, so a host is drained only after demand has stayed low that long. Buffer hosts are ranked on
 //!   their value with work.
 //! - No usable market: `market_failure.action` — `hold` keeps every level and never adds load

@@ -377,7 +377,7 @@ fn protected_devices_never_move() {
 
 #[test]
 fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
-    // Demand 0, buffer a third of the hosts (rounded up: 1): one host stays released, the
+    // Demand 0, buffer half the hosts (rounded down: 1): one host stays released, the
     // other is drained (drain delay: no history).
     let mut i = input(
         vec![asleep(s21("m1")), asleep(s21("m2")), asleep(s21("m3"))],
@@ -385,7 +385,7 @@ fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
         Some(market(40.0, 30.0, Some(0))),
     );
     i.policy.economic.ai_buffer_hosts = 0;
-    i.policy.economic.ai_buffer_fraction = 0.34;
+    i.policy.economic.ai_buffer_fraction = 0.5;
     // Two hosts at 10.2 kW; cap 22 kW leaves room for one S21 until a host drains.
     i.site.cap_w = 22_000.0;
     let p = plan(&i);
