@@ -412,6 +412,36 @@ impl Config {
                 format!("`{url}` must start with http:// or https://"),
             ));
         }
+        let authority = url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p > 0);
+        let host_ok = if let Some(v6) = authority.strip_prefix('[') {
+            v6.split_once(']').is_some_and(|(h, rest)| {
+                !h.is_empty() && (rest.is_empty() || rest.strip_prefix(':').is_some_and(port_ok))
+            })
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => !h.is_empty() && port_ok(p),
+                None => !authority.is_empty(),
+            }
+        };
+        if !host_ok {
+            return Err(invalid(
+                "controller.url".into(),
+                format!("`{url}` names no host (and port), e.g. https://controller.site:50051"),
+            ));
+        }
+        if url.starts_with("http://") && self.controller.tls.is_some() {
+            // Silently ignoring [controller.tls] would send the session in the clear while the
+            // operator believes it is protected.
+            return Err(invalid(
+                "controller.tls".into(),
+                format!(
+                    "[controller.tls] is set but controller.url `{url}` is plain http://; use https://"
+                ),
+            ));
+        }
         if url.starts_with("https://") && self.controller.tls.is_none() {
             return Err(invalid(
                 "controller.tls".into(),
@@ -500,7 +530,91 @@ impl Config {
         if let Some(w) = &self.workload {
             w.validate().map_err(|e| invalid(e.key, e.problem))?;
         }
-        self.miner_targets(path)?;
+        let targets = self.miner_targets(path)?;
+        let mut seen: std::collections::HashMap<(&str, Option<u16>), usize> =
+            std::collections::HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            if let Some(first) = seen.insert((t.addr.host.as_str(), t.addr.port), i) {
+                // Two entries for one miner would poll it twice and drive it from two slots.
+                return Err(invalid(
+                    "miners".into(),
+                    format!(
+                        "miner {} is listed twice (addresses {} and {} in the expanded list)",
+                        t.addr,
+                        first + 1,
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `run` will open, proven now: the TLS files are readable PEM, password files are
+    /// readable, the NVML library named exists, the state directory is a directory (or can be
+    /// made under an existing one). `check-config` and `run` both call it.
+    pub fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        if let Some(tls) = &self.controller.tls {
+            for (key, file) in [
+                ("controller.tls.ca_file", Some(&tls.ca_file)),
+                ("controller.tls.cert_file", tls.cert_file.as_ref()),
+                ("controller.tls.key_file", tls.key_file.as_ref()),
+            ] {
+                let Some(file) = file else { continue };
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", file.display())))?;
+                if !text.contains("-----BEGIN ") {
+                    return Err(invalid(
+                        key,
+                        format!("{} is not a PEM file", file.display()),
+                    ));
+                }
+            }
+        }
+        for (name, c) in &self.credentials {
+            if let Some(file) = &c.password_file {
+                std::fs::read(file).map_err(|e| {
+                    invalid(
+                        &format!("credentials.{name}.password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                })?;
+            }
+        }
+        if self.gpus.enabled
+            && let Some(lib) = &self.gpus.nvml_lib
+            && !lib.is_file()
+        {
+            return Err(invalid(
+                "gpus.nvml_lib",
+                format!("{} is not a file", lib.display()),
+            ));
+        }
+        let dir = &self.state_dir;
+        if dir.exists() {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "state_dir",
+                    format!("{} exists and is not a directory", dir.display()),
+                ));
+            }
+        } else if let Some(parent) = dir.ancestors().skip(1).find(|a| a.exists())
+            && !parent.is_dir()
+        {
+            return Err(invalid(
+                "state_dir",
+                format!(
+                    "{} cannot be made: {} is not a directory",
+                    dir.display(),
+                    parent.display()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -737,6 +851,21 @@ password_env = "LUX_PW"
                 ),
                 "miners[1].nameplate_hashrate_ths",
             ),
+            // issue 11: a URL with no host, TLS configured for a plain-http URL, one miner twice.
+            (GOOD.replace("http://10.0.0.1:50051", "http://"), "controller.url"),
+            (GOOD.replace("http://10.0.0.1:50051", "http://:50051"), "controller.url"),
+            (GOOD.replace("10.0.0.1:50051", "10.0.0.1:99999"), "controller.url"),
+            (
+                GOOD.replace(
+                    "url = \"http://10.0.0.1:50051\"",
+                    "url = \"http://10.0.0.1:50051\"\n[controller.tls]\nca_file = \"/etc/pivot/ca.pem\"",
+                ),
+                "controller.tls",
+            ),
+            (
+                format!("{GOOD}\n[[miners]]\naddr = \"10.1.0.2\"\n"),
+                "listed twice",
+            ),
         ];
         for (text, key) in cases {
             let e = Config::parse(&text, Path::new("/etc/pivot/agent.toml"), &env())
@@ -746,6 +875,77 @@ password_env = "LUX_PW"
                 e.contains("/etc/pivot/agent.toml") && e.contains(key),
                 "{key}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn ipv6_and_https_controllers_parse() {
+        for url in [
+            "http://[fd00::1]:50051",
+            "http://controller.site",
+            "http://[fd00::1]",
+        ] {
+            let text = GOOD.replace("http://10.0.0.1:50051", url);
+            Config::parse(&text, Path::new("a.toml"), &env())
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    /// `check_files` proves what `run` will open: a missing CA, a file that is not PEM, an
+    /// unreadable password file, a missing NVML library, a state_dir that is a file.
+    #[test]
+    fn check_files_names_what_run_could_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pem = d.join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("not.pem"), "hello").unwrap();
+        std::fs::write(d.join("pw"), "secret").unwrap();
+        std::fs::write(d.join("a-file"), "").unwrap();
+        let base = |tls_ca: &str, pw: &str, nvml: &str, state: &str| {
+            format!(
+                "host_id = \"rack-1\"\nstate_dir = \"{state}\"\n[controller]\nurl = \"https://10.0.0.1:50051\"\n\
+                 [controller.tls]\nca_file = \"{tls_ca}\"\n[gpus]\nenabled = true\nnvml_lib = \"{nvml}\"\n\
+                 [[miners]]\naddr = \"10.1.1.5\"\ncredentials = \"lux\"\n[credentials.lux]\nusername = \"root\"\npassword_file = \"{pw}\"\n"
+            )
+        };
+        let p = |name: &str| d.join(name).display().to_string();
+        let good = base(&p("ca.pem"), &p("pw"), &p("pw"), &p("state/new"));
+        let c = Config::parse(&good, Path::new("a.toml"), &env()).unwrap();
+        c.check_files(Path::new("a.toml")).unwrap();
+        for (text, key) in [
+            (
+                base(&p("nope.pem"), &p("pw"), &p("pw"), &p("state")),
+                "controller.tls.ca_file",
+            ),
+            (
+                base(&p("not.pem"), &p("pw"), &p("pw"), &p("state")),
+                "controller.tls.ca_file",
+            ),
+            (
+                base(&p("ca.pem"), &p("nope"), &p("pw"), &p("state")),
+                "credentials.lux.password_file",
+            ),
+            (
+                base(&p("ca.pem"), &p("pw"), &p("nope.so"), &p("state")),
+                "gpus.nvml_lib",
+            ),
+            (
+                base(&p("ca.pem"), &p("pw"), &p("pw"), &p("a-file")),
+                "state_dir",
+            ),
+            (
+                base(&p("ca.pem"), &p("pw"), &p("pw"), &p("a-file/sub")),
+                "state_dir",
+            ),
+        ] {
+            let c = Config::parse(&text, Path::new("a.toml"), &env()).unwrap();
+            let e = c.check_files(Path::new("a.toml")).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("a.toml"), "{key}: {e}");
         }
     }
 

@@ -49,6 +49,7 @@ async fn shutdown_signal() {
 
 fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     let c = Config::load(path, &ProcessEnv)?;
+    c.check_files(path)?;
     let miners = c.miner_targets(path)?.len();
     println!(
         "{}: ok (host {}, controller {}, {miners} miner address(es), GPUs {}, fallback {:?})",
@@ -76,7 +77,9 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => match Config::load(&config, &ProcessEnv) {
+        Command::Run { config } => match Config::load(&config, &ProcessEnv)
+            .and_then(|c| c.check_files(&config).map(|()| c))
+        {
             Ok(c) => pivot_agent::daemon::run(c, &config, shutdown_signal())
                 .await
                 .map(|()| ExitCode::SUCCESS),

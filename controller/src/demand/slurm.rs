@@ -64,13 +64,16 @@ pub fn demand_from_jobs(
 #[derive(Debug)]
 enum Via {
     Squeue(CommandLine),
-    Rest {
-        client: HttpClient,
-        jobs_url: Url,
-        timeout: Duration,
-        origin: Origin,
-        config: SlurmrestdConfig,
-    },
+    Rest(Box<Rest>),
+}
+
+#[derive(Debug)]
+struct Rest {
+    client: HttpClient,
+    jobs_url: Url,
+    timeout: Duration,
+    origin: Origin,
+    config: SlurmrestdConfig,
 }
 
 #[derive(Debug)]
@@ -96,13 +99,13 @@ impl SlurmDemand {
                     Some(c) => c.clone(),
                     None => HttpClient::new().map_err(|e| fail(e.to_string()))?,
                 };
-                Via::Rest {
+                Via::Rest(Box::new(Rest {
                     client,
                     origin: Origin::new("slurmrestd", http::redact(&jobs_url)),
                     jobs_url,
                     timeout: secs(r.timeout_s),
                     config: r.clone(),
-                }
+                }))
             }
             _ => {
                 let s = config.slurm.clone().unwrap_or_default();
@@ -123,20 +126,14 @@ impl SlurmDemand {
     pub fn origin(&self) -> Origin {
         match &self.via {
             Via::Squeue(line) => Origin::new("slurm", line.display()),
-            Via::Rest { origin, .. } => origin.clone(),
+            Via::Rest(r) => r.origin.clone(),
         }
     }
 
     pub async fn read(&self) -> Result<GpuDemand, DemandError> {
         let json = match &self.via {
             Via::Squeue(line) => command::run_ok(line).await?.stdout,
-            Via::Rest {
-                client,
-                jobs_url,
-                timeout,
-                origin,
-                config,
-            } => fetch(client, origin, jobs_url, *timeout, config).await?,
+            Via::Rest(r) => fetch(&r.client, &r.origin, &r.jobs_url, r.timeout, &r.config).await?,
         };
         let jobs = slurm::parse_squeue(&json)?;
         Ok(demand_from_jobs(&jobs, &self.partitions, Utc::now())?)

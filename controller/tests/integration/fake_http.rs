@@ -91,7 +91,18 @@ pub struct Request0 {
     pub method: String,
     pub path: String,
     pub authorization: Option<String>,
+    /// Every header, names lower-case (for sources that authenticate with their own headers).
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Request0 {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 pub struct FakeHttp {
@@ -145,6 +156,11 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("?").to_owned()))
+        .collect();
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .map(|b| b.to_vec())
@@ -153,6 +169,7 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         method,
         path: path.clone(),
         authorization,
+        headers,
         body,
     };
     s.log.lock().unwrap().push(request.clone());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use pivot_controller::config::EnvSource;
 use pivot_controller::market::{
-    GpuWant, Health, Market, MarketConfig, MarketParts, MarketSnapshot, SourceErrorKind,
+    AiDemand, GpuWant, Health, Market, MarketConfig, MarketParts, MarketSnapshot, SourceErrorKind,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -709,4 +709,75 @@ async fn an_ai_spot_price_feed_with_its_own_time() {
     assert_eq!(v.value.usd_per_gpu_hour, 2.15);
     assert_eq!(v.at, utc("2026-05-28T20:20:00Z"));
     assert_eq!(m.snapshot(t).economics().ai_usd_per_gpu_hour, Some(2.15));
+}
+
+/// slurmrestd (Slurm 22.05's v0.0.38 jobs endpoint) through the market's HTTP client: the path,
+/// the user and the JWT (from a file, read again at every fetch so a rotated token is used), the
+/// demand the recorded queue means, and a refused token named with the keys to check.
+#[tokio::test]
+async fn ai_demand_from_slurmrestd_sends_the_user_and_a_rotated_token_and_names_a_refusal() {
+    let f = FakeHttp::start(None).await;
+    f.set(
+        "/slurm/v0.0.38/jobs",
+        Reply::json(
+            &include_bytes!("../../../jobs/src/slurm/testdata/squeue-22.05-running.json")[..],
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("slurm.jwt");
+    std::fs::write(&token, "eyJ.first.token\n").unwrap();
+    let config = format!(
+        "[market.ai_demand]\nsource = \"slurmrestd\"\npartitions = []\n\
+         [market.ai_demand.slurmrestd]\nurl = \"{}\"\nuser_name = \"pivot\"\ntoken_file = \"{}\"\n",
+        f.url(),
+        token.display()
+    );
+    let mut m = market_with(&config, &no_env());
+    let t = Utc::now();
+    m.refresh_all(t).await;
+    let demand = m
+        .snapshot(t)
+        .ai_demand
+        .value
+        .unwrap_or_else(|| panic!("no demand: {:?}", m.snapshot(t).ai_demand.health));
+    assert_eq!(demand.value, AiDemand::from_jobs(2, 6));
+    let asked: Vec<Request0> = f
+        .take_log()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/slurm/"))
+        .collect();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].method, "GET");
+    assert_eq!(asked[0].path, "/slurm/v0.0.38/jobs");
+    assert_eq!(asked[0].header("x-slurm-user-name"), Some("pivot"));
+    assert_eq!(
+        asked[0].header("x-slurm-user-token"),
+        Some("eyJ.first.token")
+    );
+
+    // The token is rotated on disk: the next fetch sends the new one, no restart.
+    std::fs::write(&token, "eyJ.second.token\n").unwrap();
+    let t = t + chrono::Duration::seconds(120);
+    m.refresh_all(t).await;
+    let asked = f.take_log();
+    let last = asked
+        .iter()
+        .rfind(|r| r.path.starts_with("/slurm/"))
+        .expect("a second fetch");
+    assert_eq!(last.header("x-slurm-user-token"), Some("eyJ.second.token"));
+
+    // slurmrestd refuses the token: unknown demand, with the keys to check named.
+    f.set(
+        "/slurm/v0.0.38/jobs",
+        Reply::json("{\"errors\": [{\"error\": \"Authentication failure\"}]}").status(401),
+    );
+    let t = t + chrono::Duration::seconds(120);
+    m.refresh_all(t).await;
+    let s = m.snapshot(t);
+    let Health::Failed(e) = &s.ai_demand.health else {
+        panic!("a refused token is not a failure: {:?}", s.ai_demand.health)
+    };
+    let text = e.to_string();
+    assert!(text.contains("401"), "{text}");
+    assert!(text.contains("user_name"), "{text}");
 }

@@ -476,3 +476,21 @@ fn the_example_configuration_and_policy_are_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `pivotctl status | head -1`: the reader goes away before pivotctl has written everything.
+/// pivotctl ends as a process killed by SIGPIPE would (141), quietly, instead of panicking.
+#[test]
+fn pivotctl_into_a_closed_pipe_exits_quietly() {
+    let ctl = start_dev_controller(&[]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(bin("pivotctl"))
+        .args(["--controller", &format!("http://{}", ctl.addr), "status"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

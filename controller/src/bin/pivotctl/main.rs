@@ -1,5 +1,27 @@
 //! `pivotctl`: the operator's command line for a pivot controller.
 
+/// `println!` that ends the program quietly when whoever reads its output has gone
+/// (`pivotctl … | head`), where `std::println!` would panic on the closed pipe. Exits 141, as a
+/// process killed by SIGPIPE would.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(&e);
+        }
+    }};
+}
+
+/// Where a write to stdout that failed ends the program.
+#[doc(hidden)]
+pub fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("pivotctl: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 mod render;
 
 use std::path::PathBuf;
@@ -602,7 +624,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .into_inner();
                 // The name is the document's own text: escaped, so it cannot forge this line.
                 println!("# policy `{}`, revision {}", clean(&p.name), p.revision);
-                print!("{}", p.document_toml);
+                {
+                    use std::io::Write as _;
+                    if let Err(e) = write!(std::io::stdout().lock(), "{}", p.document_toml) {
+                        stdout_failed(&e);
+                    }
+                }
             }
             PolicyAction::Validate { file } => {
                 let doc = std::fs::read_to_string(&file)

@@ -115,9 +115,18 @@ pub fn print_status(s: &v1::SiteStatus) {
 }
 
 pub fn print_economics(e: &v1::Economics) {
+    // A fixed or traced hashprice comes without the price and hashrate behind it (sent as 0).
+    let behind = if e.btc_price_usd > 0.0 && e.network_hashrate_ehs > 0.0 {
+        format!(
+            " (BTC {:.0} USD, network {:.0} EH/s)",
+            e.btc_price_usd, e.network_hashrate_ehs
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "hashprice   {:.2} USD/PH/day (BTC {:.0} USD, network {:.0} EH/s)",
-        e.hashprice_usd_per_ph_day, e.btc_price_usd, e.network_hashrate_ehs
+        "hashprice   {:.2} USD/PH/day{behind}",
+        e.hashprice_usd_per_ph_day
     );
     println!("energy      {:.2} USD/MWh", e.energy_price_usd_per_mwh);
     println!(
