@@ -132,16 +132,7 @@ fn small_hybrid_site() -> Site {
     for h in &mut site.gpu_hosts {
         h.count = (h.count / 20).max(1);
     }
-    let load: f64 = site
-        .miners
-        .iter()
-        .map(|m| f64::from(m.count) * m.power_w)
-        .sum::<f64>()
-        + site
-            .gpu_hosts
-            .iter()
-            .map(|h| f64::from(h.count) * h.serving_w())
-            .sum::<f64>();
+    let load = generate::full_load_w(&site);
     site.cap_w = (load * 0.97).round();
     site.reserve_w = (load * 0.015).round();
     site
