@@ -428,17 +428,23 @@ fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
     );
 }
 
-#[test]
-fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
+/// A drained host (6.2 kW) and two S21s (7 kW) under a 14 kW cap, no AI buffer; 8 GPUs of demand
+/// want the host serving (10.2 kW), which needs one S21 asleep first.
+fn drained_host_wanted_two_s21s_cap_14_kw() -> PlanInput {
     let mut i = input(
         vec![s21("m1"), s21("m2")],
         vec![h100_host("g1", false)],
         Some(market(40.0, 30.0, Some(8))),
     );
-    // Drained host 6.2 kW + two S21 7 kW = 13.2 kW; cap 14 kW: serving (10.2 kW) needs one S21 asleep.
     i.site.cap_w = 14_000.0;
     i.policy.economic.ai_buffer_hosts = 0;
     i.policy.economic.ai_buffer_fraction = 0.0;
+    i
+}
+
+#[test]
+fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
+    let i = drained_host_wanted_two_s21s_cap_14_kw();
     let p = plan(&i);
     let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
     assert_eq!(
@@ -745,16 +751,7 @@ fn revisit_at_is_when_a_schedule_window_comes_into_its_lead_or_ends() {
 
 #[test]
 fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
-    // Cap 14 kW: a drained host (6.2 kW) and two S21s (7 kW). The host is wanted (8 GPUs of
-    // demand): one S21 sleeps, then the caps rise.
-    let mut i = input(
-        vec![s21("m1"), s21("m2")],
-        vec![h100_host("g1", false)],
-        Some(market(40.0, 30.0, Some(8))),
-    );
-    i.site.cap_w = 14_000.0;
-    i.policy.economic.ai_buffer_hosts = 0;
-    i.policy.economic.ai_buffer_fraction = 0.0;
+    let mut i = drained_host_wanted_two_s21s_cap_14_kw();
     let p = plan(&i);
     let slept: Vec<&str> = p
         .moves()
