@@ -225,6 +225,7 @@ fn plain_policy() -> PolicyDocument {
     p.economic.hysteresis_usd_per_mwh = 10.0;
     p.economic.min_dwell_s = 0;
     p.economic.ai_buffer_hosts = 0;
+    p.economic.ai_buffer_fraction = 0.0;
     p.economic.ai_drain_delay_s = 0;
     p
 }
@@ -285,6 +286,284 @@ fn quality() {
     }
 }
 
+/// One setting of the policy keys a sweep varies.
+#[derive(Debug, Clone)]
+struct Setting(Vec<(String, f64)>);
+
+impl Setting {
+    fn apply(&self, p: &mut PolicyDocument) {
+        let e = &mut p.economic;
+        for (k, v) in &self.0 {
+            let v = *v;
+            match k.as_str() {
+                "band" => e.hysteresis_usd_per_mwh = v,
+                "dwell" => e.min_dwell_s = v as u64,
+                "buffer" => e.ai_buffer_hosts = v as u32,
+                "fraction" => e.ai_buffer_fraction = v,
+                "drain" => e.ai_drain_delay_s = v as u64,
+                "lead" => e.shed_lead_s = v as u64,
+                "ramp" => e.ramp_limit_w_per_min = v,
+                "floor" => e.min_margin_usd_per_mwh = v,
+                other => eprintln!("unknown sweep key {other}"),
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `sweep key=v1,v2 ...`: every combination of the given policy keys (band, dwell, buffer,
+/// drain, lead, ramp, floor) on the month traces (seeds 1 and 2 to choose on, 3 held out) and
+/// the wobble week (seed 1), against the static site and the bound; `SWEEP_THREADS` workers.
+fn sweep(args: &[String]) {
+    let mut grid: Vec<Setting> = vec![Setting(Vec::new())];
+    for a in args {
+        let Some((k, vs)) = a.split_once('=') else {
+            continue;
+        };
+        let values: Vec<f64> = vs.split(',').filter_map(|v| v.parse().ok()).collect();
+        grid = grid
+            .into_iter()
+            .flat_map(|s| {
+                values.iter().map(move |v| {
+                    let mut next = s.clone();
+                    next.0.push((k.to_owned(), *v));
+                    next
+                })
+            })
+            .collect();
+    }
+    let site = generate::hybrid_site();
+    let traces: Vec<(String, pivot_controller::trace::Trace)> =
+        [("month", 1u64), ("month", 2), ("month", 3), ("wobble", 1)]
+            .into_iter()
+            .filter_map(|(name, seed)| {
+                let t = if name == "month" {
+                    generate::month_with_spikes(seed, &site)
+                } else {
+                    generate::wobble_week(seed, &site)
+                };
+                t.ok().map(|t| (format!("{name}{seed}"), t))
+            })
+            .collect();
+    let spans: Vec<(f64, f64)> = traces
+        .iter()
+        .map(|(_, t)| {
+            (
+                baseline::static_site(&site, t).margin_usd,
+                baseline::hindsight_bound(&site, t).margin_usd,
+            )
+        })
+        .collect();
+    let Ok(base) = policy::validate(policy::DEFAULT_POLICY) else {
+        return;
+    };
+    let threads: usize = std::env::var("SWEEP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    print!("| setting |");
+    for (name, _) in &traces {
+        print!(" {name} captured | {name} switches |");
+    }
+    println!(" violations |");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = std::sync::Mutex::new(());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(setting) = grid.get(i) else { break };
+                    let mut policy = base.clone();
+                    setting.apply(&mut policy);
+                    let mut line = format!("| {} |", setting.label());
+                    let mut violations = 0;
+                    for ((_, trace), (s, b)) in traces.iter().zip(&spans) {
+                        let r = backtest::run(
+                            &site,
+                            trace,
+                            &Options {
+                                policy: policy.clone(),
+                                ..Options::default()
+                            },
+                        );
+                        violations += r.cap_violations;
+                        line.push_str(&format!(
+                            " {:.1} % | {} |",
+                            100.0 * backtest::captured(r.margin_usd, *s, *b),
+                            r.device_switches
+                        ));
+                    }
+                    line.push_str(&format!(" {violations} |"));
+                    let _guard = out.lock();
+                    println!("{line}");
+                }
+            });
+        }
+    });
+}
+
+/// `losses`: where pivot's margin falls short of the hindsight bound, by kind of row.
+fn losses(args: &[String]) {
+    let mut site = generate::hybrid_site();
+    // LOSSES_TRANSITION_S=0: every move instant, to see what the transitions alone cost.
+    if let Some(t) = std::env::var("LOSSES_TRANSITION_S")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        for m in &mut site.miners {
+            m.transition_s = Some(t);
+        }
+        for h in &mut site.gpu_hosts {
+            h.transition_s = Some(t);
+        }
+    }
+    let Ok(mut policy) = policy::validate(policy::DEFAULT_POLICY) else {
+        return;
+    };
+    let setting = Setting(
+        args.iter()
+            .filter_map(|a| {
+                let (k, v) = a.split_once('=')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect(),
+    );
+    setting.apply(&mut policy);
+    println!("# losses with {}", setting.label());
+    let which = std::env::var("LOSSES_TRACES").unwrap_or_else(|_| "month1,month2,wobble1".into());
+    for (name, seed) in which.split(',').filter_map(|w| {
+        let (name, seed) = w.split_at(w.find(|c: char| c.is_ascii_digit())?);
+        Some((name, seed.parse::<u64>().ok()?))
+    }) {
+        let trace = if name == "month" {
+            generate::month_with_spikes(seed, &site)
+        } else {
+            generate::wobble_week(seed, &site)
+        };
+        let Ok(trace) = trace else { continue };
+        let start = Instant::now();
+        let r = backtest::run(
+            &site,
+            &trace,
+            &Options {
+                policy: policy.clone(),
+                ..Options::default()
+            },
+        );
+        let secs = start.elapsed().as_secs_f64();
+        let bound = baseline::hindsight_bound_rows(&site, &trace);
+        let stat = baseline::static_site_rows(&site, &trace);
+        let b = baseline::hindsight_bound(&site, &trace);
+        let s = baseline::static_site(&site, &trace);
+        println!(
+            "## {name} seed {seed}: captured {:.1} %, {} plans in {secs:.1} s, {} switches",
+            100.0 * backtest::captured(r.margin_usd, s.margin_usd, b.margin_usd),
+            r.plans,
+            r.device_switches
+        );
+        println!(
+            "totals USD   pivot: mining {:.0} ai {:.0} energy {:.0} | bound: mining {:.0} ai {:.0} energy {:.0} | static: mining {:.0} ai {:.0} energy {:.0}",
+            r.mining_revenue_usd,
+            r.ai_revenue_usd,
+            r.energy_cost_usd,
+            b.mining_revenue_usd,
+            b.ai_revenue_usd,
+            b.energy_cost_usd,
+            s.mining_revenue_usd,
+            s.ai_revenue_usd,
+            s.energy_cost_usd
+        );
+        // Row kinds: a spike, a DR cap (or the hour after), a negative price, the rest.
+        let rows = trace.rows();
+        let mut by_kind: std::collections::BTreeMap<&str, (usize, f64, f64, usize)> =
+            std::collections::BTreeMap::new();
+        let mut after_cap = 0usize;
+        for (i, row) in rows.iter().enumerate() {
+            if row.cap_w.is_some() {
+                after_cap = 12;
+            } else {
+                after_cap = after_cap.saturating_sub(1);
+            }
+            let kind = if row.energy_usd_per_mwh > 150.0 {
+                "spike"
+            } else if row.cap_w.is_some() || after_cap > 0 {
+                "dr"
+            } else if row.energy_usd_per_mwh < 0.0 {
+                "negative"
+            } else if row
+                .ai_gpu_demand
+                .is_some_and(|d| i > 0 && rows[i - 1].ai_gpu_demand.is_some_and(|p| d > p))
+            {
+                "ai-up"
+            } else {
+                "other"
+            };
+            let hours = trace.interval_len(i).num_milliseconds() as f64 / 3.6e6;
+            let pivot = r.intervals[i].margin_usd_per_h * hours;
+            let e = by_kind.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += bound[i].margin_usd - pivot;
+            e.2 += bound[i].margin_usd - stat[i].margin_usd;
+            if pivot > bound[i].margin_usd + 1e-6 {
+                e.3 += 1;
+            }
+        }
+        if std::env::var_os("LOSSES_ROWS").is_some() {
+            for (i, row) in rows.iter().enumerate() {
+                let hours = trace.interval_len(i).num_milliseconds() as f64 / 3.6e6;
+                let ai_short = bound[i].ai_revenue_usd - r.intervals[i].ai_usd_per_h * hours;
+                let lost = bound[i].margin_usd - r.intervals[i].margin_usd_per_h * hours;
+                if row.energy_usd_per_mwh > 150.0
+                    || (i > 0 && rows[i - 1].energy_usd_per_mwh > 150.0)
+                {
+                    println!(
+                        "{} spike energy {:.0} lost {lost:.0} USD (ai short {ai_short:.0}), pivot mining {:.0} kW ai {:.0} kW",
+                        row.time.format("%d %H:%M"),
+                        row.energy_usd_per_mwh,
+                        r.intervals[i].mining_w / 1e3,
+                        r.intervals[i].ai_w / 1e3
+                    );
+                } else if ai_short > 5.0 {
+                    println!(
+                        "{} demand {:?} prev {:?} energy {:.0} ai short {ai_short:.1} USD, pivot ai_w {:.0} kW",
+                        row.time.format("%d %H:%M"),
+                        row.ai_gpu_demand,
+                        i.checked_sub(1).and_then(|p| rows[p].ai_gpu_demand),
+                        row.energy_usd_per_mwh,
+                        r.intervals[i].ai_w / 1e3
+                    );
+                }
+            }
+        }
+        println!("| rows | n | bound − pivot USD | bound − static USD | rows pivot > bound |");
+        for (k, (n, lost, span, above)) in by_kind {
+            println!("| {k} | {n} | {lost:.0} | {span:.0} | {above} |");
+        }
+    }
+}
+
+/// `profile`: plans 100,000 devices a few times and nothing else (for perf or callgrind).
+fn profile() {
+    let input = fleet(100_000);
+    let runs: usize = std::env::var("PLANNER_PROFILE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut moves = 0;
+    for _ in 0..runs {
+        moves += std::hint::black_box(planner::plan(&input)).summary.moves;
+    }
+    println!("{runs} plans, {moves} moves");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -300,5 +579,15 @@ fn main() {
     }
     if want("quality") {
         quality();
+    }
+    // Not part of "all": a profiling target and a look at where value is lost.
+    if args.iter().any(|a| a == "profile") {
+        profile();
+    }
+    if args.first().is_some_and(|a| a == "losses") {
+        losses(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "sweep") {
+        sweep(&args[1..]);
     }
 }

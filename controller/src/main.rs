@@ -368,6 +368,7 @@ fn backtest(
         policy,
         dr_notice,
         replan_every,
+        ..backtest::Options::default()
     };
     let report = backtest::run(&site, &trace, &options);
     let static_site = baseline::static_site(&site, &trace);

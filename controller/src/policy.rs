@@ -5,7 +5,9 @@
 //! of every problem. The schema is written out in docs/formats.md. Demand-response events and
 //! overrides are not part of it: they come from the API and reach the planner as inputs.
 
-use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, Duration, FixedOffset, NaiveTime, Offset, TimeZone, Utc, Weekday,
+};
 use serde::Deserialize;
 
 use crate::toml_lines::TomlLines;
@@ -27,9 +29,10 @@ min_dwell_s = 300
 ramp_limit_w_per_min = 3000000.0
 # Value of interruptible GPU capacity when no AI price feed is configured.
 ai_spot_price_usd_per_gpu_hour = 2.0
-# GPU hosts kept released above current AI demand, and how long demand must stay low before
-# a host is drained.
+# GPU hosts kept released above current AI demand (a number, plus a fraction of the
+# interruptible hosts, rounded down), and how long demand must stay low before a host is drained.
 ai_buffer_hosts = 1
+ai_buffer_fraction = 0.05
 ai_drain_delay_s = 900
 # Efficiency assumed for a miner that never reported one.
 unknown_miner_j_per_th = 38.0
@@ -81,6 +84,8 @@ pub struct EconomicPolicy {
     pub ramp_limit_w_per_min: f64,
     pub ai_spot_price_usd_per_gpu_hour: f64,
     pub ai_buffer_hosts: u32,
+    /// Also kept released: this share of the interruptible hosts (0–1), rounded down (fewer than 20 hosts at 0.05: none).
+    pub ai_buffer_fraction: f64,
     pub ai_drain_delay_s: u64,
     pub unknown_miner_j_per_th: f64,
     pub shed_lead_s: u64,
@@ -96,6 +101,7 @@ impl Default for EconomicPolicy {
             ramp_limit_w_per_min: 3_000_000.0,
             ai_spot_price_usd_per_gpu_hour: 2.0,
             ai_buffer_hosts: 1,
+            ai_buffer_fraction: 0.05,
             ai_drain_delay_s: 900,
             unknown_miner_j_per_th: 38.0,
             shed_lead_s: 600,
@@ -250,6 +256,111 @@ impl PolicyDocument {
     }
 }
 
+impl PolicyDocument {
+    /// The earliest instant after `now` at which [`Self::schedule_at`] could answer otherwise:
+    /// a window opening or closing, or opening `shed_lead_s` from then. Never later than the
+    /// real change; it may be earlier (a window that does not apply that day), and is at most
+    /// [`SCHEDULE_HORIZON_DAYS`] away. `None` without windows.
+    pub fn schedule_changes_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let lead = Duration::seconds(i64::try_from(self.economic.shed_lead_s).unwrap_or(i64::MAX));
+        let ahead = now.checked_add_signed(lead).unwrap_or(now);
+        self.schedule
+            .iter()
+            .filter_map(|w| {
+                let opens = w.changes_after(now);
+                let opens_ahead = w
+                    .changes_after(ahead)
+                    .and_then(|t| t.checked_sub_signed(lead));
+                [opens, opens_ahead].into_iter().flatten().min()
+            })
+            .filter(|t| *t > now)
+            .min()
+    }
+}
+
+/// How far ahead [`ScheduleWindow::changes_after`] looks before it gives up and answers the
+/// end of its search (a window of some months or days may not change for longer).
+pub const SCHEDULE_HORIZON_DAYS: i64 = 3;
+
+impl ScheduleWindow {
+    /// The earliest instant after `t` at which [`Self::contains`] may change: the local start or
+    /// end (both instants of an hour that repeats), or a change of the zone's offset (a start
+    /// inside a skipped hour takes effect when the clock jumps). Months and days are not
+    /// consulted, so the answer may be a change that does not happen; it is never late.
+    pub fn changes_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let c = self.checked.as_ref()?;
+        let horizon = t.checked_add_signed(Duration::days(SCHEDULE_HORIZON_DAYS))?;
+        let mut candidates: Vec<DateTime<Utc>> = Vec::new();
+        let local_date = |u: DateTime<Utc>| match c.zone {
+            Zone::Named(tz) => tz.from_utc_datetime(&u.naive_utc()).date_naive(),
+            Zone::Fixed(off) => off.from_utc_datetime(&u.naive_utc()).date_naive(),
+        };
+        let first_day = local_date(t).pred_opt()?;
+        for day in first_day
+            .iter_days()
+            .take(usize::try_from(SCHEDULE_HORIZON_DAYS + 2).ok()?)
+        {
+            for time in [c.start, c.end] {
+                let naive = day.and_time(time);
+                match c.zone {
+                    Zone::Named(tz) => {
+                        let r = tz.from_local_datetime(&naive);
+                        candidates.extend(
+                            [r.earliest(), r.latest()]
+                                .into_iter()
+                                .flatten()
+                                .map(|u| u.with_timezone(&Utc)),
+                        );
+                    }
+                    Zone::Fixed(off) => {
+                        let r = off.from_local_datetime(&naive);
+                        candidates.extend(
+                            [r.earliest(), r.latest()]
+                                .into_iter()
+                                .flatten()
+                                .map(|u| u.with_timezone(&Utc)),
+                        );
+                    }
+                }
+            }
+        }
+        let mut best = candidates
+            .into_iter()
+            .filter(|u| *u > t)
+            .fold(horizon, DateTime::min);
+        if let Zone::Named(tz) = c.zone {
+            let offset = |u: DateTime<Utc>| {
+                tz.offset_from_utc_datetime(&u.naive_utc())
+                    .fix()
+                    .local_minus_utc()
+            };
+            // Offsets change at most a few times a year and never within an hour of each other.
+            let mut u = t;
+            while u < best {
+                let next = u + Duration::hours(1);
+                if offset(next) != offset(u) {
+                    // Offsets change on whole seconds: bisect on them.
+                    let at = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).unwrap_or(next);
+                    let (mut lo, mut hi) = (u.timestamp(), next.timestamp());
+                    let before = offset(at(lo));
+                    while hi - lo > 1 {
+                        let mid = lo + (hi - lo) / 2;
+                        if offset(at(mid)) == before {
+                            lo = mid;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    best = best.min(at(hi));
+                    break;
+                }
+                u = next;
+            }
+        }
+        Some(best)
+    }
+}
+
 fn parse_zone(s: &str) -> Option<Zone> {
     let t = s.trim();
     let offset = t.strip_prefix("UTC").unwrap_or(t);
@@ -314,6 +425,12 @@ pub fn validate(document: &str) -> Result<PolicyDocument, Vec<String>> {
         if !finite_at_least(v, 0.0) {
             bad(key, format!("{v} must be a number >= 0"));
         }
+    }
+    if !(e.ai_buffer_fraction.is_finite() && (0.0..=1.0).contains(&e.ai_buffer_fraction)) {
+        bad(
+            "economic.ai_buffer_fraction",
+            format!("{} must be a number from 0 to 1", e.ai_buffer_fraction),
+        );
     }
     if !(e.unknown_miner_j_per_th.is_finite() && e.unknown_miner_j_per_th > 0.0) {
         bad(
@@ -538,5 +655,82 @@ mod tests {
         assert!(p.protected.covers("m-1", "other"));
         assert!(p.protected.covers("m-9", "lab"));
         assert!(!p.protected.covers("m-9", "other"));
+    }
+
+    #[test]
+    fn window_changes_are_found_across_daylight_saving() {
+        let p = validate(
+            "name = \"x\"\n[economic]\nshed_lead_s = 0\n[[schedule]]\nname = \"w\"\ntime_zone = \"America/Chicago\"\nstart = \"15:00\"\nend = \"17:30\"\ncap_w = 5e6\n",
+        )
+        .unwrap();
+        let w = &p.schedule[0];
+        // Summer: 15:00 CDT = 20:00Z, 17:30 CDT = 22:30Z.
+        assert_eq!(
+            w.changes_after(at("2026-07-15T12:00:00Z")),
+            Some(at("2026-07-15T20:00:00Z"))
+        );
+        assert_eq!(
+            w.changes_after(at("2026-07-15T20:00:00Z")),
+            Some(at("2026-07-15T22:30:00Z"))
+        );
+        // Winter: CST, an hour later in UTC.
+        assert_eq!(
+            w.changes_after(at("2026-01-14T22:30:00Z")),
+            Some(at("2026-01-14T23:30:00Z"))
+        );
+        assert_eq!(
+            p.schedule_changes_after(at("2026-01-14T22:30:00Z")),
+            Some(at("2026-01-14T23:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_window_starting_in_a_skipped_hour_changes_when_the_clock_jumps() {
+        // 2026-03-08 02:00 CST → 03:00 CDT (08:00Z). A window from 02:30 is entered at the jump.
+        let p = validate(
+            "name = \"x\"\n[economic]\nshed_lead_s = 0\n[[schedule]]\nname = \"w\"\ntime_zone = \"America/Chicago\"\nstart = \"02:30\"\nend = \"05:00\"\ncap_w = 5e6\n",
+        )
+        .unwrap();
+        let w = &p.schedule[0];
+        let before = at("2026-03-08T07:00:00Z");
+        let change = w.changes_after(before).unwrap();
+        assert_eq!(change, at("2026-03-08T08:00:00Z"));
+        assert!(!w.contains(change - Duration::seconds(1)));
+        assert!(w.contains(change));
+        // And with a lead, the change is reported that much earlier.
+        let mut q = p.clone();
+        q.economic.shed_lead_s = 600;
+        assert_eq!(
+            q.schedule_changes_after(before),
+            Some(at("2026-03-08T07:50:00Z"))
+        );
+    }
+
+    /// Between two instants the schedule's answer never changes before `schedule_changes_after`
+    /// said it could (checked minute by minute over a few days with a lead and DST).
+    #[test]
+    fn no_schedule_change_comes_before_the_announced_one() {
+        let p = validate(
+            "name = \"x\"\n[economic]\nshed_lead_s = 900\n[[schedule]]\nname = \"a\"\ntime_zone = \"Europe/Berlin\"\ndays = [\"sat\", \"sun\"]\nstart = \"01:30\"\nend = \"03:15\"\ncap_w = 5e6\n[[schedule]]\nname = \"b\"\ntime_zone = \"-05:00\"\nstart = \"23:00\"\nend = \"01:00\"\ncurtail_mining = true\n",
+        )
+        .unwrap();
+        // Europe/Berlin leaves summer time on 2026-10-25 at 03:00 CEST (01:00Z).
+        let mut t = at("2026-10-23T00:00:00Z");
+        let end = at("2026-10-27T00:00:00Z");
+        while t < end {
+            let next = p.schedule_changes_after(t).unwrap();
+            assert!(next > t);
+            let here = p.schedule_at(t);
+            let mut u = t + Duration::minutes(1);
+            while u < next.min(end) {
+                assert_eq!(
+                    p.schedule_at(u),
+                    here,
+                    "changed at {u}, announced {next} at {t}"
+                );
+                u += Duration::minutes(1);
+            }
+            t = next;
+        }
     }
 }

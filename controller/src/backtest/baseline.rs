@@ -38,13 +38,36 @@ fn mining_usd_h(row: &TraceRow, ths: f64) -> f64 {
 
 /// Hosts serve whatever the demand; miners fill the rest of the cap, most efficient first.
 pub fn static_site(site: &Site, trace: &Trace) -> Totals {
+    sum(&static_site_rows(site, trace))
+}
+
+/// Perfect foresight, no switching costs: per row, loads by margin per watt while positive and
+/// the cap allows, the last one fractionally.
+pub fn hindsight_bound(site: &Site, trace: &Trace) -> Totals {
+    sum(&hindsight_bound_rows(site, trace))
+}
+
+fn sum(rows: &[Totals]) -> Totals {
+    let mut t = Totals::default();
+    for r in rows {
+        t.margin_usd += r.margin_usd;
+        t.mining_revenue_usd += r.mining_revenue_usd;
+        t.ai_revenue_usd += r.ai_revenue_usd;
+        t.energy_cost_usd += r.energy_cost_usd;
+    }
+    t
+}
+
+/// [`static_site`] row by row.
+pub fn static_site_rows(site: &Site, trace: &Trace) -> Vec<Totals> {
     let mut order: Vec<usize> = (0..site.miners.len()).collect();
     order.sort_by(|&a, &b| {
         let j = |g: usize| site.miners[g].power_w / site.miners[g].hashrate_ths;
         j(a).total_cmp(&j(b))
     });
-    let mut t = Totals::default();
+    let mut rows = Vec::with_capacity(trace.rows().len());
     for (i, row) in trace.rows().iter().enumerate() {
+        let mut t = Totals::default();
         let limit = cap_at(site, row) - site.reserve_w;
         let mut draw = 0.0;
         let mut gpus = 0.0;
@@ -77,8 +100,9 @@ pub fn static_site(site: &Site, trace: &Trace) -> Totals {
         let demand = row.ai_gpu_demand.map_or(f64::INFINITY, f64::from);
         let ai = row.ai_usd_per_gpu_hour * gpus.min(demand) + firm;
         t.add(mining_usd_h(row, ths), ai, draw, row, hours(trace, i));
+        rows.push(t);
     }
-    t
+    rows
 }
 
 /// One kind of load for the bound: `count` alike, each adding `extra_w` and earning `usd_h`.
@@ -89,12 +113,12 @@ struct Item {
     mining: bool,
 }
 
-/// Perfect foresight, no switching costs: per row, loads by margin per watt while positive and
-/// the cap allows, the last one fractionally.
-pub fn hindsight_bound(site: &Site, trace: &Trace) -> Totals {
-    let mut t = Totals::default();
+/// [`hindsight_bound`] row by row.
+pub fn hindsight_bound_rows(site: &Site, trace: &Trace) -> Vec<Totals> {
+    let mut rows = Vec::with_capacity(trace.rows().len());
     let mut items: Vec<Item> = Vec::new();
     for (i, row) in trace.rows().iter().enumerate() {
+        let mut t = Totals::default();
         let limit = cap_at(site, row) - site.reserve_w;
         items.clear();
         let mut base = 0.0;
@@ -157,6 +181,7 @@ pub fn hindsight_bound(site: &Site, trace: &Trace) -> Totals {
             }
         }
         t.add(mining, ai, draw, row, hours(trace, i));
+        rows.push(t);
     }
-    t
+    rows
 }

@@ -113,19 +113,25 @@ pub fn scaled_site(devices: u32) -> Site {
         ],
         gpu_hosts: vec![h100(hosts, Contract::Interruptible)],
     };
-    let load: f64 = site
-        .miners
-        .iter()
-        .map(|m| f64::from(m.count) * m.power_w)
-        .sum::<f64>()
-        + site
-            .gpu_hosts
-            .iter()
-            .map(|h| f64::from(h.count) * h.serving_w())
-            .sum::<f64>();
+    let load = full_load_w(&site);
     site.cap_w = (load * 0.97).round();
     site.reserve_w = (load * 0.01).round();
     site
+}
+
+/// Every miner mining and every host serving: what a site's cap is set against.
+pub(super) fn full_load_w(site: &Site) -> f64 {
+    let miners: f64 = site
+        .miners
+        .iter()
+        .map(|m| f64::from(m.count) * m.power_w)
+        .sum();
+    let hosts: f64 = site
+        .gpu_hosts
+        .iter()
+        .map(|h| f64::from(h.count) * h.serving_w())
+        .sum();
+    miners + hosts
 }
 
 fn at(s: &str) -> DateTime<Utc> {

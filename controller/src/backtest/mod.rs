@@ -29,8 +29,12 @@ pub struct Options {
     pub policy: PolicyDocument,
     /// How long before a trace's lower cap the planner hears of it (as a DR event).
     pub dr_notice: Duration,
-    /// Replanning timer, besides every trace row.
+    /// Replanning timer, besides every trace row, every transition's end and every
+    /// demand-response event heard of or ended.
     pub replan_every: Duration,
+    /// A timer tick replans only once the last plan's `revisit_at` has come (nothing else
+    /// could have changed its answer); `false` replans on every tick.
+    pub skip_idle_replans: bool,
 }
 
 impl Default for Options {
@@ -39,6 +43,7 @@ impl Default for Options {
             policy: PolicyDocument::default(),
             dr_notice: Duration::minutes(10),
             replan_every: Duration::seconds(60),
+            skip_idle_replans: true,
         }
     }
 }
@@ -52,6 +57,10 @@ pub struct Interval {
     /// Cap in force (the row's, else the site's).
     pub cap_w: f64,
     pub margin_usd_per_h: f64,
+    /// Mining revenue over the row, per hour.
+    pub mining_usd_per_h: f64,
+    /// AI revenue (firm included) over the row, per hour.
+    pub ai_usd_per_h: f64,
 }
 
 /// A backtest's result; `--json` prints it as is.
@@ -65,7 +74,8 @@ pub struct Report {
     pub cap_violations: u32,
     /// Transitions completed (a miner woken or put to sleep, a host released or drained).
     pub device_switches: u64,
-    /// Plans made (every row and every replanning tick).
+    /// Plans made (every row, transition end and DR event heard of, and the timer ticks that
+    /// were not skipped).
     pub plans: u64,
     pub intervals: Vec<Interval>,
 }

@@ -47,6 +47,8 @@ struct Books {
     row_mining_wh: f64,
     row_ai_wh: f64,
     row_margin_usd: f64,
+    row_mining_usd: f64,
+    row_ai_usd: f64,
 }
 
 /// Sums the fleet's rates from scratch (once a row, so float drift cannot build up).
@@ -116,6 +118,25 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
     }
     let events = dr_events(trace);
     let notice = opts.dr_notice;
+    // Events the planner has heard of at `t` (from `notice` before their deadline to their end).
+    let visible_at = |t: DateTime<Utc>, into: &mut Vec<usize>| {
+        into.clear();
+        into.extend(
+            events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.deadline - notice <= t && t < e.ends_at)
+                .map(|(i, _)| i),
+        );
+    };
+    // When the set of events heard of changes next after `t`.
+    let next_heard = |t: DateTime<Utc>| {
+        events
+            .iter()
+            .flat_map(|e| [e.deadline - notice, e.ends_at])
+            .filter(|u| *u > t)
+            .min()
+    };
     let mut input = PlanInput {
         now: trace.start(),
         site: SiteLimits {
@@ -140,6 +161,9 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
     let end = trace.end();
     let mut t = trace.start();
     let mut next_replan = t;
+    let mut heard: Vec<usize> = Vec::new();
+    let mut heard_now: Vec<usize> = Vec::new();
+    let mut revisit_at: Option<DateTime<Utc>> = None;
     for (ri, row) in rows.iter().enumerate() {
         let row_end = row.time + trace.interval_len(ri);
         let cap_w = cap_at(site, row);
@@ -149,10 +173,13 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
             row_mining_wh: 0.0,
             row_ai_wh: 0.0,
             row_margin_usd: 0.0,
+            row_mining_usd: 0.0,
+            row_ai_usd: 0.0,
         };
         let mut replan_now = true;
         while t < row_end {
             // Transitions that end now.
+            let mut ended = false;
             moving.retain(|&i| {
                 let u = &mut fleet.units[i];
                 match u.ends_at {
@@ -163,13 +190,34 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
                         let after = rates(site, u.kind, u.drawn);
                         books.totals += sub(after, before);
                         report.device_switches += 1;
+                        ended = true;
                         false
                     }
                     Some(_) => true,
                     None => false,
                 }
             });
-            if replan_now || t >= next_replan {
+            visible_at(t, &mut heard_now);
+            let tick = t >= next_replan;
+            // A plan part-way through its phases has changed the fleet since it was made (its
+            // intents went out): a tick replans it, as the controller does.
+            let executing = exec
+                .plan
+                .as_ref()
+                .is_some_and(|p| exec.next_phase < p.phases.len());
+            // Inputs that changed make a plan at once; a timer tick makes one only once time
+            // alone may have changed the answer (or on every tick when told not to skip).
+            let due = replan_now
+                || ended
+                || heard_now != heard
+                || (tick
+                    && (!opts.skip_idle_replans
+                        || executing
+                        || revisit_at.is_some_and(|r| r <= t)));
+            if tick {
+                next_replan = t + opts.replan_every;
+            }
+            if due {
                 fleet.miners = std::mem::take(&mut input.miners);
                 fleet.hosts = std::mem::take(&mut input.gpu_hosts);
                 fleet.refresh_view(site);
@@ -182,15 +230,14 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
                     ai_usd_per_gpu_hour: Some(row.ai_usd_per_gpu_hour),
                     ai_gpu_demand: row.ai_gpu_demand,
                 });
+                std::mem::swap(&mut heard, &mut heard_now);
                 input.demand_response.clear();
-                input.demand_response.extend(
-                    events
-                        .iter()
-                        .filter(|e| e.deadline - notice <= t && t < e.ends_at)
-                        .cloned(),
-                );
+                input
+                    .demand_response
+                    .extend(heard.iter().map(|&i| events[i].clone()));
                 let plan = planner::plan(&input);
                 input.memory = plan.memory.clone();
+                revisit_at = plan.revisit_at;
                 report.plans += 1;
                 exec.plan = Some(plan);
                 exec.next_phase = 0;
@@ -259,7 +306,7 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
             moving.dedup();
             let next_end = moving.iter().filter_map(|&i| fleet.units[i].ends_at).min();
             let mut next = row_end.min(next_replan).min(end);
-            if let Some(e) = next_end {
+            for e in [next_end, next_heard(t)].into_iter().flatten() {
                 next = next.min(e);
             }
             if let Some(w) = waiting_until {
@@ -286,6 +333,8 @@ pub(super) fn run(site: &Site, trace: &Trace, opts: &Options) -> Report {
             ai_w: books.row_ai_wh / hours,
             cap_w,
             margin_usd_per_h: books.row_margin_usd / hours,
+            mining_usd_per_h: books.row_mining_usd / hours,
+            ai_usd_per_h: books.row_ai_usd / hours,
         });
     }
     report.margin_usd = report.mining_revenue_usd + report.ai_revenue_usd - report.energy_cost_usd;
@@ -322,6 +371,8 @@ fn book(report: &mut Report, books: &mut Books, row: &TraceRow, hours: f64) {
     report.ai_revenue_usd += ai * hours;
     report.energy_cost_usd += energy * hours;
     books.row_margin_usd += (mining + ai - energy) * hours;
+    books.row_mining_usd += mining * hours;
+    books.row_ai_usd += ai * hours;
     books.row_mining_wh += r.mining_w * hours;
     books.row_ai_wh += r.ai_w * hours;
     books.row_max_draw_w = books.row_max_draw_w.max(r.draw_w);

@@ -122,3 +122,65 @@ fn on_a_generated_month_pivot_beats_static_stays_under_the_bound_and_the_cap() {
         b.margin_usd
     );
 }
+
+/// The hybrid site at about a hundredth of its size (the cap binds the same way).
+fn small_hybrid_site() -> Site {
+    let mut site = generate::hybrid_site();
+    for m in &mut site.miners {
+        m.count /= 100;
+    }
+    for h in &mut site.gpu_hosts {
+        h.count = (h.count / 20).max(1);
+    }
+    let load = generate::full_load_w(&site);
+    site.cap_w = (load * 0.97).round();
+    site.reserve_w = (load * 0.015).round();
+    site
+}
+
+fn days(trace: &Trace, from: usize, to: usize) -> Trace {
+    Trace::from_rows(trace.rows()[from * 288..to * 288].to_vec()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Skipping the timer ticks before the plan's `revisit_at` changes nothing: the same money, the
+/// same switches, row by row, as replanning on every tick — with fewer plans.
+#[test]
+fn skipping_ticks_before_revisit_at_changes_no_result() {
+    let site = small_hybrid_site();
+    for seed in 1..=3 {
+        let month = generate::month_with_spikes(seed, &site).unwrap_or_else(|e| panic!("{e}"));
+        let wobble = generate::wobble_week(seed, &site).unwrap_or_else(|e| panic!("{e}"));
+        // Days with a DR cap (day 3) and a spike or a negative night, and a wobbling day.
+        for trace in [days(&month, 2, 5), days(&wobble, 0, 1)] {
+            let skip = run(&site, &trace, &Options::default());
+            let every = run(
+                &site,
+                &trace,
+                &Options {
+                    skip_idle_replans: false,
+                    ..Options::default()
+                },
+            );
+            assert_eq!(skip.device_switches, every.device_switches, "seed {seed}");
+            assert_eq!(skip.cap_violations, every.cap_violations, "seed {seed}");
+            assert!(
+                close(skip.margin_usd, every.margin_usd),
+                "seed {seed}: {} vs {}",
+                skip.margin_usd,
+                every.margin_usd
+            );
+            for (a, b) in skip.intervals.iter().zip(&every.intervals) {
+                assert!(
+                    close(a.margin_usd_per_h, b.margin_usd_per_h) && close(a.mining_w, b.mining_w),
+                    "seed {seed}: {a:?} vs {b:?}"
+                );
+            }
+            assert!(
+                skip.plans * 2 < every.plans,
+                "seed {seed}: {} plans skipping, {} not",
+                skip.plans,
+                every.plans
+            );
+        }
+    }
+}

@@ -100,9 +100,9 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
         } else {
             "earns"
         };
-        format!("{verb} {:.0} USD/h", g.gain_usd_per_h)
+        format!("{verb} {} USD/h", usd_per_h(g.gain_usd_per_h))
     } else {
-        format!("costs {:.0} USD/h", -g.gain_usd_per_h)
+        format!("costs {} USD/h", usd_per_h(-g.gain_usd_per_h))
     };
     match reason {
         Reason::Economic {
@@ -155,5 +155,28 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
         Reason::Pin => format!("operator override: {what}"),
         Reason::Firm => format!("firm AI contract: {what}"),
         Reason::SafeMode => format!("no usable market, policy curtail-mining: {what}"),
+    }
+}
+
+/// Whole dollars, or cents below 10 USD/h: a small site's gain would otherwise read "0 USD/h".
+fn usd_per_h(usd_per_h: f64) -> String {
+    if usd_per_h.abs() < 10.0 {
+        format!("{usd_per_h:.2}")
+    } else {
+        format!("{usd_per_h:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usd_per_h;
+
+    #[test]
+    fn gains_below_10_usd_per_h_show_cents() {
+        assert_eq!(usd_per_h(0.4242), "0.42");
+        assert_eq!(usd_per_h(0.0), "0.00");
+        assert_eq!(usd_per_h(9.994), "9.99");
+        assert_eq!(usd_per_h(10.0), "10");
+        assert_eq!(usd_per_h(560.4), "560");
     }
 }

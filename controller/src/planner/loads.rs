@@ -47,13 +47,16 @@ pub(super) enum Unit {
 }
 
 /// The figures of one unit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Load {
     pub unit: Unit,
     /// The level it is at or heading to (its intent, else its observed state).
     pub level_now: Level,
     /// Committed now: in transition at the higher of before and after, unseen at maximum.
     pub now_w: f64,
+    /// Committed once the intent in flight (if any) is confirmed: the level it is heading to.
+    /// Only the fit's choice of levels counts on it; grants wait for `now_w` to make room.
+    pub settled_w: f64,
     /// Committed once off (asleep / drained) and confirmed.
     pub off_w: f64,
     /// Committed once on at full and confirmed.
@@ -61,8 +64,12 @@ pub(super) struct Load {
     /// Lowest power target (miners with a range), else `full_w`.
     pub min_on_w: f64,
     pub step_w: Option<f64>,
-    /// Gross value of running it, USD/MWh of its draw (miners: hashprice / efficiency; hosts:
-    /// GPU-hours within demand; firm: the contract rate).
+    /// Revenue while on at full power, USD/h (miners: hashprice × hashrate; hosts: GPU-hours
+    /// within demand; firm: the contract rate on its draw).
+    pub revenue_usd_per_h: f64,
+    /// Gross value of running it per MWh of the power it adds over being off (`full_w −
+    /// off_w`): what its margin is compared on, since a drained host still draws its base and
+    /// its GPUs' minimum caps, and what the room under a cap is shared by.
     pub value_usd_per_mwh: f64,
     /// Hosts: value if every GPU had work (what a buffer host is worth when demand comes).
     pub potential_usd_per_mwh: f64,
@@ -71,6 +78,10 @@ pub(super) struct Load {
     pub fixed: Option<Fixed>,
     /// Dwell passed and no intent in flight: economic moves allowed.
     pub may_move: bool,
+    /// An intent of it is on its way (the unit waits for it whatever its dwell).
+    pub in_flight: bool,
+    /// When the dwell of a unit inside it ends (`None`: not inside its dwell).
+    pub dwell_until: Option<DateTime<Utc>>,
     /// Hosts: among those AI demand (plus buffer, through the drain delay) keeps.
     pub selected: bool,
     /// Miners' efficiency, J/TH (ranks miners when prices are unknown).
@@ -86,6 +97,11 @@ impl Load {
         }
     }
 
+    /// A revenue per hour as USD per MWh of the power the load adds when on.
+    pub(super) fn per_mwh_added(&self, usd_per_h: f64) -> f64 {
+        usd_per_h / ((self.full_w - self.off_w).max(1.0) / 1e6)
+    }
+
     pub(super) fn is_miner(&self) -> bool {
         matches!(self.unit, Unit::Miner(_))
     }
@@ -99,8 +115,34 @@ fn non_negative(v: Option<f64>) -> Option<f64> {
     v.filter(|w| w.is_finite() && *w >= 0.0)
 }
 
-fn dwell_passed(last: Option<DateTime<Utc>>, now: DateTime<Utc>, dwell: Duration) -> bool {
-    last.is_none_or(|t| now.signed_duration_since(t) >= dwell)
+/// The dwell as of one plan's `now`, worked out once for every unit.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dwell {
+    length: Duration,
+    /// A unit that changed after this is still inside its dwell.
+    since: DateTime<Utc>,
+}
+
+impl Dwell {
+    pub(super) fn new(input: &PlanInput) -> Dwell {
+        let length = dwell(input);
+        Dwell {
+            length,
+            since: input
+                .now
+                .checked_sub_signed(length)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
+    /// When a unit that last changed at `last` leaves its dwell, if it is still inside it.
+    fn until(&self, last: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        let last = last.filter(|t| *t > self.since)?;
+        Some(
+            last.checked_add_signed(self.length)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
 }
 
 pub(super) fn dwell(input: &PlanInput) -> Duration {
@@ -133,19 +175,24 @@ fn miner_level(target: MinerTarget, full_w: f64) -> Level {
     }
 }
 
-pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: f64) -> Load {
+pub(super) fn miner_load(
+    i: usize,
+    m: &MinerUnit,
+    input: &PlanInput,
+    hashprice: f64,
+    dwell: &Dwell,
+) -> Load {
     let a = &input.assumptions;
     let range = m.power_target.filter(|r| {
         r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w
     });
     let measured = non_negative(m.measured_power_w);
-    let full_w = [positive(m.nameplate_power_w), range.map(|r| r.max_w)]
-        .into_iter()
-        .flatten()
-        .fold(None, |acc: Option<f64>, w| {
-            Some(acc.map_or(w, |a| a.max(w)))
-        })
-        .unwrap_or(a.unknown_miner_max_w);
+    let full_w = match (positive(m.nameplate_power_w), range) {
+        (Some(w), Some(r)) => w.max(r.max_w),
+        (Some(w), None) => w,
+        (None, Some(r)) => r.max_w,
+        (None, None) => a.unknown_miner_max_w,
+    };
     let off_w = non_negative(m.sleep_power_w)
         .unwrap_or(a.sleeping_miner_w)
         .min(full_w);
@@ -188,28 +235,42 @@ pub(super) fn miner_load(i: usize, m: &MinerUnit, input: &PlanInput, hashprice: 
     let in_flight = m
         .intent
         .is_some_and(|i| matches!(i.phase, IntentPhase::Pending | IntentPhase::Applied));
+    let settled_w = if controllable && in_flight {
+        power(level_now)
+    } else {
+        now_w
+    };
     let j_per_th = miner_j_per_th(m, input.policy.economic.unknown_miner_j_per_th);
-    let value = hashprice * 1000.0 / (24.0 * j_per_th);
+    let dwell_until = dwell.until(m.last_change_at);
+    // Hashprice per PH/day × TH/s (W ÷ J/TH) ÷ 1000 ÷ 24.
+    let revenue = hashprice * full_w / j_per_th / 24_000.0;
     let (min_on_w, step_w) = match range {
         Some(r) => (r.min_w.min(full_w), positive(r.step_w)),
         None => (full_w, None),
     };
-    Load {
+    let mut load = Load {
         unit: Unit::Miner(i),
         level_now,
         now_w,
+        settled_w,
         off_w,
         full_w,
         min_on_w,
         step_w,
-        value_usd_per_mwh: value,
-        potential_usd_per_mwh: value,
+        revenue_usd_per_h: revenue,
+        value_usd_per_mwh: 0.0,
+        potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,
         fixed,
-        may_move: !in_flight && dwell_passed(m.last_change_at, input.now, dwell(input)),
+        may_move: !in_flight && dwell_until.is_none(),
+        in_flight,
+        dwell_until,
         selected: false,
         j_per_th,
-    }
+    };
+    load.value_usd_per_mwh = load.per_mwh_added(revenue);
+    load.potential_usd_per_mwh = load.value_usd_per_mwh;
+    load
 }
 
 /// GPU caps at a level, clamped to each GPU's range.
@@ -228,7 +289,7 @@ fn host_power(h: &GpuHostUnit, serve: bool) -> f64 {
             .sum::<f64>()
 }
 
-pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
+pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput, dwell: &Dwell) -> Load {
     let full_w = host_power(h, true);
     let off_w = host_power(h, false);
     let max_w = (h.base_power_w + h.gpus.iter().map(|g| g.max_cap_w).sum::<f64>())
@@ -262,19 +323,29 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput) -> Load {
         None
     };
     let in_flight = matches!(h.state, HostState::Transition { .. });
+    let settled_w = match h.state {
+        HostState::Transition { to_serving: true } => full_w,
+        HostState::Transition { to_serving: false } => off_w,
+        _ => now_w,
+    };
+    let dwell_until = dwell.until(h.last_change_at);
     Load {
         unit: Unit::Host(i),
         level_now,
         now_w,
+        settled_w,
         off_w,
         full_w,
         min_on_w: full_w,
         step_w: None,
+        revenue_usd_per_h: 0.0,
         value_usd_per_mwh: 0.0,
         potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,
         fixed,
-        may_move: !in_flight && dwell_passed(h.last_change_at, input.now, dwell(input)),
+        may_move: !in_flight && dwell_until.is_none(),
+        in_flight,
+        dwell_until,
         selected: false,
         j_per_th: 0.0,
     }

@@ -47,9 +47,9 @@
 //!   Miners' value = hashprice × 1000 ÷ (24 × J/TH); least efficient go first. An interruptible
 //!   GPU host is worth price per GPU-hour × GPUs within demand ÷ its draw (base + caps) in MW.
 //!   A miner with a power-target range is trimmed to fit the last room.
-//! - AI demand keeps demand + `ai_buffer_hosts` interruptible hosts released (hosts already
-//!   serving first); the count kept is the most needed over the last `ai_drain_delay_s`, so a
-//!   host is drained only after demand has stayed low that long. Buffer hosts are ranked on
+//! - AI demand keeps demand + `ai_buffer_hosts` + `ai_buffer_fraction` of the interruptible
+//!   hosts (rounded down) released (hosts already serving first); the count kept is the most
+//!   needed over the last `ai_drain_delay_s`, so a host is drained only after demand has stayed low that long. Buffer hosts are ranked on
 //!   their value with work.
 //! - No usable market: `market_failure.action` — `hold` keeps every level and never adds load
 //!   (a lower cap still sheds, least efficient miners first); `curtail-mining` also sleeps miners.
@@ -65,6 +65,7 @@ mod input;
 mod loads;
 mod output;
 pub(crate) mod phases;
+mod revisit;
 
 #[cfg(test)]
 mod proptests;
@@ -89,16 +90,17 @@ pub fn plan(input: &PlanInput) -> Plan {
     let limit = decide::limit(input, &schedule);
     let mode = decide::mode(input);
     let hashprice = input.market.map_or(0.0, |m| m.hashprice_usd_per_ph_day);
+    let dwell = loads::Dwell::new(input);
     let mut loads = Vec::with_capacity(input.miners.len() + input.gpu_hosts.len());
     for (i, m) in input.miners.iter().enumerate() {
-        loads.push(loads::miner_load(i, m, input, hashprice));
+        loads.push(loads::miner_load(i, m, input, hashprice, &dwell));
     }
     let first_host = loads.len();
     for (i, h) in input.gpu_hosts.iter().enumerate() {
-        loads.push(loads::host_load(i, h, input));
+        loads.push(loads::host_load(i, h, input, &dwell));
     }
     let host_loads: Vec<usize> = (first_host..loads.len()).collect();
-    let (hosts_kept, history) = decide::select_ai_hosts(input, &mut loads, &host_loads);
+    let (hosts_kept, needs) = decide::select_ai_hosts(input, &mut loads, &host_loads);
     let cx = decide::Context {
         input,
         mode,
@@ -112,9 +114,18 @@ pub fn plan(input: &PlanInput) -> Plan {
     let explanations = explain::explain(&cx, &loads, &fit.decisions);
 
     let energy = input.market.map_or(0.0, |m| m.energy_usd_per_mwh);
-    let start_committed_w: f64 = loads.iter().map(|l| l.now_w).sum();
+    let (mut start_mining_w, mut start_ai_w) = (0.0, 0.0);
+    for l in &loads {
+        match l.unit {
+            Unit::Miner(_) => start_mining_w += l.now_w,
+            Unit::Host(_) => start_ai_w += l.now_w,
+        }
+    }
+    let start_committed_w = start_mining_w + start_ai_w;
     let mut s = Summary {
         start_committed_w,
+        start_mining_w,
+        start_ai_w,
         committed_w: phases
             .last()
             .map_or(start_committed_w, |p| p.committed_after_w),
@@ -126,6 +137,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         hosts_drained: 0,
         margin_usd_per_h: 0.0,
         lowest_achievable_w: fit.lowest_achievable_w,
+        grants_waiting: fit.grants_waiting,
         moves: u32::try_from(phases.iter().map(|p| p.moves.len()).sum::<usize>())
             .unwrap_or(u32::MAX),
     };
@@ -156,12 +168,11 @@ pub fn plan(input: &PlanInput) -> Plan {
             }
         }
         if on && input.market.is_some() {
-            let earning_w = if matches!(d.level, Level::Trim(_)) {
-                l.level_power(d.level)
-            } else {
-                l.full_w
+            // A trimmed miner's hashrate scales with its power.
+            s.margin_usd_per_h += match d.level {
+                Level::Trim(p) if l.full_w > 0.0 => l.revenue_usd_per_h * p / l.full_w,
+                _ => l.revenue_usd_per_h,
             };
-            s.margin_usd_per_h += l.value_usd_per_mwh * earning_w / 1e6;
         }
     }
     s.margin_usd_per_h -= energy * s.committed_w / 1e6;
@@ -169,8 +180,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     if input.market.is_none() {
         warnings.push(Warning::MarketUnusable);
     }
+    let revisit_at = revisit::revisit_at(&cx, &loads, &wants, &phases, &needs);
     let memory = PlannerMemory {
-        ai_hosts_needed: history,
+        ai_hosts_needed: needs.history,
         last_grant_at: granted_at.or(input.memory.last_grant_at),
     };
     Plan {
@@ -183,6 +195,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         explanations,
         warnings,
         memory,
+        revisit_at,
     }
 }
 

@@ -23,6 +23,12 @@ pub struct Plan {
     pub warnings: Vec<Warning>,
     /// Pass back as [`super::PlanInput::memory`] next time.
     pub memory: PlannerMemory,
+    /// The earliest time at which the same inputs could give another answer by the passage of
+    /// time alone (a dwell or the drain delay running out, a ramp step falling due, a schedule
+    /// window or a demand-response lead or event starting or ending). Until then a new plan is
+    /// needed only when an input changes; `None`: time alone never changes it.
+    #[serde(default)]
+    pub revisit_at: Option<DateTime<Utc>>,
 }
 
 impl Plan {
@@ -171,6 +177,13 @@ impl Reason {
 pub struct Summary {
     /// Committed power now, before the plan.
     pub start_committed_w: f64,
+    /// The miners' share of `start_committed_w` (same rules: in transition at the higher of
+    /// before and after, unseen at maximum).
+    #[serde(default)]
+    pub start_mining_w: f64,
+    /// The GPU hosts' share of `start_committed_w` (base + caps, firm included).
+    #[serde(default)]
+    pub start_ai_w: f64,
     /// Committed power once done.
     pub committed_w: f64,
     pub mining_w: f64,
@@ -186,6 +199,10 @@ pub struct Summary {
     /// protected and unseen devices as they are (for "DR target cannot be reached").
     pub lowest_achievable_w: f64,
     pub moves: u32,
+    /// Loads that would be granted power but wait for releases already in flight (sent by an
+    /// earlier plan, still counted at their higher end): plan again once those are confirmed.
+    #[serde(default)]
+    pub grants_waiting: u32,
 }
 
 /// A group of moves with one cause, and the sentence that says it.

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Duration, Utc};
 use pivot_proto::model::{MinerTarget, Target, WorkloadState};
 
-use super::decide::Decision;
-use super::input::PlanInput;
+use super::decide::{Decision, descending_key, radix_sort};
+use super::input::{HostState, PlanInput};
 use super::loads::{Level, Load, Unit};
 use super::output::{Move, Phase, PhaseKind};
 
@@ -149,13 +149,31 @@ pub(super) fn build(
         phases: Vec::new(),
         committed_w: loads.iter().map(|l| l.now_w).sum(),
     };
-    let mut curtail = Vec::new();
+    // Sized once: growing vectors of moves would copy them over and over.
+    let moved = loads
+        .iter()
+        .zip(decisions)
+        .filter(|(l, d)| !d.level.same_as(l.level_now))
+        .count();
+    let mut curtail = Vec::with_capacity(moved);
     let mut curtail_delta = 0.0;
     let mut lower_caps = Vec::new();
     let mut lower_delta = 0.0;
-    let mut grants: Vec<usize> = Vec::new();
+    let mut grants: Vec<usize> = Vec::with_capacity(moved);
     for (i, (l, d)) in loads.iter().zip(decisions).enumerate() {
         if d.level.same_as(l.level_now) {
+            // A drained host whose caps were left up (a plan superseded between the drain and
+            // the caps, or caps unknown) has them lowered now.
+            if let Unit::Host(h) = l.unit
+                && !d.level.is_on()
+                && input.gpu_hosts[h].state == HostState::Drained
+            {
+                let (caps, _) = b.host_moves(h, l, d);
+                if !caps.is_empty() {
+                    lower_delta += l.off_w - l.now_w;
+                    lower_caps.extend(caps);
+                }
+            }
             continue;
         }
         let after = l.level_power(d.level);
@@ -185,19 +203,27 @@ pub(super) fn build(
     b.push(PhaseKind::LowerGpuCaps, None, lower_caps, lower_delta);
 
     // Hosts first (AI is the grant the curtailment made room for), then miners, most valuable first.
-    grants.sort_by(|&a, &b| {
-        let (la, lb) = (&loads[a], &loads[b]);
-        la.is_miner()
-            .cmp(&lb.is_miner())
-            .then(lb.value_usd_per_mwh.total_cmp(&la.value_usd_per_mwh))
-            .then(a.cmp(&b))
-    });
+    let mut keyed: Vec<(u64, usize)> = grants
+        .iter()
+        .map(|&i| (descending_key(loads[i].value_usd_per_mwh), i))
+        .collect();
+    radix_sort(&mut keyed);
+    let (mut grants, miners): (Vec<usize>, Vec<usize>) = keyed
+        .into_iter()
+        .map(|(_, i)| i)
+        .partition(|&i| !loads[i].is_miner());
+    grants.extend(miners);
     let ramp_w = input.policy.economic.ramp_limit_w_per_min;
-    let first_at = input
-        .memory
-        .last_grant_at
-        .and_then(|t| t.checked_add_signed(Duration::minutes(1)))
-        .map_or(input.now, |t| t.max(input.now));
+    // 0 = no limit: every grant in one step, and no minute to wait after the last plan's.
+    let first_at = if ramp_w > 0.0 {
+        input
+            .memory
+            .last_grant_at
+            .and_then(|t| t.checked_add_signed(Duration::minutes(1)))
+            .map_or(input.now, |t| t.max(input.now))
+    } else {
+        input.now
+    };
     let mut step = 0i32;
     let mut at = 0usize;
     while at < grants.len() {
@@ -233,6 +259,8 @@ pub(super) fn build(
         b.push(PhaseKind::ReleaseHosts, None, releases, release_delta);
         step += 1;
     }
-    let granted = (!grants.is_empty()).then_some(first_at);
+    // Only a step due now starts the ramp's next minute: a plan made while a step is still
+    // waiting for its minute must not push it back (replanned every tick, it never came).
+    let granted = (!grants.is_empty() && first_at <= input.now).then_some(first_at);
     (b.phases, granted)
 }

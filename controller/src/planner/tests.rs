@@ -164,7 +164,7 @@ fn energy_above_breakeven_sleeps_the_least_efficient_and_says_why() {
     assert!((e.gain_usd_per_h - 0.1442).abs() < 1e-3, "{e:?}");
     assert!(
         e.text.starts_with(
-            "energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0 USD/h"
+            "energy 80 USD/MWh > S19j Pro breakeven 56: sleeping 2 miners (6 kW), saves 0.14 USD/h"
         ),
         "{}",
         e.text
@@ -197,6 +197,37 @@ fn cheap_energy_wakes_sleeping_miners_most_efficient_first() {
         again.phases[0].not_before,
         Some(t0() + Duration::minutes(1))
     );
+    // Planned again while that step waits: it stays where it was, and comes at its minute.
+    for s in [40, 59] {
+        i.memory = plan(&i).memory;
+        i.now = t0() + Duration::seconds(s);
+        assert_eq!(
+            plan(&i).phases[0].not_before,
+            Some(t0() + Duration::minutes(1)),
+            "at {s} s"
+        );
+    }
+    i.memory = plan(&i).memory;
+    i.now = t0() + Duration::minutes(1);
+    assert_eq!(plan(&i).phases[0].not_before, None);
+}
+
+#[test]
+fn without_a_ramp_limit_every_grant_goes_in_one_step_at_once() {
+    // ramp_limit_w_per_min = 0 is "no limit": no steps, and no minute after the last plan's grant.
+    let mut i = input(
+        vec![asleep(s19jpro("a")), asleep(s21("b")), asleep(s21("c"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.policy.economic.ramp_limit_w_per_min = 0.0;
+    i.memory.last_grant_at = Some(t0() - Duration::seconds(10));
+    let p = plan(&i);
+    assert_eq!(p.phases.len(), 1, "{:?}", p.phases);
+    assert_eq!(p.phases[0].kind, PhaseKind::Grant);
+    assert_eq!(p.phases[0].moves.len(), 3);
+    assert_eq!(p.phases[0].not_before, None);
+    assert_eq!(p.revisit_at, None);
 }
 
 #[test]
@@ -346,12 +377,15 @@ fn protected_devices_never_move() {
 
 #[test]
 fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
-    // Demand 0, buffer 1: one host stays released, the other is drained (drain delay: no history).
+    // Demand 0, buffer half the hosts (rounded down: 1): one host stays released, the
+    // other is drained (drain delay: no history).
     let mut i = input(
         vec![asleep(s21("m1")), asleep(s21("m2")), asleep(s21("m3"))],
         vec![h100_host("g1", true), h100_host("g2", true)],
         Some(market(40.0, 30.0, Some(0))),
     );
+    i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.5;
     // Two hosts at 10.2 kW; cap 22 kW leaves room for one S21 until a host drains.
     i.site.cap_w = 22_000.0;
     let p = plan(&i);
@@ -394,16 +428,23 @@ fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
     );
 }
 
-#[test]
-fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
+/// A drained host (6.2 kW) and two S21s (7 kW) under a 14 kW cap, no AI buffer; 8 GPUs of demand
+/// want the host serving (10.2 kW), which needs one S21 asleep first.
+fn drained_host_wanted_two_s21s_cap_14_kw() -> PlanInput {
     let mut i = input(
         vec![s21("m1"), s21("m2")],
         vec![h100_host("g1", false)],
         Some(market(40.0, 30.0, Some(8))),
     );
-    // Drained host 6.2 kW + two S21 7 kW = 13.2 kW; cap 14 kW: serving (10.2 kW) needs one S21 asleep.
     i.site.cap_w = 14_000.0;
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
+    i
+}
+
+#[test]
+fn demand_rising_curtails_miners_then_raises_caps_then_releases_hosts() {
+    let i = drained_host_wanted_two_s21s_cap_14_kw();
     let p = plan(&i);
     let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
     assert_eq!(
@@ -433,6 +474,7 @@ fn a_host_is_drained_only_after_demand_stayed_low_for_the_drain_delay() {
         Some(market(40.0, 30.0, Some(16))),
     );
     i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
     let p = plan(&i);
     assert!(p.phases.is_empty());
     // Demand falls to 8 GPUs: one host is enough, but the last 15 minutes needed two.
@@ -441,8 +483,15 @@ fn a_host_is_drained_only_after_demand_stayed_low_for_the_drain_delay() {
     i.now = t0() + Duration::minutes(5);
     let p = plan(&i);
     assert!(p.phases.is_empty(), "{:?}", p.phases);
+    // Demand stayed low from minute 5: the host is drained at minute 20, and the plan says so.
+    assert_eq!(p.revisit_at, Some(t0() + Duration::minutes(20)));
     i.memory = p.memory;
     i.now = t0() + Duration::minutes(16);
+    let p = plan(&i);
+    assert!(p.phases.is_empty(), "{:?}", p.phases);
+    assert_eq!(p.revisit_at, Some(t0() + Duration::minutes(20)));
+    i.memory = p.memory;
+    i.now = t0() + Duration::minutes(20);
     let p = plan(&i);
     assert_eq!(
         to(&p, "host/g2"),
@@ -619,4 +668,218 @@ fn the_same_input_gives_the_same_plan_and_id() {
     let back: Plan = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     assert_eq!(back.plan_id, a.plan_id);
     assert_eq!(back.phases.len(), a.phases.len());
+}
+
+#[test]
+fn revisit_at_is_when_a_dwell_would_release_a_move() {
+    // Energy far above the S19j Pro's breakeven; it moved 100 s ago (dwell 300 s).
+    let mut m = s19jpro("a");
+    m.last_change_at = Some(t0() - Duration::seconds(100));
+    let mut i = input(
+        vec![m, s21("steady")],
+        vec![],
+        Some(market(40.0, 80.0, None)),
+    );
+    let p = plan(&i);
+    assert!(p.phases.is_empty());
+    assert_eq!(p.revisit_at, Some(t0() + Duration::seconds(200)));
+    // A dwell that holds back no move is no reason to look again.
+    i.market = Some(market(40.0, 30.0, None));
+    assert_eq!(plan(&i).revisit_at, None);
+    // Once the dwell is over the move is made, and nothing is left to wait for.
+    i.market = Some(market(40.0, 80.0, None));
+    i.now = t0() + Duration::seconds(200);
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert_eq!(p.revisit_at, None);
+}
+
+#[test]
+fn revisit_at_is_the_next_ramp_step() {
+    let mut i = input(
+        vec![asleep(s21("a")), asleep(s21("b"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.policy.economic.ramp_limit_w_per_min = 4000.0;
+    let p = plan(&i);
+    assert_eq!(p.phases.len(), 2);
+    assert_eq!(p.revisit_at, Some(t0() + Duration::minutes(1)));
+}
+
+#[test]
+fn revisit_at_is_when_a_demand_response_lead_starts_or_its_event_ends() {
+    let mut i = input(vec![s21("a")], vec![], Some(market(40.0, 30.0, None)));
+    i.demand_response.push(DemandResponse {
+        event_id: "dr-1".into(),
+        target_power_w: 1000.0,
+        deadline: t0() + Duration::minutes(30),
+        ends_at: t0() + Duration::hours(2),
+    });
+    // Default lead 600 s: shedding starts 20 minutes from now.
+    assert_eq!(plan(&i).revisit_at, Some(t0() + Duration::minutes(20)));
+    i.now = t0() + Duration::minutes(20);
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert_eq!(p.revisit_at, Some(t0() + Duration::hours(2)));
+}
+
+#[test]
+fn revisit_at_is_when_a_schedule_window_comes_into_its_lead_or_ends() {
+    let mut i = input(vec![s21("a")], vec![], Some(market(40.0, 30.0, None)));
+    // 12:00Z = 07:00 CDT; the window opens at 08:00 CDT (13:00Z), planned for from 12:50Z.
+    i.policy = policy_with(
+        "[[schedule]]\nname = \"4cp\"\ntime_zone = \"America/Chicago\"\nstart = \"08:00\"\nend = \"09:00\"\ncurtail_mining = true\n",
+    );
+    assert_eq!(
+        plan(&i).revisit_at,
+        Some(t0() + Duration::minutes(50)),
+        "lead of the window"
+    );
+    i.now = t0() + Duration::minutes(50);
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    // Next: 08:50 CDT (the next day's lead is later), when the window's end comes into the lead
+    // (the look-ahead stops seeing it) — at the latest the window's end at 09:00.
+    let r = p.revisit_at.unwrap_or_default();
+    assert!(
+        r > i.now && r <= t0() + Duration::hours(2),
+        "{r} after {}",
+        i.now
+    );
+}
+
+#[test]
+fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
+    let mut i = drained_host_wanted_two_s21s_cap_14_kw();
+    let p = plan(&i);
+    let slept: Vec<&str> = p
+        .moves()
+        .filter(|(_, m)| m.to == Target::Miner(MinerTarget::Sleep))
+        .map(|(_, m)| m.device_id.as_str())
+        .collect();
+    assert_eq!(slept.len(), 1);
+    let going = slept[0].to_owned();
+    // Replanned while that sleep is still in flight: the other S21 does not sleep as well,
+    // and the caps wait (the sleeping one still counts at full power).
+    for m in &mut i.miners {
+        if m.device_id == going {
+            m.intent = Some(HeldIntent {
+                target: MinerTarget::Sleep,
+                phase: IntentPhase::Applied,
+            });
+            m.last_change_at = Some(t0());
+        }
+    }
+    i.now = t0() + Duration::seconds(30);
+    let p = plan(&i);
+    assert!(p.phases.is_empty(), "{:?}", p.phases);
+    assert_eq!(p.summary.grants_waiting, 1);
+    assert_eq!(p.summary.start_committed_w, 7000.0 + 6200.0);
+    // Confirmed: now the caps rise.
+    for m in &mut i.miners {
+        if m.device_id == going {
+            m.intent = Some(HeldIntent {
+                target: MinerTarget::Sleep,
+                phase: IntentPhase::Confirmed,
+            });
+            m.state = MinerState::Sleeping;
+        }
+    }
+    let p = plan(&i);
+    assert_eq!(p.summary.grants_waiting, 0);
+    assert_eq!(p.phases[0].kind, PhaseKind::Grant);
+    assert_eq!(p.phases[0].moves.len(), 8);
+    assert!(
+        p.moves()
+            .all(|(_, m)| m.to != Target::Miner(MinerTarget::Sleep))
+    );
+}
+
+#[test]
+fn a_drained_host_whose_caps_were_left_up_has_them_lowered() {
+    let mut h = h100_host("g1", false);
+    for g in &mut h.gpus {
+        g.cap_w = Some(700.0);
+    }
+    h.gpus[0].cap_w = None;
+    let mut i = input(vec![], vec![h], Some(market(40.0, 30.0, Some(0))));
+    i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
+    let p = plan(&i);
+    assert_eq!(p.phases.len(), 1);
+    assert_eq!(p.phases[0].kind, PhaseKind::LowerGpuCaps);
+    assert_eq!(p.phases[0].moves.len(), 8);
+    assert!(
+        p.phases[0]
+            .moves
+            .iter()
+            .all(|m| m.to == Target::Gpu { power_cap_w: 200 })
+    );
+    assert_eq!(p.summary.start_committed_w, 10_200.0);
+    assert_eq!(p.summary.committed_w, 6_200.0);
+}
+
+#[test]
+fn the_summary_splits_committed_power_now_by_load_class() {
+    let mut going = s21("going");
+    going.intent = Some(HeldIntent {
+        target: MinerTarget::Sleep,
+        phase: IntentPhase::Applied,
+    });
+    let mut gone = s19jpro("gone");
+    gone.seen = false;
+    let mut draining = h100_host("g2", true);
+    draining.state = HostState::Transition { to_serving: false };
+    let p = plan(&input(
+        vec![going, gone, asleep(s21("off"))],
+        vec![h100_host("g1", false), draining],
+        Some(market(40.0, 30.0, None)),
+    ));
+    // In transition at the higher end, unseen at maximum, asleep at its sleep power (0 W here).
+    assert_eq!(p.summary.start_mining_w, 3500.0 + 3068.0);
+    // Drained 6.2 kW; draining at full 10.2 kW until confirmed.
+    assert_eq!(p.summary.start_ai_w, 6200.0 + 10_200.0);
+    assert_eq!(
+        p.summary.start_committed_w,
+        p.summary.start_mining_w + p.summary.start_ai_w
+    );
+}
+
+#[test]
+fn a_host_is_worth_its_revenue_per_mwh_it_adds_over_being_drained() {
+    // 8 GPUs × 2 USD/h = 16 USD/h. Serving draws 10.2 kW, drained 6.2 kW: serving adds 4 kW,
+    // so it pays at any energy price below 4,000 USD/MWh (not 16 / 10.2 kW = 1,569).
+    let mut i = input(
+        vec![],
+        vec![h100_host("g1", true)],
+        Some(market(40.0, 2000.0, Some(8))),
+    );
+    i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
+    assert!(plan(&i).phases.is_empty());
+    i.market = Some(market(40.0, 4100.0, Some(8)));
+    let p = plan(&i);
+    assert_eq!(
+        to(&p, "host/g1"),
+        Some(Target::Workload {
+            state: WorkloadState::Drained
+        })
+    );
+    let Some((_, m)) = moved(&p, "host/g1") else {
+        panic!("no move")
+    };
+    let Reason::Economic {
+        value_usd_per_mwh, ..
+    } = m.reason
+    else {
+        panic!("{m:?}")
+    };
+    assert!((value_usd_per_mwh - 4000.0).abs() < 1e-9);
+    // Drained, serving earns 16 USD/h for 4 kW more at 4,100 USD/MWh: 0.4 USD/h saved.
+    assert!(
+        (p.summary.margin_usd_per_h - (-6.2 * 4.1)).abs() < 1e-9,
+        "{:?}",
+        p.summary
+    );
 }
