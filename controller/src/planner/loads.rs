@@ -326,6 +326,10 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput, dwell: &Dw
     let settled_w = match h.state {
         HostState::Transition { to_serving: true } => full_w,
         HostState::Transition { to_serving: false } => off_w,
+        // A drained host whose caps are still up has them lowered by the plan (a release phase,
+        // confirmed before any grant): it settles at its drained figure, and no miner need
+        // sleep to make room it is about to give back.
+        HostState::Drained if caps_now > off_w + 0.5 => off_w,
         _ => now_w,
     };
     let dwell_until = dwell.until(h.last_change_at);

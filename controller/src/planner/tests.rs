@@ -820,6 +820,31 @@ fn a_drained_host_whose_caps_were_left_up_has_them_lowered() {
     assert_eq!(p.summary.committed_w, 6_200.0);
 }
 
+/// The brain e2e's start: a drained host with its caps still up does not fit beside the miners
+/// under the cap, but it will once its caps are lowered. The plan lowers the caps; no miner
+/// sleeps for room the host is about to give back.
+#[test]
+fn no_miner_sleeps_for_room_a_drained_host_lowering_its_caps_gives_back() {
+    let mut h = h100_host("g1", false);
+    for g in &mut h.gpus {
+        g.cap_w = Some(700.0);
+    }
+    // Host at 10.2 kW with caps up, 6.2 kW with caps down; two S21s 7 kW: 17.2 > 14 > 13.2.
+    let mut i = input(
+        vec![s21("m1"), s21("m2")],
+        vec![h],
+        Some(market(40.0, 30.0, Some(0))),
+    );
+    i.site.cap_w = 14_000.0;
+    i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
+    let p = plan(&i);
+    let kinds: Vec<PhaseKind> = p.phases.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, vec![PhaseKind::LowerGpuCaps], "{:?}", p.phases);
+    assert!(p.moves().all(|(_, m)| !m.device_id.starts_with("miner/")));
+    assert_eq!(p.summary.committed_w, 13_200.0);
+}
+
 #[test]
 fn the_summary_splits_committed_power_now_by_load_class() {
     let mut going = s21("going");
