@@ -891,4 +891,35 @@ mod tests {
         assert!(ctl.registry.forget("h0").unwrap());
         assert_eq!(ctl.registry.summary(&assume, 0.0).committed_power_w, 0.0);
     }
+
+    /// Found by the chaos run: a Braiins S21 (200 TH/s, 3500 W) the planner ran at a 5589 W
+    /// power target hashed 305 TH/s, above 1.5 × its nameplate hashrate, and every reading was
+    /// refused while it ran there.
+    #[test]
+    fn a_miner_run_at_a_target_above_nameplate_may_hash_above_it() {
+        let mut info = miner("m", 3500.0).1.info;
+        info.inventory.nameplate_hashrate_ths = Some(200.0);
+        let reading = |ths: f64| MinerObservation {
+            reachable: true,
+            state: MinerState::Mining,
+            // Within 1.5 × the nameplate either way: only the hashrate is in question.
+            power_w: Some(5000.0),
+            hashrate_ths: Some(ths),
+            power_target_w: Some(5000.0),
+            observed_at: Utc::now(),
+            restored: false,
+            reading: v1::MinerReading::default(),
+        };
+        let assume = Assumptions {
+            unknown_miner_max_w: 3500.0,
+            sleeping_miner_w: 20.0,
+        };
+        info.power_target_max_w = Some(5600.0);
+        assert!(bounds::miner(&reading(304.8), &info, &assume).is_ok());
+        assert!(bounds::miner(&reading(1e6), &info, &assume).is_err());
+        // Without a target above the nameplate, the nameplate bound holds.
+        info.power_target_max_w = None;
+        let e = bounds::miner(&reading(304.8), &info, &assume).unwrap_err();
+        assert!(e.contains("hashrate"), "{e}");
+    }
 }
