@@ -146,7 +146,7 @@ async fn sample(
             let held = agent_intents(&watch.hosts[*h].0);
             held_by_host.push((id.clone(), held));
         }
-        let sides = (tick % 5 == 0).then(|| {
+        let sides = tick.is_multiple_of(5).then(|| {
             let agents: Vec<_> = watch
                 .hosts
                 .iter()
