@@ -79,11 +79,14 @@ impl Controller {
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
         let (events, _) = broadcast::channel(1024);
         let ledger = Arc::new(Ledger::load(Arc::clone(&store))?);
+        // Hosts with stored intents count, unseen, before they reconnect (fleet::Registry::restore).
+        let registry = Registry::default();
+        registry.restore(&ledger.all());
         let auth = auth::Authenticator::new(config.auth.clone(), Arc::clone(&store));
         Ok(Arc::new(Self {
             config,
             store,
-            registry: Registry::default(),
+            registry,
             ledger,
             auth,
             replan: Notify::new(),

@@ -48,11 +48,18 @@ pub fn miner(
     };
     within(m.power_w, max_w, "power W")?;
     within(m.power_target_w, max_w, "power target W")?;
+    // Firmware that takes a power target above the nameplate hashes above the nameplate too, in
+    // proportion: the bound follows. (The planner sets such targets itself; refusing the
+    // readings they give left a miner unseen for as long as it ran there — the chaos run.)
+    let overclock = match (info.nameplate_power_w, info.power_target_max_w) {
+        (Some(n), Some(t)) if n > 0.0 && t > n => t / n,
+        _ => 1.0,
+    };
     let max_ths = info
         .inventory
         .nameplate_hashrate_ths
         .filter(|h| *h > 0.0)
-        .map_or(MINER_CEILING_THS, |h| h * MARGIN);
+        .map_or(MINER_CEILING_THS, |h| h * MARGIN * overclock);
     within(m.hashrate_ths, max_ths, "hashrate TH/s")?;
     for b in &m.reading.boards {
         temperature(b.temperature_c, &format!("board {} temperature", b.index))?;

@@ -363,6 +363,85 @@ impl Registry {
         Ok(())
     }
 
+    /// Adds, disconnected, every host the stored intents name that the registry does not know,
+    /// with the devices those intents are for. A restarted controller otherwise plans as if the
+    /// hosts that have not reconnected yet drew nothing, and grants their power to others while
+    /// their miners still run (found by the chaos run: site draw above the cap after a controller
+    /// kill). Restored devices are unseen, so they count at their maximum (DESIGN.md invariant
+    /// 3) until their agent says hello or an operator forgets the host. What they are is unknown:
+    /// a miner counts at its intent's power target or the unknown-miner assumption, a GPU at the
+    /// cap of its intent.
+    pub fn restore<'a>(&self, intents: impl IntoIterator<Item = &'a crate::store::DeviceIntent>) {
+        use pivot_proto::model::{MinerTarget, Target};
+        let mut agents = self.lock();
+        let known: Vec<String> = agents.keys().cloned().collect();
+        for di in intents {
+            if known.contains(&di.host_id) {
+                continue;
+            }
+            let now = di.issued_at;
+            let entry = agents
+                .entry(di.host_id.clone())
+                .or_insert_with(|| AgentEntry {
+                    host_id: di.host_id.clone(),
+                    agent_version: String::new(),
+                    connected: false,
+                    session: None,
+                    connected_at: now,
+                    last_seen: now,
+                    host: v1::HostInventory::default(),
+                    host_power: HostPower::default(),
+                    host_reading: None,
+                    miners: BTreeMap::new(),
+                    gpus: BTreeMap::new(),
+                });
+            let id = di.intent.device_id.clone();
+            match di.intent.target {
+                Target::Miner(t) => {
+                    let target_w = match t {
+                        MinerTarget::Run { power_target_w } => power_target_w.map(f64::from),
+                        MinerTarget::Sleep => None,
+                    };
+                    entry.miners.insert(
+                        id.clone(),
+                        MinerSlot {
+                            info: MinerInfo {
+                                device_id: id.clone(),
+                                dialect: None,
+                                nameplate_power_w: None,
+                                power_target_max_w: target_w,
+                                inventory: v1::MinerInventory {
+                                    device_id: id,
+                                    ..Default::default()
+                                },
+                            },
+                            obs: None,
+                            last_mining_j_per_th: None,
+                        },
+                    );
+                }
+                Target::Gpu { power_cap_w } => {
+                    entry.gpus.insert(
+                        id.clone(),
+                        GpuSlot {
+                            info: GpuInfo {
+                                device_id: id.clone(),
+                                power_cap_max_w: f64::from(power_cap_w),
+                                inventory: v1::GpuInventory {
+                                    device_id: id,
+                                    ..Default::default()
+                                },
+                            },
+                            obs: None,
+                        },
+                    );
+                }
+                // A host's workload is not a device: the host itself is now known.
+                Target::Workload { .. } => {}
+            }
+        }
+    }
+
     /// Removes a host that is not connected, with its devices. Whether it was known.
     pub fn forget(&self, host_id: &str) -> Result<bool, Status> {
         let mut agents = self.lock();
@@ -745,5 +824,102 @@ mod tests {
         r.connect(agent(vec![miner("a", 3500.0)]), tx);
         let e = r.with_agents(|a| a["h1"].miners["a"].last_mining_j_per_th);
         assert_eq!(e, Some(30.0));
+    }
+
+    /// Found by the chaos run (tests/tests/chaos): a controller killed and restarted granted a
+    /// reconnected host's miners while another host, not back yet, still ran its own.
+    #[test]
+    fn a_restarted_controller_counts_hosts_not_back_yet_at_their_maximum() {
+        use crate::config::{Config, EnvSource};
+        use crate::intents::{Ledger, NewIntent};
+        use crate::store::{SqliteStore, Store};
+        use pivot_proto::model::{MinerTarget, Target};
+        use std::sync::Arc;
+
+        struct NoEnv;
+        impl EnvSource for NoEnv {
+            fn get(&self, _: &str) -> Option<String> {
+                None
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("p.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());
+        let now = Utc::now();
+        let intent = |device: &str, target: Target| NewIntent {
+            host_id: "h0".into(),
+            device_id: device.into(),
+            target,
+            reason: "test".into(),
+            plan_id: "p1".into(),
+            phase: 0,
+            before_w: None,
+        };
+        Ledger::load(Arc::clone(&store))
+            .unwrap()
+            .issue(
+                vec![
+                    intent(
+                        "miner/a",
+                        Target::Miner(MinerTarget::Run {
+                            power_target_w: Some(5589),
+                        }),
+                    ),
+                    intent("miner/b", Target::Miner(MinerTarget::Sleep)),
+                    intent("gpu/g", Target::Gpu { power_cap_w: 700 }),
+                ],
+                now + chrono::Duration::seconds(30),
+                now,
+            )
+            .unwrap();
+        let text = format!(
+            "[site]\nid = \"t\"\ncap_w = 100000\nreserve_w = 0\n[store]\npath = \"{}\"\n",
+            db.display()
+        );
+        let config = Config::parse(&text, std::path::Path::new("c.toml"), &NoEnv).unwrap();
+        let assume = config.agents.assumptions();
+        let ctl = crate::Controller::new(config, store).unwrap();
+        let s = ctl.registry.summary(&assume, 0.0);
+        assert_eq!(s.agents_connected, 0);
+        assert_eq!((s.miners_total, s.gpus_total), (2, 1), "{s:?}");
+        // Unseen: the running miner at its power target, the sleeping one at the assumption.
+        assert!(
+            s.committed_power_w >= 5589.0 + assume.unknown_miner_max_w,
+            "{s:?}"
+        );
+        // Until its agent is back or an operator forgets it.
+        assert!(ctl.registry.forget("h0").unwrap());
+        assert_eq!(ctl.registry.summary(&assume, 0.0).committed_power_w, 0.0);
+    }
+
+    /// Found by the chaos run: a Braiins S21 (200 TH/s, 3500 W) the planner ran at a 5589 W
+    /// power target hashed 305 TH/s, above 1.5 × its nameplate hashrate, and every reading was
+    /// refused while it ran there.
+    #[test]
+    fn a_miner_run_at_a_target_above_nameplate_may_hash_above_it() {
+        let mut info = miner("m", 3500.0).1.info;
+        info.inventory.nameplate_hashrate_ths = Some(200.0);
+        let reading = |ths: f64| MinerObservation {
+            reachable: true,
+            state: MinerState::Mining,
+            // Within 1.5 × the nameplate either way: only the hashrate is in question.
+            power_w: Some(5000.0),
+            hashrate_ths: Some(ths),
+            power_target_w: Some(5000.0),
+            observed_at: Utc::now(),
+            restored: false,
+            reading: v1::MinerReading::default(),
+        };
+        let assume = Assumptions {
+            unknown_miner_max_w: 3500.0,
+            sleeping_miner_w: 20.0,
+        };
+        info.power_target_max_w = Some(5600.0);
+        assert!(bounds::miner(&reading(304.8), &info, &assume).is_ok());
+        assert!(bounds::miner(&reading(1e6), &info, &assume).is_err());
+        // Without a target above the nameplate, the nameplate bound holds.
+        info.power_target_max_w = None;
+        let e = bounds::miner(&reading(304.8), &info, &assume).unwrap_err();
+        assert!(e.contains("hashrate"), "{e}");
     }
 }

@@ -15,7 +15,9 @@
 //!
 //! Size and seed from the environment: `PIVOT_CHAOS_SEED` (default 11), `PIVOT_CHAOS_STEPS`
 //! (default 6), or `PIVOT_CHAOS_KILLS` and `PIVOT_CHAOS_PARTITIONS` to run until both counts are
-//! reached, `PIVOT_CHAOS_HOSTS` (default 3). The long run and its result: docs/BENCHMARKS.md.
+//! reached, `PIVOT_CHAOS_HOSTS` (default 3), and `PIVOT_CHAOS_SECS` to end sooner (after the
+//! step under way once that many seconds passed; the counts say what was reached). The long run
+//! and its result: docs/BENCHMARKS.md.
 
 // Helpers outside #[test] functions are test code too: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -50,6 +52,8 @@ struct Plan {
     kills: u64,
     partitions: u64,
     hosts: usize,
+    /// Ends the run after this much time even if the counts above are not reached.
+    budget: Option<Duration>,
 }
 
 impl Plan {
@@ -73,10 +77,17 @@ impl Plan {
             kills,
             partitions,
             hosts: usize::try_from(get("PIVOT_CHAOS_HOSTS", 3)).unwrap_or(3),
+            budget: std::env::var("PIVOT_CHAOS_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs),
         }
     }
 
-    fn done(&self, t: &Counts) -> bool {
+    fn done(&self, t: &Counts, elapsed: Duration) -> bool {
+        if self.budget.is_some_and(|b| elapsed >= b) {
+            return true;
+        }
         t.steps >= self.steps
             && t.controller_kills + t.agent_kills >= self.kills
             && t.drops + t.stalls >= self.partitions
@@ -266,7 +277,7 @@ async fn chaos_kills_partitions_and_reboots_break_no_invariant() {
     let miners: Vec<(usize, usize)> = (0..world.hosts.len())
         .flat_map(|h| (0..world::MINERS_PER_HOST).map(move |k| (h, k)))
         .collect();
-    while !plan.done(&t) {
+    while !plan.done(&t, started.elapsed()) {
         t.steps += 1;
         // Half the faults land while the controller is moving miners.
         if rng.random_bool(0.5) {
@@ -327,9 +338,12 @@ async fn chaos_kills_partitions_and_reboots_break_no_invariant() {
                 .push(format!("step {} ({what}): intents lost: {e}", t.steps)),
         }
         eprintln!(
-            "chaos: step {} ({what}) done at {:?}",
+            "chaos: step {} ({what}) done at {:.1?}; so far {} kills, {} partitions, {} reboots",
             t.steps,
-            started.elapsed()
+            started.elapsed(),
+            t.controller_kills + t.agent_kills,
+            t.drops + t.stalls,
+            t.reboots,
         );
     }
     stop.notify_one();

@@ -126,10 +126,13 @@ impl World {
     /// Starts the controller, `hosts` agents (fallback `curtail` on odd hosts, `hold` on even
     /// ones) each with two sleeping miners, and sets the policy.
     pub async fn start(hosts: usize) -> World {
+        // PIVOT_CHAOS_KEEP=1 leaves the run's directory (logs, store, agents' state) behind.
         let dir = tempfile::Builder::new()
             .prefix("pivot-chaos-")
+            .disable_cleanup(std::env::var_os("PIVOT_CHAOS_KEEP").is_some())
             .tempdir()
             .unwrap();
+        eprintln!("chaos: run directory {}", dir.path().display());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
