@@ -37,6 +37,10 @@ pub struct Config {
     pub fallback: Fallback,
     #[serde(default)]
     pub host: HostConfig,
+    /// The workload manager that hands this host to AI jobs (`[workload]`); none when absent,
+    /// and workload intents are then refused.
+    #[serde(default)]
+    pub workload: Option<crate::workload::WorkloadConfig>,
 }
 
 /// The host itself, for the controller's accounting of a GPU host (base draw plus GPU caps).
@@ -493,6 +497,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(w) = &self.workload {
+            w.validate().map_err(|e| invalid(e.key, e.problem))?;
+        }
         self.miner_targets(path)?;
         Ok(())
     }
@@ -755,6 +762,41 @@ password_env = "LUX_PW"
         let t = c.miner_targets(Path::new("a.toml")).unwrap();
         assert_eq!(t[2].nameplate_power_w, Some(3250));
         assert_eq!(t[2].nameplate_hashrate_ths, Some(95.0));
+    }
+
+    #[test]
+    fn workload_section_parses_and_its_errors_name_the_key() {
+        let text = format!(
+            "{GOOD}\n[workload]\nmanager = \"slurm\"\nnode_name = \"gpu-01\"\ngrace_s = 60\n[workload.slurm]\nafter_grace = \"cancel\"\n"
+        );
+        let c = Config::parse(&text, Path::new("a.toml"), &env()).unwrap();
+        let w = c.workload.unwrap();
+        assert_eq!(w.node_name.as_deref(), Some("gpu-01"));
+        assert_eq!(w.grace_s, 60.0);
+        assert!(
+            Config::parse(GOOD, Path::new("a.toml"), &env())
+                .unwrap()
+                .workload
+                .is_none()
+        );
+        for (tail, key) in [
+            (
+                "manager = \"slurm\"\nnode_name = \"gpu[1-2]\"\n",
+                "workload.node_name",
+            ),
+            ("manager = \"exec\"\n", "workload.exec"),
+            ("manager = \"slurm\"\ngrace_s = -5\n", "workload.grace_s"),
+            ("manager = \"slurm\"\ngrace = 5\n", "grace"),
+        ] {
+            let text = format!("{GOOD}\n[workload]\n{tail}");
+            let e = Config::parse(&text, Path::new("/etc/pivot/agent.toml"), &env())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/etc/pivot/agent.toml") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
     }
 
     #[test]

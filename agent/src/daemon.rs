@@ -1,4 +1,5 @@
-//! `pivot-agent run`: inventory, polling, reconcile, the controller link and local HTTP, wired.
+//! `pivot-agent run`: inventory, polling, the workload manager, reconcile, the controller link and
+//! local HTTP, wired.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,6 +22,8 @@ use crate::metrics::{self, Exposition};
 use crate::poll::{self, Observations};
 use crate::reconcile::{DiskStore, Reconciler, Settings};
 use crate::state::{StateDir, StateLock};
+use crate::workload::WorkloadActuator;
+use crate::workload::device::{HOST_DEVICE_ID, NodeReadings, device, read_once, run_poll};
 
 /// What the link reports, assembled from the agent's parts.
 struct AgentSource {
@@ -32,31 +35,57 @@ struct AgentSource {
     gpu_obs: Arc<GpuObservations>,
     reconciler: Arc<Reconciler>,
     host: Mutex<Option<HostSampler>>,
+    workload: Option<HostWorkload>,
+}
+
+/// The host's workload manager, when `[workload]` configures one.
+struct HostWorkload {
+    actuator: Arc<WorkloadActuator>,
+    readings: Arc<NodeReadings>,
 }
 
 impl AgentSource {
     fn host_reading(&self) -> Option<v1::HostReading> {
-        let mut guard = self
+        let sample = self
             .host
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let h = guard.as_mut()?.sample();
-        let [l1, l5, l15] = h.load_average.map_or([None; 3], |l| l.map(Some));
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+            .map(HostSampler::sample);
+        // The node's last read (refreshed on the GPU poll interval), never a read made here:
+        // a telemetry snapshot must not wait on the workload manager.
+        let node = self.workload.as_ref().and_then(|w| w.readings.latest());
+        if sample.is_none() && node.is_none() {
+            return None;
+        }
+        let h = sample.as_ref();
+        let [l1, l5, l15] = h
+            .and_then(|h| h.load_average)
+            .map_or([None; 3], |l| l.map(Some));
         Some(v1::HostReading {
-            cpu_usage_pct: h.cpu_usage_pct.map(f64::from).filter(|v| v.is_finite()),
-            memory_used_bytes: Some(h.memory_used_bytes),
-            memory_total_bytes: Some(h.memory_total_bytes),
+            cpu_usage_pct: h
+                .and_then(|h| h.cpu_usage_pct)
+                .map(f64::from)
+                .filter(|v| v.is_finite()),
+            memory_used_bytes: h.map(|h| h.memory_used_bytes),
+            memory_total_bytes: h.map(|h| h.memory_total_bytes),
             load_1m: l1,
             load_5m: l5,
             load_15m: l15,
             uptime: h
-                .uptime_s
+                .and_then(|h| h.uptime_s)
                 .map(|s| pivot_proto::model::duration_to_proto(Duration::from_secs(s))),
-            temperature_c: h.max_temperature_c.map(f64::from).filter(|v| v.is_finite()),
-            workload_state: v1::WorkloadState::Unspecified as i32,
+            temperature_c: h
+                .and_then(|h| h.max_temperature_c)
+                .map(f64::from)
+                .filter(|v| v.is_finite()),
+            workload_state: node
+                .as_ref()
+                .map_or(v1::WorkloadState::Unspecified, |n| n.state)
+                as i32,
             observed_at: Some(pivot_proto::model::timestamp_to_proto(Utc::now())),
             power_w: None,
-            workload: None,
+            workload: node.map(|n| n.reading),
         })
     }
 }
@@ -82,8 +111,16 @@ impl link::Source for AgentSource {
                     .as_ref()
                     .map_or(0, |h| u32::try_from(h.cpu_count).unwrap_or(u32::MAX)),
                 memory_total_bytes: host.as_ref().map_or(0, |h| h.memory_total_bytes),
-                workload_managers: Vec::new(),
-                workload_node_name: String::new(),
+                workload_managers: self
+                    .workload
+                    .iter()
+                    .map(|w| w.actuator.kind().to_proto() as i32)
+                    .collect(),
+                workload_node_name: self
+                    .workload
+                    .as_ref()
+                    .map(|w| w.actuator.node().to_owned())
+                    .unwrap_or_default(),
                 base_power_w: self.host_config.base_power_w,
                 max_power_w: self.host_config.max_power_w,
             }),
@@ -185,10 +222,27 @@ pub async fn run(
     } else {
         (None, Vec::new(), Vec::new())
     };
+    let workload = match &config.workload {
+        Some(w) => {
+            let actuator = Arc::new(
+                crate::workload::connect(&config.host_id, w)
+                    .await
+                    .context("setting up the workload manager ([workload])")?,
+            );
+            devices.insert(HOST_DEVICE_ID.to_owned(), device(&actuator));
+            info!(manager = %actuator.kind(), node = %actuator.node(), "Workload manager ready");
+            Some(HostWorkload {
+                actuator,
+                readings: Arc::new(NodeReadings::default()),
+            })
+        }
+        None => None,
+    };
     info!(
         configured,
         miners = slots.len(),
         gpus = gpu_slots.len(),
+        workload = workload.is_some(),
         "Inventory ready"
     );
     let reconciler = Reconciler::new(
@@ -214,6 +268,14 @@ pub async fn run(
             None
         }
     };
+    // The node is read before the first hello, so the first telemetry already shows it.
+    if let Some(w) = &workload {
+        let first = read_once(&w.actuator, &w.readings).await;
+        reconciler.observe(HOST_DEVICE_ID, first);
+    }
+    let workload_poll = workload
+        .as_ref()
+        .map(|w| (Arc::clone(&w.actuator), Arc::clone(&w.readings)));
     let source = Arc::new(AgentSource {
         host_id: config.host_id.clone(),
         host_config: config.host.clone(),
@@ -223,6 +285,7 @@ pub async fn run(
         gpu_obs: Arc::clone(&gpu_obs),
         reconciler: Arc::clone(&reconciler),
         host: Mutex::new(host),
+        workload,
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -249,6 +312,14 @@ pub async fn run(
             manager,
             Arc::clone(&gpu_slots),
             Arc::clone(&gpu_obs),
+            Arc::clone(&reconciler),
+            config.poll.gpu_interval(),
+        ));
+    }
+    if let Some((actuator, readings)) = workload_poll {
+        tasks.spawn(run_poll(
+            actuator,
+            readings,
             Arc::clone(&reconciler),
             config.poll.gpu_interval(),
         ));

@@ -27,6 +27,9 @@ pub struct Config {
     /// The control loop (`[engine]`): cadence, phase timeouts, history.
     #[serde(default)]
     pub engine: crate::engine::EngineConfig,
+    /// The dashboard, its JSON API and `/metrics` (`[web]`); off when absent.
+    #[serde(default)]
+    pub web: Option<crate::web::WebConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -355,6 +358,9 @@ impl Config {
             return Err(invalid(&e.key, e.problem));
         }
         if let Err((key, problem)) = self.engine.validate() {
+            return Err(invalid(&key, problem));
+        }
+        if let Some(Err((key, problem))) = self.web.as_ref().map(crate::web::WebConfig::validate) {
             return Err(invalid(&key, problem));
         }
         if self.agents.telemetry_interval_s == 0 {

@@ -425,16 +425,19 @@ impl Controller {
                     }
                 }
                 Step::Advance { to } => {
+                    self.audit_phase(&exec.plan, phase_index, "confirmed").await;
                     self.set_progress(&exec.plan.plan_id, to, PlanState::Executing)
                         .await;
                 }
                 Step::Complete => {
+                    self.audit_phase(&exec.plan, phase_index, "confirmed").await;
                     let last = exec.plan.phases.len().saturating_sub(1);
                     self.finish(&exec.plan.plan_id, last, PlanState::Completed, &[])
                         .await;
                     return None;
                 }
                 Step::Stop { phase, failed } => {
+                    self.audit_phase(&exec.plan, phase, "stopped").await;
                     self.finish(&exec.plan.plan_id, phase, PlanState::Stopped, &failed)
                         .await;
                     return None;

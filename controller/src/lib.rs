@@ -12,12 +12,15 @@ pub mod intents;
 pub mod market;
 pub mod outlook;
 pub mod overrides;
+pub mod phase_timing;
 pub mod planner;
 pub mod planview;
 pub mod policy;
 pub mod store;
 pub mod toml_lines;
 pub mod trace;
+pub mod views;
+pub mod web;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -182,7 +185,10 @@ impl Controller {
             .await?;
         let policy = self.blocking(|s| s.get_policy()).await?;
         let plan = self.blocking(|s| s.list_plans(1)).await?.pop();
-        let f = self.registry.summary(&self.config.agents.assumptions());
+        let f = self.registry.summary(
+            &self.config.agents.assumptions(),
+            self.config.engine.unknown_host_base_w_per_gpu,
+        );
         let o = self.outlook();
         // Overlapping events: the lowest target is the one in force.
         let dr = events

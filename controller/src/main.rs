@@ -28,6 +28,9 @@ enum Command {
         /// Site cap in watts for the dev site.
         #[arg(long, default_value_t = 5_000_000.0)]
         site_cap_w: f64,
+        /// Web dashboard and /metrics listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        web: std::net::SocketAddr,
     },
     /// Run the production controller from a configuration file.
     Serve {
@@ -212,6 +215,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(market.run(chrono::Utc::now));
     tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
     tokio::spawn(pivot_controller::engine::run(Arc::clone(&ctl), feed));
+    if let Some(web) = ctl.config.web.clone() {
+        let listener = tokio::net::TcpListener::bind(web.listen)
+            .await
+            .with_context(|| {
+                format!("binding the web listener on {} ([web] listen)", web.listen)
+            })?;
+        let web_addr = listener.local_addr()?;
+        info!(addr = %web_addr, "pivot-controller web dashboard and /metrics listening");
+        // The line tests and scripts wait for (printed before the gRPC line).
+        println!("pivot-controller web on http://{web_addr}");
+        let ctl = Arc::clone(&ctl);
+        tokio::spawn(async move {
+            if let Err(e) =
+                pivot_controller::web::serve(ctl, &web, listener, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "The web listener stopped");
+            }
+        });
+    }
     info!(%addr, site = %ctl.config.site.id, "pivot-controller listening");
     // The line tests and scripts wait for.
     println!("pivot-controller listening on {}", listener.local_addr()?);
@@ -229,7 +251,11 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Dev { listen, site_cap_w } => dev(listen, site_cap_w).await,
+        Command::Dev {
+            listen,
+            site_cap_w,
+            web,
+        } => dev(listen, site_cap_w, web).await,
         Command::Serve { config } => match Config::load(&config, &ProcessEnv)
             .and_then(|c| c.check_files(&config, &ProcessEnv).map(|()| c))
         {
@@ -275,7 +301,11 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()> {
+async fn dev(
+    listen: std::net::SocketAddr,
+    site_cap_w: f64,
+    web: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("pivot-dev-")
         .tempdir()
@@ -296,6 +326,7 @@ async fn dev(listen: std::net::SocketAddr, site_cap_w: f64) -> anyhow::Result<()
         agents: config::AgentsConfig::default(),
         market: pivot_controller::market::MarketConfig::default(),
         engine: pivot_controller::engine::EngineConfig::default(),
+        web: Some(pivot_controller::web::WebConfig::on(web)),
         // A development controller on a laptop: anyone who reaches the port is an admin.
         auth: pivot_controller::auth::AuthConfig {
             mode: pivot_controller::auth::AuthMode::Open,

@@ -53,7 +53,7 @@ impl Drop for Running {
 /// Starts `pivot-controller dev` on an ephemeral port and waits for its listening line.
 pub fn start_dev_controller(extra: &[&str]) -> Running {
     let mut child = Command::new(bin("pivot-controller"))
-        .args(["dev", "--listen", "127.0.0.1:0"])
+        .args(["dev", "--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -77,6 +77,7 @@ pub fn start_dev_controller(extra: &[&str]) -> Running {
     Running { child, addr }
 }
 
+pub mod exec_hook;
 pub mod fake_controller;
 pub mod fake_kube;
 pub mod slurm;
@@ -84,6 +85,20 @@ pub mod slurm;
 /// Starts a binary with arguments and waits for the stdout line that starts with `prefix`;
 /// returns the rest of that line.
 pub fn start_and_wait(binary: &str, args: &[&str], prefix: &str, within: Duration) -> Running {
+    let (mut running, mut rest) = start_and_collect(binary, args, &[prefix], within);
+    running.addr = rest.pop().unwrap_or_default();
+    running
+}
+
+/// Starts a binary with arguments and waits for a stdout line starting with each of `prefixes`
+/// (in any order); returns the rest of each line, in the order of `prefixes`. `addr` is the
+/// first one's.
+pub fn start_and_collect(
+    binary: &str,
+    args: &[&str],
+    prefixes: &[&str],
+    within: Duration,
+) -> (Running, Vec<String>) {
     let mut child = Command::new(bin(binary))
         .args(args)
         .stdout(Stdio::piped())
@@ -92,16 +107,39 @@ pub fn start_and_wait(binary: &str, args: &[&str], prefix: &str, within: Duratio
         .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = prefix.to_owned();
+    let wanted: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(&wanted) {
-                let _ = tx.send(rest.trim().to_owned());
+            for (i, p) in wanted.iter().enumerate() {
+                if let Some(rest) = line.strip_prefix(p.as_str()) {
+                    let _ = tx.send((i, rest.trim().to_owned()));
+                }
             }
         }
     });
-    let addr = rx
-        .recv_timeout(within)
-        .unwrap_or_else(|_| panic!("{binary} did not print `{prefix}` within {within:?}"));
-    Running { child, addr }
+    let deadline = Instant::now() + within;
+    let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+    while found.iter().any(Option::is_none) {
+        let (i, rest) = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                panic!("{binary} did not print {prefixes:?} within {within:?} (got {found:?})")
+            });
+        found[i] = Some(rest);
+    }
+    let found: Vec<String> = found.into_iter().flatten().collect();
+    let addr = found.first().cloned().unwrap_or_default();
+    (Running { child, addr }, found)
 }
+
+/// A port nothing listens on now (for a daemon whose configuration names its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("a free port: {e}"))
+}
+
+pub mod pki;
+pub mod prometheus;
+pub mod webdriver;

@@ -51,11 +51,17 @@ impl std::fmt::Debug for SlurmCluster {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+/// Two free ports, distinct: both listeners are held until both ports are known (a port freed
+/// by the first could otherwise be handed out again for the second).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("no free port: {e}"));
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| {
+        l.local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"))
+    };
+    (port(&a), port(&b))
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -142,6 +148,7 @@ impl SlurmCluster {
         }
         let conf = root.join("slurm.conf");
         let r = root.display();
+        let (ctld, slurmd) = free_ports();
         fs::write(
             &conf,
             format!(
@@ -172,8 +179,6 @@ impl SlurmCluster {
                  MpiDefault=none\n\
                  NodeName={NODE} NodeHostname=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 Gres=gpu:{GPUS} State=UNKNOWN\n\
                  PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP\n",
-                ctld = free_port(),
-                slurmd = free_port(),
                 sock = socket.display(),
             ),
         )

@@ -763,6 +763,7 @@ impl Reconciler {
             .is_none()
             .then_some(held.record.intent.lease_expires_at);
         let guard = RaiseGuard::new(lease, Arc::clone(&self.clock), Arc::clone(&self.trust));
+        let why = why_words(&held.record);
         info!(device = %id, generation, ?target, raising, "Applying");
         #[cfg(test)]
         if let Some(hook) = self
@@ -789,7 +790,7 @@ impl Reconciler {
                 // A call abandoned before it ran does not start at all.
                 biased;
                 _ = cancelled => Err(ApplyError::Superseded),
-                r = tokio::time::timeout(deadline, actuator.apply(&target, &guard)) => {
+                r = tokio::time::timeout(deadline, actuator.apply_because(&target, &guard, &why)) => {
                     r.unwrap_or(Err(ApplyError::Timeout { after: deadline }))
                 }
             };
@@ -959,6 +960,20 @@ fn extend_held(h: &mut Held, until: DateTime<Utc>, now: DateTime<Utc>) {
                 h.detail = "lease renewed: the intent is in force again".into();
             }
         }
+    }
+}
+
+/// Why the agent drives a device to the target in force, in words for a workload manager: the
+/// controller's plan and reason, or the fallback that replaced them.
+fn why_words(r: &HeldRecord) -> String {
+    let i = &r.intent;
+    if r.fallback.is_some() {
+        return format!("lease expired at {}: fallback", i.lease_expires_at);
+    }
+    match (i.plan_id.is_empty(), i.reason.trim().is_empty()) {
+        (true, _) => i.reason.clone(),
+        (false, true) => format!("plan {}", i.plan_id),
+        (false, false) => format!("plan {}: {}", i.plan_id, i.reason),
     }
 }
 

@@ -9,7 +9,8 @@
 //! or never; driver calls that succeed, fail permanently, fail transiently or hang past their
 //! deadline, each device's independently (so calls complete out of order); a disk that fails and
 //! recovers; agent restarts from the state directory; and the world changing under the agent (an
-//! operator putting a miner to sleep, a reboot waking it, a BMC capping a GPU).
+//! operator putting a miner to sleep, a reboot waking it, a BMC capping a GPU, an AI job landing
+//! on the host's node, an operator draining or resuming that node).
 //!
 //! What must hold, after every step ([`World::violations`] collects each breach):
 //! 1. never more than one driver call in flight per device;
@@ -33,7 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pivot_proto::model::{Intent, IntentPhase, MinerState, MinerTarget, Target};
+use pivot_proto::model::{Intent, IntentPhase, MinerState, MinerTarget, Target, WorkloadState};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -43,8 +44,9 @@ use super::*;
 use crate::config::Fallback;
 use crate::gpu::GpuError;
 use crate::miner::MinerError;
+use crate::workload::{ManagerKind, WorkloadError};
 
-const DEVICES: [&str; 3] = ["m1", "m2", "g1"];
+const DEVICES: [&str; 4] = ["m1", "m2", "g1", "h1"];
 const STEPS_W: [u32; 6] = [1750, 2100, 2450, 2800, 3150, 3500];
 const SKEW_BOUND_S: i64 = 5;
 const DEADLINE: Duration = Duration::from_secs(100);
@@ -63,6 +65,8 @@ fn limits(dev: &str) -> Limits {
         },
         // Stock Antminer-like: sleep and wake only.
         "m2" => super::testing::miner_limits(3000.0, 100.0),
+        // The host's node in its workload manager.
+        "h1" => Limits::Workload,
         _ => Limits::Gpu {
             min_cap_w: 100,
             max_cap_w: 700,
@@ -74,6 +78,7 @@ fn pacing(dev: &str) -> Duration {
     match dev {
         "m1" => Duration::from_secs(15),
         "m2" => Duration::from_secs(120),
+        "h1" => Duration::from_secs(10),
         _ => Duration::from_secs(5),
     }
 }
@@ -94,6 +99,15 @@ fn targets(dev: &str) -> Vec<Target> {
             Target::Miner(MinerTarget::Sleep),
             run(None),
             run(Some(2000)),
+        ],
+        "h1" => vec![
+            Target::Workload {
+                state: WorkloadState::Released,
+            },
+            Target::Workload {
+                state: WorkloadState::Drained,
+            },
+            Target::Gpu { power_cap_w: 300 },
         ],
         _ => vec![
             Target::Gpu { power_cap_w: 150 },
@@ -119,6 +133,13 @@ enum Phys {
         cap_w: u32,
         bmc_w: Option<u32>,
     },
+    /// A node in its workload manager: open to AI jobs or closed, jobs on it, and whether an
+    /// operator closed it (pivot must not reopen that).
+    Node {
+        open: bool,
+        jobs: u32,
+        closed_by_other: bool,
+    },
 }
 
 impl Phys {
@@ -135,6 +156,10 @@ impl Phys {
             } => f64::from(target_w),
             Phys::Miner { .. } => 20.0,
             Phys::Gpu { cap_w, bmc_w } => f64::from(cap_w.min(bmc_w.unwrap_or(u32::MAX)).min(650)),
+            // An open node is power granted to AI jobs; a closed one draws what its remaining
+            // jobs finish with, then its base.
+            Phys::Node { open: true, .. } => 5000.0,
+            Phys::Node { jobs, .. } => 300.0 + f64::from(jobs.min(4)) * 1000.0,
         }
     }
 
@@ -180,6 +205,11 @@ impl Phys {
                 enforced_cap_w: Some(f64::from(cap_w.min(bmc_w.unwrap_or(u32::MAX)))),
                 power_w: Some(self.power_w()),
             },
+            Phys::Node { open, jobs, .. } => Observed::Workload {
+                schedulable: Some(open),
+                drained: Some(!open && jobs == 0),
+                ai_jobs_running: Some(jobs),
+            },
         }
     }
 }
@@ -211,6 +241,22 @@ fn would_raise(target: &Target, seen: Option<&Observed>) -> bool {
                 limit_w: Some(l), ..
             }),
         ) => f64::from(*power_cap_w) > *l,
+        // Closing a node never raises; opening one does, unless it was seen open.
+        (
+            Target::Workload {
+                state: WorkloadState::Drained,
+            },
+            _,
+        ) => false,
+        (
+            Target::Workload {
+                state: WorkloadState::Released,
+            },
+            Some(Observed::Workload {
+                schedulable: Some(true),
+                ..
+            }),
+        ) => false,
         _ => true,
     }
 }
@@ -254,6 +300,8 @@ struct Stats {
     raises_refused: AtomicUsize,
     fallback_calls: AtomicUsize,
     failed_for_good: AtomicUsize,
+    /// Releases of the host's node the guard allowed.
+    node_releases: AtomicUsize,
 }
 
 impl World {
@@ -400,6 +448,13 @@ impl Actuator for ModelActuator {
                         action: "set the power limit",
                     }
                     .into()
+                } else if dev == "h1" {
+                    WorkloadError::UnknownNode {
+                        manager: ManagerKind::Slurm,
+                        node: addr(),
+                        detail: "sinfo --json lists no such node".into(),
+                    }
+                    .into()
                 } else {
                     MinerError::Unsupported {
                         addr: addr(),
@@ -410,12 +465,23 @@ impl Actuator for ModelActuator {
                 });
             }
             Outcome::FailTransiently => {
-                return Err(MinerError::Timeout {
-                    addr: addr(),
-                    during: "control".into(),
-                    after: Duration::from_secs(3),
-                }
-                .into());
+                return Err(if dev == "h1" {
+                    WorkloadError::NotConfirmed {
+                        manager: ManagerKind::Slurm,
+                        node: addr(),
+                        wanted: "schedulable",
+                        waited_s: 60.0,
+                        state: "DOWN".into(),
+                    }
+                    .into()
+                } else {
+                    MinerError::Timeout {
+                        addr: addr(),
+                        during: "control".into(),
+                        after: Duration::from_secs(3),
+                    }
+                    .into()
+                });
             }
             Outcome::Succeed => {}
         }
@@ -431,6 +497,9 @@ impl Actuator for ModelActuator {
                 return Err(e.into());
             }
             w.stats.raises_allowed.fetch_add(1, Ordering::Relaxed);
+            if dev == "h1" {
+                w.stats.node_releases.fetch_add(1, Ordering::Relaxed);
+            }
             approved = true;
             w.approved_raise(&dev, generation, fallback, step);
             Ok(())
@@ -486,6 +555,39 @@ impl Actuator for ModelActuator {
                     ask(&mut w, "raise the GPU's power cap")?;
                 }
                 *cap_w = power_cap_w;
+            }
+            (
+                Target::Workload {
+                    state: WorkloadState::Released,
+                },
+                Phys::Node {
+                    open,
+                    closed_by_other,
+                    ..
+                },
+            ) => {
+                if *closed_by_other {
+                    return Err(WorkloadError::ClosedByOther {
+                        manager: ManagerKind::Slurm,
+                        node: addr(),
+                        by: "DRAIN: maintenance".into(),
+                    }
+                    .into());
+                }
+                if !*open {
+                    ask(&mut w, "release the node to AI jobs")?;
+                    *open = true;
+                }
+            }
+            (
+                Target::Workload {
+                    state: WorkloadState::Drained,
+                },
+                Phys::Node { open, jobs, .. },
+            ) => {
+                // Closed, and after the grace the jobs left are requeued.
+                *open = false;
+                *jobs = 0;
             }
             (other, _) => {
                 return Err(ApplyError::WrongTarget {
@@ -637,6 +739,14 @@ impl Harness {
                 Phys::Gpu {
                     cap_w: 150,
                     bmc_w: None,
+                },
+            ),
+            (
+                "h1".to_owned(),
+                Phys::Node {
+                    open: false,
+                    jobs: 0,
+                    closed_by_other: false,
                 },
             ),
         ]);
@@ -867,6 +977,36 @@ impl Harness {
                         (Phys::Gpu { bmc_w, .. }, 0) => *bmc_w = Some(250),
                         (Phys::Gpu { bmc_w, .. }, 1) => *bmc_w = None,
                         (Phys::Gpu { cap_w, .. }, _) => *cap_w = 700,
+                        // An AI job lands on an open node.
+                        (Phys::Node { open, jobs, .. }, 0) => {
+                            if *open {
+                                *jobs = jobs.saturating_add(1);
+                            }
+                        }
+                        // An operator drains the node for maintenance...
+                        (
+                            Phys::Node {
+                                open,
+                                closed_by_other,
+                                ..
+                            },
+                            1,
+                        ) => {
+                            *open = false;
+                            *closed_by_other = true;
+                        }
+                        // ...and resumes it.
+                        (
+                            Phys::Node {
+                                open,
+                                closed_by_other,
+                                ..
+                            },
+                            _,
+                        ) => {
+                            *open = true;
+                            *closed_by_other = false;
+                        }
                     }
                 }
             }
@@ -1096,6 +1236,7 @@ fn the_reconciler_keeps_its_invariants_under_any_interleaving() {
         ("raising steps refused", &stats.raises_refused),
         ("fallback calls", &stats.fallback_calls),
         ("targets failed for good", &stats.failed_for_good),
+        ("node releases allowed", &stats.node_releases),
     ] {
         assert!(
             n.load(Ordering::Relaxed) > 0,

@@ -279,12 +279,15 @@ pub fn satisfied(
             Target::Workload { state },
             Observed::Workload {
                 schedulable,
-                ai_jobs_running,
+                drained,
+                ..
             },
             _,
         ) => match state {
+            // The manager's word, as the actuator confirms it (`NodeStatus::released`/`drained`):
+            // one definition, so a confirmed apply is never later read as not confirmed.
             WorkloadState::Released => *schedulable == Some(true),
-            WorkloadState::Drained => *schedulable == Some(false) && *ai_jobs_running == Some(0),
+            WorkloadState::Drained => *drained == Some(true),
         },
         _ => false,
     }
@@ -539,5 +542,54 @@ mod tests {
             "no workload manager is configured on this host"
         );
         assert!(check(&t, &Limits::Workload).is_ok());
+    }
+
+    #[test]
+    fn a_workload_is_confirmed_on_the_managers_word_and_never_on_an_unread_node() {
+        let node = |schedulable, drained, jobs| Observed::Workload {
+            schedulable,
+            drained,
+            ai_jobs_running: jobs,
+        };
+        let released = Target::Workload {
+            state: WorkloadState::Released,
+        };
+        let drained = Target::Workload {
+            state: WorkloadState::Drained,
+        };
+        let l = Limits::Workload;
+        assert!(satisfied(
+            &released,
+            &node(Some(true), Some(false), Some(3)),
+            &l,
+            None
+        ));
+        assert!(!satisfied(
+            &released,
+            &node(Some(false), Some(true), Some(0)),
+            &l,
+            None
+        ));
+        assert!(satisfied(
+            &drained,
+            &node(Some(false), Some(true), Some(0)),
+            &l,
+            None
+        ));
+        // Closed with a job still on it (inside the grace) is not drained.
+        assert!(!satisfied(
+            &drained,
+            &node(Some(false), Some(false), Some(1)),
+            &l,
+            None
+        ));
+        let unread = node(None, None, None);
+        assert!(unread.unreachable());
+        assert!(!satisfied(&released, &unread, &l, None));
+        assert!(!satisfied(&drained, &unread, &l, None));
+        // Opening a node raises power; closing one never does.
+        assert!(raises_power(&released, Some(&unread)));
+        assert!(!raises_power(&drained, None));
+        assert_eq!(fallback_target(Fallback::Curtail, &l), None);
     }
 }

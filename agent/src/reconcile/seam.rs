@@ -3,9 +3,9 @@
 //! driven ([`Actuator`], with typed errors and a [`RaiseGuard`] consulted before every step that
 //! could raise its power).
 //!
-//! Miners and GPUs plug in here today; a workload manager (Slurm, Kubernetes, exec hooks) plugs
-//! in the same way: a `Limits::Workload` device, an actuator that drains or releases the node and
-//! reads it back, its own variant of [`ApplyError`] saying which failures are permanent.
+//! Miners, GPUs and the host's workload manager (Slurm, Kubernetes, exec hooks) plug in here: the
+//! last as a `Limits::Workload` device whose actuator drains or releases the node and reads it
+//! back, with its own variant of [`ApplyError`] saying which failures are permanent.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::gpu::GpuError;
 use crate::miner::MinerError;
+use crate::workload::WorkloadError;
 
 /// What the agent saw of a device, in the terms intents are checked against.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,10 +37,13 @@ pub enum Observed {
         enforced_cap_w: Option<f64>,
         power_w: Option<f64>,
     },
-    /// A host's node in its workload manager.
+    /// A host's node in its workload manager; every field `None` when the manager could not
+    /// be read (the device counts as unreachable until it answers).
     Workload {
         /// Whether new AI jobs can land on the node.
         schedulable: Option<bool>,
+        /// DRAINED as intents.proto defines it: closed to new jobs, no AI job left on it.
+        drained: Option<bool>,
         /// AI jobs (or pods) still running on it.
         ai_jobs_running: Option<u32>,
     },
@@ -60,6 +64,9 @@ impl Observed {
             self,
             Observed::Miner {
                 reachable: false,
+                ..
+            } | Observed::Workload {
+                schedulable: None,
                 ..
             }
         )
@@ -105,6 +112,8 @@ pub enum ApplyError {
     #[error(transparent)]
     Gpu(#[from] GpuError),
     #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error(transparent)]
     RaiseRefused(#[from] RaiseRefused),
     #[error("the driver call did not finish within {after:?} and was abandoned")]
     Timeout { after: Duration },
@@ -140,6 +149,9 @@ impl ApplyError {
                     | GpuError::InitNoPermission { .. }
                     | GpuError::CapStore { .. }
             ),
+            // Wrong node name, no permission, a node someone else closed, a job that cannot be
+            // requeued: the manager's own verdict.
+            ApplyError::Workload(e) => !e.is_transient(),
             ApplyError::WrongTarget { .. } => true,
             ApplyError::RaiseRefused(_) | ApplyError::Timeout { .. } | ApplyError::Superseded => {
                 false
@@ -289,6 +301,18 @@ pub trait Actuator: Send + Sync {
     /// Before every step that could raise the device's power, judged on a fresh read rather
     /// than on what the reconciler last saw, it calls `guard.check` and stops if refused.
     async fn apply(&self, target: &Target, guard: &RaiseGuard) -> Result<Observed, ApplyError>;
+
+    /// As [`Actuator::apply`], told why in words (the intent's plan and reason): a workload
+    /// manager shows it where the site's operators look (Slurm's drain reason, the hook's
+    /// `PIVOT_REASON`). Devices with nowhere to show it ignore it.
+    async fn apply_because(
+        &self,
+        target: &Target,
+        guard: &RaiseGuard,
+        _why: &str,
+    ) -> Result<Observed, ApplyError> {
+        self.apply(target, guard).await
+    }
 }
 
 /// One device the reconciler can drive.

@@ -114,6 +114,18 @@ impl WorkloadActuator {
     /// from when the node was first seen closed and survives a failed apply: a retry continues
     /// the same drain rather than granting a new grace.
     pub async fn apply(&self, target: WorkloadState, why: &Why) -> Result<Applied, WorkloadError> {
+        self.apply_checked(target, why, || Ok(())).await
+    }
+
+    /// As [`apply`](Self::apply), asking `may_release` right before every release lever (the
+    /// step that lets AI jobs draw power), on the read that showed the node closed; a refusal
+    /// stops the apply there with nothing opened.
+    pub async fn apply_checked<E: From<WorkloadError>>(
+        &self,
+        target: WorkloadState,
+        why: &Why,
+        may_release: impl Fn() -> Result<(), E>,
+    ) -> Result<Applied, E> {
         let started = Instant::now();
         self.progress().aim(target);
         let deadline = started
@@ -153,7 +165,8 @@ impl WorkloadActuator {
                         manager: self.kind(),
                         node: self.node().to_owned(),
                         by: closed_by,
-                    });
+                    }
+                    .into());
                 }
                 Step::Wait(d) => {
                     if now >= deadline {
@@ -169,7 +182,8 @@ impl WorkloadActuator {
                                 "{} with {} job(s) and {} GPU(s) allocated",
                                 status.node_state, status.jobs_running, status.gpus_allocated
                             ),
-                        });
+                        }
+                        .into());
                     }
                     tokio::time::sleep(d.min(deadline - now)).await;
                     continue;
@@ -180,6 +194,7 @@ impl WorkloadActuator {
             let call_at = Instant::now();
             match lever {
                 Lever::Release => {
+                    may_release()?;
                     self.manager.release(why).await?;
                     self.progress().release_sent = Some(call_at);
                 }

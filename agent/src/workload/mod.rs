@@ -10,6 +10,7 @@
 
 pub mod actuator;
 pub mod config;
+pub mod device;
 pub mod exec;
 pub mod kubernetes;
 pub mod slurm;

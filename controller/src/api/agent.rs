@@ -346,6 +346,9 @@ fn finite_field(v: Option<f64>, field: String) -> Result<Option<f64>, FieldError
     model::finite(v, &field)
 }
 
+/// The highest generation a hello may say its agent holds.
+pub const MAX_HELD_GENERATION: u64 = (i64::MAX / 2) as u64;
+
 /// Checks a hello and turns it into a registry entry and the intents the agent holds.
 pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>), FieldError> {
     let host_id = model::non_empty(&h.host_id, "host_id")?;
@@ -438,6 +441,19 @@ pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>),
     for (i, intent) in h.held_intents.iter().enumerate() {
         let f = format!("held_intents[{i}]");
         let intent = model::Intent::from_proto(intent, &f)?;
+        // Issue 11: a generation no controller could have issued (it counts up from 1) would
+        // be adopted as the device's desired state and leave the ledger no room above it: one
+        // such device in a phase makes the whole phase's batch fail to issue, curtailments
+        // included. The store keeps generations as i64; half of that is far beyond any real one.
+        if intent.generation > MAX_HELD_GENERATION {
+            return Err(FieldError::new(
+                format!("{f}.generation"),
+                format!(
+                    "{} is beyond any generation a controller issues (at most {MAX_HELD_GENERATION})",
+                    intent.generation
+                ),
+            ));
+        }
         // The agent names its host's workload "host"; the site knows it as "host/<host_id>".
         let intent = if intent.device_id == "host" {
             model::Intent {
@@ -598,6 +614,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(validate_hello(&h).unwrap_err().field, "miners[1].device_id");
+    }
+
+    #[test]
+    fn a_held_generation_no_controller_issued_is_refused() {
+        let intent = |generation| v1::Intent {
+            device_id: "m".into(),
+            generation,
+            lease_expires_at: Some(model::timestamp_to_proto(Utc::now())),
+            target: Some(v1::intent::Target::Miner(v1::MinerTarget {
+                mode: v1::MinerMode::Sleep as i32,
+                power_target_w: None,
+            })),
+            ..Default::default()
+        };
+        let hello = |generation| v1::Hello {
+            host_id: "h".into(),
+            miners: vec![v1::MinerInventory {
+                device_id: "m".into(),
+                dialect: v1::MinerDialect::Luxos as i32,
+                ..Default::default()
+            }],
+            held_intents: vec![intent(generation)],
+            ..Default::default()
+        };
+        assert!(validate_hello(&hello(MAX_HELD_GENERATION)).is_ok());
+        for g in [MAX_HELD_GENERATION + 1, i64::MAX as u64, u64::MAX] {
+            let e = validate_hello(&hello(g)).unwrap_err();
+            assert_eq!(e.field, "held_intents[0].generation", "{g}");
+        }
     }
 
     #[test]

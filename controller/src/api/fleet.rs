@@ -636,11 +636,32 @@ impl v1::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<v1::Policy>, Status> {
         let who = self.ctl.auth.authorize(&request, Right::Administer)?;
         let req = request.into_inner();
-        check_policy_size(&req.document_toml)
-            .map_err(|e| Status::invalid_argument(format!("document_toml: {}", e.join("; "))))?;
-        let doc = policy::validate(&req.document_toml).map_err(|errors| {
-            Status::invalid_argument(format!("document_toml: {}", errors.join("; ")))
-        })?;
+        let checked = check_policy_size(&req.document_toml)
+            .and_then(|()| policy::validate(&req.document_toml));
+        let doc = match checked {
+            Ok(doc) => doc,
+            Err(errors) => {
+                // A refused change of the site's rules is audited too (issue 11: an oversized
+                // or broken policy is refused *and* audited), with who tried; nothing is stored.
+                let why = errors.join("; ");
+                self.ctl
+                    .audit(NewAudit {
+                        kind: "policy",
+                        subject: format!("site/{}", self.ctl.config.site.id),
+                        actor: who.name.clone(),
+                        reason: format!(
+                            "policy refused: {}",
+                            why.chars().take(512).collect::<String>()
+                        ),
+                        detail: serde_json::json!({
+                            "bytes": req.document_toml.len(),
+                            "client_actor": req.actor,
+                        }),
+                    })
+                    .await;
+                return Err(Status::invalid_argument(format!("document_toml: {why}")));
+            }
+        };
         let actor = who.name.clone();
         let (name, text, a, expected) = (
             doc.name.clone(),

@@ -1,11 +1,13 @@
-//! The controller's `[demand]` section: where AI demand is read from, and how.
+//! Where AI demand is read from, and how: [`DemandConfig`] (a source and its keys), which the
+//! market's `[market.ai_demand]` holds when a workload manager is the source ([`DemandKeys`] are
+//! the keys beside `source` there).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// `[demand]`.
+/// A demand source and its keys.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DemandConfig {
@@ -19,6 +21,34 @@ pub struct DemandConfig {
     pub slurmrestd: Option<SlurmrestdConfig>,
     #[serde(default)]
     pub kubernetes: Option<KubeDemandConfig>,
+}
+
+/// `[market.ai_demand]`'s keys beside `source = "slurm" | "slurmrestd" | "kubernetes"`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DemandKeys {
+    /// Slurm partitions whose jobs count (all when empty).
+    #[serde(default)]
+    pub partitions: Vec<String>,
+    #[serde(default)]
+    pub slurm: Option<SlurmCommandConfig>,
+    #[serde(default)]
+    pub slurmrestd: Option<SlurmrestdConfig>,
+    #[serde(default)]
+    pub kubernetes: Option<KubeDemandConfig>,
+}
+
+impl DemandKeys {
+    /// The demand configuration these keys make with `source`.
+    pub fn with_source(&self, source: DemandSource) -> DemandConfig {
+        DemandConfig {
+            source,
+            partitions: self.partitions.clone(),
+            slurm: self.slurm.clone(),
+            slurmrestd: self.slurmrestd.clone(),
+            kubernetes: self.kubernetes.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -122,10 +152,15 @@ pub struct DemandConfigError {
 }
 
 impl DemandConfig {
-    /// Checks every value; keys are named from the file's root (`demand.slurmrestd.url`).
+    /// Checks every value; keys are named under `demand` (`demand.slurmrestd.url`).
     pub fn validate(&self) -> Result<(), DemandConfigError> {
+        self.validate_at("demand")
+    }
+
+    /// Checks every value; keys are named under `section` (`market.ai_demand.slurmrestd.url`).
+    pub fn validate_at(&self, section: &str) -> Result<(), DemandConfigError> {
         let invalid = |key: &str, problem: String| DemandConfigError {
-            key: format!("demand.{key}"),
+            key: format!("{section}.{key}"),
             problem,
         };
         let sections = [
@@ -145,7 +180,7 @@ impl DemandConfig {
             if present && owner != self.source {
                 return Err(invalid(
                     name,
-                    format!("[demand.{name}] is set but demand.source is another source"),
+                    format!("[{section}.{name}] is set but {section}.source is another source"),
                 ));
             }
         }
@@ -160,13 +195,16 @@ impl DemandConfig {
             let Some(r) = &self.slurmrestd else {
                 return Err(invalid(
                     "slurmrestd",
-                    "source \"slurmrestd\" needs [demand.slurmrestd] with url and user_name".into(),
+                    format!(
+                        "source \"slurmrestd\" needs [{section}.slurmrestd] with url and user_name"
+                    ),
                 ));
             };
-            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+            crate::market::http::parse_url(&r.url).map_err(|e| invalid("slurmrestd.url", e))?;
+            if r.user_name.trim().is_empty() {
                 return Err(invalid(
-                    "slurmrestd.url",
-                    format!("`{}` must start with http:// or https://", r.url),
+                    "slurmrestd.user_name",
+                    "must name the Slurm user the token belongs to".into(),
                 ));
             }
             if r.token_env.is_some() == r.token_file.is_some() {
@@ -200,6 +238,50 @@ impl DemandConfig {
                     format!("must be a number of seconds in (0, 3600], got {v}"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// What [`validate_at`](Self::validate_at) cannot see: the token and kubeconfig files can be
+    /// read, the token's environment variable is set. For `check-config`.
+    pub fn check_at(
+        &self,
+        section: &str,
+        env: &dyn crate::config::EnvSource,
+    ) -> Result<(), DemandConfigError> {
+        self.validate_at(section)?;
+        let readable = |path: &std::path::Path, key: &str| {
+            std::fs::File::open(path)
+                .map(drop)
+                .map_err(|e| DemandConfigError {
+                    key: format!("{section}.{key}"),
+                    problem: format!("cannot read {}: {e}", path.display()),
+                })
+        };
+        match self.source {
+            DemandSource::Slurmrestd => {
+                if let Some(r) = &self.slurmrestd {
+                    if let Some(path) = &r.token_file {
+                        readable(path, "slurmrestd.token_file")?;
+                    }
+                    if let Some(var) = &r.token_env
+                        && env.get(var).is_none_or(|v| v.is_empty())
+                    {
+                        return Err(DemandConfigError {
+                            key: format!("{section}.slurmrestd.token_env"),
+                            problem: format!(
+                                "environment variable {var} is not set (it holds slurmrestd's JWT)"
+                            ),
+                        });
+                    }
+                }
+            }
+            DemandSource::Kubernetes => {
+                if let Some(path) = self.kubernetes.as_ref().and_then(|k| k.kubeconfig.as_ref()) {
+                    readable(path, "kubernetes.kubeconfig")?;
+                }
+            }
+            DemandSource::Slurm => {}
         }
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! AI demand as a market input: how many GPUs pending and running jobs want, read from the
 //! site's workload manager (Slurm through `squeue --json` or slurmrestd, Kubernetes through its
 //! API). An idle GPU host earns nothing, so the planner prices GPU hosts only where there is work.
+//! [`source::WorkloadDemand`] is the market's source for it (`[market.ai_demand] source =
+//! "slurm" | "slurmrestd" | "kubernetes"`).
 
 pub mod config;
 pub mod kubernetes;
 pub mod slurm;
+pub mod source;
 
 use chrono::{DateTime, Utc};
 
@@ -31,6 +34,8 @@ pub enum DemandError {
     SlurmJson(#[from] pivot_jobs::slurm::SlurmJsonError),
     #[error("AI demand from slurmrestd {url}: {problem}")]
     Slurmrestd { url: String, problem: String },
+    #[error("AI demand from Slurm: {0}")]
+    Http(#[from] crate::market::SourceError),
     #[error("AI demand from Kubernetes: {0}")]
     KubeSetup(#[from] pivot_jobs::kube_client::KubeSetupError),
     #[error("AI demand from Kubernetes: listing pods: {0}")]
@@ -49,13 +54,21 @@ pub enum DemandReader {
 impl DemandReader {
     /// Builds the reader `config` names (a Kubernetes client is made here).
     pub async fn connect(config: &DemandConfig) -> Result<Self, DemandError> {
+        Self::connect_with(config, None).await
+    }
+
+    /// As [`connect`](Self::connect), reading slurmrestd through `client` when one is given.
+    pub async fn connect_with(
+        config: &DemandConfig,
+        client: Option<&crate::market::http::HttpClient>,
+    ) -> Result<Self, DemandError> {
         Ok(match config.source {
             config::DemandSource::Kubernetes => Self::Kubernetes(
                 kubernetes::KubeDemand::connect(&config.kubernetes.clone().unwrap_or_default())
                     .await?,
             ),
             config::DemandSource::Slurm | config::DemandSource::Slurmrestd => {
-                Self::Slurm(slurm::SlurmDemand::new(config))
+                Self::Slurm(slurm::SlurmDemand::new(config, client)?)
             }
         })
     }

@@ -1,13 +1,19 @@
 //! Slurm's AI demand: `squeue --json` run by the controller, or the same document from
-//! slurmrestd (`GET /slurm/v0.0.38/jobs`, the schema 22.05's `squeue --json` prints). Pending
-//! GPUs count only for jobs that capacity would start; running GPUs are what jobs hold.
+//! slurmrestd (`GET /slurm/v0.0.38/jobs`, the schema 22.05's `squeue --json` prints) through the
+//! market's HTTP client (HTTPS with the system's roots). Pending GPUs count only for jobs that
+//! capacity would start; running GPUs are what jobs hold.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pivot_jobs::command::{self, CommandLine};
 use pivot_jobs::slurm::{self, Job, SlurmJsonError};
+use url::Url;
 
 use super::config::{DemandConfig, DemandSource, SlurmrestdConfig, secs};
 use super::{DemandError, GpuDemand};
+use crate::market::Origin;
+use crate::market::http::{self, HttpClient};
 
 /// Pending reasons that more nodes would not cure: held jobs, dependencies, quotas, bad
 /// requests. (Slurm's own names; a `QOS…` or `Assoc…` prefix is a limit of the account's.)
@@ -59,8 +65,10 @@ pub fn demand_from_jobs(
 enum Via {
     Squeue(CommandLine),
     Rest {
-        client: reqwest::Client,
-        jobs_url: String,
+        client: HttpClient,
+        jobs_url: Url,
+        timeout: Duration,
+        origin: Origin,
         config: SlurmrestdConfig,
     },
 }
@@ -72,22 +80,27 @@ pub struct SlurmDemand {
 }
 
 impl SlurmDemand {
-    /// From a validated `[demand]` whose source is `slurm` or `slurmrestd`.
-    pub fn new(config: &DemandConfig) -> Self {
+    /// From a validated `[demand]` whose source is `slurm` or `slurmrestd`; `client` is the
+    /// HTTP client slurmrestd is read through (one is built when none is given).
+    pub fn new(config: &DemandConfig, client: Option<&HttpClient>) -> Result<Self, DemandError> {
         let via = match (&config.source, &config.slurmrestd) {
             (DemandSource::Slurmrestd, Some(r)) => {
-                let timeout = secs(r.timeout_s);
+                let fail = |problem: String| DemandError::Slurmrestd {
+                    url: r.url.clone(),
+                    problem,
+                };
+                let base = http::parse_url(&r.url).map_err(fail)?;
+                let jobs_url = http::endpoint(&base, &format!("/slurm/{}/jobs", r.api_version))
+                    .map_err(fail)?;
+                let client = match client {
+                    Some(c) => c.clone(),
+                    None => HttpClient::new().map_err(|e| fail(e.to_string()))?,
+                };
                 Via::Rest {
-                    client: reqwest::Client::builder()
-                        .timeout(timeout)
-                        .connect_timeout(timeout)
-                        .build()
-                        .unwrap_or_default(),
-                    jobs_url: format!(
-                        "{}/slurm/{}/jobs",
-                        r.url.trim_end_matches('/'),
-                        r.api_version
-                    ),
+                    client,
+                    origin: Origin::new("slurmrestd", http::redact(&jobs_url)),
+                    jobs_url,
+                    timeout: secs(r.timeout_s),
                     config: r.clone(),
                 }
             }
@@ -100,9 +113,17 @@ impl SlurmDemand {
                 Via::Squeue(line)
             }
         };
-        Self {
+        Ok(Self {
             partitions: config.partitions.clone(),
             via,
+        })
+    }
+
+    /// Where the demand is read from, for logs and the market's status.
+    pub fn origin(&self) -> Origin {
+        match &self.via {
+            Via::Squeue(line) => Origin::new("slurm", line.display()),
+            Via::Rest { origin, .. } => origin.clone(),
         }
     }
 
@@ -112,8 +133,10 @@ impl SlurmDemand {
             Via::Rest {
                 client,
                 jobs_url,
+                timeout,
+                origin,
                 config,
-            } => fetch(client, jobs_url, config).await?,
+            } => fetch(client, origin, jobs_url, *timeout, config).await?,
         };
         let jobs = slurm::parse_squeue(&json)?;
         Ok(demand_from_jobs(&jobs, &self.partitions, Utc::now())?)
@@ -121,14 +144,17 @@ impl SlurmDemand {
 }
 
 async fn fetch(
-    client: &reqwest::Client,
-    url: &str,
+    client: &HttpClient,
+    origin: &Origin,
+    url: &Url,
+    timeout: Duration,
     config: &SlurmrestdConfig,
 ) -> Result<String, DemandError> {
     let fail = |problem: String| DemandError::Slurmrestd {
-        url: url.to_owned(),
+        url: origin.location.clone(),
         problem,
     };
+    // Read at every fetch, so a rotated token is picked up without a restart.
     let token = match (&config.token_env, &config.token_file) {
         (Some(var), _) => std::env::var(var)
             .map_err(|_| fail(format!("environment variable {var} (token_env) is not set")))?,
@@ -141,19 +167,21 @@ async fn fetch(
             .to_owned(),
         (None, None) => String::new(),
     };
+    let headers = [
+        ("x-slurm-user-name", config.user_name.as_str()),
+        ("x-slurm-user-token", token.as_str()),
+    ];
     let reply = client
-        .get(url)
-        .header("X-SLURM-USER-NAME", &config.user_name)
-        .header("X-SLURM-USER-TOKEN", token)
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let status = reply.status();
-    let body = reply.text().await.map_err(|e| fail(e.to_string()))?;
-    if !status.is_success() {
-        return Err(fail(format!("HTTP {status}: {}", command::quote(&body))));
-    }
-    Ok(body)
+        .get_with_headers(origin, url, &headers, timeout)
+        .await?;
+    let request = http::describe(&::http::Method::GET, url);
+    let body = http::require_success(
+        origin,
+        &request,
+        reply,
+        "; check demand.slurmrestd.user_name and the token (401/403), or api_version (404)",
+    )?;
+    String::from_utf8(body).map_err(|e| fail(format!("the reply is not UTF-8: {e}")))
 }
 
 #[cfg(test)]

@@ -417,7 +417,10 @@ async fn sample(
     };
     let measured = ctl
         .registry
-        .summary(&ctl.config.agents.assumptions())
+        .summary(
+            &ctl.config.agents.assumptions(),
+            ctl.config.engine.unknown_host_base_w_per_gpu,
+        )
         .measured_power_w;
     let site = SiteSample {
         at: now,

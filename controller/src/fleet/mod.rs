@@ -466,12 +466,20 @@ impl Registry {
         f(&self.lock())
     }
 
-    pub fn summary(&self, assume: &Assumptions) -> FleetSummary {
+    /// Counts and power sums; a GPU host counts at its base draw (or `base_w_per_gpu` per GPU where
+    /// its agent declares none) plus its GPU caps, never at the caps alone.
+    pub fn summary(&self, assume: &Assumptions, base_w_per_gpu: f64) -> FleetSummary {
         let agents = self.lock();
         let mut s = FleetSummary::default();
         for a in agents.values() {
             if a.connected {
                 s.agents_connected += 1;
+            }
+            if !a.gpus.is_empty() {
+                s.committed_power_w += a
+                    .host_power
+                    .base_w
+                    .unwrap_or(base_w_per_gpu * a.gpus.len() as f64);
             }
             for slot in a.miners.values() {
                 let info = &slot.info;
@@ -610,11 +618,11 @@ mod tests {
         m.1.info.nameplate_power_w = None;
         let (tx, _rx) = downlink();
         let c = r.connect(agent(vec![m]), tx);
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 3600.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 3600.0);
         let mut o = obs("a", MinerState::Sleeping, 0.0);
         o.power_w = None;
         assert!(observe(&r, c.session_id, vec![o]));
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 100.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 100.0);
     }
 
     #[test]
@@ -622,16 +630,16 @@ mod tests {
         let r = Registry::default();
         let (tx, _rx) = downlink();
         let c = r.connect(agent(vec![miner("a", 3500.0), miner("b", 3000.0)]), tx);
-        let s = r.summary(&ASSUME);
+        let s = r.summary(&ASSUME, 575.0);
         assert_eq!(s.miners_unreachable, 2);
         assert_eq!(s.committed_power_w, 6500.0);
         observe(&r, c.session_id, vec![obs("a", MinerState::Sleeping, 40.0)]);
-        let s = r.summary(&ASSUME);
+        let s = r.summary(&ASSUME, 575.0);
         assert_eq!(s.miners_sleeping, 1);
         assert_eq!(s.committed_power_w, 3040.0);
         assert_eq!(s.measured_power_w, 40.0);
         assert!(r.disconnect("h1", c.session_id));
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 6500.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 6500.0);
     }
 
     #[test]
@@ -666,14 +674,14 @@ mod tests {
             Some(first.session_id)
         );
         // The reading from the old session is kept for display but not believed.
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 3500.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 3500.0);
         // The old session's telemetry and its end change nothing.
         assert!(!observe(
             &r,
             first.session_id,
             vec![obs("a", MinerState::Sleeping, 30.0)]
         ));
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 3500.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 3500.0);
         assert!(!r.disconnect("h1", first.session_id));
         assert_eq!(r.connected_hosts(), ["h1"]);
         // Messages go to the live session only.
@@ -685,7 +693,7 @@ mod tests {
             second.session_id,
             vec![obs("a", MinerState::Sleeping, 30.0)]
         ));
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 30.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 30.0);
         assert!(r.disconnect("h1", second.session_id));
         assert!(matches!(
             r.send("h1", v1::ControllerMessage::default()),
@@ -713,7 +721,7 @@ mod tests {
         assert!(seen.refused[0].1.contains("power"), "{seen:?}");
         assert!(seen.refused[1].1.contains("hashrate"), "{seen:?}");
         // Both count at their maximum, never at 1e30 W.
-        assert_eq!(r.summary(&ASSUME).committed_power_w, 7000.0);
+        assert_eq!(r.summary(&ASSUME, 575.0).committed_power_w, 7000.0);
         let mut loud = obs("a", MinerState::Sleeping, 3400.0);
         loud.hashrate_ths = Some(0.0);
         let t = Telemetry {

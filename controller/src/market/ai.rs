@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::reading::GpuWant;
 use super::source::TraceConfig;
+use crate::demand::config::{DemandConfig, DemandKeys, DemandSource};
 
 /// `[[market.firm_contracts]]`: hosts leased take-or-pay. They are always powered and earn
 /// `usd_per_mwh` on their whole draw.
@@ -74,8 +75,8 @@ pub enum AiValueSourceConfig {
     Trace(TraceConfig),
 }
 
-/// `[market.ai_demand]`, by `source`. Workload managers (Slurm, Kubernetes) will be further
-/// sources; until then, configuration or a trace.
+/// `[market.ai_demand]`, by `source`: the site's workload manager (what pending and running
+/// jobs want), configuration, or a trace.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AiDemandSourceConfig {
@@ -84,6 +85,24 @@ pub enum AiDemandSourceConfig {
         gpus: GpuWant,
     },
     Trace(TraceConfig),
+    /// `squeue --json` run by the controller (`partitions`, `[market.ai_demand.slurm]`).
+    Slurm(DemandKeys),
+    /// slurmrestd's jobs endpoint (`[market.ai_demand.slurmrestd]`: url, user_name, token).
+    Slurmrestd(DemandKeys),
+    /// Pods asking for GPUs (`[market.ai_demand.kubernetes]`: kubeconfig, namespaces).
+    Kubernetes(DemandKeys),
+}
+
+impl AiDemandSourceConfig {
+    /// The workload manager's demand configuration, when a workload manager is the source.
+    pub fn workload(&self) -> Option<DemandConfig> {
+        match self {
+            Self::Slurm(k) => Some(k.with_source(DemandSource::Slurm)),
+            Self::Slurmrestd(k) => Some(k.with_source(DemandSource::Slurmrestd)),
+            Self::Kubernetes(k) => Some(k.with_source(DemandSource::Kubernetes)),
+            Self::Fixed { .. } | Self::Trace(_) => None,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for GpuWant {

@@ -19,6 +19,8 @@ use super::http::{self, HttpClient};
 use super::reading::{AiDemand, AiValue, EnergyPrice, Hashprice};
 use super::source::{self, Fixed, MarketSource, TraceConfig, TraceReplay};
 use crate::config::EnvSource;
+use crate::demand::config::DemandSource;
+use crate::demand::source::WorkloadDemand;
 use crate::trace::{Trace, TraceRow};
 
 type Traces = HashMap<std::path::PathBuf, std::sync::Arc<Trace>>;
@@ -243,6 +245,19 @@ impl MarketParts {
                 now,
                 source::ai_demand_of,
             )?,
+            AiDemandSourceConfig::Slurm(_)
+            | AiDemandSourceConfig::Slurmrestd(_)
+            | AiDemandSourceConfig::Kubernetes(_) => {
+                let config = d.source.workload().ok_or_else(|| {
+                    err("market.ai_demand.source", "not a workload manager's demand")
+                })?;
+                // slurmrestd shares the market's HTTPS client; squeue and Kubernetes need none.
+                let client = match config.source {
+                    DemandSource::Slurmrestd => Some(client.get()?),
+                    DemandSource::Slurm | DemandSource::Kubernetes => None,
+                };
+                Box::new(WorkloadDemand::new(config, client))
+            }
         };
 
         Ok(MarketParts {

@@ -372,6 +372,10 @@ impl MarketConfig {
         if let AiDemandSourceConfig::Trace(t) = &self.ai_demand.source {
             t.validate("market.ai_demand")?;
         }
+        if let Some(d) = self.ai_demand.source.workload() {
+            d.validate_at("market.ai_demand")
+                .map_err(|e| (e.key, e.problem))?;
+        }
         ai::validate_firm(&self.firm_contracts)
     }
 
@@ -414,6 +418,13 @@ impl MarketConfig {
         }
         if let AiValueSourceConfig::Feed { file: Some(f), .. } = &self.ai_value.source {
             readable(f, "market.ai_value.file")?;
+        }
+        if let Some(d) = self.ai_demand.source.workload() {
+            d.check_at("market.ai_demand", env)
+                .map_err(|e| MarketConfigError {
+                    key: e.key,
+                    problem: e.problem,
+                })?;
         }
         Ok(())
     }
@@ -713,6 +724,72 @@ energy_usd_per_mwh = { min = -300, max = 6000 }
         assert_eq!(e.key, "market.hashprice.password_env");
         assert!(e.problem.contains("PIVOT_BTC_RPC"), "{e}");
         assert!(MarketParts::from_config(&c, &NoEnv, Utc::now()).is_err());
+    }
+
+    #[test]
+    fn a_workload_manager_is_an_ai_demand_source() {
+        let c = parse(
+            "[market.ai_demand]\nsource = \"slurm\"\npartitions = [\"ai\"]\nrefresh_s = 5\n\
+             [market.ai_demand.slurm]\nslurm_conf = \"/etc/slurm/slurm.conf\"\ntimeout_s = 3\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ai_demand.timing.refresh_s, 5);
+        let d = c.ai_demand.source.workload().unwrap();
+        assert_eq!(d.source, crate::demand::config::DemandSource::Slurm);
+        assert_eq!(d.partitions, ["ai"]);
+        assert_eq!(d.slurm.unwrap().timeout_s, 3.0);
+        let k = parse(
+            "[market.ai_demand]\nsource = \"kubernetes\"\n[market.ai_demand.kubernetes]\nnamespaces = [\"ai\"]\n",
+        )
+        .unwrap();
+        k.validate().unwrap();
+        assert!(matches!(
+            k.ai_demand.source,
+            AiDemandSourceConfig::Kubernetes(_)
+        ));
+
+        // Typos and wrong values are named under market.ai_demand.
+        let e =
+            parse("[market.ai_demand]\nsource = \"slurm\"\npartition = [\"ai\"]\n").unwrap_err();
+        assert!(e.contains("partition"), "{e}");
+        for (text, key) in [
+            (
+                "[market.ai_demand]\nsource = \"slurmrestd\"\n",
+                "market.ai_demand.slurmrestd",
+            ),
+            (
+                "[market.ai_demand]\nsource = \"slurmrestd\"\n[market.ai_demand.slurmrestd]\nurl = \"slurm:6820\"\nuser_name = \"pivot\"\ntoken_env = \"SLURM_JWT\"\n",
+                "market.ai_demand.slurmrestd.url",
+            ),
+            (
+                "[market.ai_demand]\nsource = \"kubernetes\"\npartitions = [\"ai\"]\n",
+                "market.ai_demand.partitions",
+            ),
+            (
+                "[market.ai_demand]\nsource = \"slurm\"\n[market.ai_demand.kubernetes]\n",
+                "market.ai_demand.kubernetes",
+            ),
+            (
+                "[market.ai_demand]\nsource = \"slurm\"\n[market.ai_demand.slurm]\ntimeout_s = 0\n",
+                "market.ai_demand.slurm.timeout_s",
+            ),
+        ] {
+            let c = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        // check-config goes further: the token's variable must be set.
+        let c = parse(
+            "[market.ai_demand]\nsource = \"slurmrestd\"\n[market.ai_demand.slurmrestd]\nurl = \"https://slurm.lan:6820\"\nuser_name = \"pivot\"\ntoken_env = \"PIVOT_SLURM_JWT\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let e = c.check(&NoEnv).unwrap_err();
+        assert_eq!(e.key, "market.ai_demand.slurmrestd.token_env");
+        assert!(e.problem.contains("PIVOT_SLURM_JWT"), "{e}");
+        // The source is built without touching the network (the client is made lazily).
+        MarketParts::from_config(&c, &NoEnv, Utc::now()).unwrap();
     }
 
     #[tokio::test]

@@ -47,6 +47,13 @@ pub struct BasicAuth<'a> {
     pub password: &'a str,
 }
 
+/// What a request carries besides its body: credentials for Basic auth, other headers.
+#[derive(Default)]
+struct Extras<'a> {
+    auth: Option<BasicAuth<'a>>,
+    headers: &'a [(&'static str, &'a str)],
+}
+
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up TLS: {0}")]
@@ -87,7 +94,24 @@ impl HttpClient {
         url: &Url,
         timeout: Duration,
     ) -> Result<HttpReply, SourceError> {
-        self.send(origin, Method::GET, url, None, None, timeout)
+        self.send(origin, Method::GET, url, None, Extras::default(), timeout)
+            .await
+    }
+
+    /// GET `url` with extra request headers (an API's user and token); any status comes back
+    /// as a reply. Header values never appear in errors.
+    pub async fn get_with_headers(
+        &self,
+        origin: &Origin,
+        url: &Url,
+        headers: &[(&'static str, &str)],
+        timeout: Duration,
+    ) -> Result<HttpReply, SourceError> {
+        let extras = Extras {
+            auth: None,
+            headers,
+        };
+        self.send(origin, Method::GET, url, None, extras, timeout)
             .await
     }
 
@@ -100,7 +124,8 @@ impl HttpClient {
         auth: Option<BasicAuth<'_>>,
         timeout: Duration,
     ) -> Result<HttpReply, SourceError> {
-        self.send(origin, Method::POST, url, Some(body), auth, timeout)
+        let extras = Extras { auth, headers: &[] };
+        self.send(origin, Method::POST, url, Some(body), extras, timeout)
             .await
     }
 
@@ -121,9 +146,10 @@ impl HttpClient {
         method: Method,
         url: &Url,
         body: Option<Vec<u8>>,
-        auth: Option<BasicAuth<'_>>,
+        extras: Extras<'_>,
         timeout: Duration,
     ) -> Result<HttpReply, SourceError> {
+        let Extras { auth, headers } = extras;
         let request = describe(&method, url);
         let fail = |kind| SourceError::new(origin, kind);
         let connect = |detail: String| {
@@ -174,6 +200,9 @@ impl HttpClient {
         }
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let req = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

@@ -312,11 +312,6 @@ async fn malformed_and_out_of_range_intents_are_rejected_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_agent_and_serves_miner_power() {
-    let prometheus = std::path::Path::new("/usr/bin/prometheus");
-    assert!(
-        prometheus.exists(),
-        "Prometheus not installed: scripts/test installs the Debian package `prometheus`"
-    );
     let mut ctl = FakeController::start(Duration::from_millis(500)).await;
     let site = start_agent(
         &ctl.url(),
@@ -353,50 +348,13 @@ async fn prometheus_scrapes_the_agent_and_serves_miner_power() {
         "{text}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let target = site.agent.addr.clone();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pivot-agent\n    static_configs:\n      - targets: ['{target}']\n"),
-    )
-    .unwrap();
-    let mut prom = std::process::Command::new(prometheus)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=pivot_miner_power_watts");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let result = loop {
-        if let Ok(resp) = http.get(&url).send().await
-            && let Ok(v) = resp.json::<serde_json::Value>().await
-        {
-            let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
-            if series.len() == 2 {
-                break series;
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = prom.kill();
-            panic!("Prometheus did not return two pivot_miner_power_watts series within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let _ = prom.kill();
-    let _ = prom.wait();
+    let prom = pivot_e2e::prometheus::Prometheus::start(&[("pivot-agent", &site.agent.addr)]);
+    let result = prom
+        .wait_for("pivot_miner_power_watts", Duration::from_secs(60), |r| {
+            r.len() == 2
+        })
+        .await;
+    drop(prom);
     for s in &result {
         let watts: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
         assert!(watts > 1000.0, "a mining miner draws kilowatts: {s}");

@@ -4,8 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod agent;
+mod attacks;
 mod brain;
 mod controller;
+mod handoff;
+mod handoff_daemon;
 mod kubernetes;
+mod operator;
 mod slurm;
 mod tls;

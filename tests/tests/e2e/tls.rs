@@ -6,13 +6,16 @@ use std::time::Duration;
 use pivot_e2e::{bin, start_and_wait};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-struct Pki {
-    dir: tempfile::TempDir,
+/// A test CA in a temporary directory; certificates it signs are written beside it
+/// (`<file>.pem`, `<file>.key`). Shared with the attack tests (`attacks.rs`).
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
     /// A CA, a server certificate for `localhost`, and one client certificate.
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -20,9 +23,11 @@ impl Pki {
         ca.distinguished_name
             .push(DnType::CommonName, "pivot test CA");
         let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
-        write("ca.pem", ca_cert.pem());
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        let pki = Self {
+            dir,
+            issuer: Issuer::new(ca, ca_key),
+        };
         // The agent's certificate names its host (common name `rack-1`); `ops` is a person's,
         // enrolled as an operator in the controller's [auth]; `intruder` is a second agent
         // certificate, for host `rack-9`.
@@ -32,22 +37,31 @@ impl Pki {
             ("ops", "ops", vec![]),
             ("intruder", "rack-9", vec![]),
         ] {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(sans).unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            write(&format!("{file}.pem"), cert.pem());
-            write(&format!("{file}.key"), key.serialize_pem());
+            pki.issue(file, cn, sans);
         }
-        Self { dir }
+        pki
     }
 
-    fn path(&self, name: &str) -> String {
+    /// Signs a client or server certificate with common name `cn`.
+    pub(crate) fn issue(&self, file: &str, cn: &str, sans: Vec<String>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.path().join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(
+            self.dir.path().join(format!("{file}.key")),
+            key.serialize_pem(),
+        )
+        .unwrap();
+    }
+
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
-use serde_json::json;
 use tonic::transport::Channel;
 
+use pivot_controller::views::audit_json;
 use render::{clean, mw, ts, ts_text};
 
 #[derive(Parser)]
@@ -212,31 +212,21 @@ struct PinArgs {
 
 impl PinArgs {
     fn to_proto(&self) -> v1::r#override::Pin {
-        use v1::r#override::Pin;
-        let miner = |mode: v1::MinerMode, power_target_w| {
-            Pin::Miner(v1::MinerTarget {
-                mode: mode as i32,
-                power_target_w,
-            })
-        };
-        let workload = |state: v1::WorkloadState| {
-            Pin::Workload(v1::WorkloadTarget {
-                state: state as i32,
-            })
-        };
-        if self.sleep {
-            miner(v1::MinerMode::Sleep, None)
+        use pivot_controller::web::PinBody;
+        let pin = if self.sleep {
+            PinBody::Sleep
         } else if let Some(w) = self.power_target_w {
-            miner(v1::MinerMode::Run, Some(w))
+            PinBody::PowerTargetW(w)
         } else if let Some(w) = self.gpu_cap_w {
-            Pin::Gpu(v1::GpuTarget { power_cap_w: w })
+            PinBody::GpuCapW(w)
         } else if self.drain {
-            workload(v1::WorkloadState::Drained)
+            PinBody::Drain
         } else if self.release {
-            workload(v1::WorkloadState::Released)
+            PinBody::Release
         } else {
-            miner(v1::MinerMode::Run, None)
-        }
+            PinBody::Run
+        };
+        pin.to_proto()
     }
 }
 
@@ -610,7 +600,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                     .map_err(rpc_error("policy", url))?
                     .into_inner();
-                println!("# policy `{}`, revision {}", p.name, p.revision);
+                // The name is the document's own text: escaped, so it cannot forge this line.
+                println!("# policy `{}`, revision {}", clean(&p.name), p.revision);
                 print!("{}", p.document_toml);
             }
             PolicyAction::Validate { file } => {
@@ -693,10 +684,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for o in &list.overrides {
                     let pin = render::pin_words(o.pin.as_ref());
                     if json {
-                        println!(
-                            "{}",
-                            json!({ "target": o.target, "pin": pin, "expires_at": ts(o.expires_at.as_ref()), "reason": o.reason, "actor": o.actor })
-                        );
+                        println!("{}", pivot_controller::views::override_json(o));
                     } else {
                         println!(
                             "{:<40} {:<16} {:<26} {}",
@@ -834,10 +822,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn audit_json(r: &v1::AuditRecord) -> serde_json::Value {
-    json!({ "id": r.id, "at": ts(r.at.as_ref()), "kind": r.kind, "subject": r.subject,
-            "actor": r.actor, "reason": r.reason,
-            "detail": serde_json::from_str::<serde_json::Value>(&r.detail_json).unwrap_or_default() })
 }
