@@ -83,6 +83,8 @@ pub fn config(
             failure_memory_s,
             ..EngineConfig::default()
         },
+        // No dashboard: pivotctl and the gRPC API are the simulated site's windows.
+        web: None,
     }
 }
 

@@ -48,7 +48,7 @@ pub enum HostsError {
     },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostsError + '_ {
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HostsError {
     move |source| HostsError::Io {
         what,
         path: path.to_owned(),

@@ -92,7 +92,7 @@ pub enum SiteError {
     Interrupted,
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SiteError + '_ {
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SiteError {
     move |source| SiteError::Io {
         what,
         path: path.to_owned(),
@@ -129,7 +129,10 @@ async fn until_fleet(
 ) -> Result<(), SiteError> {
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
     loop {
-        let s = ctl.registry.summary(&ctl.config.agents.assumptions());
+        let s = ctl.registry.summary(
+            &ctl.config.agents.assumptions(),
+            ctl.config.engine.unknown_host_base_w_per_gpu,
+        );
         let Some(waiting) = what(&s) else {
             return Ok(());
         };
@@ -293,7 +296,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
     for (ids, keep) in model.miner_groups.iter().zip(&mining) {
         for id in ids.iter().skip(usize::try_from(*keep).unwrap_or(usize::MAX)) {
             if let Some(h) = handles.get(id) {
-                h.set_awake(false);
+                h.sleep();
                 asleep += 1;
             }
         }
