@@ -25,6 +25,8 @@ hysteresis_usd_per_mwh = 4.0
 min_dwell_s = 300
 # The site's increases, watts per minute; wakes are staggered to respect it (0 = no limit).
 ramp_limit_w_per_min = 3000000.0
+# Seconds between two steps of increases (each step at most ramp_limit_w_per_min).
+ramp_step_s = 60
 # Value of interruptible GPU capacity when no AI price feed is configured.
 ai_spot_price_usd_per_gpu_hour = 2.0
 # GPU hosts kept released above current AI demand, and how long demand must stay low before
@@ -79,6 +81,9 @@ pub struct EconomicPolicy {
     pub min_dwell_s: u64,
     /// 0 = no limit.
     pub ramp_limit_w_per_min: f64,
+    /// Time between two steps of increases (after the last grant too): one minute on a site; a
+    /// replay faster than the wall clock scales it down (pivot-site).
+    pub ramp_step_s: u64,
     pub ai_spot_price_usd_per_gpu_hour: f64,
     pub ai_buffer_hosts: u32,
     pub ai_drain_delay_s: u64,
@@ -94,6 +99,7 @@ impl Default for EconomicPolicy {
             hysteresis_usd_per_mwh: 4.0,
             min_dwell_s: 300,
             ramp_limit_w_per_min: 3_000_000.0,
+            ramp_step_s: 60,
             ai_spot_price_usd_per_gpu_hour: 2.0,
             ai_buffer_hosts: 1,
             ai_drain_delay_s: 900,
@@ -326,6 +332,7 @@ pub fn validate(document: &str) -> Result<PolicyDocument, Vec<String>> {
         ("economic.min_dwell_s", e.min_dwell_s),
         ("economic.ai_drain_delay_s", e.ai_drain_delay_s),
         ("economic.shed_lead_s", e.shed_lead_s),
+        ("economic.ramp_step_s", e.ramp_step_s),
     ] {
         if v > 7 * 24 * 3600 {
             bad(key, format!("{v} s is more than a week"));

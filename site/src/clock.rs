@@ -82,7 +82,9 @@ impl SiteClock {
     /// `trace_s` seconds of trace time in whole wall seconds, rounded to the nearest (the
     /// policy's time constants are whole seconds).
     pub fn wall_secs(&self, trace_s: u64) -> u64 {
-        (trace_s as f64 / self.replay.speed).round().clamp(0.0, 1e15) as u64
+        (trace_s as f64 / self.replay.speed)
+            .round()
+            .clamp(0.0, 1e15) as u64
     }
 
     /// Hours of trace time between two wall times.
@@ -119,7 +121,10 @@ mod tests {
         assert_eq!(c.wall_secs(300), 1);
         assert_eq!(c.wall_secs(900), 3);
         assert_eq!(c.wall_span(Duration::minutes(10)).as_millis(), 2083);
-        assert!((c.trace_hours_between(c.wall_start(), at("2030-01-01T00:00:12.5Z")) - 1.0).abs() < 1e-9);
+        assert!(
+            (c.trace_hours_between(c.wall_start(), at("2030-01-01T00:00:12.5Z")) - 1.0).abs()
+                < 1e-9
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use pivot_controller::auth::{AuthConfig, AuthMode};
 use pivot_controller::config::{AgentsConfig, Config, ListenConfig, SiteConfig, StoreConfig};
 use pivot_controller::engine::EngineConfig;
 use pivot_controller::market::source::{self, TraceReplay};
-use pivot_controller::market::{Market, MarketConfig, MarketParts, PlausibleRanges, Sourced, Timing};
+use pivot_controller::market::{
+    Market, MarketConfig, MarketParts, PlausibleRanges, Sourced, Timing,
+};
 use pivot_controller::store::SqliteStore;
 use pivot_controller::trace::Trace;
 use pivot_controller::{Controller, api};
@@ -33,7 +35,10 @@ pub enum ControllerError {
     #[error(
         "cannot listen on {addr}: {source} (another pivot controller or site running? pass --listen 127.0.0.1:0 for any free port)"
     )]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The controller's configuration for the simulated site: real-time leases and timeouts (they
@@ -110,12 +115,11 @@ impl RunningController {
         let addr = listener
             .local_addr()
             .map_err(|source| ControllerError::Bind { addr, source })?;
-        let ctl = Controller::new(config, Arc::new(store)).map_err(|source| {
-            ControllerError::Store {
+        let ctl =
+            Controller::new(config, Arc::new(store)).map_err(|source| ControllerError::Store {
                 path: path.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
         tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
         let (shutdown, mut stop) = watch::channel(false);
         let server = tokio::spawn(api::serve(Arc::clone(&ctl), listener, None, async move {
@@ -157,7 +161,12 @@ fn trace_market(trace: &Arc<Trace>, file: &Path, clock: &SiteClock) -> MarketPar
     let replay = clock.replay();
     MarketParts {
         hashprice: Sourced::new(
-            TraceReplay::new(Arc::clone(trace), file, replay.clone(), source::hashprice_of),
+            TraceReplay::new(
+                Arc::clone(trace),
+                file,
+                replay.clone(),
+                source::hashprice_of,
+            ),
             timing,
         ),
         energy: Sourced::new(

@@ -208,14 +208,20 @@ mod tests {
                 .collect();
             assert_eq!(dialects.len(), 6, "rack {r}: {dialects:?}");
         }
-        let serials: std::collections::BTreeSet<_> = f.miners.iter().map(|m| m.spec.serial).collect();
+        let serials: std::collections::BTreeSet<_> =
+            f.miners.iter().map(|m| m.spec.serial).collect();
         assert_eq!(serials.len(), 240);
         assert_eq!(FleetLayout::new(3, 10, 0, Timing::fast()).racks, 3);
     }
 
     #[test]
     fn the_default_site_has_a_binding_cap() {
-        let f = FleetLayout::new(DEFAULT_MINERS, DEFAULT_RACKS, DEFAULT_GPU_HOSTS, Timing::fast());
+        let f = FleetLayout::new(
+            DEFAULT_MINERS,
+            DEFAULT_RACKS,
+            DEFAULT_GPU_HOSTS,
+            Timing::fast(),
+        );
         assert_eq!(site_cap_w(&f), (847_000.0, 17_000.0));
     }
 }

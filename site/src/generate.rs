@@ -61,7 +61,13 @@ fn demand_level(day: i64, hour: f64) -> f64 {
     let steps: &[(f64, f64)] = if day == 0 {
         &[(0.0, 16.0), (8.0, 40.0), (13.5, 64.0), (20.0, 24.0)]
     } else {
-        &[(0.0, 16.0), (7.0, 48.0), (12.0, 8.0), (16.0, 56.0), (21.0, 32.0)]
+        &[
+            (0.0, 16.0),
+            (7.0, 48.0),
+            (12.0, 8.0),
+            (16.0, 56.0),
+            (21.0, 32.0),
+        ]
     };
     steps
         .iter()
@@ -71,7 +77,9 @@ fn demand_level(day: i64, hour: f64) -> f64 {
 }
 
 /// The spike's shape, one value per five-minute row from 17:30.
-const SPIKE: [f64; 9] = [185.0, 260.0, 390.0, 420.0, 350.0, 300.0, 240.0, 160.0, 125.0];
+const SPIKE: [f64; 9] = [
+    185.0, 260.0, 390.0, 420.0, 350.0, 300.0, 240.0, 160.0, 125.0,
+];
 
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
@@ -117,7 +125,8 @@ pub fn two_days(seed: u64, reference: Reference) -> Result<Trace, TraceError> {
             };
             // Hashprice: BTC drifting up over the two days, small noise.
             let hashprice = 45.0 + 1.6 * (i as f64 / ROWS as f64) + rng.normal() * 0.08;
-            let ai_price = 2.0 + 0.08 * (std::f64::consts::TAU * (hour - 14.0) / 24.0).cos()
+            let ai_price = 2.0
+                + 0.08 * (std::f64::consts::TAU * (hour - 14.0) / 24.0).cos()
                 + if day == 1 { 0.05 } else { 0.0 };
             // Jobs start and end: the level moves by a few GPUs about every half hour.
             if i % 6 == 0 {
@@ -178,7 +187,10 @@ mod tests {
         assert_eq!(local(t.start()), "Tue 00:00");
         assert_eq!((t.end() - t.start()).num_hours(), 48);
         // The spike: above the S21's breakeven (17.5 J/TH at 46 USD/PH/day: 110 USD/MWh).
-        let spike: Vec<&TraceRow> = rows.iter().filter(|r| r.energy_usd_per_mwh > 110.0).collect();
+        let spike: Vec<&TraceRow> = rows
+            .iter()
+            .filter(|r| r.energy_usd_per_mwh > 110.0)
+            .collect();
         assert!(spike.len() >= 8, "{}", spike.len());
         assert!(spike.iter().all(|r| local(r.time).starts_with("Tue 17") || local(r.time).starts_with("Tue 18")));
         // One negative hour, at night.
@@ -188,15 +200,27 @@ mod tests {
         // Two cap windows: the DR event and the 4CP-style window.
         let windows = crate::scenario::cap_windows(&t);
         assert_eq!(windows.len(), 2);
-        assert_eq!((local(windows[0].start), local(windows[0].end)), ("Tue 14:30".into(), "Tue 15:30".into()));
-        assert_eq!((local(windows[1].start), local(windows[1].end)), ("Wed 15:00".into(), "Wed 17:30".into()));
+        assert_eq!(
+            (local(windows[0].start), local(windows[0].end)),
+            ("Tue 14:30".into(), "Tue 15:30".into())
+        );
+        assert_eq!(
+            (local(windows[1].start), local(windows[1].end)),
+            ("Wed 15:00".into(), "Wed 17:30".into())
+        );
         assert!(windows[1].target_power_w < windows[0].target_power_w);
         // Hashprice moves a few percent; AI demand comes and goes.
         let h: Vec<f64> = rows.iter().map(|r| r.hashprice_usd_per_ph_day).collect();
-        let (lo, hi) = (h.iter().copied().fold(f64::MAX, f64::min), h.iter().copied().fold(f64::MIN, f64::max));
+        let (lo, hi) = (
+            h.iter().copied().fold(f64::MAX, f64::min),
+            h.iter().copied().fold(f64::MIN, f64::max),
+        );
         assert!((0.02..0.08).contains(&((hi - lo) / lo)), "{lo}..{hi}");
         let d: Vec<u32> = rows.iter().filter_map(|r| r.ai_gpu_demand).collect();
-        assert!(d.iter().min().unwrap() <= &12 && d.iter().max().unwrap() >= &60, "{d:?}");
+        assert!(
+            d.iter().min().unwrap() <= &12 && d.iter().max().unwrap() >= &60,
+            "{d:?}"
+        );
     }
 
     #[test]

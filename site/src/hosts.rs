@@ -84,7 +84,10 @@ pub fn find_fake_nvml() -> Result<PathBuf, HostsError> {
         .ok()
         .and_then(|e| e.parent().map(Path::to_owned))
     {
-        for p in [dir.join(FAKE_NVML_FILE), dir.join("deps").join(FAKE_NVML_FILE)] {
+        for p in [
+            dir.join(FAKE_NVML_FILE),
+            dir.join("deps").join(FAKE_NVML_FILE),
+        ] {
             if p.is_file() {
                 return Ok(p);
             }
@@ -125,13 +128,16 @@ impl Miners {
     pub async fn start(layout: &FleetLayout) -> Result<Self, HostsError> {
         let mut miners = Vec::with_capacity(layout.miners.len());
         for (index, m) in layout.miners.iter().enumerate() {
-            let miner = spawn(m.spec.clone(), Bind::Ephemeral(IpAddr::V4(Ipv4Addr::LOCALHOST)))
-                .await
-                .map_err(|source| HostsError::Miner {
-                    index,
-                    dialect: m.spec.dialect.name(),
-                    source,
-                })?;
+            let miner = spawn(
+                m.spec.clone(),
+                Bind::Ephemeral(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            )
+            .await
+            .map_err(|source| HostsError::Miner {
+                index,
+                dialect: m.spec.dialect.name(),
+                source,
+            })?;
             miners.push(miner);
         }
         Ok(Self { miners })
@@ -184,7 +190,19 @@ pub fn write_agent_configs(
         let lib = nvml.join("libnvidia-ml.so.1");
         std::fs::copy(library, &lib).map_err(io("copying the fake NVML library to", &lib))?;
         let state = nvml.join("fake-nvml.json");
-        let gpus = serde_json::json!({ "count": GPUS_PER_HOST, "power_demand_w": GPU_DEMAND_W });
+        // Each host's GPUs their own UUIDs (the library's default is the same on every host,
+        // and the controller refuses a device that another host already holds).
+        let uuids: serde_json::Map<String, serde_json::Value> = (0..GPUS_PER_HOST)
+            .map(|i| {
+                let uuid = format!("GPU-5173e000-{:04x}-4000-8000-{i:012x}", host + 1);
+                (i.to_string(), serde_json::json!({ "uuid": uuid }))
+            })
+            .collect();
+        let gpus = serde_json::json!({
+            "count": GPUS_PER_HOST,
+            "power_demand_w": GPU_DEMAND_W,
+            "gpus": uuids,
+        });
         std::fs::write(&state, gpus.to_string()).map_err(io("writing", &state))?;
         let full_w = HOST_BASE_W + GPUS_PER_HOST * GPU_MAX_W;
         let text = format!(

@@ -20,7 +20,10 @@ pub struct TraceTimes {
 impl TraceTimes {
     /// "Tue 14:05": the weekday tells the two days of a 48-hour trace apart.
     pub fn label(&self, trace: DateTime<Utc>) -> String {
-        trace.with_timezone(&self.zone).format("%a %H:%M").to_string()
+        trace
+            .with_timezone(&self.zone)
+            .format("%a %H:%M")
+            .to_string()
     }
 
     /// The label of the trace time at wall time `wall`.
@@ -85,7 +88,10 @@ pub async fn decisions(mut client: FleetServiceClient<Channel>, times: TraceTime
     let mut stream = match stream {
         Ok(s) => s.into_inner(),
         Err(e) => {
-            eprintln!("pivot-site: cannot follow the controller's events: {}", e.message());
+            eprintln!(
+                "pivot-site: cannot follow the controller's events: {}",
+                e.message()
+            );
             return;
         }
     };
@@ -102,7 +108,10 @@ pub async fn decisions(mut client: FleetServiceClient<Channel>, times: TraceTime
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {
-                eprintln!("pivot-site: the controller's event stream ended: {}", e.message());
+                eprintln!(
+                    "pivot-site: the controller's event stream ended: {}",
+                    e.message()
+                );
                 return;
             }
         }
@@ -110,7 +119,11 @@ pub async fn decisions(mut client: FleetServiceClient<Channel>, times: TraceTime
 }
 
 /// Prints a status line at every whole hour of trace time until `end` (trace time).
-pub async fn hourly(mut client: FleetServiceClient<Channel>, times: TraceTimes, end: DateTime<Utc>) {
+pub async fn hourly(
+    mut client: FleetServiceClient<Channel>,
+    times: TraceTimes,
+    end: DateTime<Utc>,
+) {
     let mut hour = next_hour(times.clock.trace_start());
     while hour < end {
         let due = times.clock.wall_time(hour);
@@ -141,8 +154,12 @@ mod tests {
 
     fn times() -> TraceTimes {
         TraceTimes {
-            clock: SiteClock::new(at("2030-01-01T00:00:00Z"), at("2026-07-14T05:00:00Z"), 288.0)
-                .unwrap(),
+            clock: SiteClock::new(
+                at("2030-01-01T00:00:00Z"),
+                at("2026-07-14T05:00:00Z"),
+                288.0,
+            )
+            .unwrap(),
             zone: chrono_tz::America::Chicago,
         }
     }
@@ -175,7 +192,13 @@ mod tests {
 
     #[test]
     fn hours_start_at_the_next_whole_hour() {
-        assert_eq!(next_hour(at("2026-07-14T05:00:00Z")), at("2026-07-14T06:00:00Z"));
-        assert_eq!(next_hour(at("2026-07-14T05:59:59Z")), at("2026-07-14T06:00:00Z"));
+        assert_eq!(
+            next_hour(at("2026-07-14T05:00:00Z")),
+            at("2026-07-14T06:00:00Z")
+        );
+        assert_eq!(
+            next_hour(at("2026-07-14T05:59:59Z")),
+            at("2026-07-14T06:00:00Z")
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! The policy the simulated site runs: the operator's document with its time constants (dwell,
-//! drain delay, shed lead, ramp) scaled by the replay's speed, so that a site whose market runs
+//! drain delay, shed lead, the ramp's step) scaled by the replay's speed, so that a site whose market runs
 //! 288 times faster behaves as the trace's site would — a five-minute dwell lasts five minutes
 //! of trace time, about one wall second.
 
@@ -34,8 +34,7 @@ pub struct SitePolicy {
 }
 
 /// Checks `text` and scales its time constants for a replay at `speed`: durations divided by
-/// it (rounded to whole seconds, as the policy keeps them), the ramp limit per minute
-/// multiplied by it.
+/// it (rounded to whole seconds, as the policy keeps them); the ramp's watts per step stay.
 pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, PolicyError> {
     let invalid = |problems: Vec<String>| PolicyError::Invalid {
         source_name: source_name.to_owned(),
@@ -64,15 +63,23 @@ pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, Po
     let Some(economic) = economic.as_table_mut() else {
         return Err(toml_err("`economic` is not a table".into()));
     };
-    economic.insert("min_dwell_s".into(), toml::Value::Integer(secs(e.min_dwell_s)));
+    economic.insert(
+        "min_dwell_s".into(),
+        toml::Value::Integer(secs(e.min_dwell_s)),
+    );
     economic.insert(
         "ai_drain_delay_s".into(),
         toml::Value::Integer(secs(e.ai_drain_delay_s)),
     );
-    economic.insert("shed_lead_s".into(), toml::Value::Integer(secs(e.shed_lead_s)));
     economic.insert(
-        "ramp_limit_w_per_min".into(),
-        toml::Value::Float(e.ramp_limit_w_per_min * speed),
+        "shed_lead_s".into(),
+        toml::Value::Integer(secs(e.shed_lead_s)),
+    );
+    // The ramp in trace time: each step (a trace minute on the trace's site) takes the same
+    // watts, the steps come `speed` times sooner.
+    economic.insert(
+        "ramp_step_s".into(),
+        toml::Value::Integer(secs(e.ramp_step_s)),
     );
     let scaled_text = format!(
         "# {source_name}, time constants scaled for a replay at {speed}x by pivot-site\n{}",
@@ -97,9 +104,13 @@ mod tests {
         assert_eq!(s.economic.min_dwell_s, 1); // 300 s / 288
         assert_eq!(s.economic.ai_drain_delay_s, 3); // 900 s / 288
         assert_eq!(s.economic.shed_lead_s, 2); // 600 s / 288
-        assert_eq!(s.economic.ramp_limit_w_per_min, 3_000_000.0 * 288.0);
+        assert_eq!(s.economic.ramp_step_s, 0); // 60 s / 288
+        assert_eq!(s.economic.ramp_limit_w_per_min, 3_000_000.0);
         // What is not time stays as written.
-        assert_eq!(s.economic.hysteresis_usd_per_mwh, p.document.economic.hysteresis_usd_per_mwh);
+        assert_eq!(
+            s.economic.hysteresis_usd_per_mwh,
+            p.document.economic.hysteresis_usd_per_mwh
+        );
         assert_eq!(s.market_failure, p.document.market_failure);
         assert_eq!(p.document.economic.min_dwell_s, 300);
     }
@@ -116,9 +127,13 @@ mod tests {
         let doc = "name = \"x\"\n[[schedule]]\nname = \"4cp\"\ntime_zone = \"UTC\"\nstart = \"15:00\"\nend = \"17:00\"\ncurtail_mining = true\n";
         let e = scale(doc, "p.toml", 288.0).unwrap_err().to_string();
         assert!(e.starts_with("p.toml: schedule window `4cp`"), "{e}");
-        let e = scale("name = \"x\"\n[economic]\nmin_dwell_s = -1\n", "p.toml", 288.0)
-            .unwrap_err()
-            .to_string();
+        let e = scale(
+            "name = \"x\"\n[economic]\nmin_dwell_s = -1\n",
+            "p.toml",
+            288.0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("p.toml: line 3: economic.min_dwell_s"), "{e}");
     }
 }

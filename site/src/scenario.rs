@@ -32,7 +32,9 @@ pub enum ScenarioError {
     },
     #[error("--hours {0}: must be a number of hours above 0")]
     Hours(f64),
-    #[error("the window from {from} for {hours} h holds {rows} trace row(s); it needs at least two")]
+    #[error(
+        "the window from {from} for {hours} h holds {rows} trace row(s); it needs at least two"
+    )]
     TooShort {
         from: DateTime<Utc>,
         hours: f64,
@@ -63,16 +65,16 @@ pub fn reference(text: &str, source_name: &str) -> Result<Option<Reference>, Sce
                         v.parse::<f64>()
                             .ok()
                             .filter(|c| c.is_finite() && *c > 0.0)
-                            .ok_or_else(|| bad(format!("cap_w `{v}` is not a number of watts above 0")))?,
+                            .ok_or_else(|| {
+                                bad(format!("cap_w `{v}` is not a number of watts above 0"))
+                            })?,
                     );
                 }
                 Some(("gpus", v)) => {
-                    gpus = Some(
-                        v.parse::<u32>()
-                            .ok()
-                            .filter(|g| *g > 0)
-                            .ok_or_else(|| bad(format!("gpus `{v}` is not a whole number above 0")))?,
-                    );
+                    gpus =
+                        Some(v.parse::<u32>().ok().filter(|g| *g > 0).ok_or_else(|| {
+                            bad(format!("gpus `{v}` is not a whole number above 0"))
+                        })?);
                 }
                 _ => return Err(bad(format!("`{word}`: expected cap_w=W and gpus=N"))),
             }
@@ -136,9 +138,11 @@ pub fn fit(trace: &Trace, reference: Option<&Reference>, cap_w: f64, gpus: u32) 
         .iter()
         .map(|row| TraceRow {
             cap_w: row.cap_w.map(|c| (c * cap_ratio).round().max(1.0)),
-            ai_gpu_demand: row
-                .ai_gpu_demand
-                .map(|d| (f64::from(d) * gpu_ratio).round().clamp(0.0, f64::from(u32::MAX)) as u32),
+            ai_gpu_demand: row.ai_gpu_demand.map(|d| {
+                (f64::from(d) * gpu_ratio)
+                    .round()
+                    .clamp(0.0, f64::from(u32::MAX)) as u32
+            }),
             ..row.clone()
         })
         .collect();
@@ -206,12 +210,21 @@ mod tests {
     fn caps_become_windows_and_scale_with_the_site() {
         let trace = Trace::parse(TEXT, "t.csv").unwrap();
         let r = reference(TEXT, "t.csv").unwrap().unwrap();
-        assert_eq!(r, Reference { cap_w: 1000.0, gpus: 16 });
+        assert_eq!(
+            r,
+            Reference {
+                cap_w: 1000.0,
+                gpus: 16
+            }
+        );
         let fitted = fit(&trace, Some(&r), 2000.0, 64);
         let w = cap_windows(&fitted);
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].target_power_w, 800.0);
-        assert_eq!((w[0].start, w[0].end), (at("2026-07-14T05:05:00Z"), at("2026-07-14T05:15:00Z")));
+        assert_eq!(
+            (w[0].start, w[0].end),
+            (at("2026-07-14T05:05:00Z"), at("2026-07-14T05:15:00Z"))
+        );
         assert_eq!(w[0].event_id(), "trace-cap-20260714T0505Z");
         assert_eq!(w[1].target_power_w, 600.0);
         assert_eq!(fitted.rows()[0].ai_gpu_demand, Some(32));
@@ -228,14 +241,23 @@ mod tests {
             window(&trace, Some(at("2026-07-15T00:00:00Z")), None),
             Err(ScenarioError::OutsideTrace { .. })
         ));
-        assert!(matches!(window(&trace, None, Some(0.01)), Err(ScenarioError::TooShort { .. })));
-        assert!(matches!(window(&trace, None, Some(-1.0)), Err(ScenarioError::Hours(_))));
+        assert!(matches!(
+            window(&trace, None, Some(0.01)),
+            Err(ScenarioError::TooShort { .. })
+        ));
+        assert!(matches!(
+            window(&trace, None, Some(-1.0)),
+            Err(ScenarioError::Hours(_))
+        ));
     }
 
     #[test]
     fn a_bad_reference_line_is_named() {
         let e = reference("# pivot-site reference: cap_w=abc gpus=3\n", "t.csv").unwrap_err();
-        assert_eq!(e.to_string(), "t.csv: line 1: cap_w `abc` is not a number of watts above 0");
+        assert_eq!(
+            e.to_string(),
+            "t.csv: line 1: cap_w `abc` is not a number of watts above 0"
+        );
         let e = reference("x\n# pivot-site reference: gpus=3\n", "t.csv").unwrap_err();
         assert!(e.to_string().starts_with("t.csv: line 2:"), "{e}");
         assert_eq!(reference("time,x\n", "t.csv").unwrap(), None);

@@ -201,7 +201,10 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
             tempfile::Builder::new()
                 .prefix("pivot-site-")
                 .tempdir()
-                .map_err(io("creating a temporary directory in", &std::env::temp_dir()))?,
+                .map_err(io(
+                    "creating a temporary directory in",
+                    &std::env::temp_dir(),
+                ))?,
         ),
     };
     let dir = out.path().to_owned();
@@ -289,12 +292,20 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         opts.model_transitions,
     )?;
     write(&dir.join("site.toml"), &model.toml)?;
-    let first_cap = trace.rows().first().and_then(|r| r.cap_w).unwrap_or(cap_w).min(cap_w);
+    let first_cap = trace
+        .rows()
+        .first()
+        .and_then(|r| r.cap_w)
+        .unwrap_or(cap_w)
+        .min(cap_w);
     let mining = sitemodel::static_start(&model.site, first_cap - reserve_w);
     let handles = miners.by_device_id();
     let mut asleep = 0u32;
     for (ids, keep) in model.miner_groups.iter().zip(&mining) {
-        for id in ids.iter().skip(usize::try_from(*keep).unwrap_or(usize::MAX)) {
+        for id in ids
+            .iter()
+            .skip(usize::try_from(*keep).unwrap_or(usize::MAX))
+        {
             if let Some(h) = handles.get(id) {
                 h.sleep();
                 asleep += 1;
@@ -392,15 +403,26 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         () = interrupted() => return Err(SiteError::Interrupted),
     }
 
-    let (realised, modelled) =
-        read_back(&mut client, &url, &clock, &trace, cap_w, &model, &site_policy, opts.dr_notice).await?;
+    let (realised, modelled) = read_back(
+        &mut client,
+        &url,
+        &clock,
+        &trace,
+        cap_w,
+        &model,
+        &site_policy,
+        opts.dr_notice,
+    )
+    .await?;
     print_summary(&realised, &modelled, &times, &trace, &dir, opts.dr_notice);
     write(
         &dir.join("summary.json"),
         &serde_json::json!({ "realised": realised, "modelled": modelled }).to_string(),
     )?;
     if opts.keep_running {
-        println!("pivot-site: still serving at {url} (the market has ended: the controller holds); Ctrl-C to stop");
+        println!(
+            "pivot-site: still serving at {url} (the market has ended: the controller holds); Ctrl-C to stop"
+        );
         tokio::select! {
             (host, reason) = agents.first_exit() => return Err(SiteError::AgentStopped { host, reason }),
             () = interrupted() => {}

@@ -44,9 +44,9 @@ fn positive(v: Option<f64>) -> Option<f64> {
 /// The planner's rule (`planner::loads`): full power is the larger of the nameplate and the top
 /// of the power-target range; asleep it counts at its own figure or the assumption.
 fn figures(m: &MinerUnit, a: &Assumptions, unknown_j_per_th: f64) -> MinerFigures {
-    let range = m
-        .power_target
-        .filter(|r| r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w);
+    let range = m.power_target.filter(|r| {
+        r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w
+    });
     let full_w = [positive(m.nameplate_power_w), range.map(|r| r.max_w)]
         .into_iter()
         .flatten()
@@ -162,8 +162,7 @@ pub fn site_model(
             transitions.host_s
         );
     }
-    let site =
-        Site::parse(&toml, "site.toml").map_err(|e| ModelError::Invalid(e.to_string()))?;
+    let site = Site::parse(&toml, "site.toml").map_err(|e| ModelError::Invalid(e.to_string()))?;
     Ok(SiteModel {
         site,
         toml,
@@ -208,7 +207,13 @@ mod tests {
     use pivot_controller::planner::{GpuUnit, HostState, PowerTargetRange};
     use pivot_proto::model::MinerState;
 
-    fn miner(id: &str, model: &str, nameplate: f64, ths: f64, range: Option<(f64, f64)>) -> MinerUnit {
+    fn miner(
+        id: &str,
+        model: &str,
+        nameplate: f64,
+        ths: f64,
+        range: Option<(f64, f64)>,
+    ) -> MinerUnit {
         MinerUnit {
             device_id: id.into(),
             host_id: "rack-1".into(),
@@ -286,8 +291,15 @@ mod tests {
         assert!((s21.hashrate_ths - 220.0).abs() < 1e-6);
         assert_eq!(s21.power_target_min_w, Some(1750.0));
         assert_eq!(s21.sleep_w, 20.0);
-        let s19 = s.miners.iter().find(|g| g.model == "Antminer S19j Pro").unwrap();
-        assert_eq!((s19.count, s19.power_w, s19.transition_s), (2, 3068.0, Some(60)));
+        let s19 = s
+            .miners
+            .iter()
+            .find(|g| g.model == "Antminer S19j Pro")
+            .unwrap();
+        assert_eq!(
+            (s19.count, s19.power_w, s19.transition_s),
+            (2, 3068.0, Some(60))
+        );
         let bitaxe = s.miners.iter().find(|g| g.model == "Bitaxe Gamma").unwrap();
         assert!(bitaxe.sleep_w < bitaxe.power_w);
         assert_eq!(s.gpu_hosts.len(), 1);

@@ -122,8 +122,7 @@ mod tests {
         )
         .unwrap();
         // 360x: a trace hour is ten wall seconds; the trace runs two hours (20 s).
-        let clock =
-            SiteClock::new(at("2030-01-01T00:00:00Z"), trace.start(), 360.0).unwrap();
+        let clock = SiteClock::new(at("2030-01-01T00:00:00Z"), trace.start(), 360.0).unwrap();
         let samples = vec![
             sample("2030-01-01T00:00:15Z", 100.0, 600.0),
             sample("2030-01-01T00:00:00Z", 10.0, 900.0),

@@ -20,7 +20,10 @@ pub fn request(
     now: chrono::DateTime<Utc>,
 ) -> v1::DemandResponseRequest {
     let deadline = times.clock.wall_time(w.start).max(now);
-    let ends = times.clock.wall_time(w.end).max(deadline + Duration::milliseconds(1));
+    let ends = times
+        .clock
+        .wall_time(w.end)
+        .max(deadline + Duration::milliseconds(1));
     let duration = (ends - deadline)
         .to_std()
         .unwrap_or(std::time::Duration::from_millis(1));
@@ -70,14 +73,20 @@ mod tests {
     use crate::clock::SiteClock;
 
     fn at(s: &str) -> chrono::DateTime<Utc> {
-        chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn a_window_maps_to_a_wall_clock_event() {
         let times = TraceTimes {
-            clock: SiteClock::new(at("2030-01-01T00:00:00Z"), at("2026-07-14T05:00:00Z"), 360.0)
-                .unwrap(),
+            clock: SiteClock::new(
+                at("2030-01-01T00:00:00Z"),
+                at("2026-07-14T05:00:00Z"),
+                360.0,
+            )
+            .unwrap(),
             zone: chrono_tz::UTC,
         };
         let w = CapWindow {
@@ -87,12 +96,18 @@ mod tests {
         };
         let r = request(&w, &times, at("2030-01-01T00:00:08Z"));
         // One trace hour is ten wall seconds.
-        assert_eq!(r.deadline.unwrap().seconds, at("2030-01-01T00:00:10Z").timestamp());
+        assert_eq!(
+            r.deadline.unwrap().seconds,
+            at("2030-01-01T00:00:10Z").timestamp()
+        );
         assert_eq!(r.duration.unwrap().seconds, 10);
         assert_eq!(r.event_id, "trace-cap-20260714T0600Z");
         // Announced after its start: reach it at once, still hold it to the end.
         let late = request(&w, &times, at("2030-01-01T00:00:15Z"));
-        assert_eq!(late.deadline.unwrap().seconds, at("2030-01-01T00:00:15Z").timestamp());
+        assert_eq!(
+            late.deadline.unwrap().seconds,
+            at("2030-01-01T00:00:15Z").timestamp()
+        );
         assert_eq!(late.duration.unwrap().seconds, 5);
     }
 }

@@ -193,10 +193,13 @@ pub(super) fn build(
             .then(a.cmp(&b))
     });
     let ramp_w = input.policy.economic.ramp_limit_w_per_min;
+    // At most a week (the policy's check): no overflow.
+    let step_every =
+        Duration::seconds(i64::try_from(input.policy.economic.ramp_step_s).unwrap_or(604_800));
     let first_at = input
         .memory
         .last_grant_at
-        .and_then(|t| t.checked_add_signed(Duration::minutes(1)))
+        .and_then(|t| t.checked_add_signed(step_every))
         .map_or(input.now, |t| t.max(input.now));
     let mut step = 0i32;
     let mut at = 0usize;
@@ -227,7 +230,7 @@ pub(super) fn build(
                 }
             }
         }
-        let due = first_at + Duration::minutes(i64::from(step));
+        let due = first_at + step_every * step;
         let not_before = (due > input.now).then_some(due);
         b.push(PhaseKind::Grant, not_before, moves, delta);
         b.push(PhaseKind::ReleaseHosts, None, releases, release_delta);
