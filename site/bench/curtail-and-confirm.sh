@@ -15,11 +15,14 @@ cd "$(dirname "$0")/../.."
 miners=${1:-1000}
 racks=${2:-4}
 runs=${3:-3}
+profile=${PROFILE:-release}   # PROFILE=debug: the debug build, to try the script
 target="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release -q -p pivot-site -p pivot-controller --bins
+if [ "$profile" = release ]; then
+  cargo build --release -q -p pivot-site -p pivot-controller --bins
+fi
 out=$(mktemp -d)
 trap 'kill "$site_pid" 2>/dev/null || true; wait "$site_pid" 2>/dev/null || true; rm -rf "$out"' EXIT
-"$target/release/pivot-site" --listen 127.0.0.1:0 --miners "$miners" --racks "$racks" \
+"$target/$profile/pivot-site" --listen 127.0.0.1:0 --miners "$miners" --racks "$racks" \
   --gpu-hosts 0 --speed 1 --no-hourly --out-dir "$out/site" >"$out/stdout" 2>"$out/stderr" &
 site_pid=$!
 started=$(date +%s.%N)
@@ -32,7 +35,7 @@ for _ in $(seq 1 600); do
 done
 [ -n "$url" ] || { echo "pivot-site did not come up" >&2; exit 1; }
 echo "site up after $(echo "$(date +%s.%N) - $started" | bc) s: $miners miners on $racks rack agents"
-ctl="$target/release/pivotctl"
+ctl="$target/$profile/pivotctl"
 uptime
 # Waits until no plan is executing (the plan in status is done or absent).
 settle() {

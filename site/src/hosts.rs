@@ -105,7 +105,7 @@ pub fn find_fake_nvml() -> Result<PathBuf, HostsError> {
 
 /// Timing of the agents' loops: fast enough that a move is confirmed within about a second of
 /// wall time, which is minutes of trace time at the default speed.
-const POLL: &str = "[poll]\nminer_interval_s = 0.5\ngpu_interval_s = 0.5\ntimeout_ms = 2000\n\
+const POLL: &str = "[poll]\nminer_interval_s = 0.5\ngpu_interval_s = 0.5\ntimeout_ms = 5000\n\
                     settle_s = 10\nconfirm_s = 15\nrediscover_s = 2\npacing_s = 1\n";
 
 fn agent_header(host_id: &str, dir: &Path, controller_url: &str) -> String {

@@ -65,8 +65,8 @@ struct RunArgs {
     /// constants are scaled by --speed.
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// How long before a trace cap the grid announces it, in trace time (e.g. 10m).
-    #[arg(long, default_value = "10m", value_parser = pivot_controller::backtest::parse_duration)]
+    /// How long before a trace cap the grid announces it, in trace time (e.g. 30m); the policy's shed lead must fit in it.
+    #[arg(long, default_value = "30m", value_parser = pivot_controller::backtest::parse_duration)]
     dr_notice: chrono::Duration,
     /// Time zone decisions are printed in.
     #[arg(long, default_value = "America/Chicago")]

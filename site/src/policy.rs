@@ -33,6 +33,10 @@ pub struct SitePolicy {
     pub scaled_text: String,
 }
 
+/// The least wall time a demand-response shed may start before its deadline: several
+/// phases, each confirmed by the agents, in real time.
+pub const MIN_WALL_SHED_LEAD_S: f64 = 5.0;
+
 /// Checks `text` and scales its time constants for a replay at `speed`: durations divided by
 /// it (rounded to whole seconds, as the policy keeps them); the ramp's watts per step stay.
 pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, PolicyError> {
@@ -52,6 +56,33 @@ pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, Po
         problem,
     };
     let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_err(e.to_string()))?;
+    // The shed lead covers the time a curtailment takes to be confirmed, and that runs on the
+    // wall clock here: at least MIN_WALL_SHED_LEAD_S of wall time, so the lead in trace time
+    // grows with the speed. The backtest gets the same lead (in trace time).
+    let lead_floor_s = (MIN_WALL_SHED_LEAD_S * speed)
+        .ceil()
+        .clamp(0.0, 7.0 * 86_400.0) as u64;
+    let mut document = document;
+    let mut text = text.to_owned();
+    if document.economic.shed_lead_s < lead_floor_s {
+        document.economic.shed_lead_s = lead_floor_s;
+        let mut trace_table = table.clone();
+        if let Some(economic) = trace_table
+            .entry("economic")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+        {
+            economic.insert(
+                "shed_lead_s".into(),
+                toml::Value::Integer(i64::try_from(lead_floor_s).unwrap_or(i64::MAX)),
+            );
+        }
+        text = format!(
+            "# {source_name}, its shed lead raised to {lead_floor_s} s ({MIN_WALL_SHED_LEAD_S} wall seconds at {speed}x) by pivot-site\n{}",
+            toml::to_string(&trace_table).map_err(|e| toml_err(e.to_string()))?
+        );
+        policy::validate(&text).map_err(invalid)?;
+    }
     let e = &document.economic;
     let secs = |s: u64| -> i64 {
         let scaled = (s as f64 / speed).round().clamp(0.0, 1e12);
@@ -88,7 +119,7 @@ pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, Po
     policy::validate(&scaled_text).map_err(invalid)?;
     Ok(SitePolicy {
         document,
-        text: text.to_owned(),
+        text,
         scaled_text,
     })
 }
@@ -103,7 +134,9 @@ mod tests {
         let s = policy::validate(&p.scaled_text).unwrap();
         assert_eq!(s.economic.min_dwell_s, 1); // 300 s / 288
         assert_eq!(s.economic.ai_drain_delay_s, 3); // 900 s / 288
-        assert_eq!(s.economic.shed_lead_s, 2); // 600 s / 288
+        // 600 s / 288 is 2 s of wall time; raised to 5 (1,440 s of trace time).
+        assert_eq!(s.economic.shed_lead_s, 5);
+        assert_eq!(p.document.economic.shed_lead_s, 1440);
         assert_eq!(s.economic.ramp_step_s, 0); // 60 s / 288
         assert_eq!(s.economic.ramp_limit_w_per_min, 3_000_000.0);
         // What is not time stays as written.
@@ -120,6 +153,7 @@ mod tests {
         let p = scale("name = \"bare\"\n", "p.toml", 100.0).unwrap();
         let s = policy::validate(&p.scaled_text).unwrap();
         assert_eq!((s.economic.min_dwell_s, s.economic.shed_lead_s), (3, 6));
+        assert_eq!(p.document.economic.shed_lead_s, 600);
     }
 
     #[test]

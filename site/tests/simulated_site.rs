@@ -4,8 +4,8 @@
 //! `pivotctl status --json`, `pivotctl history --json`, `pivotctl audit --json` and the
 //! controller's `GetHistory` site samples — then checked against the trace it played.
 //!
-//! `pivotctl`, `pivot-controller` and the fake NVML library come from the workspace's build (`scripts/test` builds
-//! them before it tests); a missing one fails with the command that builds it.
+//! `pivotctl` and `pivot-controller` come from the workspace's build (`scripts/test` builds them
+//! before it tests); a missing one fails with the command that builds it.
 
 // A panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -55,6 +55,8 @@ fn built(name: &str) -> PathBuf {
 struct Site {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// A tick per line, to wait on.
+    arrived: std::sync::mpsc::Receiver<()>,
 }
 
 impl Drop for Site {
@@ -83,7 +85,8 @@ impl Site {
             .arg(out.join("site"))
             .arg("--policy")
             .arg(policy)
-            .env("PIVOT_FAKE_NVML_LIB", built("libpivot_fake_nvml.so"))
+            // The fake NVML library is found beside the binary (built with it, a dependency).
+            .env_remove("PIVOT_FAKE_NVML_LIB")
             .env_remove("PIVOT_FAKE_NVML_STATE")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -92,13 +95,19 @@ impl Site {
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
+        let (tick, arrived) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 println!("pivot-site| {line}");
                 sink.lock().unwrap().push(line);
+                let _ = tick.send(());
             }
         });
-        Site { child, lines }
+        Site {
+            child,
+            lines,
+            arrived,
+        }
     }
 
     /// Waits for the line starting with `prefix`; returns the rest.
@@ -121,7 +130,7 @@ impl Site {
                 Instant::now() < deadline,
                 "pivot-site did not print `{prefix}` within {within:?}"
             );
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = self.arrived.recv_timeout(Duration::from_millis(100));
         }
     }
 
