@@ -27,6 +27,8 @@ hysteresis_usd_per_mwh = 4.0
 min_dwell_s = 300
 # The site's increases, watts per minute; wakes are staggered to respect it (0 = no limit).
 ramp_limit_w_per_min = 3000000.0
+# Seconds between two steps of increases (each step at most ramp_limit_w_per_min).
+ramp_step_s = 60
 # Value of interruptible GPU capacity when no AI price feed is configured.
 ai_spot_price_usd_per_gpu_hour = 2.0
 # GPU hosts kept released above current AI demand (a number, plus a fraction of the
@@ -82,6 +84,9 @@ pub struct EconomicPolicy {
     pub min_dwell_s: u64,
     /// 0 = no limit.
     pub ramp_limit_w_per_min: f64,
+    /// Time between two steps of increases (after the last grant too): one minute on a site; a
+    /// replay faster than the wall clock scales it down (pivot-site).
+    pub ramp_step_s: u64,
     pub ai_spot_price_usd_per_gpu_hour: f64,
     pub ai_buffer_hosts: u32,
     /// Also kept released: this share of the interruptible hosts (0–1), rounded down (fewer than 20 hosts at 0.05: none).
@@ -99,6 +104,7 @@ impl Default for EconomicPolicy {
             hysteresis_usd_per_mwh: 4.0,
             min_dwell_s: 300,
             ramp_limit_w_per_min: 3_000_000.0,
+            ramp_step_s: 60,
             ai_spot_price_usd_per_gpu_hour: 2.0,
             ai_buffer_hosts: 1,
             ai_buffer_fraction: 0.05,
@@ -443,6 +449,7 @@ pub fn validate(document: &str) -> Result<PolicyDocument, Vec<String>> {
         ("economic.min_dwell_s", e.min_dwell_s),
         ("economic.ai_drain_delay_s", e.ai_drain_delay_s),
         ("economic.shed_lead_s", e.shed_lead_s),
+        ("economic.ramp_step_s", e.ramp_step_s),
     ] {
         if v > 7 * 24 * 3600 {
             bad(key, format!("{v} s is more than a week"));

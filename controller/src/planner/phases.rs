@@ -214,12 +214,15 @@ pub(super) fn build(
         .partition(|&i| !loads[i].is_miner());
     grants.extend(miners);
     let ramp_w = input.policy.economic.ramp_limit_w_per_min;
-    // 0 = no limit: every grant in one step, and no minute to wait after the last plan's.
+    // At most a week (the policy's check): no overflow.
+    let step_every =
+        Duration::seconds(i64::try_from(input.policy.economic.ramp_step_s).unwrap_or(604_800));
+    // 0 = no limit: every grant in one step, and no step to wait after the last plan's.
     let first_at = if ramp_w > 0.0 {
         input
             .memory
             .last_grant_at
-            .and_then(|t| t.checked_add_signed(Duration::minutes(1)))
+            .and_then(|t| t.checked_add_signed(step_every))
             .map_or(input.now, |t| t.max(input.now))
     } else {
         input.now
@@ -253,7 +256,7 @@ pub(super) fn build(
                 }
             }
         }
-        let due = first_at + Duration::minutes(i64::from(step));
+        let due = first_at + step_every * step;
         let not_before = (due > input.now).then_some(due);
         b.push(PhaseKind::Grant, not_before, moves, delta);
         b.push(PhaseKind::ReleaseHosts, None, releases, release_delta);
