@@ -137,7 +137,7 @@ impl FakeController {
     /// As [`FakeController::start`], with a clock `offset` ahead of real time (negative:
     /// behind), as a controller on a host whose time is wrong.
     pub async fn start_with_clock(telemetry_interval: Duration, offset: chrono::Duration) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", crate::free_port()))
             .await
             .unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener

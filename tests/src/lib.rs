@@ -53,7 +53,8 @@ impl Drop for Running {
 /// Starts `pivot-controller dev` on an ephemeral port and waits for its listening line.
 pub fn start_dev_controller(extra: &[&str]) -> Running {
     let mut child = Command::new(bin("pivot-controller"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"])
+        .args(["dev", "--web", "127.0.0.1:0", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -132,12 +133,37 @@ pub fn start_and_collect(
     (Running { child, addr }, found)
 }
 
-/// A port nothing listens on now (for a daemon whose configuration names its port).
+/// A port nothing listens on now, for a controller (or anything agents dial) whose address a
+/// test names. Chosen below the kernel's ephemeral range (32768 and up on Linux) and never twice
+/// in one test process: an agent left dialling the port of a controller its test killed must
+/// never reach another test's controller, as it could if that one were given the same port by
+/// `bind(:0)` — with open auth it would join that site and count its miners there.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("a free port: {e}"))
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A small xorshift seeded from the clock and pid: processes running side by side (test
+    // binaries) start at different places in the range.
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999")
 }
 
 pub mod pki;

@@ -287,9 +287,12 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
         off_reason: None,
         on_reason: if l.is_miner() { economic } else { demand },
         rank: if input.market.is_some() {
-            // Hosts are ranked on what they are worth with work: a buffer host is kept for
-            // the demand it will take, not for the none it has now.
-            (if l.selected {
+            // A buffer host (kept, no work yet) is ranked on what it will be worth when the
+            // demand it is kept for comes. A host with work is ranked on the work it has: ranked
+            // on all its GPUs it would push miners off the cap that earn more than its part
+            // load does (found by the Slurm hand-off e2e: 4 of 8 GPUs wanted at 0.05 USD/GPU-h
+            // slept two miners earning 0.15 USD/h to earn 0.04 USD/h).
+            (if is_buffer {
                 l.potential_usd_per_mwh.max(value)
             } else {
                 value

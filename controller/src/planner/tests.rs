@@ -820,6 +820,34 @@ fn a_drained_host_whose_caps_were_left_up_has_them_lowered() {
     assert_eq!(p.summary.committed_w, 6_200.0);
 }
 
+/// A host with work for 4 of its 8 GPUs at 0.06 USD/GPU-hour adds 4 kW for 0.24 USD/h: 60
+/// USD/MWh, 30 above energy, against the S21s' 65. Ranked on all 8 GPUs (120 USD/MWh) it would
+/// take the cap's room from a miner that earns more; ranked on its work it does not.
+#[test]
+fn a_host_with_part_of_its_gpus_wanted_is_ranked_on_that_work_not_on_all_its_gpus() {
+    let mut m = market(40.0, 30.0, Some(4));
+    m.ai_usd_per_gpu_hour = Some(0.06);
+    let mut i = input(
+        vec![s21("m1"), s21("m2")],
+        vec![h100_host("g1", false)],
+        Some(m),
+    );
+    i.site.cap_w = 14_000.0;
+    i.policy.economic.ai_buffer_hosts = 0;
+    i.policy.economic.ai_buffer_fraction = 0.0;
+    let p = plan(&i);
+    assert_eq!(p.moves().count(), 0, "{:?}", p.phases);
+    // With the room (no cap in the way), the host's own margin still releases it.
+    i.site.cap_w = 20_000.0;
+    let p = plan(&i);
+    assert!(
+        p.moves().any(|(_, m)| m.device_id == "host/g1"),
+        "{:?}",
+        p.phases
+    );
+    assert!(p.moves().all(|(_, m)| !m.device_id.starts_with('m')));
+}
+
 /// The brain e2e's start: a drained host with its caps still up does not fit beside the miners
 /// under the cap, but it will once its caps are lowered. The plan lowers the caps; no miner
 /// sleeps for room the host is about to give back.

@@ -133,11 +133,7 @@ impl World {
             .tempdir()
             .unwrap();
         eprintln!("chaos: run directory {}", dir.path().display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = pivot_e2e::free_port();
         let mut world = World {
             dir,
             port,

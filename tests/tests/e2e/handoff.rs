@@ -30,9 +30,11 @@ const HOST_DEVICE: &str = "host/gpu-host-1";
 const GRACE_S: f64 = 3.0;
 const GPU_MIN_W: f64 = 200.0;
 const GPU_MAX_W: f64 = 700.0;
-/// AI value that loses to mining (the node's 4 wanted GPUs earn ~26 USD/MWh of its draw) and
-/// one that wins (~1,580 USD/MWh against the Antminers' ~64).
-const AI_LOW: f64 = 0.05;
+/// AI value that loses to mining and one that wins. The planner values a host on the power it
+/// adds when serving (its GPUs from 200 to 700 W: 4 kW; drained, it still draws its base and
+/// minimum caps): at 0.01 USD/GPU-hour even all 8 GPUs earn 20 USD/MWh, below the energy price
+/// (40) and the Antminers' ~64; at 3 USD/GPU-hour 4 GPUs earn 3,000 USD/MWh.
+const AI_LOW: f64 = 0.01;
 const AI_HIGH: f64 = 3.0;
 
 /// The site's cap: the two miners and a drained GPU host fit (9.7 kW), a serving host and
@@ -58,10 +60,7 @@ action = "hold"
 "#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    pivot_e2e::free_port()
 }
 
 /// Writes `text` to `path` the way a feed publisher should: whole, by rename.
@@ -828,10 +827,25 @@ async fn audited(
         {
             return r;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no such `{kind}` record within {within:?}"
-        );
+        if Instant::now() >= deadline {
+            let all: Vec<String> = audit(fleet, "")
+                .await
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {}",
+                        r.at.as_ref().map_or(0, |t| t.seconds),
+                        r.kind,
+                        r.subject,
+                        r.reason
+                    )
+                })
+                .collect();
+            panic!(
+                "no such `{kind}` record within {within:?}; audit:\n{}",
+                all.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

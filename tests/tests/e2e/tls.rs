@@ -62,11 +62,7 @@ impl Pki {
 }
 
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    pivot_e2e::free_port()
 }
 
 fn write(path: &Path, text: &str) {
