@@ -70,6 +70,12 @@ impl SiteClock {
         while self.trace_time(wall) < trace {
             wall += Duration::milliseconds(1);
         }
+        // ... both ways: below 1x a rounded-up millisecond can reach the row one sooner.
+        while wall > self.replay.wall_start
+            && self.trace_time(wall - Duration::milliseconds(1)) >= trace
+        {
+            wall -= Duration::milliseconds(1);
+        }
         wall
     }
 

@@ -46,6 +46,7 @@ pub enum ControllerError {
 /// second, a plan at least every second.
 pub fn config(
     listen: SocketAddr,
+    web: SocketAddr,
     store: &Path,
     cap_w: f64,
     reserve_w: f64,
@@ -88,8 +89,8 @@ pub fn config(
             failure_memory_s,
             ..EngineConfig::default()
         },
-        // No dashboard: pivotctl and the gRPC API are the simulated site's windows.
-        web: None,
+        // The dashboard, as `dev` has it: the power stack, the plan and the decisions live.
+        web: Some(pivot_controller::web::WebConfig::on(web)),
     }
 }
 
@@ -97,6 +98,8 @@ pub fn config(
 pub struct RunningController {
     pub ctl: Arc<Controller>,
     pub addr: SocketAddr,
+    /// Where the dashboard listens, when the configuration has one.
+    pub web: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), api::ServeError>>,
 }
@@ -122,12 +125,40 @@ impl RunningController {
             })?;
         tokio::spawn(pivot_controller::executor::run(Arc::clone(&ctl)));
         let (shutdown, mut stop) = watch::channel(false);
+        let web = match ctl.config.web.clone() {
+            Some(w) => {
+                let listener = tokio::net::TcpListener::bind(w.listen)
+                    .await
+                    .map_err(|source| ControllerError::Bind {
+                        addr: w.listen,
+                        source,
+                    })?;
+                let at = listener
+                    .local_addr()
+                    .map_err(|source| ControllerError::Bind {
+                        addr: w.listen,
+                        source,
+                    })?;
+                let (ctl, mut stop) = (Arc::clone(&ctl), stop.clone());
+                tokio::spawn(async move {
+                    let until = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = pivot_controller::web::serve(ctl, &w, listener, until).await {
+                        tracing::error!(error = %e, "The dashboard stopped");
+                    }
+                });
+                Some(at)
+            }
+            None => None,
+        };
         let server = tokio::spawn(api::serve(Arc::clone(&ctl), listener, None, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
         Ok(Self {
             ctl,
             addr,
+            web,
             shutdown,
             server,
         })

@@ -24,6 +24,8 @@ struct Cli {
     run: RunArgs,
 }
 
+// Parsed once at start: the size of the run arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the site (the default).
@@ -40,6 +42,9 @@ struct RunArgs {
     /// The controller's gRPC address (pivotctl's default).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// The controller's web dashboard and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    web: SocketAddr,
     /// How much faster than the wall clock the trace plays (288: 48 h in 10 minutes).
     #[arg(long, default_value_t = 288.0)]
     speed: f64,
@@ -134,6 +139,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     site::run(SiteOptions {
         listen: a.listen,
+        web: a.web,
         speed: a.speed,
         miners: a.miners,
         racks: a.racks,

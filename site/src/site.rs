@@ -35,6 +35,8 @@ use crate::utility;
 #[derive(Debug, Clone)]
 pub struct SiteOptions {
     pub listen: SocketAddr,
+    /// The dashboard's address.
+    pub web: SocketAddr,
     pub speed: f64,
     pub miners: usize,
     pub racks: usize,
@@ -246,6 +248,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
     // The controller, the miners, the agents.
     let running = RunningController::start(controller::config(
         opts.listen,
+        opts.web,
         &dir.join("pivot.db"),
         cap_w,
         reserve_w,
@@ -394,6 +397,9 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         narrator::power(cap_w),
         narrator::power(reserve_w),
     );
+    if let Some(web) = running.web {
+        println!("pivot-site: dashboard on http://{web}/");
+    }
     println!("pivot-site: files in {}", dir.display());
 
     let wait = (wall_end - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(500);

@@ -69,7 +69,8 @@ impl Drop for Site {
 impl Site {
     fn start(out: &Path, policy: &Path) -> Site {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pivot-site"))
-            .args(["--listen", "127.0.0.1:0", "--from", FROM, "--hours", HOURS])
+            .args(["--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"])
+            .args(["--from", FROM, "--hours", HOURS])
             .args([
                 "--speed",
                 SPEED,
@@ -189,6 +190,31 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
     let mut site = Site::start(out.path(), &policy);
     let url = site.wait_for("pivot-site: still serving at ", Duration::from_secs(150));
     let url = url.split_whitespace().next().unwrap().to_owned();
+
+    // The dashboard is up beside the API, and its /metrics describes this site.
+    let dashboard = site.wait_for("pivot-site: dashboard on ", Duration::from_secs(5));
+    let web = dashboard
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&web).unwrap();
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("pivot_site_cap") && metrics.contains("simulated-site"),
+        "{metrics}"
+    );
 
     // The run's own record of its clock and files.
     let info = json(&std::fs::read_to_string(out.path().join("site/site.json")).unwrap());
