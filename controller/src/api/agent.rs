@@ -163,7 +163,9 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 warn!(host = %host_id, error = %e, "Could not re-send held intents; the next lease round retries");
             }
         }
-        self.ctl.replan.notify_one();
+        // No round yet: until its first readings the host's devices are unseen and would count
+        // at their maximum, and a round now would curtail other loads for power that is not
+        // drawn. The first telemetry of the session starts the round (serve_session).
 
         let ctl = Arc::clone(&self.ctl);
         let actor = who.name;
@@ -231,6 +233,9 @@ async fn serve_session(
     inbound: &mut Streaming<v1::AgentMessage>,
 ) -> Result<(), Status> {
     let mut complaints = Complaints::default();
+    // A joining host's first readings start a round at once (not the hello: before them its
+    // devices are unseen).
+    let mut first_readings = true;
     while let Some(msg) = inbound.next().await {
         let msg = msg?;
         if !ctl.registry.is_live(host_id, session_id) {
@@ -258,6 +263,9 @@ async fn serve_session(
                         &ctl.config.agents.assumptions(),
                     )
                     .unwrap_or_default();
+                if std::mem::take(&mut first_readings) {
+                    ctl.replan.notify_one();
+                }
                 if !seen.unknown.is_empty() {
                     warn!(host = %host_id, devices = ?seen.unknown, "Telemetry for devices not in the agent's inventory; ignored");
                 }

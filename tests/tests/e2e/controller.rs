@@ -223,13 +223,26 @@ async fn agent_session_registers_devices_and_telemetry() {
         .await
         .unwrap();
     let mut status = v1::SiteStatus::default();
-    for _ in 0..50 {
+    // Until the reading is in and the engine has planned with it (the round at hello saw the
+    // miner unseen, at its nameplate; the first readings start a new round).
+    for _ in 0..100 {
         status = fleet
             .get_site_status(v1::GetSiteStatusRequest {})
             .await
             .unwrap()
             .into_inner();
-        if status.miners_sleeping == 1 {
+        let waking = fleet
+            .list_devices(v1::ListDevicesRequest {
+                kind: 0,
+                host_id: "rack-7".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .devices
+            .iter()
+            .any(|d| d.device_id == "rack-7/miner-1" && d.intent.is_some());
+        if status.miners_sleeping == 1 && (status.committed_power_w == 45.0 || waking) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
