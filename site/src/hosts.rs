@@ -41,6 +41,8 @@ pub enum HostsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("recording the work mode of {miner} before its sleep: {problem}")]
+    WorkMode { miner: String, problem: String },
     #[error("agent {host}: {source}")]
     Config {
         host: String,
@@ -150,6 +152,44 @@ impl Miners {
             .map(|m| (format!("miner/{}", m.agent_addr()), m.handle()))
             .collect()
     }
+}
+
+/// Records a stock Antminer's work mode in its rack agent's state directory before the site
+/// puts it to sleep behind the agent's back, as `pivot-agent miner sleep` does: stock firmware
+/// has no wake command, only "the mode it had", and an agent that never saw the mode rightly
+/// refuses to guess it. Other dialects wake without it; nothing is recorded for them.
+pub fn remember_work_mode(
+    root: &Path,
+    layout: &FleetLayout,
+    miners: &Miners,
+    device_id: &str,
+) -> Result<(), HostsError> {
+    use pivot_agent::miner::verify::{FileModes, ModeMemory};
+    let found = layout
+        .miners
+        .iter()
+        .zip(&miners.miners)
+        .find(|(_, sim)| format!("miner/{}", sim.agent_addr()) == device_id);
+    let Some((m, sim)) = found else {
+        return Ok(());
+    };
+    if sim.dialect() != pivot_sim::miner::Dialect::Antminer {
+        return Ok(());
+    }
+    let modes = FileModes::new(
+        root.join(FleetLayout::rack_id(m.rack))
+            .join("state")
+            .join("miner-modes.json"),
+    );
+    modes
+        .remember(
+            &format!("antminer/{}", sim.agent_addr()),
+            &sim.handle().snapshot().work_mode.to_string(),
+        )
+        .map_err(|e| HostsError::WorkMode {
+            miner: device_id.to_owned(),
+            problem: e.to_string(),
+        })
 }
 
 /// The agents' configuration files, one directory per host under `root`.
