@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pivot_e2e::{Running, free_port, start_and_wait};
+use pivot_e2e::{Running, free_port, start_and_wait, write_whole};
 use pivot_proto::v1;
 use pivot_proto::v1::agent_message::Msg as Up;
 use pivot_proto::v1::controller_message::Msg as Down;
@@ -57,9 +57,7 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
 }
 
 fn write_feed(path: &Path, value: f64) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::json!({ "value": value }).to_string()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    write_whole(path, &serde_json::json!({ "value": value }).to_string());
 }
 
 /// CPU seconds (user + system) and resident/peak memory (KiB) of a process.

@@ -133,6 +133,14 @@ pub fn start_and_collect(
     (Running { child, addr }, found)
 }
 
+/// Writes `text` to `path` whole and by rename, as a feed publisher should: the controller
+/// never reads half a file.
+pub fn write_whole(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+}
+
 /// A port nothing listens on now, for a controller (or anything agents dial) whose address a
 /// test names. Chosen below the kernel's ephemeral range (32768 and up on Linux) and never twice
 /// in one test process: an agent left dialling the port of a controller its test killed must

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::tls::{Pki, free_port};
+use crate::tls::Pki;
+use pivot_e2e::free_port;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pivot_e2e::{Running, bin, start_and_wait};
+use pivot_e2e::{Running, bin, free_port, start_and_wait, write_whole};
 use pivot_sim::miner::{Bind, Dialect, MinerSpec, RunState, SimMiner, Timing, spawn};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -30,15 +30,8 @@ struct Site {
     port: u16,
 }
 
-fn free_port() -> u16 {
-    pivot_e2e::free_port()
-}
-
 fn write_feed(path: &Path, value: f64) {
-    // Written whole and renamed, as a feed publisher would: the controller never reads half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::json!({ "value": value }).to_string()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    write_whole(path, &serde_json::json!({ "value": value }).to_string());
 }
 
 impl Site {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use pivot_e2e::exec_hook::ExecHook;
 use pivot_e2e::slurm::{NODE, PARTITION, SlurmCluster};
-use pivot_e2e::{Running, bin, start_and_wait};
+use pivot_e2e::{Running, bin, free_port, start_and_wait, write_whole};
 use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
 use pivot_sim::miner::{Bind, Dialect, Fault, MinerSpec, RunState, SimMiner, Timing, spawn};
@@ -59,19 +59,8 @@ shed_lead_s = 600
 action = "hold"
 "#;
 
-fn free_port() -> u16 {
-    pivot_e2e::free_port()
-}
-
-/// Writes `text` to `path` the way a feed publisher should: whole, by rename.
-fn write_atomic(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn set_ai_value(feed: &Path, usd_per_gpu_hour: f64) {
-    write_atomic(
+    write_whole(
         feed,
         &serde_json::json!({ "usd_per_gpu_hour": usd_per_gpu_hour }).to_string(),
     );

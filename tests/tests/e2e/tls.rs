@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pivot_e2e::{bin, start_and_wait};
+use pivot_e2e::{bin, free_port, start_and_wait};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// A test CA in a temporary directory; certificates it signs are written beside it
@@ -59,10 +59,6 @@ impl Pki {
     pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
-}
-
-pub(crate) fn free_port() -> u16 {
-    pivot_e2e::free_port()
 }
 
 fn write(path: &Path, text: &str) {
