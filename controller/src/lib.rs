@@ -58,8 +58,9 @@ pub struct Controller {
     pub progress: Notify,
     execution: Mutex<Option<Execution>>,
     /// Store calls running at once. The store serialises its writes anyway; without a bound a
-    /// burst of statuses (10,000 on a large site) starts hundreds of blocking threads, each with
-    /// its own stack and allocator arena: measured 794 MiB peak RSS against 151 MiB of heap.
+    /// burst of statuses (10,000 on a large site) starts up to tokio's 512 blocking threads.
+    /// (It did not lower the controller's peak RSS in the sessions bench: that is not explained
+    /// yet, docs/BENCHMARKS.md.)
     store_slots: tokio::sync::Semaphore,
     failures: Mutex<Failures>,
     outlook: Mutex<Outlook>,
