@@ -180,6 +180,16 @@ pub trait EnvSource {
     fn get(&self, key: &str) -> Option<String>;
 }
 
+/// No environment at all: for tests, which must not depend on the process's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEnv;
+
+impl EnvSource for NoEnv {
+    fn get(&self, _key: &str) -> Option<String> {
+        None
+    }
+}
+
 /// The process environment.
 #[derive(Debug, Default)]
 pub struct ProcessEnv;

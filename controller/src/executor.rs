@@ -50,6 +50,10 @@ pub struct ExecPhase {
     /// Not to be issued before then (the site's ramp limit staggers grants).
     #[serde(default)]
     pub not_before: Option<DateTime<Utc>>,
+    /// It releases power (curtail, lower caps): its duration is a measure of how long shedding
+    /// takes here ([`crate::shed_time`]).
+    #[serde(default)]
+    pub sheds: bool,
 }
 
 /// A plan as the executor sees it.
@@ -313,7 +317,11 @@ impl Controller {
     /// Starts executing `plan` (stored first), superseding any plan in execution.
     pub async fn execute(self: &Arc<Self>, plan: ExecPlan, document: serde_json::Value) {
         let now = Utc::now();
-        let previous = self.execution().map(|e| e.plan.plan_id.clone());
+        let current = self.execution();
+        if let Some(e) = &current {
+            self.note_superseded_shed(&e.plan, e.progress.phase, now);
+        }
+        let previous = current.map(|e| e.plan.plan_id.clone());
         let stored = StoredPlan {
             plan_id: plan.plan_id.clone(),
             created_at: now,
@@ -649,6 +657,7 @@ mod tests {
                         .collect(),
                     timeout: Duration::from_secs(60),
                     not_before: None,
+                    sheds: false,
                 })
                 .collect(),
         }

@@ -16,6 +16,7 @@ pub mod phase_timing;
 pub mod planner;
 pub mod planview;
 pub mod policy;
+pub mod shed_time;
 pub mod store;
 pub mod toml_lines;
 pub mod trace;
@@ -64,6 +65,8 @@ pub struct Controller {
     store_slots: tokio::sync::Semaphore,
     failures: Mutex<Failures>,
     outlook: Mutex<Outlook>,
+    /// How long recent shed phases took to confirm (the shed lead grows to fit them).
+    shed_times: Mutex<shed_time::ShedTimes>,
     events: broadcast::Sender<v1::Event>,
 }
 
@@ -96,6 +99,7 @@ impl Controller {
             store_slots: tokio::sync::Semaphore::new(STORE_SLOTS),
             failures: Mutex::new(Failures::default()),
             outlook: Mutex::new(Outlook::default()),
+            shed_times: Mutex::new(shed_time::ShedTimes::default()),
             events,
         }))
     }
@@ -107,6 +111,22 @@ impl Controller {
     /// Subscribes to live events (audit records as they are written).
     pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
         self.events.subscribe()
+    }
+
+    /// The longest recent shed phase, seconds from its first intent to confirmed (or to being
+    /// superseded, unconfirmed).
+    pub fn longest_recent_shed_s(&self) -> Option<f64> {
+        self.shed_times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .longest()
+    }
+
+    pub(crate) fn record_shed_s(&self, seconds: f64) {
+        self.shed_times
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(seconds);
     }
 
     /// What the latest planning round saw.

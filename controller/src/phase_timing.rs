@@ -115,6 +115,12 @@ impl Controller {
         let Some(t) = phase_timing(plan, phase, |id| self.ledger.get(id), Utc::now()) else {
             return;
         };
+        if outcome == "confirmed"
+            && plan.phases.get(phase).is_some_and(|p| p.sheds)
+            && let Some(s) = t.seconds
+        {
+            self.record_shed_s(s);
+        }
         self.audit(NewAudit {
             kind: "plan",
             subject: format!("plan/{}", plan.plan_id),
@@ -126,6 +132,23 @@ impl Controller {
             }),
         })
         .await;
+    }
+}
+
+impl Controller {
+    /// `plan` is being superseded in `phase`: a shed phase issued and not yet confirmed has taken
+    /// at least as long as it has run, and that counts as a measure of shedding here (a site
+    /// whose plans keep being replaced before their curtailment confirms would otherwise never
+    /// learn how slow it is).
+    pub(crate) fn note_superseded_shed(&self, plan: &ExecPlan, phase: usize, now: DateTime<Utc>) {
+        if !plan.phases.get(phase).is_some_and(|p| p.sheds) {
+            return;
+        }
+        if let Some(s) =
+            phase_timing(plan, phase, |id| self.ledger.get(id), now).and_then(|t| t.seconds)
+        {
+            self.record_shed_s(s);
+        }
     }
 }
 
@@ -162,6 +185,7 @@ mod tests {
                     ],
                     timeout: Duration::from_secs(60),
                     not_before: None,
+                    sheds: true,
                 },
                 ExecPhase {
                     label: "release hosts to AI jobs: 1 devices".into(),
@@ -173,6 +197,7 @@ mod tests {
                     )],
                     timeout: Duration::from_secs(60),
                     not_before: None,
+                    sheds: false,
                 },
             ],
         }

@@ -37,6 +37,22 @@ pub struct SitePolicy {
 /// phases, each confirmed by the agents, in real time.
 pub const MIN_WALL_SHED_LEAD_S: f64 = 5.0;
 
+/// The least wall time a trace cap is announced before it starts: the grid's notice in trace
+/// time shrinks with the speed (30 minutes is 6 wall seconds at 288x), but the agents confirm a
+/// shed in real time, and the controller lengthens its shed lead to twice what shedding took
+/// lately (pivot_controller::shed_time) — a notice shorter than that would be missed by the
+/// replay, not by the site.
+pub const MIN_WALL_NOTICE_S: f64 = 4.0 * MIN_WALL_SHED_LEAD_S;
+
+/// The notice the site announces trace caps with at `speed`: `notice` (trace time), or
+/// [`MIN_WALL_NOTICE_S`] of wall time when that is longer.
+pub fn announce_notice(notice: chrono::Duration, speed: f64) -> chrono::Duration {
+    let floor_s = (MIN_WALL_NOTICE_S * speed)
+        .ceil()
+        .clamp(0.0, 7.0 * 86_400.0) as i64;
+    notice.max(chrono::Duration::seconds(floor_s))
+}
+
 /// Checks `text` and scales its time constants for a replay at `speed`: durations divided by
 /// it (rounded to whole seconds, as the policy keeps them); the ramp's watts per step stay.
 pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, PolicyError> {
@@ -127,6 +143,15 @@ pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, Po
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_notice_is_at_least_twenty_wall_seconds() {
+        let m = chrono::Duration::minutes;
+        assert_eq!(announce_notice(m(30), 288.0), m(96));
+        assert_eq!(announce_notice(m(30), 60.0), m(30));
+        assert_eq!(announce_notice(m(30), 1.0), m(30));
+        assert_eq!(announce_notice(m(0), 1e12), chrono::Duration::days(7));
+    }
 
     #[test]
     fn the_default_policy_at_288x_keeps_its_rules_in_trace_time() {

@@ -345,6 +345,16 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
             message: format!("setting the policy: {}", e.message()),
         })?;
     let clock = SiteClock::new(Utc::now(), trace.start(), opts.speed)?;
+    let notice = policy::announce_notice(opts.dr_notice, opts.speed);
+    if notice > opts.dr_notice {
+        println!(
+            "pivot-site: trace caps announced {} min ahead, not {} min: at {}x that is {:.0} wall seconds, what the agents need to confirm a shed in real time (the backtest gets the same notice)",
+            notice.num_minutes(),
+            opts.dr_notice.num_minutes(),
+            opts.speed,
+            policy::MIN_WALL_NOTICE_S
+        );
+    }
     let times = TraceTimes {
         clock: clock.clone(),
         zone: opts.zone,
@@ -359,7 +369,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
             "speed": clock.speed(),
             "site_cap_w": cap_w,
             "reserve_w": reserve_w,
-            "dr_notice_s": opts.dr_notice.num_seconds(),
+            "dr_notice_s": notice.num_seconds(),
             "files": {
                 "site": dir.join("site.toml"),
                 "trace": trace_file,
@@ -380,7 +390,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         client.clone(),
         scenario::cap_windows(&trace),
         times.clone(),
-        opts.dr_notice,
+        notice,
     ));
     let wall_end = clock.wall_time(trace.end());
     let played = (wall_end - clock.wall_start()).to_std().unwrap_or_default();
@@ -418,10 +428,10 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         cap_w,
         &model,
         &site_policy,
-        opts.dr_notice,
+        notice,
     )
     .await?;
-    print_summary(&realised, &modelled, &times, &trace, &dir, opts.dr_notice);
+    print_summary(&realised, &modelled, &times, &trace, &dir, notice);
     write(
         &dir.join("summary.json"),
         &serde_json::json!({ "realised": realised, "modelled": modelled }).to_string(),

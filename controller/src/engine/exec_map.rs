@@ -89,6 +89,7 @@ pub fn exec_plan(plan: &Plan, c: &EngineConfig) -> ExecPlan {
                     .collect(),
                 timeout: timeout(p.kind, p, c),
                 not_before: p.not_before,
+                sheds: p.kind.releases_power(),
             })
             .collect(),
     }

@@ -27,6 +27,7 @@ use crate::market::{GpuWant, MarketView as MarketFeed, PlannerInputs};
 use crate::outlook::Outlook;
 use crate::planner::{self, PlanInput, PlannerMemory};
 use crate::policy::{self, PolicyDocument};
+use crate::shed_time;
 use crate::store::{MarketSample, NewAudit, SiteSample};
 
 pub use exec_map::{exec_plan, plan_document};
@@ -135,6 +136,8 @@ struct Carry {
     planned_usable: Option<bool>,
     last_sample: Option<DateTime<Utc>>,
     last_prune: Option<DateTime<Utc>>,
+    /// The shed lead the last round planned with, when it was longer than the policy's.
+    learned_lead_s: Option<u64>,
 }
 
 /// Whether the market moved enough since `then` to plan again: past the policy's hysteresis
@@ -209,9 +212,10 @@ async fn round(ctl: &Arc<Controller>, market: &MarketFeed, carry: &mut Carry, tr
     let now = Utc::now();
     let snapshot = market.snapshot(now);
     let inputs = snapshot.planner_inputs();
-    let Some(policy) = running_policy(ctl).await else {
+    let Some(mut policy) = running_policy(ctl).await else {
         return;
     };
+    learn_shed_lead(ctl, &mut policy, carry).await;
     if trigger == Trigger::Market {
         let band = policy.economic.hysteresis_usd_per_mwh;
         let usable = inputs.is_ok();
@@ -369,6 +373,39 @@ async fn round(ctl: &Arc<Controller>, market: &MarketFeed, carry: &mut Carry, tr
     ctl.execute(exec, document).await;
 }
 
+/// Lengthens the policy's shed lead to what shedding measurably takes on this site
+/// ([`crate::shed_time`]), and says so in the log and the audit when that changes.
+async fn learn_shed_lead(ctl: &Arc<Controller>, policy: &mut PolicyDocument, carry: &mut Carry) {
+    let longest = ctl.longest_recent_shed_s();
+    let policy_lead_s = policy.economic.shed_lead_s;
+    let lead_s = shed_time::effective_lead_s(policy_lead_s, longest);
+    let learned = (lead_s > policy_lead_s).then_some(lead_s);
+    if learned != carry.learned_lead_s {
+        let reason = match learned {
+            Some(l) => format!(
+                "shed lead {l} s instead of the policy's {policy_lead_s} s: shedding took up to {:.1} s to confirm on this site lately",
+                longest.unwrap_or_default()
+            ),
+            None => format!("shed lead back to the policy's {policy_lead_s} s"),
+        };
+        info!(lead_s, policy_lead_s, longest_shed_s = ?longest, "{reason}");
+        ctl.audit(NewAudit {
+            kind: "decision",
+            subject: "policy/shed_lead".into(),
+            actor: "controller".into(),
+            reason,
+            detail: serde_json::json!({
+                "shed_lead_s": lead_s,
+                "policy_shed_lead_s": policy_lead_s,
+                "longest_recent_shed_s": longest,
+            }),
+        })
+        .await;
+        carry.learned_lead_s = learned;
+    }
+    policy.economic.shed_lead_s = lead_s;
+}
+
 /// A market round that moved nothing past the band: economics and history only.
 async fn refresh_outlook_only(
     ctl: &Arc<Controller>,
@@ -506,5 +543,74 @@ mod tests {
         ));
         assert!(market_moved(Some(&a), None, 10.0));
         assert!(!market_moved(None, None, 10.0));
+    }
+
+    /// A controller over a real SQLite file in `dir`.
+    fn controller(dir: &std::path::Path) -> Arc<Controller> {
+        let db = dir.join("pivot.db");
+        let text = format!(
+            "[site]\nid = \"lead\"\ncap_w = 1000000\nreserve_w = 0\n[store]\npath = \"{}\"\n",
+            db.display()
+        );
+        let config = crate::config::Config::parse(
+            &text,
+            std::path::Path::new("c.toml"),
+            &crate::config::NoEnv,
+        )
+        .unwrap();
+        let store = crate::store::SqliteStore::open(&db).unwrap();
+        Controller::new(config, Arc::new(store)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_slow_shed_lengthens_the_lead_the_planner_gets_and_the_audit_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path());
+        let mut carry = Carry::default();
+        let policy = policy::validate(policy::DEFAULT_POLICY).unwrap();
+        let policy_lead_s = policy.economic.shed_lead_s;
+
+        // Nothing measured yet: the policy's lead, nothing audited.
+        let mut p = policy.clone();
+        learn_shed_lead(&ctl, &mut p, &mut carry).await;
+        assert_eq!(p.economic.shed_lead_s, policy_lead_s);
+        let said = |ctl: &Arc<Controller>| {
+            ctl.store
+                .list_audit(100, 0, "policy/shed_lead", "")
+                .unwrap()
+                .into_iter()
+                .map(|r| r.reason)
+                .collect::<Vec<_>>()
+        };
+        assert!(said(&ctl).is_empty());
+
+        // A shed that took longer than half the lead: the lead becomes twice it.
+        let slow_s = policy_lead_s as f64 * 0.75;
+        ctl.record_shed_s(slow_s);
+        let mut p = policy.clone();
+        learn_shed_lead(&ctl, &mut p, &mut carry).await;
+        assert_eq!(p.economic.shed_lead_s, (slow_s * 2.0).ceil() as u64);
+        let reasons = said(&ctl);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].contains("instead of the policy's"),
+            "{reasons:?}"
+        );
+
+        // The same again: said once, not every round.
+        let mut p = policy.clone();
+        learn_shed_lead(&ctl, &mut p, &mut carry).await;
+        assert_eq!(said(&ctl).len(), 1);
+
+        // Eight fast sheds later the slow one is forgotten and the policy's lead is back.
+        for _ in 0..8 {
+            ctl.record_shed_s(1.0);
+        }
+        let mut p = policy.clone();
+        learn_shed_lead(&ctl, &mut p, &mut carry).await;
+        assert_eq!(p.economic.shed_lead_s, policy_lead_s);
+        let reasons = said(&ctl);
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons[0].contains("back to the policy's"), "{reasons:?}");
     }
 }

@@ -830,18 +830,12 @@ mod tests {
     /// reconnected host's miners while another host, not back yet, still ran its own.
     #[test]
     fn a_restarted_controller_counts_hosts_not_back_yet_at_their_maximum() {
-        use crate::config::{Config, EnvSource};
+        use crate::config::{Config, NoEnv};
         use crate::intents::{Ledger, NewIntent};
         use crate::store::{SqliteStore, Store};
         use pivot_proto::model::{MinerTarget, Target};
         use std::sync::Arc;
 
-        struct NoEnv;
-        impl EnvSource for NoEnv {
-            fn get(&self, _: &str) -> Option<String> {
-                None
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("p.db");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).unwrap());

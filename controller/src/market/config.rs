@@ -492,6 +492,7 @@ mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
 
+    use crate::config::NoEnv;
     use crate::market::engine::{Market, MarketParts};
     use crate::market::hashprice::NetworkHashrate;
     use crate::market::hashprice::mempool::MempoolFees;
@@ -507,13 +508,6 @@ mod tests {
         toml::from_str::<Doc>(text)
             .map(|d| d.market)
             .map_err(|e| e.to_string())
-    }
-
-    struct NoEnv;
-    impl EnvSource for NoEnv {
-        fn get(&self, _: &str) -> Option<String> {
-            None
-        }
     }
 
     const FULL: &str = r#"

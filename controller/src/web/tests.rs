@@ -12,15 +12,8 @@ use serde_json::{Value, json};
 use super::{Web, router};
 use crate::Controller;
 use crate::auth::{Role, new_token};
-use crate::config::{Config, EnvSource};
+use crate::config::{Config, NoEnv};
 use crate::store::{NewAudit, SqliteStore, Store};
-
-struct NoEnv;
-impl EnvSource for NoEnv {
-    fn get(&self, _: &str) -> Option<String> {
-        None
-    }
-}
 
 struct Site {
     _dir: tempfile::TempDir,
