@@ -37,35 +37,5 @@ done
 echo "site up after $(echo "$(date +%s.%N) - $started" | bc) s: $miners miners on $racks rack agents"
 ctl="$target/$profile/pivotctl"
 uptime
-# Waits until no plan is executing (the plan in status is done or absent).
-settle() {
-  for _ in $(seq 1 120); do
-    state=$("$ctl" --controller "$url" status --json | python3 -c 'import json,sys; p=json.load(sys.stdin).get("plan") or {}; print(p.get("state",""))')
-    case "$state" in executing) sleep 0.5 ;; *) return 0 ;; esac
-  done
-}
-for run in $(seq 1 "$runs"); do
-  settle
-  sleep 2
-  mining=$("$ctl" --controller "$url" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["miners_mining"])')
-  last=$("$ctl" --controller "$url" audit --kind plan --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)')
-  t0=$(date +%s.%N)
-  "$ctl" --controller "$url" curtail miners --reason "bench: curtail-and-confirm" >/dev/null
-  line=""
-  for _ in $(seq 1 600); do
-    line=$("$ctl" --controller "$url" audit --kind plan --limit 50 --json | python3 -c '
-import json, sys
-last = int(sys.argv[1])
-for r in (json.loads(x) for x in sys.stdin if x.strip()):
-    t = (r.get("detail") or {}).get("timing")
-    if r["id"] > last and t and t["label"].startswith("curtail") and (r["detail"].get("phase_outcome") == "confirmed"):
-        print(t["label"], t["seconds"], t["issued_at"], t["last_confirmed_at"], t["settled_at"])
-        break
-' "$last")
-    [ -n "$line" ] && break
-    sleep 0.1
-  done
-  t1=$(date +%s.%N)
-  echo "run $run: $mining mining before; $line; operator call to record seen: $(echo "$t1 - $t0" | bc) s"
-  "$ctl" --controller "$url" resume miners >/dev/null
-done
+. site/bench/curtail-runs.sh
+curtail_runs "$ctl" "$url" "$runs"

@@ -13,7 +13,13 @@ use super::error::MinerError;
 use super::{DriverOptions, MinerDriver, Reading};
 use crate::state::{StateError, read_json, update_json};
 
-/// Polls `driver.read()` until `done` holds or `options.settle` passes. Read errors while
+/// The first pause between read-backs; each next one doubles, up to `options.poll_interval`.
+/// A change that lands in a fraction of a second (a sleep, a pause) is seen then, not a whole
+/// poll interval later; one that takes minutes (a tuner's ramp) costs a handful more reads.
+const FIRST_READ_BACK_PAUSE: Duration = Duration::from_millis(250);
+
+/// Polls `driver.read()` until `done` holds or `options.settle` passes, the pauses growing from
+/// [`FIRST_READ_BACK_PAUSE`] to `options.poll_interval`. Read errors while
 /// waiting are tolerated (firmwares restart their API to apply a change) and reported if the
 /// deadline passes without a good reading.
 pub async fn read_back(
@@ -26,16 +32,18 @@ pub async fn read_back(
     let start = Instant::now();
     let mut last: Option<Reading> = None;
     let mut last_err: Option<MinerError> = None;
+    let mut pause = FIRST_READ_BACK_PAUSE.min(options.poll_interval);
     loop {
         match driver.read().await {
             Ok(r) if done(&r) => return Ok(r),
             Ok(r) => last = Some(r),
             Err(e) => last_err = Some(e),
         }
-        if start.elapsed() + options.poll_interval > options.settle {
+        if start.elapsed() + pause > options.settle {
             break;
         }
-        tokio::time::sleep(options.poll_interval).await;
+        tokio::time::sleep(pause).await;
+        pause = pause.saturating_mul(2).min(options.poll_interval);
     }
     let observed = match (last, last_err) {
         (Some(r), _) => r.summary(),

@@ -1,0 +1,47 @@
+# Sourced by the curtail benches. `curtail_runs PIVOTCTL URL RUNS`: RUNS operator curtails of
+# every mining miner on the controller at URL, each on the same settled fleet, one line per run
+# from the audit log's phase timing (site/bench/phase_timing.py).
+
+# Waits until no plan is executing (the plan in status is done or absent).
+settle() {
+  for _ in $(seq 1 240); do
+    state=$("$ctl" --controller "$url" status --json | python3 -c 'import json,sys; p=json.load(sys.stdin).get("plan") or {}; print(p.get("state",""))')
+    case "$state" in executing) sleep 0.5 ;; *) return 0 ;; esac
+  done
+}
+
+mining_now() {
+  "$ctl" --controller "$url" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["miners_mining"])'
+}
+
+curtail_runs() {
+  ctl=$1 url=$2
+  local runs=$3 first="" run mining last t0 t1 line
+  for run in $(seq 1 "$runs"); do
+    settle
+    sleep 2
+    # After a resume the planner wakes the miners in ramp steps over several plans: wait until
+    # as many mine as before the first run (or four minutes), so every run curtails the same fleet.
+    if [ -n "$first" ]; then
+      for _ in $(seq 1 480); do
+        [ "$(mining_now)" -ge "$first" ] && break
+        sleep 0.5
+      done
+      settle
+    fi
+    mining=$(mining_now)
+    first=${first:-$mining}
+    last=$("$ctl" --controller "$url" audit --kind plan --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)')
+    t0=$(date +%s.%N)
+    "$ctl" --controller "$url" curtail miners --reason "bench: curtail-and-confirm" >/dev/null
+    line=""
+    for _ in $(seq 1 1200); do
+      line=$("$ctl" --controller "$url" audit --kind plan --limit 50 --json | python3 site/bench/phase_timing.py "$last")
+      [ -n "$line" ] && break
+      sleep 0.1
+    done
+    t1=$(date +%s.%N)
+    echo "run $run: $mining mining before; ${line:-no confirmed curtail phase in 2 minutes}; operator call to record seen: $(echo "$t1 - $t0" | bc) s"
+    "$ctl" --controller "$url" resume miners >/dev/null
+  done
+}
