@@ -10,6 +10,7 @@ pub mod hosts;
 pub mod narrator;
 pub mod policy;
 pub mod scenario;
+pub mod scheduler;
 pub mod site;
 pub mod sitemodel;
 pub mod summary;
