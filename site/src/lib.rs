@@ -15,6 +15,7 @@ pub mod site;
 pub mod sitemodel;
 pub mod summary;
 pub mod utility;
+pub mod workload;
 
 /// Where the bundled trace lives in the repository.
 pub const BUNDLED_TRACE_PATH: &str = "site/traces/two-days.csv";

@@ -346,7 +346,9 @@ impl Scheduler {
                 .values()
                 .filter(|j| j.state == JobState::Pending)
                 .collect();
-            p.sort_by_key(|j| (j.submitted_at, j.id));
+            // Largest first among those submitted together: whole-node jobs are not left
+            // waiting behind small ones that fragment every node.
+            p.sort_by_key(|j| (j.submitted_at, std::cmp::Reverse(j.gpus), j.id));
             p.iter().map(|j| (j.id, j.gpus)).collect()
         };
         for (id, gpus) in pending {
