@@ -74,6 +74,31 @@ pub struct GpuNode {
     pub nvml_state: PathBuf,
 }
 
+/// A checkpoint's grace for a drained node's jobs, trace seconds: ten minutes.
+pub const GRACE_TRACE_S: f64 = 600.0;
+
+/// How a GPU host's agent hands its node to the SIMULATED workload manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostWorkload {
+    /// The exec hook ([`SimulatedWlm::write_hook`]).
+    pub hook: PathBuf,
+    /// The checkpoint grace in wall seconds ([`GRACE_TRACE_S`] at the site's speed).
+    pub grace_s: f64,
+}
+
+impl HostWorkload {
+    /// The agent's `[workload]` section for node `node`.
+    pub fn section(&self, node: &str) -> String {
+        format!(
+            "# The SIMULATED workload manager, through pivot-site's exec hook.\n[workload]\n\
+             manager = \"exec\"\nnode_name = \"{node}\"\ngrace_s = {:.3}\nconfirm_s = 30\npoll_s = 0.25\n\n\
+             [workload.exec]\nhook = {}\ntimeout_s = 10\n",
+            self.grace_s,
+            toml::Value::String(self.hook.display().to_string()),
+        )
+    }
+}
+
 /// A queue event as `workload.jsonl` records it.
 fn event_json(e: &Event, wall: DateTime<Utc>) -> serde_json::Value {
     let mut v = json!({ "wall": wall, "trace": e.at, "event": e.what.kind() });
@@ -388,6 +413,15 @@ impl SimulatedWlm {
         Ok(market.ai_demand)
     }
 
+    /// Writes the exec hook to `hook` and says how the GPU hosts' agents use it at `speed`.
+    pub fn host_workload(&self, hook: &Path, speed: f64) -> Result<HostWorkload, WlmError> {
+        self.write_hook(hook)?;
+        Ok(HostWorkload {
+            hook: hook.to_owned(),
+            grace_s: (GRACE_TRACE_S / speed).clamp(0.1, GRACE_TRACE_S),
+        })
+    }
+
     /// Writes the exec hook the GPU hosts' agents run: this very binary's hidden
     /// `sim-workload-hook` subcommand, pointed at this manager. (The agent runs a hook without
     /// arguments, so a one-line script carries them.)
@@ -460,6 +494,10 @@ async fn tick(shared: Arc<Shared>) {
                 .collect()
         };
         for (node, busy) in busy {
+            // Not written yet: the site writes each host's state file as it sets the host up.
+            if !node.nvml_state.exists() {
+                continue;
+            }
             let result = set_gpu_load(&node.nvml_state, &busy);
             let failing = result.is_err();
             if let Err(e) = result
