@@ -209,6 +209,32 @@ mod tests {
     }
 
     #[test]
+    fn the_hourly_line_says_the_demand_read_and_the_simulated_queue() {
+        let status = v1::SiteStatus {
+            economics: Some(v1::Economics {
+                ai_gpu_demand: Some(56),
+                ..v1::Economics::default()
+            }),
+            ..v1::SiteStatus::default()
+        };
+        let queue = QueueSummary {
+            running_jobs: 5,
+            running_gpus: 40,
+            pending_jobs: 2,
+            pending_gpus: 16,
+        };
+        let line = status_line(&times(), at("2030-01-01T00:05:00Z"), &status, Some(queue));
+        assert!(line.starts_with("Wed 00:00 ── "), "{line}");
+        assert!(line.contains("for 56 GPUs"), "{line}");
+        assert!(
+            line.ends_with(" │ SIMULATED jobs: 5 running (40 GPUs), 2 pending (16 GPUs)"),
+            "{line}"
+        );
+        let without = status_line(&times(), at("2030-01-01T00:05:00Z"), &status, None);
+        assert!(!without.contains("SIMULATED"), "{without}");
+    }
+
+    #[test]
     fn hours_start_at_the_next_whole_hour() {
         assert_eq!(
             next_hour(at("2026-07-14T05:00:00Z")),
