@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::fleet::GPU_DEMAND_W;
 use crate::narrator::TraceTimes;
-use crate::scheduler::{Event, QueueSummary, Scheduler, UnknownNode, What};
+use crate::scheduler::{Event, NodeStatus, QueueSummary, Scheduler, UnknownNode, What};
 
 /// The Slurm user the controller reads the queue as.
 pub const USER_NAME: &str = "pivot";
@@ -239,7 +239,7 @@ impl Drop for SimulatedWlm {
 
 type Reply = (StatusCode, String);
 
-fn node_reply(r: Result<crate::scheduler::NodeStatus, UnknownNode>) -> Reply {
+fn node_reply(r: Result<NodeStatus, UnknownNode>) -> Reply {
     match r {
         Ok(s) => (StatusCode::OK, s.line()),
         Err(e) => (StatusCode::NOT_FOUND, e.to_string()),
@@ -263,15 +263,29 @@ async fn jobs(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Reply {
     }
 }
 
+/// A call of the agent's hook on a node: authorized, the queue brought to now, `act` applied,
+/// the node's status line answered.
+fn node_call(
+    s: &Shared,
+    headers: &HeaderMap,
+    node: &str,
+    act: impl FnOnce(&mut Scheduler, DateTime<Utc>) -> Result<Vec<Event>, UnknownNode>,
+) -> Reply {
+    if !s.authorized(headers) {
+        return (StatusCode::UNAUTHORIZED, UNAUTHORIZED.into());
+    }
+    node_reply(s.apply(|sched, now| {
+        let events = act(sched, now)?;
+        Ok((sched.status(node)?, events))
+    }))
+}
+
 async fn status(
     State(s): State<Arc<Shared>>,
     UrlPath(node): UrlPath<String>,
     headers: HeaderMap,
 ) -> Reply {
-    if !s.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, UNAUTHORIZED.into());
-    }
-    node_reply(s.apply(|sched, _| Ok((sched.status(&node)?, Vec::new()))))
+    node_call(&s, &headers, &node, |_, _| Ok(Vec::new()))
 }
 
 async fn release(
@@ -279,13 +293,7 @@ async fn release(
     UrlPath(node): UrlPath<String>,
     headers: HeaderMap,
 ) -> Reply {
-    if !s.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, UNAUTHORIZED.into());
-    }
-    node_reply(s.apply(|sched, now| {
-        let events = sched.release(&node, now)?;
-        Ok((sched.status(&node)?, events))
-    }))
+    node_call(&s, &headers, &node, |sched, now| sched.release(&node, now))
 }
 
 #[derive(serde::Deserialize)]
@@ -300,13 +308,9 @@ async fn drain(
     Query(q): Query<DrainQuery>,
     headers: HeaderMap,
 ) -> Reply {
-    if !s.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, UNAUTHORIZED.into());
-    }
-    node_reply(s.apply(|sched, now| {
-        let events = sched.drain(&node, now, q.grace_over == 1)?;
-        Ok((sched.status(&node)?, events))
-    }))
+    node_call(&s, &headers, &node, |sched, now| {
+        sched.drain(&node, now, q.grace_over == 1)
+    })
 }
 
 /// A token nobody guesses: the time and the process id, mixed.
