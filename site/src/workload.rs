@@ -230,10 +230,12 @@ pub struct SimulatedWlm {
 }
 
 impl Drop for SimulatedWlm {
+    /// Stops serving and leaves the fake GPUs with the load of the jobs as they stand.
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
         }
+        sync_loads(&self.shared, &mut BTreeMap::new());
     }
 }
 
@@ -489,28 +491,7 @@ async fn tick(shared: Arc<Shared>) {
     loop {
         every.tick().await;
         let _ = shared.apply(|_, _| Ok(((), Vec::new())));
-        let busy: Vec<(GpuNode, Vec<bool>)> = {
-            let sched = lock(&shared.sched);
-            shared
-                .nodes
-                .iter()
-                .map(|n| (n.clone(), sched.busy(&n.name)))
-                .collect()
-        };
-        for (node, busy) in busy {
-            // Not written yet: the site writes each host's state file as it sets the host up.
-            if !node.nvml_state.exists() {
-                continue;
-            }
-            let result = set_gpu_load(&node.nvml_state, &busy);
-            let failing = result.is_err();
-            if let Err(e) = result
-                && !warned.get(&node.name).copied().unwrap_or(false)
-            {
-                tracing::warn!(node = %node.name, error = %e, "Cannot set the fake GPUs' load from the SIMULATED jobs");
-            }
-            warned.insert(node.name, failing);
-        }
+        sync_loads(&shared, &mut warned);
         let times = lock(&shared.clock).clone();
         if let Some(times) = times {
             let lines = std::mem::take(&mut *lock(&shared.to_say));
@@ -518,6 +499,32 @@ async fn tick(shared: Arc<Shared>) {
                 println!("{}  {line}", times.label(at));
             }
         }
+    }
+}
+
+/// Writes every node's GPU load from the jobs on it; warns once per node while it fails.
+fn sync_loads(shared: &Shared, warned: &mut BTreeMap<String, bool>) {
+    let busy: Vec<(GpuNode, Vec<bool>)> = {
+        let sched = lock(&shared.sched);
+        shared
+            .nodes
+            .iter()
+            .map(|n| (n.clone(), sched.busy(&n.name)))
+            .collect()
+    };
+    for (node, busy) in busy {
+        // Not written yet: the site writes each host's state file as it sets the host up.
+        if !node.nvml_state.exists() {
+            continue;
+        }
+        let result = set_gpu_load(&node.nvml_state, &busy);
+        let failing = result.is_err();
+        if let Err(e) = result
+            && !warned.get(&node.name).copied().unwrap_or(false)
+        {
+            tracing::warn!(node = %node.name, error = %e, "Cannot set the fake GPUs' load from the SIMULATED jobs");
+        }
+        warned.insert(node.name, failing);
     }
 }
 
