@@ -1,5 +1,6 @@
 //! The site's hosts: pivot-sim miners on loopback, the rack agents that drive them, and GPU
-//! hosts (an agent each, on its own copy of the fake NVML library with its own eight H100s) —
+//! hosts (an agent each, on its own copy of the fake NVML library with its own eight H100s,
+//! handing its node to the SIMULATED workload manager through its `[workload.exec]` hook) —
 //! every agent the real daemon (`pivot_agent::daemon::run`), in this process.
 
 use std::collections::BTreeMap;
