@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use pivot_controller::auth::{AuthConfig, AuthMode};
 use pivot_controller::config::{AgentsConfig, Config, ListenConfig, SiteConfig, StoreConfig};
+use pivot_controller::demand::source::WorkloadDemand;
 use pivot_controller::engine::EngineConfig;
+use pivot_controller::market::ai::AiDemandSourceConfig;
+use pivot_controller::market::config::InputConfig;
 use pivot_controller::market::source::{self, TraceReplay};
 use pivot_controller::market::{
     Market, MarketConfig, MarketParts, PlausibleRanges, Sourced, Timing,
@@ -43,7 +46,8 @@ pub enum ControllerError {
 
 /// The controller's configuration for the simulated site: real-time leases and timeouts (they
 /// are wall-clock on a site too), telemetry every second, a sample of the history every
-/// second, a plan at least every second.
+/// second, a plan at least every second; AI demand from `ai_demand` (the SIMULATED workload
+/// manager's slurmrestd).
 pub fn config(
     listen: SocketAddr,
     web: SocketAddr,
@@ -51,6 +55,7 @@ pub fn config(
     cap_w: f64,
     reserve_w: f64,
     clock_speed: f64,
+    ai_demand: InputConfig<AiDemandSourceConfig>,
 ) -> Config {
     // A failed move is remembered for ten minutes of trace time, at least two wall seconds.
     let failure_memory_s = ((600.0 / clock_speed).round() as u64).max(2);
@@ -78,7 +83,10 @@ pub fn config(
             mode: AuthMode::Open,
             ..AuthConfig::default()
         },
-        market: MarketConfig::default(),
+        market: MarketConfig {
+            ai_demand,
+            ..MarketConfig::default()
+        },
         engine: EngineConfig {
             replan_s: 1,
             sample_s: 1,
@@ -166,7 +174,8 @@ impl RunningController {
 
     /// Starts the market replay and the control loop: from now on the site decides.
     pub async fn start_deciding(&self, trace: Arc<Trace>, trace_file: &Path, clock: &SiteClock) {
-        let mut market = Market::new(trace_market(&trace, trace_file, clock));
+        let parts = trace_market(&trace, trace_file, clock, &self.ctl.config.market.ai_demand);
+        let mut market = Market::new(parts);
         market.refresh_all(chrono::Utc::now()).await;
         let view = market.view();
         tokio::spawn(replay_rows(market, trace, clock.clone()));
@@ -180,8 +189,14 @@ impl RunningController {
     }
 }
 
-/// The market's inputs as trace replays of one trace, on the site's clock.
-fn trace_market(trace: &Arc<Trace>, file: &Path, clock: &SiteClock) -> MarketParts {
+/// The market's prices as trace replays of one trace, on the site's clock; AI demand from the
+/// workload manager `demand` names (the trace's column only where it names none).
+fn trace_market(
+    trace: &Arc<Trace>,
+    file: &Path,
+    clock: &SiteClock,
+    demand: &InputConfig<AiDemandSourceConfig>,
+) -> MarketParts {
     // The composer reads the market itself at every row (below); the sources' own schedule is
     // a fallback that never comes due first.
     let timing = Timing {
@@ -208,10 +223,13 @@ fn trace_market(trace: &Arc<Trace>, file: &Path, clock: &SiteClock) -> MarketPar
             TraceReplay::new(Arc::clone(trace), file, replay.clone(), source::ai_value_of),
             timing,
         ),
-        ai_demand: Sourced::new(
-            TraceReplay::new(Arc::clone(trace), file, replay, source::ai_demand_of),
-            timing,
-        ),
+        ai_demand: match demand.source.workload() {
+            Some(d) => Sourced::new(WorkloadDemand::new(d, None), demand.timing),
+            None => Sourced::new(
+                TraceReplay::new(Arc::clone(trace), file, replay, source::ai_demand_of),
+                timing,
+            ),
+        },
         firm_contracts: Vec::new(),
         checks: PlausibleRanges::default(),
     }

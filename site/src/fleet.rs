@@ -67,8 +67,12 @@ pub const HOST_BASE_W: u32 = 4600;
 /// An H100's highest power cap (the fake NVML's default), W.
 pub const GPU_MAX_W: u32 = 700;
 
-/// What each fake H100's work asks for, W: the caps decide what it draws (700 W at full
-/// service, 200 W drained), as the backtest models a GPU host.
+/// An H100's lowest power cap (the fake NVML's default), W: a drained host's GPUs sit here.
+pub const GPU_MIN_W: u32 = 200;
+
+/// What a fake H100 running a job asks for, W: the caps decide what it draws (700 W at full
+/// service, 200 W drained), as the backtest models a GPU host; an idle one draws
+/// `workload::IDLE_GPU_W`.
 pub const GPU_DEMAND_W: f64 = 700.0;
 
 /// The default site: 240 miners on four rack agents, eight GPU hosts.

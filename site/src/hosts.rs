@@ -1,5 +1,6 @@
 //! The site's hosts: pivot-sim miners on loopback, the rack agents that drive them, and GPU
-//! hosts (an agent each, on its own copy of the fake NVML library with its own eight H100s) —
+//! hosts (an agent each, on its own copy of the fake NVML library with its own eight H100s,
+//! handing its node to the SIMULATED workload manager through its `[workload.exec]` hook) —
 //! every agent the real daemon (`pivot_agent::daemon::run`), in this process.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,8 @@ use pivot_sim::miner::{Bind, MinerHandle, SimMiner, spawn};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::fleet::{FleetLayout, GPU_DEMAND_W, GPU_MAX_W, GPUS_PER_HOST, HOST_BASE_W};
+use crate::fleet::{FleetLayout, GPU_MAX_W, GPU_MIN_W, GPUS_PER_HOST, HOST_BASE_W};
+use crate::workload::{GpuNode, HostWorkload, IDLE_GPU_W};
 
 /// The environment variable that names the fake NVML library to load.
 pub const FAKE_NVML_ENV: &str = "PIVOT_FAKE_NVML_LIB";
@@ -192,13 +194,31 @@ pub fn remember_work_mode(
         })
 }
 
-/// The agents' configuration files, one directory per host under `root`.
+/// The GPU hosts as nodes of the SIMULATED workload manager: each named by its host id, with
+/// its fake NVML state file (written by [`write_agent_configs`]).
+pub fn gpu_nodes(root: &Path, layout: &FleetLayout) -> Vec<GpuNode> {
+    (0..layout.gpu_hosts)
+        .map(|host| {
+            let name = FleetLayout::gpu_host_id(host);
+            GpuNode {
+                nvml_state: root.join(&name).join("nvml").join("fake-nvml.json"),
+                name,
+                gpus: GPUS_PER_HOST,
+            }
+        })
+        .collect()
+}
+
+/// The agents' configuration files, one directory per host under `root`. The GPU hosts start
+/// drained — their GPUs at the lowest cap, their nodes closed in the SIMULATED workload manager —
+/// and hand their node over through `workload`'s exec hook.
 pub fn write_agent_configs(
     root: &Path,
     layout: &FleetLayout,
     miners: &Miners,
     controller_url: &str,
     fake_nvml: Option<&Path>,
+    workload: &HostWorkload,
 ) -> Result<Vec<(String, PathBuf)>, HostsError> {
     let mut out = Vec::new();
     for rack in 0..layout.racks {
@@ -219,41 +239,46 @@ pub fn write_agent_configs(
         std::fs::write(&path, text).map_err(io("writing", &path))?;
         out.push((host_id, path));
     }
-    for host in 0..layout.gpu_hosts {
+    for (host, node) in gpu_nodes(root, layout).iter().enumerate() {
         let Some(library) = fake_nvml else { break };
-        let host_id = FleetLayout::gpu_host_id(host);
-        let dir = root.join(&host_id);
+        let host_id = &node.name;
+        let dir = root.join(host_id);
         let nvml = dir.join("nvml");
         std::fs::create_dir_all(&nvml).map_err(io("creating", &nvml))?;
         // A copy per host: loading one path twice would share one library's GPUs, and the
         // library keeps its GPUs in the state file beside it.
         let lib = nvml.join("libnvidia-ml.so.1");
         std::fs::copy(library, &lib).map_err(io("copying the fake NVML library to", &lib))?;
-        let state = nvml.join("fake-nvml.json");
+        let state = &node.nvml_state;
         // Each host's GPUs their own UUIDs (the library's default is the same on every host,
-        // and the controller refuses a device that another host already holds).
+        // and the controller refuses a device that another host already holds), idle, at the
+        // lowest cap: drained until the controller serves AI on them.
         let uuids: serde_json::Map<String, serde_json::Value> = (0..GPUS_PER_HOST)
             .map(|i| {
                 let uuid = format!("GPU-5173e000-{:04x}-4000-8000-{i:012x}", host + 1);
-                (i.to_string(), serde_json::json!({ "uuid": uuid }))
+                (
+                    i.to_string(),
+                    serde_json::json!({ "uuid": uuid, "power_limit_w": GPU_MIN_W }),
+                )
             })
             .collect();
         let gpus = serde_json::json!({
             "count": GPUS_PER_HOST,
-            "power_demand_w": GPU_DEMAND_W,
+            "power_demand_w": IDLE_GPU_W,
             "gpus": uuids,
         });
-        std::fs::write(&state, gpus.to_string()).map_err(io("writing", &state))?;
+        std::fs::write(state, gpus.to_string()).map_err(io("writing", state))?;
         let full_w = HOST_BASE_W + GPUS_PER_HOST * GPU_MAX_W;
         let text = format!(
             "{}\n[host]\nbase_power_w = {HOST_BASE_W}\nmax_power_w = {full_w}\n\n\
-             [gpus]\nenabled = true\nnvml_lib = \"{}\"\nconfirm_s = 2\n",
-            agent_header(&host_id, &dir, controller_url),
-            lib.display()
+             [gpus]\nenabled = true\nnvml_lib = \"{}\"\nconfirm_s = 2\n\n{}",
+            agent_header(host_id, &dir, controller_url),
+            lib.display(),
+            workload.section(host_id)
         );
         let path = dir.join("agent.toml");
         std::fs::write(&path, text).map_err(io("writing", &path))?;
-        out.push((host_id, path));
+        out.push((host_id.clone(), path));
     }
     Ok(out)
 }

@@ -1,6 +1,7 @@
 //! pivot-site: a whole simulated pivot site in one process tree — the controller, rack agents
-//! driving pivot-sim miners of all six dialects, GPU hosts on the fake NVML library — playing a
-//! market trace in accelerated time and printing every decision the controller takes.
+//! driving pivot-sim miners of all six dialects, GPU hosts on the fake NVML library whose AI jobs
+//! come from a SIMULATED workload manager — playing a market trace in accelerated time and
+//! printing every decision the controller takes.
 
 pub mod clock;
 pub mod controller;
@@ -10,10 +11,12 @@ pub mod hosts;
 pub mod narrator;
 pub mod policy;
 pub mod scenario;
+pub mod scheduler;
 pub mod site;
 pub mod sitemodel;
 pub mod summary;
 pub mod utility;
+pub mod workload;
 
 /// Where the bundled trace lives in the repository.
 pub const BUNDLED_TRACE_PATH: &str = "site/traces/two-days.csv";

@@ -35,6 +35,17 @@ enum Command {
         #[arg(long, default_value_t = pivot_site::BUNDLED_SEED)]
         seed: u64,
     },
+    /// The SIMULATED workload manager's exec hook, run by the site's GPU-host agents
+    /// (`[workload.exec]`): PIVOT_ACTION and PIVOT_NODE in, the node's status line out.
+    #[command(hide = true)]
+    SimWorkloadHook {
+        /// The SIMULATED workload manager's address, http://127.0.0.1:PORT.
+        #[arg(long)]
+        scheduler: String,
+        /// The token it checks (the site writes it).
+        #[arg(long)]
+        token_file: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -122,6 +133,19 @@ async fn main() -> std::process::ExitCode {
             pivot_site::generate::bundled_csv(seed, pivot_site::BUNDLED_REFERENCE)
                 .map(|text| print!("{text}"))
                 .context("generating the trace")
+        }
+        Some(Command::SimWorkloadHook {
+            scheduler,
+            token_file,
+        }) => {
+            let out =
+                pivot_site::workload::run_hook(&scheduler, &token_file, |k| std::env::var(k).ok())
+                    .await;
+            print!("{}", out.stdout);
+            if !out.stderr.is_empty() {
+                eprintln!("pivot-site sim-workload-hook: {}", out.stderr);
+            }
+            return std::process::ExitCode::from(u8::try_from(out.code).unwrap_or(1));
         }
         Some(Command::Run(args)) => run(args).await,
         None => run(cli.run).await,

@@ -9,6 +9,8 @@ use pivot_proto::v1::fleet_service_client::FleetServiceClient;
 use tonic::transport::Channel;
 
 use crate::clock::SiteClock;
+use crate::scheduler::QueueSummary;
+use crate::workload::QueueView;
 
 /// Formats trace times in the site's time zone.
 #[derive(Debug, Clone)]
@@ -55,8 +57,14 @@ pub fn power(w: f64) -> String {
     pivot_controller::planner::explain::watts(w)
 }
 
-/// The hourly line: prices, where the power goes, the cap, the margin.
-pub fn status_line(times: &TraceTimes, at_wall: DateTime<Utc>, s: &v1::SiteStatus) -> String {
+/// The hourly line: prices, the AI demand the controller read, where the power goes, the cap,
+/// the margin, and the SIMULATED workload manager's queue.
+pub fn status_line(
+    times: &TraceTimes,
+    at_wall: DateTime<Utc>,
+    s: &v1::SiteStatus,
+    queue: Option<QueueSummary>,
+) -> String {
     let e = s.economics.clone().unwrap_or_default();
     let demand = e
         .ai_gpu_demand
@@ -64,9 +72,10 @@ pub fn status_line(times: &TraceTimes, at_wall: DateTime<Utc>, s: &v1::SiteStatu
     let margin = s
         .margin_usd_per_h
         .map_or_else(|| "no market".to_owned(), |m| format!("{m:.0} USD/h"));
+    let queue = queue.map_or_else(String::new, |q| format!(" │ SIMULATED {q}"));
     format!(
         "{} ── energy {:.0} USD/MWh, hashprice {:.1} USD/PH/day, AI {:.2} USD/GPU-h for {demand} │ \
-         mining {} ({} of {} miners), AI {} ({} of {} GPU hosts) │ cap {} ({}) │ margin {margin}",
+         mining {} ({} of {} miners), AI {} ({} of {} GPU hosts) │ cap {} ({}) │ margin {margin}{queue}",
         times.at_wall(at_wall),
         e.energy_price_usd_per_mwh,
         e.hashprice_usd_per_ph_day,
@@ -123,6 +132,7 @@ pub async fn hourly(
     mut client: FleetServiceClient<Channel>,
     times: TraceTimes,
     end: DateTime<Utc>,
+    queue: Option<QueueView>,
 ) {
     let mut hour = next_hour(times.clock.trace_start());
     while hour < end {
@@ -131,7 +141,15 @@ pub async fn hourly(
             tokio::time::sleep(wait).await;
         }
         match client.get_site_status(v1::GetSiteStatusRequest {}).await {
-            Ok(s) => println!("{}", status_line(&times, due, &s.into_inner())),
+            Ok(s) => println!(
+                "{}",
+                status_line(
+                    &times,
+                    due,
+                    &s.into_inner(),
+                    queue.as_ref().map(QueueView::summary)
+                )
+            ),
             Err(e) => eprintln!("pivot-site: site status: {}", e.message()),
         }
         hour += chrono::Duration::hours(1);
@@ -188,6 +206,32 @@ mod tests {
             ..record
         };
         assert_eq!(decision_line(&times(), &status), None);
+    }
+
+    #[test]
+    fn the_hourly_line_says_the_demand_read_and_the_simulated_queue() {
+        let status = v1::SiteStatus {
+            economics: Some(v1::Economics {
+                ai_gpu_demand: Some(56),
+                ..v1::Economics::default()
+            }),
+            ..v1::SiteStatus::default()
+        };
+        let queue = QueueSummary {
+            running_jobs: 5,
+            running_gpus: 40,
+            pending_jobs: 2,
+            pending_gpus: 16,
+        };
+        let line = status_line(&times(), at("2030-01-01T00:05:00Z"), &status, Some(queue));
+        assert!(line.starts_with("Wed 00:00 ── "), "{line}");
+        assert!(line.contains("for 56 GPUs"), "{line}");
+        assert!(
+            line.ends_with(" │ SIMULATED jobs: 5 running (40 GPUs), 2 pending (16 GPUs)"),
+            "{line}"
+        );
+        let without = status_line(&times(), at("2030-01-01T00:05:00Z"), &status, None);
+        assert!(!without.contains("SIMULATED"), "{without}");
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum SiteError {
     Hosts(#[from] hosts::HostsError),
     #[error(transparent)]
     Model(#[from] sitemodel::ModelError),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WlmError),
     #[error("--miners 0 and --gpu-hosts 0: a site needs something to run")]
     Empty,
     #[error("the site did not come up within {within:?}: {waiting}")]
@@ -245,7 +247,14 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         None
     };
 
-    // The controller, the miners, the agents.
+    // The SIMULATED workload manager, the controller, the miners, the agents.
+    let wlm = crate::workload::SimulatedWlm::start(
+        &dir,
+        hosts::gpu_nodes(&dir.join("hosts"), &layout),
+        Arc::clone(&trace),
+        crate::BUNDLED_SEED,
+    )
+    .await?;
     let running = RunningController::start(controller::config(
         opts.listen,
         opts.web,
@@ -253,6 +262,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         cap_w,
         reserve_w,
         opts.speed,
+        wlm.demand_config()?,
     ))
     .await?;
     let url = format!("http://{}", running.addr);
@@ -263,6 +273,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         &miners,
         &url,
         fake_nvml.as_deref(),
+        &wlm.host_workload(&dir.join("sim-workload-hook"), opts.speed)?,
     )?;
     let mut agents = Agents::start(&configs)?;
     let ctl = Arc::clone(&running.ctl);
@@ -379,12 +390,18 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         })
         .to_string(),
     )?;
+    wlm.start_clock(times.clone());
     running
         .start_deciding(Arc::clone(&trace), &trace_file, &clock)
         .await;
     tokio::spawn(narrator::decisions(client.clone(), times.clone()));
     if opts.hourly {
-        tokio::spawn(narrator::hourly(client.clone(), times.clone(), trace.end()));
+        tokio::spawn(narrator::hourly(
+            client.clone(),
+            times.clone(),
+            trace.end(),
+            Some(wlm.view()),
+        ));
     }
     tokio::spawn(utility::announce(
         client.clone(),

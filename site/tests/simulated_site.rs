@@ -2,7 +2,8 @@
 //! bundled trace (Tuesday 13:00–18:30 in Texas: an AI-demand step, the demand-response event,
 //! the evening price spike) at 480x, and the run is read back as an operator would read it —
 //! `pivotctl status --json`, `pivotctl history --json`, `pivotctl audit --json` and the
-//! controller's `GetHistory` site samples — then checked against the trace it played.
+//! controller's `GetHistory` site samples, and the SIMULATED workload manager's event log — then
+//! checked against the trace it played.
 //!
 //! `pivotctl` and `pivot-controller` come from the workspace's build (`scripts/test` builds them
 //! before it tests); a missing one fails with the command that builds it.
@@ -242,6 +243,17 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
     assert_eq!(status["gpu_hosts"]["total"], 4, "{status}");
     assert_eq!(status["gpus_total"], 32, "{status}");
     assert_eq!(status["agents_connected"], 7, "{status}");
+    // AI demand is what the controller read from the SIMULATED workload manager's queue, through
+    // its own slurmrestd reader, not the trace's column.
+    let demand = status["economics"]["inputs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "ai_demand"))
+        .unwrap_or_else(|| panic!("no ai_demand input: {status}"));
+    let source = demand["source"].as_str().unwrap();
+    assert!(
+        source.starts_with("slurmrestd http://127.0.0.1:"),
+        "{demand}"
+    );
 
     // GetHistory: every site sample of the run, at its trace time.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -395,6 +407,54 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
     assert!(
         checked > 0,
         "no plan both curtailed and granted; the check above checked nothing: {phases:#?}"
+    );
+
+    // Jobs ran on a GPU host only after its agent released it: in the SIMULATED workload
+    // manager's event log every job starts on a node opened by the agent's exec hook (the only
+    // caller of release) and not closed since; the hosts start drained, and the first node opens
+    // only after a plan's release phase was issued.
+    let log = std::fs::read_to_string(out.path().join("site/workload.jsonl")).unwrap();
+    let events: Vec<Value> = log.lines().map(json).collect();
+    let mut open: std::collections::BTreeMap<String, bool> = Default::default();
+    let mut started = 0;
+    for e in &events {
+        let node = || e["node"].as_str().unwrap().to_owned();
+        match e["event"].as_str().unwrap() {
+            "opened" => {
+                assert_eq!(e["by"], "pivot-agent exec hook", "{e}");
+                open.insert(node(), true);
+            }
+            "closed" => {
+                open.insert(node(), false);
+            }
+            "started" => {
+                assert!(
+                    open.get(&node()) == Some(&true),
+                    "a job started on {} while its agent had not released it: {e}",
+                    node()
+                );
+                assert!(node().starts_with("gpu-host-"), "{e}");
+                started += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(started > 0, "no SIMULATED job ever ran: {log}");
+    let first_release = phases
+        .iter()
+        .filter(|p| p["label"].as_str().unwrap().starts_with("release hosts"))
+        .filter_map(|p| p["issued_at"].as_str().map(at))
+        .min()
+        .unwrap_or_else(|| panic!("no plan released a GPU host: {phases:#?}"));
+    let first_open = events
+        .iter()
+        .filter(|e| e["event"] == "opened")
+        .map(|e| time_of(&e["wall"]))
+        .min()
+        .unwrap();
+    assert!(
+        first_open >= first_release,
+        "a node opened at {first_open}, before the first release phase at {first_release}"
     );
 
     // The realised margin, integrated from the history in trace time (each sample's margin
