@@ -24,7 +24,7 @@ def miner_sweep(rows, timeout_ms):
     pyasic_sizes = sorted({r["miners"] for r in rows if r["label"] == f"pyasic {r['miners']}"})
     print("Healthy fleet, mixed dialects (median of the timed sweeps):\n")
     print("| miners | client | data sweep s | CPU s / sweep | TCP conns / miner / sweep | peak RSS MiB "
-          "| identify s | pyasic ÷ pivot (sweep time) |")
+          "| identify s | client ÷ pivot (sweep time) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for n in sorted(set(pivot_sizes) | set(pyasic_sizes)):
         p, d, y = by.get(f"pivot {n}"), by.get(f"pivot {n} detect"), by.get(f"pyasic {n}")
@@ -41,6 +41,23 @@ def miner_sweep(rows, timeout_ms):
                   f"| {'**%.0f×** (CPU %.0f×)' % (ratio, cpu_ratio) if p else '– (no pivot run of this size)'} |")
             if errs:
                 print(f"|  | pyasic get_data() raised | {errs} | | | | | |")
+        a = by.get(f"asic-rs {n}")
+        if a:
+            ratio = med(a["sweeps"], "wall_s") / med(p["sweeps"], "wall_s") if p else float("nan")
+            cpu_ratio = med(a["sweeps"], "cpu_s") / max(med(p["sweeps"], "cpu_s"), 0.01) if p else float("nan")
+            print(f"| {n:,} | asic-rs {a['asic_rs']} ({a['identified']:,} identified, "
+                  f"{min(s['read'] for s in a['sweeps']):,} read a hashrate) | {med(a['sweeps'], 'wall_s'):.3f} "
+                  f"| {med(a['sweeps'], 'cpu_s'):.2f} | {med(a['sweeps'], 'conns_per_miner'):.2f} "
+                  f"| {a['peak_rss_mib']:.0f} | {a['identify']['wall_s']:.2f} "
+                  f"| {'%.1f× (CPU %.1f×)' % (ratio, cpu_ratio) if p else '–'} |")
+        f = by.get(f"floor {n}")
+        if f:
+            ratio = med(f["sweeps"], "wall_s") / med(p["sweeps"], "wall_s") if p else float("nan")
+            cpu_ratio = med(f["sweeps"], "cpu_s") / max(med(p["sweeps"], "cpu_s"), 0.01) if p else float("nan")
+            print(f"| {n:,} | floor client (one cgminer request per miner; {f['sweeps'][0]['failures']:.0f} failed) "
+                  f"| {med(f['sweeps'], 'wall_s'):.3f} | {med(f['sweeps'], 'cpu_s'):.2f} "
+                  f"| {med(f['sweeps'], 'conns_per_miner'):.2f} | {f['peak_rss_mib']:.0f} | – "
+                  f"| {'%.2f× (CPU %.2f×)' % (ratio, cpu_ratio) if p else '–'} |")
     print("\nIdentify: pivot = `discover_miners` with `dialect = \"auto\"` (detect + identify); "
           "pyasic = `asyncio.gather(pyasic.get_miner(ip))`.\n")
 

@@ -36,7 +36,7 @@ curtail_runs() {
     "$ctl" --controller "$url" curtail miners --reason "bench: curtail-and-confirm" >/dev/null
     line=""
     for _ in $(seq 1 1200); do
-      line=$("$ctl" --controller "$url" audit --kind plan --limit 50 --json | python3 site/bench/phase_timing.py "$last")
+      line=$("$ctl" --controller "$url" audit --kind plan --limit 5 --json | python3 site/bench/phase_timing.py "$last")
       [ -n "$line" ] && break
       sleep 0.1
     done

@@ -28,6 +28,11 @@ for r in (json.loads(x) for x in sys.stdin if x.strip()):
     d = sorted(ts(m["confirmed_at"]) - ts(m["issued_at"])
                for m in t["moves"] if m.get("confirmed_at") and m.get("issued_at"))
     q = lambda f: d[min(len(d) - 1, int(f * len(d)))] if d else float("nan")
-    print("%s: phase %.2f s; per move issued to confirmed p50 %.2f p90 %.2f max %.2f s"
-          % (t["label"], t["seconds"], q(0.5), q(0.9), q(1.0)))
+    issued = [ts(m["issued_at"]) for m in t["moves"] if m.get("issued_at")]
+    confirmed = [ts(m["confirmed_at"]) for m in t["moves"] if m.get("confirmed_at")]
+    spread = max(issued) - min(issued) if issued else float("nan")
+    tail = ts(t["settled_at"]) - max(confirmed) if confirmed else float("nan")
+    print("%s: phase %.2f s; per move issued to confirmed p50 %.2f p90 %.2f max %.2f s;"
+          " intents issued over %.2f s; settled %.2f s after the last confirmation"
+          % (t["label"], t["seconds"], q(0.5), q(0.9), q(1.0), spread, tail))
     found = True

@@ -343,7 +343,8 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
         .map_err(|e| SiteError::Api {
             url: url.clone(),
             message: e.to_string(),
-        })?;
+        })?
+        .max_decoding_message_size(pivot_controller::api::MAX_MESSAGE_BYTES);
     client
         .set_policy(v1::SetPolicyRequest {
             document_toml: site_policy.scaled_text.clone(),

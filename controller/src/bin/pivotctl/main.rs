@@ -377,7 +377,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
             format!("cannot reach the controller at {url} (is pivot-controller running? if it uses TLS, use https:// with --ca-file)")
         }
     })?;
-    Ok(FleetServiceClient::with_interceptor(channel, Bearer(token)))
+    // The controller answers with up to MAX_MESSAGE_BYTES (the audit record of a 10,000-move
+    // phase alone is about 3 MB); tonic's default 4 MB would refuse a page of them.
+    Ok(FleetServiceClient::with_interceptor(channel, Bearer(token))
+        .max_decoding_message_size(pivot_controller::api::MAX_MESSAGE_BYTES))
 }
 
 /// An RPC error in words, with what to do about the common mistakes.

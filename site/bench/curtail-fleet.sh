@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Curtail-and-confirm at fleet size, split across processes (one process cannot hold 10,000
+# emulated miners and their agents' connections under a 20,000 open-file limit): pivot-sim
+# processes of at most 5,000 miners each on their own 127.x addresses (`--ip-range`, the `fast`
+# timing: 150 ms ramp down), a `pivot-controller dev` with a site cap above the fleet, and AGENTS
+# pivot-agent processes each polling its share every INTERVAL_S. Then, as site/bench/curtail-and-confirm.sh:
+# an operator's `pivotctl curtail miners`, timed by the controller's audit log.
+#
+#   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
+#
+# Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
+# default 5), KEEP=1 (keep the processes' logs and configs). Prints the load before the runs and each process's CPU time and peak RSS after them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+miners=${1:-10000}
+agents=${2:-8}
+runs=${3:-2}
+dialect=${DIALECT:-mixed}
+interval=${INTERVAL_S:-5}
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+bin="$target/release"
+cargo build --release -q -p pivot-sim -p pivot-agent -p pivot-controller --bins
+out=$(mktemp -d)
+pids=()
+sim_pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then echo "files kept in $out"; else rm -rf "$out"; fi
+}
+trap cleanup EXIT
+ip_plus() { python3 -c "import ipaddress,sys; print(ipaddress.IPv4Address(sys.argv[1]) + int(sys.argv[2]))" "$1" "$2"; }
+
+started=$(date +%s.%N)
+done_=0 part=0
+while [ "$done_" -lt "$miners" ]; do
+  n=$(( miners - done_ < 5000 ? miners - done_ : 5000 ))
+  "$bin/pivot-sim" miners --fast --dialect "$dialect" --count "$n" --ip-range "$(ip_plus 127.220.0.1 "$done_")" \
+    > "$out/fleet.$part" 2> "$out/sim.$part.log" &
+  pids+=($!)
+  sim_pids+=($!)
+  done_=$(( done_ + n )); part=$(( part + 1 ))
+done
+for _ in $(seq 600); do
+  [ "$(cat "$out"/fleet.* 2>/dev/null | wc -l)" -ge "$miners" ] && break
+  sleep 0.5
+done
+cat "$out"/fleet.* > "$out/fleet"
+[ "$(wc -l < "$out/fleet")" -eq "$miners" ] || { echo "curtail-fleet: the emulated fleet did not start" >&2; exit 1; }
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+web=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+"$bin/pivot-controller" dev --listen "127.0.0.1:$port" --web "127.0.0.1:$web" \
+  --site-cap-w $(( miners * 10000 )) > "$out/controller.out" 2> "$out/controller.log" &
+controller=$!
+pids+=($controller)
+
+per=$(( (miners + agents - 1) / agents ))
+agent_pids=()
+for a in $(seq 0 $(( agents - 1 ))); do
+  dir="$out/agent-$a"
+  mkdir -p "$dir/state"
+  {
+    printf 'host_id = "rack-%s"\nstate_dir = "%s"\n[controller]\nurl = "%s"\n' "$a" "$dir/state" "$url"
+    printf '[poll]\nminer_interval_s = %s\n[metrics]\nlisten = ""\n' "$interval"
+    awk -v from=$(( a * per + 1 )) -v to=$(( (a + 1) * per )) \
+      'NR >= from && NR <= to { printf "[[miners]]\naddr = \"%s\"\ndialect = \"%s\"\n", $2, $1 }' "$out/fleet"
+  } > "$dir/agent.toml"
+  "$bin/pivot-agent" run --config "$dir/agent.toml" > "$dir/stdout.log" 2> "$dir/stderr.log" &
+  agent_pids+=($!)
+  pids+=($!)
+done
+ctl="$bin/pivotctl"
+mining_count() {
+  "$ctl" --controller "$url" status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("miners_mining", 0))' 2>/dev/null || echo 0
+}
+# Up when the controller sees every miner, then every miner mining.
+for _ in $(seq 1200); do
+  seen=$("$ctl" --controller "$url" status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("miners_total", 0))' 2>/dev/null || echo 0)
+  [ "$seen" -ge "$miners" ] && break
+  sleep 0.5
+done
+# Runs that each curtail the whole fleet: no dwell and no ramp, so a resume brings every miner
+# back at once and the next run starts from the same fleet.
+printf 'name = "curtail bench"\n[economic]\nmin_dwell_s = 0\nramp_limit_w_per_min = 0\n' > "$out/policy.toml"
+"$ctl" --controller "$url" policy set "$out/policy.toml" > /dev/null
+for _ in $(seq 1200); do
+  [ "$(mining_count)" -ge "$miners" ] && break
+  sleep 0.5
+done
+echo "fleet up after $(echo "$(date +%s.%N) - $started" | bc) s: $seen of $miners $dialect miners seen, $(mining_count) mining, on $agents agents polling every $interval s"
+uptime
+. site/bench/curtail-runs.sh
+curtail_runs "$ctl" "$url" "$runs"
+tck=$(getconf CLK_TCK)
+usage() { awk -v t="$tck" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.1f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
+hwm() { awk '$1 == "VmHWM:" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+echo "controller: $(usage "$controller") s CPU, peak RSS $(hwm "$controller") MiB"
+for p in "${agent_pids[@]}"; do printf 'agent %s: %s s CPU, peak RSS %s MiB\n' "$p" "$(usage "$p")" "$(hwm "$p")"; done
+for p in "${sim_pids[@]}"; do printf 'pivot-sim %s: %s s CPU, peak RSS %s MiB\n' "$p" "$(usage "$p")" "$(hwm "$p")"; done
+echo "wall: $(echo "$(date +%s.%N) - $started" | bc) s"
