@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), KEEP=1 (keep the processes' logs and configs). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -91,9 +91,18 @@ for _ in $(seq 1200); do
 done
 echo "fleet up after $(echo "$(date +%s.%N) - $started" | bc) s: $seen of $miners $dialect miners seen, $(mining_count) mining, on $agents agents polling every $interval s"
 uptime
+tck=$(getconf CLK_TCK)
+ticks() { awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
+sum_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(ticks "$p") )); done; echo "$t"; }
+# Steady state first: the fleet polled, nothing moving, over WINDOW_S seconds.
+window=${WINDOW_S:-30}
+c0=$(ticks "$controller"); a0=$(sum_ticks "${agent_pids[@]}"); s0=$(sum_ticks "${sim_pids[@]}"); t0=$(date +%s.%N)
+sleep "$window"
+c1=$(ticks "$controller"); a1=$(sum_ticks "${agent_pids[@]}"); s1=$(sum_ticks "${sim_pids[@]}"); t1=$(date +%s.%N)
+pct() { echo "scale=1; 100 * ($2 - $1) / $tck / ($t1 - $t0)" | bc; }
+echo "steady state over ${window} s (% of one core): controller $(pct "$c0" "$c1"), $agents agents together $(pct "$a0" "$a1"), pivot-sim $(pct "$s0" "$s1")"
 . site/bench/curtail-runs.sh
 curtail_runs "$ctl" "$url" "$runs"
-tck=$(getconf CLK_TCK)
 usage() { awk -v t="$tck" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.1f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
 hwm() { awk '$1 == "VmHWM:" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 echo "controller: $(usage "$controller") s CPU, peak RSS $(hwm "$controller") MiB"

@@ -111,13 +111,18 @@ async fn main() -> std::process::ExitCode {
             let (m, gate) = (Arc::clone(m), Arc::clone(&gate));
             set.spawn(async move {
                 let _permit = gate.acquire_owned().await.ok()?;
-                Some(m.get_data().await.hashrate.is_some())
+                let info = m.get_device_info();
+                let model = format!("{:?} {:?}", info.firmware, info.model);
+                Some((m.get_data().await.hashrate.is_some(), model))
             });
         }
         let mut read = 0usize;
+        let mut missed: std::collections::BTreeMap<String, usize> = Default::default();
         while let Some(r) = set.join_next().await {
-            if let Ok(Some(true)) = r {
-                read += 1;
+            match r {
+                Ok(Some((true, _))) => read += 1,
+                Ok(Some((false, model))) => *missed.entry(model).or_default() += 1,
+                _ => *missed.entry("task failed".into()).or_default() += 1,
             }
         }
         let connections = active_opens() - opens;
@@ -127,6 +132,8 @@ async fn main() -> std::process::ExitCode {
             "connections": connections,
             "conns_per_miner": connections / miners.len().max(1) as f64,
             "read": read,
+            "no_hashrate_by_model": missed,
+            "open_fds_after": std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
         }));
     }
     println!(
