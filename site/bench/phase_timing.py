@@ -36,3 +36,9 @@ for r in (json.loads(x) for x in sys.stdin if x.strip()):
           " intents issued over %.2f s; settled %.2f s after the last confirmation"
           % (t["label"], t["seconds"], q(0.5), q(0.9), q(1.0), spread, tail))
     found = True
+    # SLOWEST=N: the N slowest moves too, on stderr (device, seconds, last outcome).
+    import os
+    slow = sorted(((ts(m["confirmed_at"]) - ts(m["issued_at"]), m["device_id"]) for m in t["moves"]
+                   if m.get("confirmed_at") and m.get("issued_at")), reverse=True)
+    for sec, dev in slow[:int(os.environ.get("SLOWEST", "0"))]:
+        print("  slow: %s %.2f s" % (dev, sec), file=sys.stderr)

@@ -17,7 +17,7 @@ use crate::miner::{
     Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, Reading,
     Timeouts, detect, driver_for,
 };
-use crate::reconcile::{Actuator, ApplyError, Device, Limits, Observed, RaiseGuard};
+use crate::reconcile::{Actuator, ApplyError, Device, Limits, Observed, RaiseGuard, rules};
 
 /// One miner this agent drives.
 #[derive(Clone)]
@@ -188,9 +188,45 @@ fn fallback_identity(dialect: MinerDialect) -> Identity {
 /// judged on a fresh read and asked of the [`RaiseGuard`] right before it runs.
 pub struct MinerActuator {
     pub driver: Arc<dyn MinerDriver>,
+    /// What the reconciler confirms against; `Some`: after a sleep or a wake the actuator keeps
+    /// reading (briefly, [`SETTLE_READS`]) until the effect is physical by
+    /// [`rules::satisfied`], so the reconciler can confirm on the call's own read-back instead of
+    /// waiting for the next poll. A firmware that reports the state at once but the draw a moment
+    /// later (Braiins' `paused` status) would otherwise wait a whole poll interval.
+    pub limits: Option<Limits>,
 }
 
+/// Pauses between the extra reads after a sleep or wake whose effect is not yet physical:
+/// 7.75 s in all, after which the reconciler judges the next poll's reading as before.
+const SETTLE_READS: [Duration; 6] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(2000),
+    Duration::from_millis(2000),
+    Duration::from_millis(2000),
+];
+
 impl MinerActuator {
+    /// Reads again (a read never changes the miner) until `target` shows physically, the pauses
+    /// of [`SETTLE_READS`] allow no more, or a read fails; returns the newest good reading.
+    async fn settle(&self, target: &Target, mut reading: Reading) -> Reading {
+        let Some(limits) = &self.limits else {
+            return reading;
+        };
+        for pause in SETTLE_READS {
+            if rules::satisfied(target, &observed_miner(&reading), limits, None) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            match self.driver.read().await {
+                Ok(r) => reading = r,
+                Err(_) => break,
+            }
+        }
+        reading
+    }
+
     async fn wake_to_target(&self, watts: u32, guard: &RaiseGuard) -> Result<Reading, ApplyError> {
         if self.driver.target_while_asleep() {
             self.driver.set_power_target(watts).await?;
@@ -217,7 +253,10 @@ impl MinerActuator {
 impl Actuator for MinerActuator {
     async fn apply(&self, target: &Target, guard: &RaiseGuard) -> Result<Observed, ApplyError> {
         let reading = match target {
-            Target::Miner(MinerTarget::Sleep) => self.driver.sleep().await?,
+            Target::Miner(MinerTarget::Sleep) => {
+                let r = self.driver.sleep().await?;
+                self.settle(target, r).await
+            }
             Target::Miner(MinerTarget::Run { power_target_w }) => {
                 let now = self.driver.read().await?;
                 // Ramping may be a miner on its way to sleep: not hashing.
@@ -226,7 +265,8 @@ impl Actuator for MinerActuator {
                     (None, true) => now,
                     (None, false) => {
                         guard.check("wake the miner")?;
-                        self.driver.wake().await?
+                        let r = self.driver.wake().await?;
+                        self.settle(target, r).await
                     }
                     (Some(w), true) => {
                         if now.power_target_w.is_none_or(|cur| *w > cur) {
@@ -263,8 +303,7 @@ pub fn observed_miner(r: &Reading) -> Observed {
 /// `pacing` replaces the firmware's default pacing (`poll.pacing_s`).
 pub fn miner_device(slot: &MinerSlot, options: &DriverOptions, pacing: Option<Duration>) -> Device {
     let c = &slot.identity.capabilities;
-    Device {
-        limits: Limits::Miner {
+    let limits = Limits::Miner {
             can_sleep: c.can_sleep,
             power_target: c.power_target,
             power_target_min_w: c.power_target_min_w,
@@ -272,9 +311,12 @@ pub fn miner_device(slot: &MinerSlot, options: &DriverOptions, pacing: Option<Du
             power_target_steps_w: c.power_target_steps_w.clone(),
             nameplate_power_w: slot.nameplate.map(|n| f64::from(n.power_w)),
             nameplate_hashrate_ths: slot.nameplate.and_then(|n| n.hashrate_ths),
-        },
+    };
+    Device {
+        limits: limits.clone(),
         actuator: Arc::new(MinerActuator {
             driver: Arc::clone(&slot.driver),
+            limits: Some(limits.clone()),
         }),
         pacing: pacing.unwrap_or_else(|| pacing_for(slot.identity.dialect)),
         deadline: call_deadline(options),
@@ -579,10 +621,100 @@ mod tests {
         power_target_w: Some(2000),
     });
 
+    /// Says "sleeping" at once; the draw falls on the third read after the command.
+    struct FallsLate {
+        addr: MinerAddr,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl FallsLate {
+        fn reading(&self, w: f64) -> Reading {
+            let mut r = Reading::empty(&self.addr, MinerDialect::Braiins);
+            r.state = MinerState::Sleeping;
+            r.power_w = Some(w);
+            r.hashrate_ths = Some(0.0);
+            r
+        }
+    }
+
+    #[async_trait]
+    impl MinerDriver for FallsLate {
+        fn dialect(&self) -> MinerDialect {
+            MinerDialect::Braiins
+        }
+        fn addr(&self) -> &MinerAddr {
+            &self.addr
+        }
+        async fn identify(&self) -> Result<Identity, MinerError> {
+            Ok(fallback_identity(MinerDialect::Braiins))
+        }
+        async fn read(&self) -> Result<Reading, MinerError> {
+            let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(self.reading(if n >= 3 { 40.0 } else { 3000.0 }))
+        }
+        async fn sleep(&self) -> Result<Reading, MinerError> {
+            Ok(self.reading(3000.0))
+        }
+        async fn wake(&self) -> Result<Reading, MinerError> {
+            unreachable!("not woken in this test")
+        }
+        async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
+            unreachable!("no target in this test")
+        }
+    }
+
+    fn s21_limits() -> Limits {
+        Limits::Miner {
+            can_sleep: true,
+            power_target: true,
+            power_target_min_w: None,
+            power_target_max_w: None,
+            power_target_steps_w: Vec::new(),
+            nameplate_power_w: Some(3500.0),
+            nameplate_hashrate_ths: Some(200.0),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_reads_on_until_the_draw_has_fallen_so_the_call_itself_confirms() {
+        let d = Arc::new(FallsLate {
+            addr: MinerAddr::new("10.0.0.2"),
+            reads: Default::default(),
+        });
+        let sleep = Target::Miner(MinerTarget::Sleep);
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: Some(s21_limits()),
+        };
+        let started = tokio::time::Instant::now();
+        let o = a.apply(&sleep, &guard(60).1).await.unwrap();
+        assert_eq!(o.power_w(), Some(40.0));
+        assert!(rules::satisfied(&sleep, &o, &s21_limits(), None));
+        assert_eq!(d.reads.load(Ordering::SeqCst), 3);
+        // 250 + 500 + 1000 ms of pauses, not a poll interval.
+        assert_eq!(started.elapsed(), Duration::from_millis(1750));
+
+        // Without limits (or when it never falls) the call returns the command's own read-back.
+        let d = Arc::new(FallsLate {
+            addr: MinerAddr::new("10.0.0.3"),
+            reads: Default::default(),
+        });
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: None,
+        };
+        let o = a.apply(&sleep, &guard(60).1).await.unwrap();
+        assert_eq!(o.power_w(), Some(3000.0));
+        assert_eq!(d.reads.load(Ordering::SeqCst), 0);
+    }
+
     #[tokio::test]
     async fn hole4_a_sleeping_miner_gets_its_target_before_it_wakes() {
         let d = Arc::new(recording(false, true));
-        let a = MinerActuator { driver: d.clone() };
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: None,
+        };
         a.apply(&RUN_2000, &guard(60).1).await.unwrap();
         assert_eq!(*d.calls.lock().unwrap(), ["read", "target", "wake"]);
     }
@@ -590,7 +722,10 @@ mod tests {
     #[tokio::test]
     async fn hole4_a_failed_target_after_a_wake_puts_the_miner_back_to_sleep() {
         let d = Arc::new(recording(true, false));
-        let a = MinerActuator { driver: d.clone() };
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: None,
+        };
         assert!(a.apply(&RUN_2000, &guard(60).1).await.is_err());
         assert_eq!(
             *d.calls.lock().unwrap(),
@@ -602,7 +737,10 @@ mod tests {
     #[tokio::test]
     async fn hole5_no_wake_once_the_lease_is_gone() {
         let d = Arc::new(recording(false, false));
-        let a = MinerActuator { driver: d.clone() };
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: None,
+        };
         let e = a.apply(&RUN_2000, &guard(-1).1).await.unwrap_err();
         assert!(matches!(e, ApplyError::RaiseRefused(_)), "{e}");
         assert_eq!(*d.calls.lock().unwrap(), ["read"]);
@@ -616,7 +754,10 @@ mod tests {
         let mut d = recording(false, true);
         d.on_target = Box::new(move || offset.store(31, Ordering::SeqCst));
         let d = Arc::new(d);
-        let a = MinerActuator { driver: d.clone() };
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: None,
+        };
         let e = a.apply(&RUN_2000, &g).await.unwrap_err();
         assert!(e.to_string().contains("wake the miner"), "{e}");
         assert_eq!(*d.calls.lock().unwrap(), ["read", "target"]);
@@ -627,7 +768,10 @@ mod tests {
     async fn a_miner_already_hashing_is_not_woken_and_sleep_needs_no_lease() {
         let d = Arc::new(recording(false, false));
         *d.asleep.lock().unwrap() = false;
-        let a = MinerActuator { driver: d.clone() };
+        let a = MinerActuator {
+            driver: d.clone(),
+            limits: None,
+        };
         let run = Target::Miner(MinerTarget::Run {
             power_target_w: None,
         });
