@@ -18,6 +18,15 @@ def med(sweeps, key):
     return statistics.median(s[key] for s in sweeps) if sweeps else float("nan")
 
 
+def other_row(n, client, r, p, identify, fmt):
+    """A client's row with its sweep time and CPU as ratios to pivot's in the same run."""
+    ratio = med(r["sweeps"], "wall_s") / med(p["sweeps"], "wall_s") if p else float("nan")
+    cpu_ratio = med(r["sweeps"], "cpu_s") / max(med(p["sweeps"], "cpu_s"), 0.01) if p else float("nan")
+    print(f"| {n:,} | {client} | {med(r['sweeps'], 'wall_s'):.3f} | {med(r['sweeps'], 'cpu_s'):.2f} "
+          f"| {med(r['sweeps'], 'conns_per_miner'):.2f} | {r['peak_rss_mib']:.0f} | {identify} "
+          f"| {(fmt + '× (CPU ' + fmt + '×)') % (ratio, cpu_ratio) if p else '–'} |")
+
+
 def miner_sweep(rows, timeout_ms):
     by = {r["label"]: r for r in rows}
     pivot_sizes = sorted({r["miners"] for r in rows if r["label"] == f"pivot {r['miners']}"})
@@ -41,23 +50,14 @@ def miner_sweep(rows, timeout_ms):
                   f"| {'**%.0f×** (CPU %.0f×)' % (ratio, cpu_ratio) if p else '– (no pivot run of this size)'} |")
             if errs:
                 print(f"|  | pyasic get_data() raised | {errs} | | | | | |")
-        a = by.get(f"asic-rs {n}")
+        a, f = by.get(f"asic-rs {n}"), by.get(f"floor {n}")
         if a:
-            ratio = med(a["sweeps"], "wall_s") / med(p["sweeps"], "wall_s") if p else float("nan")
-            cpu_ratio = med(a["sweeps"], "cpu_s") / max(med(p["sweeps"], "cpu_s"), 0.01) if p else float("nan")
-            print(f"| {n:,} | asic-rs {a['asic_rs']} ({a['identified']:,} identified, "
-                  f"{min(s['read'] for s in a['sweeps']):,} read a hashrate) | {med(a['sweeps'], 'wall_s'):.3f} "
-                  f"| {med(a['sweeps'], 'cpu_s'):.2f} | {med(a['sweeps'], 'conns_per_miner'):.2f} "
-                  f"| {a['peak_rss_mib']:.0f} | {a['identify']['wall_s']:.2f} "
-                  f"| {'%.1f× (CPU %.1f×)' % (ratio, cpu_ratio) if p else '–'} |")
-        f = by.get(f"floor {n}")
+            other_row(n, f"asic-rs {a['asic_rs']} ({a['identified']:,} identified, "
+                      f"{min(s['read'] for s in a['sweeps']):,} read a hashrate)", a, p,
+                      f"{a['identify']['wall_s']:.2f}", "%.1f")
         if f:
-            ratio = med(f["sweeps"], "wall_s") / med(p["sweeps"], "wall_s") if p else float("nan")
-            cpu_ratio = med(f["sweeps"], "cpu_s") / max(med(p["sweeps"], "cpu_s"), 0.01) if p else float("nan")
-            print(f"| {n:,} | floor client (one cgminer request per miner; {f['sweeps'][0]['failures']:.0f} failed) "
-                  f"| {med(f['sweeps'], 'wall_s'):.3f} | {med(f['sweeps'], 'cpu_s'):.2f} "
-                  f"| {med(f['sweeps'], 'conns_per_miner'):.2f} | {f['peak_rss_mib']:.0f} | – "
-                  f"| {'%.2f× (CPU %.2f×)' % (ratio, cpu_ratio) if p else '–'} |")
+            other_row(n, f"floor client (one cgminer request per miner; {f['sweeps'][0]['failures']:.0f} failed)",
+                      f, p, "–", "%.2f")
     print("\nIdentify: pivot = `discover_miners` with `dialect = \"auto\"` (detect + identify); "
           "pyasic = `asyncio.gather(pyasic.get_miner(ip))`.\n")
 
