@@ -304,13 +304,13 @@ pub fn observed_miner(r: &Reading) -> Observed {
 pub fn miner_device(slot: &MinerSlot, options: &DriverOptions, pacing: Option<Duration>) -> Device {
     let c = &slot.identity.capabilities;
     let limits = Limits::Miner {
-            can_sleep: c.can_sleep,
-            power_target: c.power_target,
-            power_target_min_w: c.power_target_min_w,
-            power_target_max_w: c.power_target_max_w,
-            power_target_steps_w: c.power_target_steps_w.clone(),
-            nameplate_power_w: slot.nameplate.map(|n| f64::from(n.power_w)),
-            nameplate_hashrate_ths: slot.nameplate.and_then(|n| n.hashrate_ths),
+        can_sleep: c.can_sleep,
+        power_target: c.power_target,
+        power_target_min_w: c.power_target_min_w,
+        power_target_max_w: c.power_target_max_w,
+        power_target_steps_w: c.power_target_steps_w.clone(),
+        nameplate_power_w: slot.nameplate.map(|n| f64::from(n.power_w)),
+        nameplate_hashrate_ths: slot.nameplate.and_then(|n| n.hashrate_ths),
     };
     Device {
         limits: limits.clone(),

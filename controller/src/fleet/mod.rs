@@ -164,6 +164,17 @@ pub struct AgentEntry {
     pub gpus: BTreeMap<String, GpuSlot>,
 }
 
+/// An agent's confirmation of a miner's intent, as the summary counts it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Confirmation {
+    /// The agent's time of the CONFIRMED status.
+    pub at: DateTime<Utc>,
+    /// What the intent made of the miner.
+    pub state: MinerState,
+    /// What the confirming read-back measured.
+    pub power_w: Option<f64>,
+}
+
 /// Counts and power sums over the fleet.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetSummary {
@@ -548,6 +559,20 @@ impl Registry {
     /// Counts and power sums; a GPU host counts at its base draw (or `base_w_per_gpu` per GPU where
     /// its agent declares none) plus its GPU caps, never at the caps alone.
     pub fn summary(&self, assume: &Assumptions, base_w_per_gpu: f64) -> FleetSummary {
+        self.summary_with(assume, base_w_per_gpu, |_, _| None)
+    }
+
+    /// As [`Registry::summary`], with the agents' confirmations: a miner whose intent was
+    /// confirmed after its last telemetry counts as the confirmation shows it (asleep at the
+    /// power the read-back measured), as the planner counts it (`engine::units`). An agent
+    /// confirms on the control call's own read-back, which can be seconds newer than its
+    /// telemetry; counting the older reading would show a miner put to sleep as still drawing.
+    pub fn summary_with(
+        &self,
+        assume: &Assumptions,
+        base_w_per_gpu: f64,
+        confirmed: impl Fn(&str, &str) -> Option<Confirmation>,
+    ) -> FleetSummary {
         let agents = self.lock();
         let mut s = FleetSummary::default();
         for a in agents.values() {
@@ -577,19 +602,25 @@ impl Registry {
                         s.committed_power_w += max.unwrap_or(0.0);
                     }
                     Some(o) => {
-                        match o.state {
+                        s.measured_power_w += o.power_w.unwrap_or(0.0);
+                        let (state, power_w) = match confirmed(&a.host_id, &info.device_id)
+                            .filter(|c| c.at > o.observed_at)
+                        {
+                            Some(c) => (c.state, c.power_w.or(o.power_w)),
+                            None => (o.state, o.power_w),
+                        };
+                        match state {
                             MinerState::Mining => s.miners_mining += 1,
                             MinerState::Sleeping => s.miners_sleeping += 1,
                             _ => {}
                         }
-                        s.measured_power_w += o.power_w.unwrap_or(0.0);
                         // A sleeping miner is committed at what it draws (or the site's assumption
                         // for an asleep miner that measures nothing); any other state may draw up
                         // to its maximum.
-                        let committed = if o.state == MinerState::Sleeping {
-                            o.power_w.or(Some(assume.sleeping_miner_w))
+                        let committed = if state == MinerState::Sleeping {
+                            power_w.or(Some(assume.sleeping_miner_w))
                         } else {
-                            max_of(max_of(max, o.power_w), o.power_target_w)
+                            max_of(max_of(max, power_w), o.power_target_w)
                         };
                         s.committed_power_w += committed.unwrap_or(0.0);
                     }
@@ -688,6 +719,41 @@ mod tests {
             ..Default::default()
         };
         r.observe("h1", session, t, Utc::now(), &ASSUME).is_some()
+    }
+
+    #[test]
+    fn a_confirmation_newer_than_the_telemetry_counts_and_an_older_one_does_not() {
+        let r = Registry::default();
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![miner("a", 3000.0)]), tx);
+        assert!(observe(&r, c.session_id, vec![obs("a", MinerState::Mining, 2950.0)]));
+        let seen_at = r.agents()[0].miners["a"].obs.as_ref().unwrap().observed_at;
+        let asleep = |at| {
+            move |host: &str, device: &str| {
+                (host == "h1" && device == "a").then_some(Confirmation {
+                    at,
+                    state: MinerState::Sleeping,
+                    power_w: Some(40.0),
+                })
+            }
+        };
+        let newer = r.summary_with(
+            &ASSUME,
+            575.0,
+            asleep(seen_at + chrono::Duration::seconds(2)),
+        );
+        assert_eq!((newer.miners_sleeping, newer.miners_mining), (1, 0));
+        assert_eq!(newer.committed_power_w, 40.0);
+        // What was measured stays what telemetry measured.
+        assert_eq!(newer.measured_power_w, 2950.0);
+        let older = r.summary_with(
+            &ASSUME,
+            575.0,
+            asleep(seen_at - chrono::Duration::seconds(2)),
+        );
+        assert_eq!((older.miners_sleeping, older.miners_mining), (0, 1));
+        assert_eq!(older.committed_power_w, 3000.0);
+        assert_eq!(r.summary(&ASSUME, 575.0), older);
     }
 
     #[test]
