@@ -190,13 +190,6 @@ pub fn record(
 }
 
 /// Polls the miners of `set` every `interval` until the task is dropped.
-///
-/// The sweeps run on a thread of their own with a single-threaded runtime: a sweep is one task
-/// driving up to `concurrency` reads, so a multi-threaded runtime gains nothing for it and costs
-/// a thread wake-up (a futex, a context switch) for much of the I/O a read waits on, which
-/// measured 15–18 % of the agent's CPU at 10,000 miners (docs/BENCHMARKS.md, issue 12). What a
-/// sweep read comes back here, to the caller's runtime, where the reconciler and everything it
-/// starts live.
 pub async fn run(
     set: Arc<crate::inventory::MinerSet>,
     obs: Arc<Observations>,
@@ -205,74 +198,15 @@ pub async fn run(
     concurrency: usize,
     deadline: Duration,
 ) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Read>, Duration)>(1);
-    let for_thread = Arc::clone(&set);
-    let sweeper = std::thread::Builder::new()
-        .name("pivot-poll".into())
-        .spawn(move || sweep_thread(&for_thread, &tx, interval, concurrency, deadline));
-    match sweeper {
-        Ok(_) => {
-            while let Some((readings, took)) = rx.recv().await {
-                record(&obs, Some(&reconciler), readings, took);
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "No thread for the poll; polling on the shared runtime instead");
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                let (readings, took) = next_sweep(&mut tick, &set, concurrency, deadline).await;
-                record(&obs, Some(&reconciler), readings, took);
-            }
-        }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let start = Instant::now();
+        let slots = set.slots();
+        let readings = sweep(&slots, concurrency, deadline).await;
+        record(&obs, Some(&reconciler), readings, start.elapsed());
     }
-}
-
-/// Waits for the next tick, then sweeps; the readings and how long the sweep took.
-async fn next_sweep(
-    tick: &mut tokio::time::Interval,
-    set: &crate::inventory::MinerSet,
-    concurrency: usize,
-    deadline: Duration,
-) -> (Vec<Read>, Duration) {
-    tick.tick().await;
-    let start = Instant::now();
-    let readings = sweep(&set.slots(), concurrency, deadline).await;
-    (readings, start.elapsed())
-}
-
-/// The poll thread: a sweep every `interval`, each sent to `tx`; ends when `tx`'s receiver is
-/// gone (the daemon stopping), also in the middle of a wait or a sweep.
-fn sweep_thread(
-    set: &crate::inventory::MinerSet,
-    tx: &tokio::sync::mpsc::Sender<(Vec<Read>, Duration)>,
-    interval: Duration,
-    concurrency: usize,
-    deadline: Duration,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "The poll thread could not start its runtime; no miner is polled");
-            return;
-        }
-    };
-    runtime.block_on(async {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let result = tokio::select! {
-                () = tx.closed() => return,
-                r = next_sweep(&mut tick, set, concurrency, deadline) => r,
-            };
-            if tx.send(result).await.is_err() {
-                return;
-            }
-        }
-    });
 }
 
 #[cfg(test)]
