@@ -78,7 +78,8 @@ pub async fn exchange_sized(
         Ok(Err(e)) => return Err(connect_error(addr, port, &e)),
         Ok(Ok(s)) => s,
     };
-    let _ = stream.set_nodelay(true);
+    // No TCP_NODELAY (a syscall per read): an exchange writes one request on a fresh
+    // connection, and Nagle never holds back the first segment of a connection.
     let work = talk(stream, payload, framing, expect);
     match tokio::time::timeout(timeouts.request, work).await {
         Err(_) => Err(MinerError::Timeout {
