@@ -428,7 +428,7 @@ mod tests {
         {
             let mut m = obs.miners.write().unwrap();
             for i in 0..7 {
-                let addr = MinerAddr::new(&format!("10.0.0.{i}"));
+                let addr = MinerAddr::new(format!("10.0.0.{i}"));
                 let mut reading = Reading::empty(&addr, MinerDialect::Luxos);
                 reading.state = MinerState::Mining;
                 reading.power_w = (i % 2 == 0).then_some(3000.0 + f64::from(i));
