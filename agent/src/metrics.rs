@@ -119,12 +119,33 @@ pub fn render(e: &Exposition) -> String {
 /// Miners rendered per chunk of a scrape: about 100 KiB of text.
 const MINERS_PER_CHUNK: usize = 512;
 
-/// One per-miner family: name, type, help, and the samples of one miner.
+/// One per-miner family: name, type, help, and how a miner's samples come out of its status.
 struct MinerFamily {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    samples: fn(&mut MetricsWriter, &'static str, &[(&str, &str)], &MinerStatus),
+    samples: Samples,
+}
+
+/// A family's samples for one miner.
+enum Samples {
+    /// One sample with the miner's labels, when the status has a value.
+    One(fn(&MinerStatus) -> Option<f64>),
+    /// Samples with a label of their own (per state, per board).
+    Labelled(fn(&mut MetricsWriter, &'static str, &[(&str, &str)], &MinerStatus)),
+}
+
+impl MinerFamily {
+    fn render(&self, w: &mut MetricsWriter, labels: &[(&str, &str)], m: &MinerStatus) {
+        match self.samples {
+            Samples::One(value) => {
+                if let Some(v) = value(m) {
+                    w.sample(self.name, labels, v);
+                }
+            }
+            Samples::Labelled(samples) => samples(w, self.name, labels, m),
+        }
+    }
 }
 
 const MINER_FAMILIES: [MinerFamily; 8] = [
@@ -133,58 +154,46 @@ const MINER_FAMILIES: [MinerFamily; 8] = [
         kind: "gauge",
         help: "Whether the miner answered its last poll (1) or not (0); configured miners not \
                found yet are 0 with dialect \"unknown\".",
-        samples: |w, name, labels, m| {
+        samples: Samples::One(|m| {
             let ok = m.reading.reachable && m.reading.error.is_none();
-            w.sample(name, labels, if ok { 1.0 } else { 0.0 });
-        },
+            Some(if ok { 1.0 } else { 0.0 })
+        }),
     },
     MinerFamily {
         name: "pivot_miner_power_watts",
         kind: "gauge",
         help: "Power the miner measures; absent where its firmware reports none.",
-        samples: |w, name, labels, m| {
-            if let Some(p) = m.reading.power_w {
-                w.sample(name, labels, p);
-            }
-        },
+        samples: Samples::One(|m| m.reading.power_w),
     },
     MinerFamily {
         name: "pivot_miner_power_target_watts",
         kind: "gauge",
         help: "Power target set on the miner.",
-        samples: |w, name, labels, m| {
-            if let Some(p) = m.reading.power_target_w {
-                w.sample(name, labels, f64::from(p));
-            }
-        },
+        samples: Samples::One(|m| m.reading.power_target_w.map(f64::from)),
     },
     MinerFamily {
         name: "pivot_miner_hashrate_hashes_per_second",
         kind: "gauge",
         help: "Hashrate the miner reports.",
-        samples: |w, name, labels, m| {
-            if let Some(h) = m.reading.hashrate_ths {
-                w.sample(name, labels, h * 1e12);
-            }
-        },
+        samples: Samples::One(|m| m.reading.hashrate_ths.map(|h| h * 1e12)),
     },
     MinerFamily {
         name: "pivot_miner_state",
         kind: "gauge",
         help: "1 for the state the miner is in.",
-        samples: |w, name, labels, m| {
+        samples: Samples::Labelled(|w, name, labels, m| {
             for s in STATES {
                 let mut labels = labels.to_vec();
                 labels.push(("state", s.as_str()));
                 w.sample(name, &labels, if m.reading.state == s { 1.0 } else { 0.0 });
             }
-        },
+        }),
     },
     MinerFamily {
         name: "pivot_miner_board_temperature_celsius",
         kind: "gauge",
         help: "Hashboard temperature.",
-        samples: |w, name, labels, m| {
+        samples: Samples::Labelled(|w, name, labels, m| {
             for b in &m.reading.boards {
                 if let Some(t) = b.temperature_c {
                     let idx = b.index.to_string();
@@ -193,25 +202,23 @@ const MINER_FAMILIES: [MinerFamily; 8] = [
                     w.sample(name, &labels, t);
                 }
             }
-        },
+        }),
     },
     MinerFamily {
         name: "pivot_miner_consecutive_poll_failures",
         kind: "gauge",
         help: "Polls in a row the miner did not answer.",
-        samples: |w, name, labels, m| {
-            w.sample(name, labels, f64::from(m.health.consecutive_failures));
-        },
+        samples: Samples::One(|m| Some(f64::from(m.health.consecutive_failures))),
     },
     MinerFamily {
         name: "pivot_miner_last_seen_timestamp_seconds",
         kind: "gauge",
         help: "When the miner last answered (Unix time).",
-        samples: |w, name, labels, m| {
-            if let Some(t) = m.health.last_seen {
-                w.sample(name, labels, t.timestamp_millis() as f64 / 1000.0);
-            }
-        },
+        samples: Samples::One(|m| {
+            m.health
+                .last_seen
+                .map(|t| t.timestamp_millis() as f64 / 1000.0)
+        }),
     },
 ];
 
@@ -265,7 +272,7 @@ impl Scrape {
                     more = true;
                     break;
                 }
-                (f.samples)(&mut w, f.name, &miner_labels(&host, id, m), m);
+                f.render(&mut w, &miner_labels(&host, id, m), m);
                 last = Some(id);
             }
             (last.cloned(), more)
