@@ -31,9 +31,21 @@ fn cpu_s() -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // `--one-thread`: a current-thread runtime, as the agent runs; by default tokio's
+    // multi-threaded one, the floor the issue was measured against.
+    let runtime = if args.iter().any(|a| a == "--one-thread") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Runtime::new()?
+    };
+    runtime.block_on(sweeps(&args))
+}
+
+async fn sweeps(args: &[String]) -> Result<()> {
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -70,7 +82,7 @@ async fn main() -> Result<()> {
         .trim();
     println!(
         "RESULT {}",
-        serde_json::json!({"client": "floor", "reads": reads, "failures": failures, "wall_s": wall,
+        serde_json::json!({"client": "floor", "one_thread": args.iter().any(|a| a == "--one-thread"), "reads": reads, "failures": failures, "wall_s": wall,
             "cpu_s": cpu, "cpu_us_per_read": cpu * 1e6 / reads.max(1) as f64, "peak_rss": hwm_kib})
     );
     Ok(())

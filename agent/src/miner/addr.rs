@@ -73,8 +73,12 @@ impl MinerAddr {
 
 impl fmt::Display for MinerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Written straight to `f` (no `socket` string): a reading names its miner every poll.
         match self.port {
-            Some(p) => f.write_str(&self.socket(p))?,
+            Some(p) if self.host.contains(':') && !self.host.starts_with('[') => {
+                write!(f, "[{}]:{p}", self.host)?;
+            }
+            Some(p) => write!(f, "{}:{p}", self.host)?,
             None => f.write_str(&self.host)?,
         }
         if let Some(h) = self.http_port {

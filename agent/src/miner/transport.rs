@@ -66,32 +66,60 @@ pub async fn exchange_sized(
     expect: usize,
 ) -> Result<Vec<u8>, MinerError> {
     let label = || addr.to_string();
-    let socket = addr.socket(port);
-    let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(&socket)).await {
-        Err(_) => {
+    // One timer for the exchange: the connect deadline, then pushed out to the reply's (moving
+    // a deadline later touches no timer wheel), instead of a timer for each phase.
+    let timer = tokio::time::sleep(timeouts.connect);
+    tokio::pin!(timer);
+    let stream = tokio::select! {
+        biased;
+        connected = connect(addr, port) => match connected {
+            Ok(s) => s,
+            Err(e) => return Err(connect_error(addr, port, &e)),
+        },
+        () = &mut timer => {
             return Err(MinerError::Timeout {
                 addr: label(),
                 during: format!("connecting to port {port}"),
                 after: timeouts.connect,
             });
         }
-        Ok(Err(e)) => return Err(connect_error(addr, port, &e)),
-        Ok(Ok(s)) => s,
     };
-    let _ = stream.set_nodelay(true);
-    let work = talk(stream, payload, framing, expect);
-    match tokio::time::timeout(timeouts.request, work).await {
-        Err(_) => Err(MinerError::Timeout {
-            addr: label(),
-            during: format!("waiting for the reply to `{command}`"),
-            after: timeouts.request,
-        }),
-        Ok(Err(e)) => Err(io_error(addr, command, &e)),
-        Ok(Ok(bytes)) if bytes.is_empty() => Err(MinerError::NoReply {
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + timeouts.request);
+    // No TCP_NODELAY (a syscall per read): an exchange writes one request on a fresh
+    // connection, and Nagle never holds back the first segment of a connection.
+    let replied = tokio::select! {
+        biased;
+        r = talk(stream, payload, framing, expect) => r,
+        () = &mut timer => {
+            return Err(MinerError::Timeout {
+                addr: label(),
+                during: format!("waiting for the reply to `{command}`"),
+                after: timeouts.request,
+            });
+        }
+    };
+    match replied {
+        Err(e) => Err(io_error(addr, command, &e)),
+        Ok(bytes) if bytes.is_empty() => Err(MinerError::NoReply {
             addr: label(),
             command: command.to_owned(),
         }),
-        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(bytes) => Ok(bytes),
+    }
+}
+
+/// Connects to `addr` on `port`: straight to the socket address when the host is an IP
+/// literal (as configured miners are), without formatting `host:port` and parsing it back.
+async fn connect(addr: &MinerAddr, port: u16) -> std::io::Result<TcpStream> {
+    match addr
+        .host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(ip) => TcpStream::connect(std::net::SocketAddr::new(ip, port)).await,
+        Err(_) => TcpStream::connect(addr.socket(port)).await,
     }
 }
 
