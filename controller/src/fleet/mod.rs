@@ -726,7 +726,11 @@ mod tests {
         let r = Registry::default();
         let (tx, _rx) = downlink();
         let c = r.connect(agent(vec![miner("a", 3000.0)]), tx);
-        assert!(observe(&r, c.session_id, vec![obs("a", MinerState::Mining, 2950.0)]));
+        assert!(observe(
+            &r,
+            c.session_id,
+            vec![obs("a", MinerState::Mining, 2950.0)]
+        ));
         let seen_at = r.agents()[0].miners["a"].obs.as_ref().unwrap().observed_at;
         let asleep = |at| {
             move |host: &str, device: &str| {
