@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use pivot_proto::model::{self, IntentPhase, MinerState, MinerTarget, Target};
+use pivot_proto::model;
 use pivot_proto::v1;
 use tokio::sync::{Notify, broadcast};
 use tonic::Status;
@@ -227,17 +227,7 @@ impl Controller {
             self.config.engine.unknown_host_base_w_per_gpu,
             |host, device| {
                 let d = self.ledger.get(device).filter(|d| d.host_id == host)?;
-                let st = d.status.filter(|st| st.phase == IntentPhase::Confirmed)?;
-                let state = match d.intent.target {
-                    Target::Miner(MinerTarget::Sleep) => MinerState::Sleeping,
-                    Target::Miner(_) => MinerState::Mining,
-                    _ => return None,
-                };
-                Some(fleet::Confirmation {
-                    at: st.at,
-                    state,
-                    power_w: st.observed_power_w,
-                })
+                fleet::Confirmation::of(&d)
             },
         );
         let o = self.outlook();

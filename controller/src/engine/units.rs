@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
-use pivot_proto::model::{IntentPhase, MinerState, MinerTarget, Target, WorkloadState};
+use pivot_proto::model::{IntentPhase, MinerState, Target, WorkloadState};
 
-use crate::fleet::{AgentEntry, GpuSlot, MinerSlot};
+use crate::fleet::{AgentEntry, Confirmation, GpuSlot, MinerSlot};
 use crate::market::FirmContract;
 use crate::overrides;
 use crate::planner::{
@@ -134,16 +134,10 @@ fn miner(
         seen_obs.and_then(|o| o.power_w),
     );
     if let (Some(o), Some(d)) = (seen_obs, di)
-        && let Some(st) = d
-            .status
-            .as_ref()
-            .filter(|st| st.phase == IntentPhase::Confirmed && st.at > o.observed_at)
+        && let Some(c) = Confirmation::of(d).filter(|c| c.at > o.observed_at)
     {
-        state = match d.intent.target {
-            Target::Miner(MinerTarget::Sleep) => MinerState::Sleeping,
-            _ => MinerState::Mining,
-        };
-        measured = st.observed_power_w.or(measured);
+        state = c.state;
+        measured = c.power_w.or(measured);
     }
     MinerUnit {
         device_id: id.clone(),
@@ -343,6 +337,7 @@ mod tests {
     use super::*;
     use crate::fleet::{GpuInfo, GpuObservation, HostPower, MinerInfo, MinerObservation};
     use crate::store::StatusRecord;
+    use pivot_proto::model::MinerTarget;
     use pivot_proto::model::{Intent, MinerDialect};
     use pivot_proto::v1;
 

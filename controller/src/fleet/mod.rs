@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use pivot_proto::model::{MinerDialect, MinerState};
+use pivot_proto::model::{IntentPhase, MinerDialect, MinerState, MinerTarget, Target};
 use pivot_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -173,6 +173,26 @@ pub struct Confirmation {
     pub state: MinerState,
     /// What the confirming read-back measured.
     pub power_w: Option<f64>,
+}
+
+impl Confirmation {
+    /// The agent's confirmation of a miner intent in the ledger, if it has one.
+    pub fn of(d: &crate::store::DeviceIntent) -> Option<Self> {
+        let st = d
+            .status
+            .as_ref()
+            .filter(|st| st.phase == IntentPhase::Confirmed)?;
+        let state = match d.intent.target {
+            Target::Miner(MinerTarget::Sleep) => MinerState::Sleeping,
+            Target::Miner(_) => MinerState::Mining,
+            _ => return None,
+        };
+        Some(Self {
+            at: st.at,
+            state,
+            power_w: st.observed_power_w,
+        })
+    }
 }
 
 /// Counts and power sums over the fleet.
