@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, MinerTarget as ConfiguredMiner};
 use crate::miner::nameplate::{self, Nameplate};
+use crate::miner::verify::read_back_pauses;
 use crate::miner::{
     Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, Reading,
     Timeouts, detect, driver_for,
@@ -189,32 +190,27 @@ fn fallback_identity(dialect: MinerDialect) -> Identity {
 pub struct MinerActuator {
     pub driver: Arc<dyn MinerDriver>,
     /// What the reconciler confirms against; `Some`: after a sleep or a wake the actuator keeps
-    /// reading (briefly, [`SETTLE_READS`]) until the effect is physical by
+    /// reading (briefly, [`SETTLE_READS`] reads) until the effect is physical by
     /// [`rules::satisfied`], so the reconciler can confirm on the call's own read-back instead of
     /// waiting for the next poll. A firmware that reports the state at once but the draw a moment
     /// later (Braiins' `paused` status) would otherwise wait a whole poll interval.
     pub limits: Option<Limits>,
 }
 
-/// Pauses between the extra reads after a sleep or wake whose effect is not yet physical:
-/// 7.75 s in all, after which the reconciler judges the next poll's reading as before.
-const SETTLE_READS: [Duration; 6] = [
-    Duration::from_millis(250),
-    Duration::from_millis(500),
-    Duration::from_millis(1000),
-    Duration::from_millis(2000),
-    Duration::from_millis(2000),
-    Duration::from_millis(2000),
-];
+/// Extra reads after a sleep or wake whose effect is not yet physical, at the read-back's
+/// pauses capped at 2 s (250 ms, 500 ms, 1 s, then 2 s): 7.75 s in all, after which the
+/// reconciler judges the next poll's reading as before.
+const SETTLE_READS: usize = 6;
+const SETTLE_PAUSE_CAP: Duration = Duration::from_secs(2);
 
 impl MinerActuator {
     /// Reads again (a read never changes the miner) until `target` shows physically, the pauses
-    /// of [`SETTLE_READS`] allow no more, or a read fails; returns the newest good reading.
+    /// of [`SETTLE_READS`] reads allow no more, or a read fails; returns the newest good reading.
     async fn settle(&self, target: &Target, mut reading: Reading) -> Reading {
         let Some(limits) = &self.limits else {
             return reading;
         };
-        for pause in SETTLE_READS {
+        for pause in read_back_pauses(SETTLE_PAUSE_CAP).take(SETTLE_READS) {
             if rules::satisfied(target, &observed_miner(&reading), limits, None) {
                 break;
             }

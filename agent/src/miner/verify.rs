@@ -18,6 +18,13 @@ use crate::state::{StateError, read_json, update_json};
 /// poll interval later; one that takes minutes (a tuner's ramp) costs a handful more reads.
 const FIRST_READ_BACK_PAUSE: Duration = Duration::from_millis(250);
 
+/// The pauses between read-backs: [`FIRST_READ_BACK_PAUSE`], doubling, each at most `cap`.
+pub fn read_back_pauses(cap: Duration) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(FIRST_READ_BACK_PAUSE.min(cap)), move |p| {
+        Some(p.saturating_mul(2).min(cap))
+    })
+}
+
 /// Polls `driver.read()` until `done` holds or `options.settle` passes, the pauses growing from
 /// [`FIRST_READ_BACK_PAUSE`] to `options.poll_interval`. Read errors while
 /// waiting are tolerated (firmwares restart their API to apply a change) and reported if the
@@ -32,18 +39,18 @@ pub async fn read_back(
     let start = Instant::now();
     let mut last: Option<Reading> = None;
     let mut last_err: Option<MinerError> = None;
-    let mut pause = FIRST_READ_BACK_PAUSE.min(options.poll_interval);
+    let mut pauses = read_back_pauses(options.poll_interval);
     loop {
         match driver.read().await {
             Ok(r) if done(&r) => return Ok(r),
             Ok(r) => last = Some(r),
             Err(e) => last_err = Some(e),
         }
+        let pause = pauses.next().unwrap_or(options.poll_interval);
         if start.elapsed() + pause > options.settle {
             break;
         }
         tokio::time::sleep(pause).await;
-        pause = pause.saturating_mul(2).min(options.poll_interval);
     }
     let observed = match (last, last_err) {
         (Some(r), _) => r.summary(),
