@@ -103,7 +103,7 @@ pct() { echo "scale=1; 100 * ($2 - $1) / $tck / ($t1 - $t0)" | bc; }
 echo "steady state over ${window} s (% of one core): controller $(pct "$c0" "$c1"), $agents agents together $(pct "$a0" "$a1"), pivot-sim $(pct "$s0" "$s1")"
 . site/bench/curtail-runs.sh
 curtail_runs "$ctl" "$url" "$runs"
-usage() { awk -v t="$tck" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.1f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
+usage() { echo "scale=1; $(ticks "$1") / $tck" | bc; }
 hwm() { awk '$1 == "VmHWM:" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 echo "controller: $(usage "$controller") s CPU, peak RSS $(hwm "$controller") MiB"
 for p in "${agent_pids[@]}"; do printf 'agent %s: %s s CPU, peak RSS %s MiB\n' "$p" "$(usage "$p")" "$(hwm "$p")"; done

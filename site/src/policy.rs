@@ -44,12 +44,16 @@ pub const MIN_WALL_SHED_LEAD_S: f64 = 5.0;
 /// replay, not by the site.
 pub const MIN_WALL_NOTICE_S: f64 = 4.0 * MIN_WALL_SHED_LEAD_S;
 
+/// `wall_s` of wall time in whole seconds of trace time at `speed`, rounded up, at most a week.
+fn trace_s_of_wall(wall_s: f64, speed: f64) -> u64 {
+    // In range after the clamp (a NaN speed clamps to NaN, which `as` turns into 0).
+    (wall_s * speed).ceil().clamp(0.0, 7.0 * 86_400.0) as u64
+}
+
 /// The notice the site announces trace caps with at `speed`: `notice` (trace time), or
 /// [`MIN_WALL_NOTICE_S`] of wall time when that is longer.
 pub fn announce_notice(notice: chrono::Duration, speed: f64) -> chrono::Duration {
-    let floor_s = (MIN_WALL_NOTICE_S * speed)
-        .ceil()
-        .clamp(0.0, 7.0 * 86_400.0) as i64;
+    let floor_s = i64::try_from(trace_s_of_wall(MIN_WALL_NOTICE_S, speed)).unwrap_or(i64::MAX);
     notice.max(chrono::Duration::seconds(floor_s))
 }
 
@@ -75,9 +79,7 @@ pub fn scale(text: &str, source_name: &str, speed: f64) -> Result<SitePolicy, Po
     // The shed lead covers the time a curtailment takes to be confirmed, and that runs on the
     // wall clock here: at least MIN_WALL_SHED_LEAD_S of wall time, so the lead in trace time
     // grows with the speed. The backtest gets the same lead (in trace time).
-    let lead_floor_s = (MIN_WALL_SHED_LEAD_S * speed)
-        .ceil()
-        .clamp(0.0, 7.0 * 86_400.0) as u64;
+    let lead_floor_s = trace_s_of_wall(MIN_WALL_SHED_LEAD_S, speed);
     let mut document = document;
     let mut text = text.to_owned();
     if document.economic.shed_lead_s < lead_floor_s {
