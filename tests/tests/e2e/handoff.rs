@@ -98,16 +98,9 @@ fn gpu_limits(state: &Path) -> Vec<f64> {
         .collect()
 }
 
-async fn antminer(noop: bool) -> SimMiner {
-    let faults = if noop {
-        vec![Fault::AntminerNoop]
-    } else {
-        Vec::new()
-    };
+async fn antminer() -> SimMiner {
     spawn(
-        MinerSpec::new(Dialect::Antminer)
-            .timing(Timing::fast())
-            .faults(faults),
+        MinerSpec::new(Dialect::Antminer).timing(Timing::fast()),
         Bind::localhost(),
     )
     .await
@@ -368,8 +361,6 @@ struct SiteSpec {
     workload: String,
     /// Extra `[engine]` keys.
     engine: String,
-    /// The first miner answers a sleep with success and changes nothing (`M000`).
-    faulty_miner: bool,
 }
 
 impl SiteSpec {
@@ -385,7 +376,6 @@ impl SiteSpec {
                  [workload.slurm]\nslurm_conf = \"{conf}\"\n"
             ),
             engine: String::new(),
-            faulty_miner: false,
         }
     }
 }
@@ -437,7 +427,7 @@ async fn start_site(spec: &SiteSpec, dir: tempfile::TempDir) -> Site {
     std::fs::write(&policy, POLICY).unwrap();
     pivotctl(&url, &["policy", "set", policy.to_str().unwrap()]);
 
-    let miners = vec![antminer(spec.faulty_miner).await, antminer(false).await];
+    let miners = vec![antminer().await, antminer().await];
     let (lib, nvml_state) = fake_gpus(root);
     let agent_toml = root.join("agent.toml");
     let mut text = format!(
@@ -566,11 +556,14 @@ async fn slurm_power_moves_from_mining_to_an_ai_job_and_back_in_safe_order() {
         to_ai.phase_of(HOST_DEVICE),
     );
     // Release before grant: every miner confirmed asleep before any cap was raised, every cap
-    // confirmed before the node was opened, the node confirmed schedulable before the job ran.
+    // confirmed before the node was opened, and the job ran only once the node was opened. (Not
+    // "after the agent confirmed the node": slurmctld may start the job on the resumed node
+    // before the agent's read-back sees it, which then reads MIXED and confirms.)
     assert!(to_ai.last_confirmed("miner/") <= caps.issued, "{to_ai:#?}");
     assert!(to_ai.last_confirmed("gpu/") <= release.issued, "{to_ai:#?}");
+    assert!(release.issued <= job_running, "{to_ai:#?}");
     assert!(
-        to_ai.last_confirmed(HOST_DEVICE) <= job_running,
+        to_ai.last_confirmed(HOST_DEVICE) >= release.issued,
         "{to_ai:#?}"
     );
     assert!(curtail.issued < caps.issued && caps.issued < release.issued);
@@ -866,16 +859,25 @@ async fn a_failed_curtailment_stops_the_move_before_any_power_is_granted() {
             hook.path().display()
         ),
         engine: "curtail_timeout_s = 5\n".into(),
-        faulty_miner: true,
     };
     let mut site = start_site(&spec, tempfile::tempdir().unwrap()).await;
     let wait = Duration::from_secs(60);
+    // The fault is turned on once the site has settled with both miners mining: a first plan
+    // made before the agent reported its node may sleep both miners to keep the cap, and a
+    // failure there would be the failure of another move than the one this test makes.
     until(
-        "the node drained and the GPUs capped low",
+        "the node drained, the GPUs capped low and both miners mining",
         wait,
-        async || !hook.node_open() && gpu_limits(&site.nvml_state).iter().all(|w| *w == GPU_MIN_W),
+        async || {
+            !hook.node_open()
+                && gpu_limits(&site.nvml_state).iter().all(|w| *w == GPU_MIN_W)
+                && miners_in(&site, RunState::Mining)
+        },
     )
     .await;
+    site.miners[0]
+        .handle()
+        .set_faults(vec![Fault::AntminerNoop]);
     hook.take_calls();
 
     let to_ai_at = Utc::now();
