@@ -197,19 +197,31 @@ impl Controller {
     /// Writes an audit record and publishes it to watchers. A store failure is logged, not
     /// propagated: the action it records has already happened.
     pub async fn audit(&self, entry: NewAudit) -> Option<AuditRecord> {
-        let subject = entry.subject.clone();
-        match self.blocking(move |s| s.append_audit(entry)).await {
-            Ok(record) => {
-                // No watcher is fine.
-                let _ = self.events.send(v1::Event {
-                    at: Some(model::timestamp_to_proto(record.at)),
-                    event: Some(v1::event::Event::Audit(audit_to_proto(&record))),
-                });
-                Some(record)
+        self.audit_all(vec![entry]).await.pop()
+    }
+
+    /// Writes audit records in order, in one store transaction, and publishes each to watchers
+    /// (a burst of agent statuses is one write, not one each). A store failure is logged, not
+    /// propagated, as for [`Controller::audit`].
+    pub async fn audit_all(&self, entries: Vec<NewAudit>) -> Vec<AuditRecord> {
+        let Some(subject) = entries.first().map(|e| e.subject.clone()) else {
+            return Vec::new();
+        };
+        let n = entries.len();
+        match self.blocking(move |s| s.append_audits(entries)).await {
+            Ok(records) => {
+                for record in &records {
+                    // No watcher is fine.
+                    let _ = self.events.send(v1::Event {
+                        at: Some(model::timestamp_to_proto(record.at)),
+                        event: Some(v1::event::Event::Audit(audit_to_proto(record))),
+                    });
+                }
+                records
             }
             Err(e) => {
-                error!(subject = %subject, error = %e, "Could not write audit record");
-                None
+                error!(subject = %subject, records = n, error = %e, "Could not write audit records");
+                Vec::new()
             }
         }
     }

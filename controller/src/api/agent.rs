@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use pivot_proto::model::{self, FieldError, IntentPhase, MinerDialect, MinerState};
 use pivot_proto::v1;
 use pivot_proto::v1::agent_message::Msg as Up;
@@ -236,8 +236,21 @@ async fn serve_session(
     // A joining host's first readings start a round at once (not the hello: before them its
     // devices are unseen).
     let mut first_readings = true;
-    while let Some(msg) = inbound.next().await {
-        let msg = msg?;
+    // A message read while gathering a burst of statuses that is not one, handled next; and
+    // how the stream ended if it ended while gathering.
+    let mut held: Option<v1::AgentMessage> = None;
+    let mut ended: Option<Result<(), Status>> = None;
+    loop {
+        let msg = match held.take() {
+            Some(m) => m,
+            None => match ended.take() {
+                Some(end) => return end,
+                None => match inbound.next().await {
+                    Some(m) => m?,
+                    None => return Ok(()),
+                },
+            },
+        };
         if !ctl.registry.is_live(host_id, session_id) {
             return Err(Status::aborted(format!(
                 "session {session_id} was superseded by a newer session for host `{host_id}`"
@@ -295,59 +308,120 @@ async fn serve_session(
                     .await;
                 }
             }
-            Some(Up::IntentStatus(mut s)) => {
-                let phase = IntentPhase::from_proto(s.phase, "intent_status.phase")?;
-                model::non_empty(&s.device_id, "intent_status.device_id")?;
-                s.device_id = crate::executor::site_device_id(host_id, &s.device_id);
-                let ledger = Arc::clone(&ctl.ledger);
-                let (h, st) = (host_id.to_owned(), s.clone());
-                let change = ctl
-                    .blocking(move |_| Ok(ledger.on_status(&h, &st, Utc::now())))
-                    .await?;
-                let change = match change {
-                    Ok(c) => c,
-                    Err(refused) => {
-                        warn!(host = %host_id, error = %refused, "Refused an intent status");
-                        ctl.audit(NewAudit {
-                            kind: "status",
-                            subject: s.device_id.clone(),
-                            actor: actor.to_owned(),
-                            reason: format!("refused: {refused}"),
-                            detail: serde_json::Value::Null,
-                        })
-                        .await;
-                        continue;
+            Some(Up::IntentStatus(first)) => {
+                // The statuses the agent has already sent behind this one are taken with it:
+                // one store transaction for the burst (a 10,000-move phase is 20,000 statuses).
+                let mut burst = vec![first];
+                while burst.len() < STATUS_BURST {
+                    match inbound.next().now_or_never() {
+                        None => break,
+                        Some(None) => {
+                            ended = Some(Ok(()));
+                            break;
+                        }
+                        Some(Some(Err(e))) => {
+                            ended = Some(Err(e));
+                            break;
+                        }
+                        Some(Some(Ok(m))) => match m.msg {
+                            Some(Up::IntentStatus(s)) => burst.push(s),
+                            other => {
+                                held = Some(v1::AgentMessage { msg: other });
+                                break;
+                            }
+                        },
                     }
-                };
-                if let Some(c) = &change {
-                    ctl.progress.notify_one();
-                    // An intent of a plan no longer executing settled: the plan that replaced it
-                    // may now have room to grant.
-                    let settled = c.status.phase == IntentPhase::Confirmed
-                        || (c.status.phase.is_final() && !c.status.retrying);
-                    if settled && ctl.execution().is_none_or(|e| e.plan.plan_id != c.plan_id) {
-                        ctl.replan.notify_one();
-                    }
-                    ctl.audit(NewAudit {
-                        kind: "status",
-                        subject: s.device_id.clone(),
-                        actor: actor.to_owned(),
-                        reason: s.detail.clone(),
-                        detail: serde_json::json!({
-                            "generation": s.generation,
-                            "phase": format!("{phase:?}").to_lowercase(),
-                            "retrying": s.retrying,
-                            "plan_id": s.plan_id,
-                            "plan_phase": s.plan_phase,
-                            "observed_power_w": s.observed_power_w,
-                        }),
-                    })
-                    .await;
                 }
+                take_statuses(ctl, host_id, actor, burst).await?;
             }
         }
     }
-    Ok(())
+}
+
+/// The most statuses taken in one store transaction.
+const STATUS_BURST: usize = 1024;
+
+/// Checks a burst of one agent's statuses, records them in the ledger and the audit log (one
+/// transaction each) and wakes the executor. A status that does not validate ends the session
+/// (`InvalidArgument` naming the field) after the ones before it are taken; one the ledger
+/// refuses (another host's device) is audited and skipped.
+async fn take_statuses(
+    ctl: &Arc<Controller>,
+    host_id: &str,
+    actor: &str,
+    burst: Vec<v1::IntentStatus>,
+) -> Result<(), Status> {
+    let mut valid = Vec::with_capacity(burst.len());
+    let mut invalid = None;
+    for mut s in burst {
+        let checked = IntentPhase::from_proto(s.phase, "intent_status.phase")
+            .and_then(|_| model::non_empty(&s.device_id, "intent_status.device_id"));
+        if let Err(e) = checked {
+            invalid = Some(e);
+            break;
+        }
+        s.device_id = crate::executor::site_device_id(host_id, &s.device_id);
+        valid.push(s);
+    }
+    let ledger = Arc::clone(&ctl.ledger);
+    let h = host_id.to_owned();
+    let (valid, results) = ctl
+        .blocking(move |_| {
+            let results = ledger.on_statuses(&h, &valid, Utc::now());
+            Ok((valid, results))
+        })
+        .await?;
+    let mut records = Vec::new();
+    let (mut changed, mut settled_elsewhere) = (false, false);
+    let executing = ctl.execution().map(|e| e.plan.plan_id.clone());
+    for (s, result) in valid.into_iter().zip(results) {
+        match result {
+            Err(refused) => {
+                warn!(host = %host_id, error = %refused, "Refused an intent status");
+                records.push(NewAudit {
+                    kind: "status",
+                    subject: s.device_id,
+                    actor: actor.to_owned(),
+                    reason: format!("refused: {refused}"),
+                    detail: serde_json::Value::Null,
+                });
+            }
+            Ok(None) => {}
+            Ok(Some(c)) => {
+                changed = true;
+                // An intent of a plan no longer executing settled: the plan that replaced it
+                // may now have room to grant.
+                let settled = c.status.phase == IntentPhase::Confirmed
+                    || (c.status.phase.is_final() && !c.status.retrying);
+                settled_elsewhere |= settled && executing.as_deref() != Some(c.plan_id.as_str());
+                records.push(NewAudit {
+                    kind: "status",
+                    subject: s.device_id,
+                    actor: actor.to_owned(),
+                    detail: serde_json::json!({
+                        "generation": s.generation,
+                        "phase": format!("{:?}", c.status.phase).to_lowercase(),
+                        "retrying": s.retrying,
+                        "plan_id": s.plan_id,
+                        "plan_phase": s.plan_phase,
+                        "observed_power_w": s.observed_power_w,
+                    }),
+                    reason: s.detail,
+                });
+            }
+        }
+    }
+    if changed {
+        ctl.progress.notify_one();
+    }
+    if settled_elsewhere {
+        ctl.replan.notify_one();
+    }
+    ctl.audit_all(records).await;
+    match invalid {
+        Some(e) => Err(Status::from(e)),
+        None => Ok(()),
+    }
 }
 
 fn finite_field(v: Option<f64>, field: String) -> Result<Option<f64>, FieldError> {

@@ -221,7 +221,16 @@ pub enum StoreError {
 
 /// Durable controller state.
 pub trait Store: Send + Sync + 'static {
-    fn append_audit(&self, entry: NewAudit) -> Result<AuditRecord, StoreError>;
+    fn append_audit(&self, entry: NewAudit) -> Result<AuditRecord, StoreError> {
+        self.append_audits(vec![entry])?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "audit".into(),
+                problem: "an appended record was not returned".into(),
+            })
+    }
+    /// Appends `entries` in order, in one transaction (all or none).
+    fn append_audits(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError>;
     /// Newest first; `before_id` 0 for the newest; `subject` and `kind` empty for all.
     fn list_audit(
         &self,
@@ -262,14 +271,13 @@ pub trait Store: Send + Sync + 'static {
     /// generation above the one stored for its device (`StaleGeneration` otherwise: generations
     /// never go down, even across restarts).
     fn put_intents(&self, intents: &[DeviceIntent]) -> Result<(), StoreError>;
-    /// Records an agent's status for `(device_id, generation)`; ignored (false) when the
-    /// controller holds another generation for the device.
-    fn set_intent_status(
+    /// Records agents' statuses, each for `(device_id, generation)`, in one transaction; a
+    /// status is ignored when the controller holds another generation for the device. How many
+    /// were recorded.
+    fn set_intent_statuses(
         &self,
-        device_id: &str,
-        generation: u64,
-        status: &StatusRecord,
-    ) -> Result<bool, StoreError>;
+        statuses: &[(&str, u64, &StatusRecord)],
+    ) -> Result<usize, StoreError>;
     /// Every device's desired state.
     fn list_intents(&self) -> Result<Vec<DeviceIntent>, StoreError>;
     /// The highest generation ever issued for a device (0 when none).

@@ -223,31 +223,43 @@ fn time(s: &str, what: &str) -> Result<DateTime<Utc>, StoreError> {
 }
 
 impl Store for SqliteStore {
-    fn append_audit(&self, entry: NewAudit) -> Result<AuditRecord, StoreError> {
+    fn append_audits(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError> {
         let sql = self.sql();
         let at = Utc::now();
+        let stamp = at.to_rfc3339();
         self.with(|c| {
-            c.execute(
-                "INSERT INTO audit (at, kind, subject, actor, reason, detail_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    at.to_rfc3339(),
-                    entry.kind,
-                    entry.subject,
-                    entry.actor,
-                    entry.reason,
-                    entry.detail.to_string()
-                ],
-            )
-            .map_err(&sql)?;
-            Ok(AuditRecord {
-                id: u64::try_from(c.last_insert_rowid()).unwrap_or(0),
-                at,
-                kind: entry.kind.to_owned(),
-                subject: entry.subject,
-                actor: entry.actor,
-                reason: entry.reason,
-                detail: entry.detail,
-            })
+            let tx = c.transaction().map_err(&sql)?;
+            let mut out = Vec::with_capacity(entries.len());
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO audit (at, kind, subject, actor, reason, detail_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .map_err(&sql)?;
+                for entry in entries {
+                    insert
+                        .execute(params![
+                            stamp,
+                            entry.kind,
+                            entry.subject,
+                            entry.actor,
+                            entry.reason,
+                            entry.detail.to_string()
+                        ])
+                        .map_err(&sql)?;
+                    out.push(AuditRecord {
+                        id: u64::try_from(tx.last_insert_rowid()).unwrap_or(0),
+                        at,
+                        kind: entry.kind.to_owned(),
+                        subject: entry.subject,
+                        actor: entry.actor,
+                        reason: entry.reason,
+                        detail: entry.detail,
+                    });
+                }
+            }
+            tx.commit().map_err(&sql)?;
+            Ok(out)
         })
     }
 
@@ -571,21 +583,35 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_intent_status(
+    fn set_intent_statuses(
         &self,
-        device_id: &str,
-        generation: u64,
-        status: &StatusRecord,
-    ) -> Result<bool, StoreError> {
+        statuses: &[(&str, u64, &StatusRecord)],
+    ) -> Result<usize, StoreError> {
         let sql = self.sql();
-        let status = json(status, &format!("intent status {device_id}"))?;
+        let rows = statuses
+            .iter()
+            .map(|(device_id, generation, status)| {
+                json(status, &format!("intent status {device_id}"))
+                    .map(|j| (*device_id, to_i64(*generation), j))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.with(|c| {
-            Ok(c.execute(
-                "UPDATE device_intents SET status_json = ?3 WHERE device_id = ?1 AND generation = ?2",
-                params![device_id, to_i64(generation), status],
-            )
-            .map_err(&sql)?
-                > 0)
+            let tx = c.transaction().map_err(&sql)?;
+            let mut n = 0;
+            {
+                let mut update = tx
+                    .prepare_cached(
+                        "UPDATE device_intents SET status_json = ?3 WHERE device_id = ?1 AND generation = ?2",
+                    )
+                    .map_err(&sql)?;
+                for (device_id, generation, status) in &rows {
+                    n += update
+                        .execute(params![device_id, generation, status])
+                        .map_err(&sql)?;
+                }
+            }
+            tx.commit().map_err(&sql)?;
+            Ok(n)
         })
     }
 
@@ -1163,10 +1189,62 @@ mod tests {
             observed_power_w: Some(12.0),
             at: Utc::now(),
         };
-        assert!(!s.set_intent_status("m1", 1, &st).unwrap());
+        assert_eq!(s.set_intent_statuses(&[("m1", 1, &st)]).unwrap(), 0);
         assert!(s.list_intents().unwrap()[0].status.is_none());
-        assert!(s.set_intent_status("m1", 2, &st).unwrap());
+        assert_eq!(s.set_intent_statuses(&[("m1", 2, &st)]).unwrap(), 1);
         assert_eq!(s.list_intents().unwrap()[0].status, Some(st));
+    }
+
+    #[test]
+    fn a_batch_of_statuses_and_audits_lands_whole_and_in_order() {
+        let (_d, s) = store();
+        s.put_intents(&[
+            intent("m1", 2, Target::Miner(MinerTarget::Sleep)),
+            intent("m2", 1, Target::Miner(MinerTarget::Sleep)),
+        ])
+        .unwrap();
+        let st = |detail: &str| StatusRecord {
+            phase: IntentPhase::Confirmed,
+            detail: detail.into(),
+            retrying: false,
+            observed_power_w: None,
+            at: Utc::now(),
+        };
+        let (a, b, stale) = (st("a"), st("b"), st("stale"));
+        // m1 twice (the later wins), m2 at a generation it does not hold (ignored).
+        let n = s
+            .set_intent_statuses(&[("m1", 2, &a), ("m2", 7, &stale), ("m1", 2, &b)])
+            .unwrap();
+        assert_eq!(n, 2);
+        let held = s.list_intents().unwrap();
+        let of = |id: &str| held.iter().find(|d| d.intent.device_id == id).unwrap();
+        assert_eq!(of("m1").status, Some(b));
+        assert!(of("m2").status.is_none());
+
+        let records = s
+            .append_audits(
+                (0..3)
+                    .map(|i| NewAudit {
+                        kind: "status",
+                        subject: format!("miner/{i}"),
+                        actor: "agent".into(),
+                        reason: format!("r{i}"),
+                        detail: serde_json::Value::Null,
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // Newest first in the log.
+        let listed: Vec<String> = s
+            .list_audit(10, 0, "", "status")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.reason)
+            .collect();
+        assert_eq!(listed, ["r2", "r1", "r0"]);
+        assert!(s.append_audits(Vec::new()).unwrap().is_empty());
     }
 
     fn dr(id: &str, target: f64, ends_in_s: i64) -> DemandResponse {

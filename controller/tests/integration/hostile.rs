@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::Utc;
 use pivot_controller::Controller;
 use pivot_controller::auth::{Role, new_token};
-use pivot_controller::config::{Config, EnvSource};
+use pivot_controller::config::{Config, NoEnv};
 use pivot_controller::store::{SqliteStore, Store};
 use pivot_proto::v1;
 use pivot_proto::v1::agent_message::Msg as Up;
@@ -34,14 +34,6 @@ static ACCEPTED_CALLS: AtomicUsize = AtomicUsize::new(0);
 static REFUSED_CALLS: AtomicUsize = AtomicUsize::new(0);
 static WELCOMED_SESSIONS: AtomicUsize = AtomicUsize::new(0);
 static REFUSED_SESSIONS: AtomicUsize = AtomicUsize::new(0);
-
-struct NoEnv;
-
-impl EnvSource for NoEnv {
-    fn get(&self, _: &str) -> Option<String> {
-        None
-    }
-}
 
 const HONEST: [&str; 2] = ["honest-1", "honest-2"];
 const EVIL: [&str; 2] = ["evil-1", "evil-2"];

@@ -7,3 +7,4 @@
 mod fake_http;
 mod hostile;
 mod market;
+mod status_burst;
