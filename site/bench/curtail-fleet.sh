@@ -101,6 +101,13 @@ sleep "$window"
 c1=$(ticks "$controller"); a1=$(sum_ticks "${agent_pids[@]}"); s1=$(sum_ticks "${sim_pids[@]}"); t1=$(date +%s.%N)
 pct() { echo "scale=1; 100 * ($2 - $1) / $tck / ($t1 - $t0)" | bc; }
 echo "steady state over ${window} s (% of one core): controller $(pct "$c0" "$c1"), $agents agents together $(pct "$a0" "$a1"), pivot-sim $(pct "$s0" "$s1")"
+cpu_now() { echo "$(ticks "$controller") $(sum_ticks "${agent_pids[@]}") $(sum_ticks "${sim_pids[@]}")"; }
+cpu_since() {
+  local c a s c2 a2 s2
+  read -r c a s <<< "$1"
+  read -r c2 a2 s2 <<< "$(cpu_now)"
+  echo "controller $(echo "scale=2; ($c2 - $c) / $tck" | bc) s, $agents agents $(echo "scale=2; ($a2 - $a) / $tck" | bc) s, pivot-sim $(echo "scale=2; ($s2 - $s) / $tck" | bc) s"
+}
 . site/bench/curtail-runs.sh
 curtail_runs "$ctl" "$url" "$runs"
 usage() { echo "scale=1; $(ticks "$1") / $tck" | bc; }

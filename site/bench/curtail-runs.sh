@@ -1,6 +1,8 @@
 # Sourced by the curtail benches. `curtail_runs PIVOTCTL URL RUNS`: RUNS operator curtails of
 # every mining miner on the controller at URL, each on the same settled fleet, one line per run
-# from the audit log's phase timing (site/bench/phase_timing.py).
+# from the audit log's phase timing (site/bench/phase_timing.py). A sourcing script that defines
+# `cpu_now` (prints CPU counters) and `cpu_since COUNTERS` (prints the CPU used since, in words)
+# gets each run's CPU, from the operator's call to the confirmed phase seen, on its line.
 
 # Waits until no plan is executing (the plan in status is done or absent).
 settle() {
@@ -16,7 +18,7 @@ mining_now() {
 
 curtail_runs() {
   ctl=$1 url=$2
-  local runs=$3 first="" run mining last t0 t1 line
+  local runs=$3 first="" run mining last t0 t1 line c0 cpu
   for run in $(seq 1 "$runs"); do
     settle
     sleep 2
@@ -32,6 +34,8 @@ curtail_runs() {
     mining=$(mining_now)
     first=${first:-$mining}
     last=$("$ctl" --controller "$url" audit --kind plan --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)')
+    c0=""; cpu=""
+    if declare -F cpu_now > /dev/null; then c0=$(cpu_now); fi
     t0=$(date +%s.%N)
     "$ctl" --controller "$url" curtail miners --reason "bench: curtail-and-confirm" >/dev/null
     line=""
@@ -41,7 +45,8 @@ curtail_runs() {
       sleep 0.1
     done
     t1=$(date +%s.%N)
-    echo "run $run: $mining mining before; ${line:-no confirmed curtail phase in 2 minutes}; operator call to record seen: $(echo "$t1 - $t0" | bc) s"
+    if [ -n "$c0" ]; then cpu="; CPU meanwhile: $(cpu_since "$c0")"; fi
+    echo "run $run: $mining mining before; ${line:-no confirmed curtail phase in 2 minutes}; operator call to record seen: $(echo "$t1 - $t0" | bc) s$cpu"
     "$ctl" --controller "$url" resume miners >/dev/null
   done
 }

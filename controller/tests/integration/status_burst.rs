@@ -195,11 +195,8 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
         .collect();
     assert_eq!(got, want);
     // The telemetry between the two halves was taken too.
-    let power = ctl.registry.with_agents(|a| {
-        a[HOST].miners[&id(0)]
-            .obs
-            .as_ref()
-            .and_then(|o| o.power_w)
-    });
+    let power = ctl
+        .registry
+        .with_agents(|a| a[HOST].miners[&id(0)].obs.as_ref().and_then(|o| o.power_w));
     assert_eq!(power, Some(21.0));
 }
