@@ -1,6 +1,6 @@
 //! The SIMULATED workload manager through the real agents: the real `pivot-site` binary plays two
-//! and a half hours of the bundled trace around its first night's AI-demand drop (Tue 19:00–21:30
-//! in Texas: 64 GPUs wanted, then 24) at 480x with eight GPU hosts. The controller releases the
+//! and a half hours of the bundled trace around its first night's AI-demand drop (Tue 19:30–22:00
+//! in Texas: 64 GPUs wanted, then 24 from 20:00) at 480x with eight GPU hosts. The controller releases the
 //! hosts through their agents' exec hook, then drains some when the demand falls; the run's
 //! `workload.jsonl` must show every job on a node its agent had released, every drained node's
 //! jobs gone (ended or requeued after the grace, `PIVOT_GRACE_OVER=1`) by the end, and the fake
@@ -27,7 +27,7 @@ fn drained_nodes_lose_their_jobs_after_the_grace_and_released_ones_run_them() {
     let dir = out.path().join("site");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pivot-site"))
         .args(["--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"])
-        .args(["--from", "2026-07-15T00:00:00Z", "--hours", "2.5"])
+        .args(["--from", "2026-07-15T00:30:00Z", "--hours", "2.5"])
         .args(["--speed", "480", "--miners", "12", "--racks", "1"])
         .args(["--gpu-hosts", &GPU_HOSTS.to_string(), "--no-hourly"])
         .arg("--out-dir")
@@ -108,7 +108,9 @@ fn drained_nodes_lose_their_jobs_after_the_grace_and_released_ones_run_them() {
     println!("{started} starts, {requeued} requeues, drained: {closed:?}");
     // In this window a drained host still runs a job when its grace ends (an 8-GPU job the
     // demand drop left running there): the agent's second drain, with PIVOT_GRACE_OVER=1,
-    // requeues it.
+    // requeues it. The window starts half an hour before the drop so that the jobs placed at
+    // the start have most of their run time left when the hosts are drained (starting at the
+    // hour left one ending minutes before its host's drain, and the requeue to chance).
     assert!(
         requeued > 0,
         "no job was requeued from a drained node after its grace: {log}"

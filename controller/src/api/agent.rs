@@ -311,8 +311,9 @@ async fn serve_session(
             Some(Up::IntentStatus(first)) => {
                 // The statuses the agent has already sent behind this one are taken with it:
                 // one store transaction for the burst (a 10,000-move phase is 20,000 statuses).
+                let mut bytes = status_bytes(&first);
                 let mut burst = vec![first];
-                while burst.len() < STATUS_BURST {
+                while burst.len() < STATUS_BURST && bytes < STATUS_BURST_BYTES {
                     match inbound.next().now_or_never() {
                         None => break,
                         Some(None) => {
@@ -324,7 +325,10 @@ async fn serve_session(
                             break;
                         }
                         Some(Some(Ok(m))) => match m.msg {
-                            Some(Up::IntentStatus(s)) => burst.push(s),
+                            Some(Up::IntentStatus(s)) => {
+                                bytes += status_bytes(&s);
+                                burst.push(s);
+                            }
                             other => {
                                 held = Some(v1::AgentMessage { msg: other });
                                 break;
@@ -340,6 +344,14 @@ async fn serve_session(
 
 /// The most statuses taken in one store transaction.
 const STATUS_BURST: usize = 1024;
+/// The most text a burst holds (a status is a few hundred bytes; a hostile agent's may be as
+/// large as a message may be, and a burst must not hold a thousand of those).
+const STATUS_BURST_BYTES: usize = 1 << 20;
+
+/// The text a status carries, for [`STATUS_BURST_BYTES`].
+fn status_bytes(s: &v1::IntentStatus) -> usize {
+    s.device_id.len() + s.detail.len() + s.plan_id.len()
+}
 
 /// Checks a burst of one agent's statuses, records them in the ledger and the audit log (one
 /// transaction each) and wakes the executor. A status that does not validate ends the session

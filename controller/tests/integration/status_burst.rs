@@ -48,13 +48,23 @@ fn hello() -> v1::Hello {
     }
 }
 
+/// What status `phase` of miner `i` says: one is long, so that the burst it is in is split by
+/// size.
+fn detail(i: usize, phase: IntentPhase) -> String {
+    if i == 150 && phase == IntentPhase::Applied {
+        format!("{phase:?} {i} {}", "x".repeat(700_000))
+    } else {
+        format!("{phase:?} {i}")
+    }
+}
+
 fn status(i: usize, phase: IntentPhase) -> v1::AgentMessage {
     v1::AgentMessage {
         msg: Some(Up::IntentStatus(v1::IntentStatus {
             device_id: id(i),
             generation: 1,
             phase: phase.to_proto() as i32,
-            detail: format!("{phase:?} {i}"),
+            detail: detail(i, phase),
             observed_power_w: Some(if phase == IntentPhase::Confirmed {
                 20.0
             } else {
@@ -191,7 +201,7 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
         .collect();
     let want: Vec<String> = [IntentPhase::Applied, IntentPhase::Confirmed]
         .into_iter()
-        .flat_map(|p| (0..MINERS).map(move |i| format!("{} {p:?} {i}", id(i))))
+        .flat_map(|p| (0..MINERS).map(move |i| format!("{} {}", id(i), detail(i, p))))
         .collect();
     assert_eq!(got, want);
     // The telemetry between the two halves was taken too.
