@@ -78,10 +78,16 @@ impl std::fmt::Debug for Controller {
     }
 }
 
+/// Events kept for watchers that have not read them yet. A watcher further behind misses the
+/// oldest. A 10,000-move phase publishes 20,000 status records in bursts of up to 1,024 (one per
+/// store transaction), faster than a watcher sends them on: the buffer holds a whole burst with
+/// room for a watcher that is already behind (about 5 MB when full).
+const EVENTS_BUFFER: usize = 16_384;
+
 impl Controller {
     /// A controller over `store`, with the desired state the store holds.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(EVENTS_BUFFER);
         let ledger = Arc::new(Ledger::load(Arc::clone(&store))?);
         // Hosts with stored intents count, unseen, before they reconnect (fleet::Registry::restore).
         let registry = Registry::default();

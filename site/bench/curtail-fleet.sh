@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -101,6 +101,17 @@ sleep "$window"
 c1=$(ticks "$controller"); a1=$(sum_ticks "${agent_pids[@]}"); s1=$(sum_ticks "${sim_pids[@]}"); t1=$(date +%s.%N)
 pct() { echo "scale=1; 100 * ($2 - $1) / $tck / ($t1 - $t0)" | bc; }
 echo "steady state over ${window} s (% of one core): controller $(pct "$c0" "$c1"), $agents agents together $(pct "$a0" "$a1"), pivot-sim $(pct "$s0" "$s1")"
+newest_audit_id() {
+  "$ctl" --controller "$url" audit --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)'
+}
+# WATCH=1: a `pivotctl watch` through the runs; at the end, how many of the audit records written
+# meanwhile it printed (every record is published to watchers; one that falls behind misses some).
+if [ -n "${WATCH:-}" ]; then
+  watch_from=$(newest_audit_id)
+  "$ctl" --controller "$url" watch > "$out/watch.txt" 2> "$out/watch.log" &
+  pids+=($!)
+  sleep 1
+fi
 cpu_now() { echo "$(ticks "$controller") $(sum_ticks "${agent_pids[@]}") $(sum_ticks "${sim_pids[@]}")"; }
 cpu_since() {
   local c a s c2 a2 s2
@@ -110,6 +121,16 @@ cpu_since() {
 }
 . site/bench/curtail-runs.sh
 curtail_runs "$ctl" "$url" "$runs"
+if [ -n "${WATCH:-}" ]; then
+  # Counted once the last resume is done and nothing has been written for a while.
+  settle
+  while :; do
+    watch_to=$(newest_audit_id)
+    sleep 3
+    [ "$(newest_audit_id)" = "$watch_to" ] && break
+  done
+  echo "watcher: printed $(wc -l < "$out/watch.txt") of the $(( watch_to - watch_from )) audit records written while it watched"
+fi
 usage() { echo "scale=1; $(ticks "$1") / $tck" | bc; }
 hwm() { awk '$1 == "VmHWM:" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 echo "controller: $(usage "$controller") s CPU, peak RSS $(hwm "$controller") MiB"

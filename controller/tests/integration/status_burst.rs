@@ -2,7 +2,8 @@
 //! has already sent together (one store transaction for the lot), and what it records must be
 //! what it would record taking them one at a time: every change, in the order sent, a message
 //! of another kind in the middle handled in its place, and a status that does not validate
-//! ending the session only after the ones before it are taken.
+//! ending the session only after the ones before it are taken. A watcher of the event stream
+//! sees every one of them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use pivot_proto::v1::agent_message::Msg as Up;
 use tonic::transport::Channel;
 
 const HOST: &str = "rack-1";
-const MINERS: usize = 300;
+const MINERS: usize = 1000;
 
 fn id(i: usize) -> String {
     format!("miner/m{i:03}")
@@ -51,7 +52,7 @@ fn hello() -> v1::Hello {
 /// What status `phase` of miner `i` says: one is long, so that the burst it is in is split by
 /// size.
 fn detail(i: usize, phase: IntentPhase) -> String {
-    if i == 150 && phase == IntentPhase::Applied {
+    if i == 500 && phase == IntentPhase::Applied {
         format!("{phase:?} {i} {}", "x".repeat(700_000))
     } else {
         format!("{phase:?} {i}")
@@ -117,6 +118,18 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
         std::future::pending(),
     ));
 
+    // A watcher, as `pivotctl watch`, from before the first status.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = v1::fleet_service_client::FleetServiceClient::new(channel.clone())
+        .watch_events(v1::WatchEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
     // Everything is queued before the session opens: applied for all, a telemetry snapshot,
     // confirmed for all, then a status whose phase is no phase.
     let mut msgs = vec![v1::AgentMessage {
@@ -144,11 +157,6 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
     msgs.push(bad);
     msgs.push(status(1, IntentPhase::Failed));
 
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut client = v1::agent_service_client::AgentServiceClient::new(channel);
     let mut down = client
         .session(tokio_stream::iter(msgs))
@@ -204,6 +212,22 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
         .flat_map(|p| (0..MINERS).map(move |i| format!("{} {}", id(i), detail(i, p))))
         .collect();
     assert_eq!(got, want);
+    // The watcher saw every status record, in the same order.
+    let mut watched = Vec::new();
+    while watched.len() < want.len() {
+        let Ok(Ok(Some(e))) =
+            tokio::time::timeout(Duration::from_secs(10), watch.message()).await
+        else {
+            break;
+        };
+        if let Some(v1::event::Event::Audit(r)) = e.event
+            && r.kind == "status"
+        {
+            watched.push(format!("{} {}", r.subject, r.reason));
+        }
+    }
+    assert_eq!(watched.len(), want.len(), "the watcher missed status events");
+    assert!(watched == want, "the watcher saw the statuses out of order");
     // The telemetry between the two halves was taken too.
     let power = ctl
         .registry
