@@ -215,8 +215,7 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
     // The watcher saw every status record, in the same order.
     let mut watched = Vec::new();
     while watched.len() < want.len() {
-        let Ok(Ok(Some(e))) =
-            tokio::time::timeout(Duration::from_secs(10), watch.message()).await
+        let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(10), watch.message()).await
         else {
             break;
         };
@@ -226,7 +225,11 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
             watched.push(format!("{} {}", r.subject, r.reason));
         }
     }
-    assert_eq!(watched.len(), want.len(), "the watcher missed status events");
+    assert_eq!(
+        watched.len(),
+        want.len(),
+        "the watcher missed status events"
+    );
     assert!(watched == want, "the watcher saw the statuses out of order");
     // The telemetry between the two halves was taken too.
     let power = ctl
