@@ -290,23 +290,11 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Takes an agent's status report. A status for another generation than the one held is
-    /// not an error (it is history: `Ok(None)`); a status for another host's device is.
-    pub fn on_status(
-        &self,
-        host_id: &str,
-        s: &v1::IntentStatus,
-        now: DateTime<Utc>,
-    ) -> Result<Option<StatusChange>, StatusRefused> {
-        self.on_statuses(host_id, std::slice::from_ref(s), now)
-            .pop()
-            .unwrap_or(Ok(None))
-    }
-
     /// Takes a burst of one agent's status reports, in the order sent, and stores every change
     /// in one store transaction: at 10,000 moves a phase brings 20,000 statuses, and one
     /// transaction each kept the controller busy for seconds after the agents were done. One
-    /// result per status, as [`Ledger::on_status`] gives.
+    /// result per status: a status for another generation than the one held is not an error
+    /// (it is history: `Ok(None)`); a status for another host's device is.
     pub fn on_statuses(
         &self,
         host_id: &str,
@@ -493,28 +481,39 @@ mod tests {
         assert!(out.adopted.is_empty());
     }
 
+    /// One status on its own.
+    fn on_status(
+        l: &Ledger,
+        host_id: &str,
+        s: &v1::IntentStatus,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StatusChange>, StatusRefused> {
+        l.on_statuses(host_id, std::slice::from_ref(s), now)
+            .pop()
+            .unwrap()
+    }
+
     #[test]
     fn statuses_are_taken_only_for_the_held_generation_from_its_own_host() {
         let (_d, store, l) = ledger();
         let now = Utc::now();
         l.issue(vec![new("m1", SLEEP)], now, now).unwrap();
         assert_eq!(
-            l.on_status("h1", &status("m1", 5, IntentPhase::Confirmed), now),
+            on_status(&l, "h1", &status("m1", 5, IntentPhase::Confirmed), now),
             Ok(None)
         );
-        let c = l
-            .on_status("h1", &status("m1", 1, IntentPhase::Confirmed), now)
+        let c = on_status(&l, "h1", &status("m1", 1, IntentPhase::Confirmed), now)
             .unwrap()
             .unwrap();
         assert_eq!(c.status.phase, IntentPhase::Confirmed);
         assert_eq!(c.plan_id, "p1");
         // The same status again changes nothing.
         assert_eq!(
-            l.on_status("h1", &status("m1", 1, IntentPhase::Confirmed), now),
+            on_status(&l, "h1", &status("m1", 1, IntentPhase::Confirmed), now),
             Ok(None)
         );
         assert!(matches!(
-            l.on_status("h2", &status("m1", 1, IntentPhase::Failed), now),
+            on_status(&l, "h2", &status("m1", 1, IntentPhase::Failed), now),
             Err(StatusRefused::WrongHost { .. })
         ));
         assert_eq!(
@@ -528,7 +527,7 @@ mod tests {
         let mut bad = status("m1", 1, IntentPhase::Confirmed);
         bad.phase = 99;
         assert!(matches!(
-            l.on_status("h1", &bad, now),
+            on_status(&l, "h1", &bad, now),
             Err(StatusRefused::Invalid { .. })
         ));
     }

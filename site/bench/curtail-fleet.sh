@@ -101,9 +101,7 @@ sleep "$window"
 c1=$(ticks "$controller"); a1=$(sum_ticks "${agent_pids[@]}"); s1=$(sum_ticks "${sim_pids[@]}"); t1=$(date +%s.%N)
 pct() { echo "scale=1; 100 * ($2 - $1) / $tck / ($t1 - $t0)" | bc; }
 echo "steady state over ${window} s (% of one core): controller $(pct "$c0" "$c1"), $agents agents together $(pct "$a0" "$a1"), pivot-sim $(pct "$s0" "$s1")"
-newest_audit_id() {
-  "$ctl" --controller "$url" audit --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)'
-}
+. site/bench/curtail-runs.sh
 # WATCH=1: a `pivotctl watch` through the runs; at the end, how many of the audit records written
 # meanwhile it printed (every record is published to watchers; one that falls behind misses some).
 if [ -n "${WATCH:-}" ]; then
@@ -119,7 +117,6 @@ cpu_since() {
   read -r c2 a2 s2 <<< "$(cpu_now)"
   echo "controller $(echo "scale=2; ($c2 - $c) / $tck" | bc) s, $agents agents $(echo "scale=2; ($a2 - $a) / $tck" | bc) s, pivot-sim $(echo "scale=2; ($s2 - $s) / $tck" | bc) s"
 }
-. site/bench/curtail-runs.sh
 curtail_runs "$ctl" "$url" "$runs"
 if [ -n "${WATCH:-}" ]; then
   # Counted once the last resume is done and nothing has been written for a while.

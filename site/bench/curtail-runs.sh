@@ -12,6 +12,11 @@ settle() {
   done
 }
 
+# The id of the newest audit record (of kind $1 if given), 0 when there is none.
+newest_audit_id() {
+  "$ctl" --controller "$url" audit --kind "${1:-}" --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)'
+}
+
 mining_now() {
   "$ctl" --controller "$url" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["miners_mining"])'
 }
@@ -33,7 +38,7 @@ curtail_runs() {
     fi
     mining=$(mining_now)
     first=${first:-$mining}
-    last=$("$ctl" --controller "$url" audit --kind plan --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)')
+    last=$(newest_audit_id plan)
     c0=""; cpu=""
     if declare -F cpu_now > /dev/null; then c0=$(cpu_now); fi
     t0=$(date +%s.%N)

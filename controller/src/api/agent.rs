@@ -236,21 +236,16 @@ async fn serve_session(
     // A joining host's first readings start a round at once (not the hello: before them its
     // devices are unseen).
     let mut first_readings = true;
-    // A message read while gathering a burst of statuses that is not one, handled next; and
-    // how the stream ended if it ended while gathering.
-    let mut held: Option<v1::AgentMessage> = None;
-    let mut ended: Option<Result<(), Status>> = None;
+    // What the stream gave while a burst of statuses was gathered that is not a status (another
+    // message, an error, its end): handled next, as if read then.
+    let mut pending = None;
     loop {
-        let msg = match held.take() {
-            Some(m) => m,
-            None => match ended.take() {
-                Some(end) => return end,
-                None => match inbound.next().await {
-                    Some(m) => m?,
-                    None => return Ok(()),
-                },
-            },
+        let next = match pending.take() {
+            Some(next) => next,
+            None => inbound.next().await,
         };
+        let Some(msg) = next else { return Ok(()) };
+        let msg = msg?;
         if !ctl.registry.is_live(host_id, session_id) {
             return Err(Status::aborted(format!(
                 "session {session_id} was superseded by a newer session for host `{host_id}`"
@@ -316,24 +311,16 @@ async fn serve_session(
                 while burst.len() < STATUS_BURST && bytes < STATUS_BURST_BYTES {
                     match inbound.next().now_or_never() {
                         None => break,
-                        Some(None) => {
-                            ended = Some(Ok(()));
+                        Some(Some(Ok(v1::AgentMessage {
+                            msg: Some(Up::IntentStatus(s)),
+                        }))) => {
+                            bytes += status_bytes(&s);
+                            burst.push(s);
+                        }
+                        Some(other) => {
+                            pending = Some(other);
                             break;
                         }
-                        Some(Some(Err(e))) => {
-                            ended = Some(Err(e));
-                            break;
-                        }
-                        Some(Some(Ok(m))) => match m.msg {
-                            Some(Up::IntentStatus(s)) => {
-                                bytes += status_bytes(&s);
-                                burst.push(s);
-                            }
-                            other => {
-                                held = Some(v1::AgentMessage { msg: other });
-                                break;
-                            }
-                        },
                     }
                 }
                 take_statuses(ctl, host_id, actor, burst).await?;

@@ -221,14 +221,6 @@ pub enum StoreError {
 
 /// Durable controller state.
 pub trait Store: Send + Sync + 'static {
-    fn append_audit(&self, entry: NewAudit) -> Result<AuditRecord, StoreError> {
-        self.append_audits(vec![entry])?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt {
-                what: "audit".into(),
-                problem: "an appended record was not returned".into(),
-            })
-    }
     /// Appends `entries` in order, in one transaction (all or none).
     fn append_audits(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError>;
     /// Newest first; `before_id` 0 for the newest; `subject` and `kind` empty for all.

@@ -1051,7 +1051,7 @@ mod tests {
     fn audit_pages_newest_first_and_filters() {
         let (_d, s) = store();
         for i in 0..5 {
-            s.append_audit(NewAudit {
+            s.append_audits(vec![NewAudit {
                 kind: "agent",
                 subject: if i % 2 == 0 {
                     "host/a".into()
@@ -1061,7 +1061,7 @@ mod tests {
                 actor: "test".into(),
                 reason: format!("r{i}"),
                 detail: serde_json::json!({ "i": i }),
-            })
+            }])
             .unwrap();
         }
         let all = s.list_audit(10, 0, "", "").unwrap();
