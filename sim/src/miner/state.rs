@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     /// LuxOS session, Braiins or Whatsminer v2 tokens.
     pub session: Option<Session>,
     pub tokens: Vec<(String, Instant)>,
+    /// Whatsminer v2: (password, md5crypt key) computed last. The key is a thousand MD5 rounds
+    /// and the firmware derives it once; the emulator does too, not on every command.
+    pub wm_key: Option<(String, String)>,
     /// LuxOS: the active profile name and whether ATM is enabled.
     pub profile: String,
     pub atm_enabled: bool,
@@ -154,6 +157,7 @@ impl MinerHandle {
             reboots: 0,
             session: None,
             tokens: Vec::new(),
+            wm_key: None,
             profile: "default".to_owned(),
             atm_enabled: true,
             counter: spec.serial.wrapping_mul(7919),

@@ -71,6 +71,19 @@ fn password(core: &Core) -> String {
     }
 }
 
+/// The AES key material, md5crypt(password, salt), kept while the password is the same.
+fn key(core: &Core) -> String {
+    let password = password(core);
+    if let Some((p, k)) = &core.lock().wm_key
+        && *p == password
+    {
+        return k.clone();
+    }
+    let k = md5crypt_hash(password.as_bytes(), &salt(core));
+    core.lock().wm_key = Some((password, k.clone()));
+    k
+}
+
 pub(crate) fn api(core: &Core, req: &Request) -> Value {
     if req.raw.get("enc").is_some() {
         return encrypted(core, req);
@@ -159,7 +172,7 @@ fn get_token(core: &Core) -> Value {
             .take(8)
             .collect()
     };
-    let key = md5crypt_hash(password(core).as_bytes(), &salt(core));
+    let key = key(core);
     let sign = md5crypt_hash(format!("{key}{time}").as_bytes(), &newsalt);
     let mut inner = core.lock();
     inner
@@ -177,7 +190,7 @@ fn get_token(core: &Core) -> Value {
 }
 
 fn encrypted(core: &Core, req: &Request) -> Value {
-    let key = md5crypt_hash(password(core).as_bytes(), &salt(core));
+    let key = key(core);
     let aes_key: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let aes = Aes256::new(&aes_key);
     let data = req.raw.get("data").and_then(Value::as_str).unwrap_or("");
