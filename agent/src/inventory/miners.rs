@@ -254,7 +254,12 @@ impl Actuator for MinerActuator {
                 self.settle(target, r).await
             }
             Target::Miner(MinerTarget::Run { power_target_w }) => {
-                let now = self.driver.read().await?;
+                // A read changes nothing: a failure here sent nothing.
+                let now = self
+                    .driver
+                    .read()
+                    .await
+                    .map_err(crate::miner::MinerError::before_command)?;
                 // Ramping may be a miner on its way to sleep: not hashing.
                 let hashing = now.state == MinerState::Mining;
                 match (power_target_w, hashing) {

@@ -15,6 +15,13 @@ pub enum MinerError {
         after: Duration,
     },
 
+    #[error("miner {addr}: timed out after {after:?} while connecting to port {port}")]
+    ConnectTimeout {
+        addr: String,
+        port: u16,
+        after: Duration,
+    },
+
     #[error("miner {addr}: connection refused on port {port}")]
     Refused { addr: String, port: u16 },
 
@@ -109,14 +116,54 @@ pub enum MinerError {
 
     #[error("miner {addr}: {message}")]
     Other { addr: String, message: String },
+
+    /// A step before the command failed (a login, a token, reading the config the command sends
+    /// back): nothing that changes the miner was sent. Kept apart so a retry need not wait out
+    /// the pacing meant for a command the firmware may still be carrying out.
+    #[error("{0}; no command was sent")]
+    BeforeCommand(Box<MinerError>),
+}
+
+impl MinerError {
+    /// Marks a failure of a step before the command ([`MinerError::BeforeCommand`]).
+    pub fn before_command(self) -> Self {
+        match self {
+            e @ MinerError::BeforeCommand(_) => e,
+            e => MinerError::BeforeCommand(Box::new(e)),
+        }
+    }
+
+    /// Whether the miner could not be reached and nothing was sent that could have changed it:
+    /// a step before the command went unanswered, or the command's own connection was never
+    /// made. A reply to the command that did not come in time is not one of these (the
+    /// firmware may have carried the command out), nor is a definite answer before it (a login
+    /// refused: trying again soon would only risk a lockout).
+    pub fn sent_nothing(&self) -> bool {
+        match self {
+            MinerError::BeforeCommand(e) => e.is_unreachable(),
+            MinerError::Refused { .. }
+            | MinerError::Connect { .. }
+            | MinerError::ConnectTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The failure itself, with a [`MinerError::BeforeCommand`] mark taken off.
+    pub fn inner(&self) -> &MinerError {
+        match self {
+            MinerError::BeforeCommand(e) => e.inner(),
+            e => e,
+        }
+    }
 }
 
 impl MinerError {
     /// Whether the miner could not be reached at all (as opposed to answering badly).
     pub fn is_unreachable(&self) -> bool {
         matches!(
-            self,
+            self.inner(),
             MinerError::Timeout { .. }
+                | MinerError::ConnectTimeout { .. }
                 | MinerError::Refused { .. }
                 | MinerError::Reset { .. }
                 | MinerError::Connect { .. }
@@ -127,8 +174,8 @@ impl MinerError {
 
     /// A short machine-friendly name of the kind of failure, for JSON output and metrics labels.
     pub fn kind(&self) -> &'static str {
-        match self {
-            MinerError::Timeout { .. } => "timeout",
+        match self.inner() {
+            MinerError::Timeout { .. } | MinerError::ConnectTimeout { .. } => "timeout",
             MinerError::Refused { .. } => "refused",
             MinerError::Reset { .. } => "reset",
             MinerError::Connect { .. } => "connect",
@@ -144,6 +191,7 @@ impl MinerError {
             MinerError::ModeMemory { .. } => "mode_memory",
             MinerError::NotDetected { .. } => "not_detected",
             MinerError::Other { .. } => "other",
+            MinerError::BeforeCommand(e) => e.kind(),
         }
     }
 }

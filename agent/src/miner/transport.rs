@@ -77,9 +77,9 @@ pub async fn exchange_sized(
             Err(e) => return Err(connect_error(addr, port, &e)),
         },
         () = &mut timer => {
-            return Err(MinerError::Timeout {
+            return Err(MinerError::ConnectTimeout {
                 addr: label(),
-                during: format!("connecting to port {port}"),
+                port,
                 after: timeouts.connect,
             });
         }

@@ -26,9 +26,12 @@ pub fn read_back_pauses(cap: Duration) -> impl Iterator<Item = Duration> {
 }
 
 /// Polls `driver.read()` until `done` holds or `options.settle` passes, the pauses growing from
-/// [`FIRST_READ_BACK_PAUSE`] to `options.poll_interval`. Read errors while
-/// waiting are tolerated (firmwares restart their API to apply a change) and reported if the
-/// deadline passes without a good reading.
+/// [`FIRST_READ_BACK_PAUSE`] to `options.poll_interval`. The first read comes after the first
+/// pause, not at once: no firmware's draw has changed the instant it answered a command, and a
+/// read then was one more exchange per move that never confirmed a sleep (at 10,000 miners,
+/// 10,000 reads that both the agent and the miners paid for). Read errors while waiting are
+/// tolerated (firmwares restart their API to apply a change) and reported if the deadline
+/// passes without a good reading.
 pub async fn read_back(
     driver: &dyn MinerDriver,
     options: &DriverOptions,
@@ -40,6 +43,9 @@ pub async fn read_back(
     let mut last: Option<Reading> = None;
     let mut last_err: Option<MinerError> = None;
     let mut pauses = read_back_pauses(options.poll_interval);
+    if let Some(first) = pauses.next() {
+        tokio::time::sleep(first.min(options.settle)).await;
+    }
     loop {
         match driver.read().await {
             Ok(r) if done(&r) => return Ok(r),

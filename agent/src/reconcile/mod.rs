@@ -96,6 +96,31 @@ struct Attempt {
     at: Instant,
     generation: u64,
     target: Target,
+    /// How many tries of this generation and target in a row failed having sent nothing to the
+    /// device ([`ApplyError::sent_nothing`]): a login or a read before the command timed out,
+    /// the connection was refused. Those are tried again sooner than the pacing.
+    unsent: u32,
+}
+
+/// The first wait before trying again a call that sent nothing; it doubles with each such
+/// failure in a row, up to the device's pacing. A curtail whose login timed out under load is
+/// retried in seconds, not after an Antminer's two minutes; an unreachable miner is not
+/// hammered (it waits for a reading that says it answers again).
+const UNSENT_RETRY: Duration = Duration::from_secs(2);
+
+impl Attempt {
+    /// `self` again, for a call to the same generation and target that is starting now.
+    fn again(self, at: Instant) -> Self {
+        Self { at, ..self }
+    }
+
+    /// The pause before the next try of the same target, for a device paced at `pacing`.
+    fn pacing(&self, pacing: Duration) -> Duration {
+        match self.unsent {
+            0 => pacing,
+            n => pacing.min(UNSENT_RETRY.saturating_mul(1 << (n - 1).min(16))),
+        }
+    }
 }
 
 /// One device and everything the reconciler knows of it.
@@ -610,6 +635,7 @@ impl Reconciler {
                     at: now.instant,
                     generation: h.generation(),
                     target: p.target,
+                    unsent: 0,
                 });
                 let power = slot.power_w();
                 if let Some(h) = slot.held.as_mut() {
@@ -655,7 +681,7 @@ impl Reconciler {
                 .filter(|a| a.generation == held.generation() && a.target == held.target());
             let view = DeviceView {
                 limits: &device.limits,
-                pacing: device.pacing,
+                pacing: same_target.map_or(device.pacing, |a| a.pacing(device.pacing)),
                 in_flight: in_flight.is_some(),
                 last_attempt: same_target.map(|a| a.at),
             };
@@ -805,11 +831,18 @@ impl Reconciler {
             cancel: Some(cancel),
             abort: task.abort_handle(),
         });
-        slot.last_attempt = Some(Attempt {
-            at: now,
-            generation,
-            target,
-        });
+        let same = slot
+            .last_attempt
+            .filter(|a| a.generation == generation && a.target == target);
+        slot.last_attempt = Some(same.map_or(
+            Attempt {
+                at: now,
+                generation,
+                target,
+                unsent: 0,
+            },
+            |a| a.again(now),
+        ));
     }
 
     /// Takes a driver call's result: its read-back is the newest observation of the device;
@@ -825,10 +858,20 @@ impl Reconciler {
         };
         // Pacing counts from the end of a call: a slow one (an Antminer CGI restarting cgminer)
         // is not followed by another at once.
+        let unsent = match &result {
+            Err(e) if e.sent_nothing() => {
+                1 + slot
+                    .last_attempt
+                    .filter(|a| a.generation == f.generation && a.target == f.target)
+                    .map_or(0, |a| a.unsent)
+            }
+            _ => 0,
+        };
         slot.last_attempt = Some(Attempt {
             at: now,
             generation: f.generation,
             target: f.target,
+            unsent,
         });
         if let Ok(o) = &result {
             slot.observation = Some(Observation {

@@ -267,6 +267,8 @@ enum Outcome {
     Succeed,
     FailPermanently,
     FailTransiently,
+    /// Unreachable before the command was sent: retried sooner than the pacing.
+    FailUnsent,
 }
 
 /// Everything the fake hardware and the oracle share.
@@ -464,7 +466,15 @@ impl Actuator for ModelActuator {
                     .into()
                 });
             }
-            Outcome::FailTransiently => {
+            Outcome::FailUnsent if dev != "h1" => {
+                return Err(MinerError::ConnectTimeout {
+                    addr: addr(),
+                    port: 4028,
+                    after: Duration::from_secs(3),
+                }
+                .into());
+            }
+            Outcome::FailTransiently | Outcome::FailUnsent => {
                 return Err(if dev == "h1" {
                     WorkloadError::NotConfirmed {
                         manager: ManagerKind::Slurm,
@@ -684,7 +694,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(Op::Lose),
         6 => (dev.clone(), prop_oneof![
                 6 => Just(Outcome::Succeed), 1 => Just(Outcome::FailPermanently),
-                2 => Just(Outcome::FailTransiently)])
+                2 => Just(Outcome::FailTransiently), 1 => Just(Outcome::FailUnsent)])
             .prop_map(|(dev, outcome)| Op::Complete { dev, outcome }),
         4 => prop_oneof![1..5u64, 5..40u64, Just(DEADLINE.as_secs() + 1)].prop_map(Op::Advance),
         1 => any::<bool>().prop_map(|fails| Op::Disk { fails }),

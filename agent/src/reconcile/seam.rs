@@ -133,7 +133,7 @@ impl ApplyError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ApplyError::Miner(e) => matches!(
-                e,
+                e.inner(),
                 MinerError::Unsupported { .. }
                     | MinerError::OutOfRange { .. }
                     | MinerError::WakeModeUnknown { .. }
@@ -157,6 +157,15 @@ impl ApplyError {
                 false
             }
         }
+    }
+}
+
+impl ApplyError {
+    /// Whether the call failed before anything that changes the device was sent (see
+    /// [`MinerError::sent_nothing`]): trying again need not wait out the device's pacing, which
+    /// is there for a command the firmware may still be carrying out.
+    pub fn sent_nothing(&self) -> bool {
+        matches!(self, ApplyError::Miner(e) if e.sent_nothing())
     }
 }
 

@@ -272,6 +272,79 @@ async fn transient_failures_are_retried_only_after_pacing() {
     assert_eq!(flaky.0.load(Ordering::SeqCst), 2);
 }
 
+/// Fails every call as a miner does whose login times out (nothing sent), or, with `sent`,
+/// whose command's reply never came (the command may have been carried out).
+struct Unanswered {
+    calls: AtomicUsize,
+    sent: bool,
+}
+
+#[async_trait]
+impl Actuator for Unanswered {
+    async fn apply(&self, _: &Target, _: &RaiseGuard) -> Result<Observed, ApplyError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let timeout = |during: &str| MinerError::Timeout {
+            addr: "10.0.0.1".into(),
+            during: during.into(),
+            after: Duration::from_secs(3),
+        };
+        Err(if self.sent {
+            timeout("waiting for the reply to `curtail`")
+        } else {
+            timeout("waiting for the reply to `logon`").before_command()
+        }
+        .into())
+    }
+}
+
+/// The seconds after the first failure at which a device paced at 120 s is tried again, over
+/// `horizon_s` seconds of reconciling once a second.
+async fn retry_times(sent: bool, horizon_s: u64) -> Vec<u64> {
+    let clock = TestClock::new();
+    let actuator = Arc::new(Unanswered {
+        calls: AtomicUsize::new(0),
+        sent,
+    });
+    let r = reconciler(
+        Arc::new(MemStore::default()),
+        limits(),
+        actuator.clone(),
+        Duration::from_secs(120),
+        Fallback::Hold,
+        &clock,
+    );
+    r.receive(&[intent(1, SLEEP, 3600, &clock)], None);
+    settle().await;
+    let mut seen = actuator.calls.load(Ordering::SeqCst);
+    assert_eq!(seen, 1);
+    let mut at = Vec::new();
+    for s in 1..=horizon_s {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        r.reconcile();
+        settle().await;
+        let now = actuator.calls.load(Ordering::SeqCst);
+        if now > seen {
+            at.push(s);
+            seen = now;
+        }
+    }
+    let last = r.reports.drain().pop().unwrap();
+    assert_eq!(last.phase, v1::IntentPhase::Failed as i32);
+    assert!(last.retrying, "{last:?}");
+    at
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_sent_nothing_is_retried_sooner_than_the_pacing_backing_off() {
+    // 2 s, then 4, 8, 16, 32, 64, then the pacing's 120 s between tries.
+    assert_eq!(
+        retry_times(false, 400).await,
+        [2, 6, 14, 30, 62, 126, 246, 366]
+    );
+    // A reply that never came: the command may be running on the miner, the pacing holds.
+    assert_eq!(retry_times(true, 400).await, [120, 240, 360]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn hole6_a_permanent_error_fails_its_generation_once() {
     struct Unsupported(AtomicUsize);

@@ -192,6 +192,53 @@ async fn hung_miner_times_out_with_its_address() {
     .await;
 }
 
+/// A curtail whose login, token or config read goes unanswered has sent nothing that changes
+/// the miner, and says so (the reconciler then tries again before the dialect's pacing); one
+/// whose command itself went unanswered may have been carried out, and does not.
+#[tokio::test]
+async fn a_control_call_that_failed_before_its_command_says_it_sent_nothing() {
+    let calls = Dialect::ALL.into_iter().map(|d| async move {
+        let (m, drv) = start(MinerSpec::new(d).faults(vec![Fault::Hang])).await;
+        let e = drv.sleep().await.unwrap_err();
+        (d, m, e)
+    });
+    for (d, m, e) in futures::future::join_all(calls).await {
+        assert!(e.is_unreachable(), "{d}: {e}");
+        let before_command = !matches!(d, Dialect::Bitaxe);
+        assert_eq!(
+            e.sent_nothing(),
+            before_command,
+            "{d}: the first step of a sleep is {}: {e}",
+            if before_command {
+                "a login, token or read"
+            } else {
+                "the command"
+            }
+        );
+        if before_command {
+            assert!(e.to_string().contains("no command was sent"), "{d}: {e}");
+        }
+        assert!(
+            !m.handle().snapshot().sleep_requested,
+            "{d}: nothing changed"
+        );
+    }
+    // Nothing listening: the command's own connection is refused, so it was never sent.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let ctx = DriverContext::new(options(), Credentials::default_for(MinerDialect::Bitaxe));
+    let drv = driver_for(
+        MinerDialect::Bitaxe,
+        MinerAddr::new("127.0.0.1")
+            .with_port(port)
+            .with_http_port(port),
+        ctx,
+    );
+    let e = drv.sleep().await.unwrap_err();
+    assert!(e.sent_nothing(), "{e}");
+}
+
 #[tokio::test]
 async fn miner_that_closes_without_reply() {
     every_dialect_fault(Fault::CloseWithoutReply, |d, e| {
@@ -270,7 +317,11 @@ async fn wrong_credentials_are_rejected_by_name() {
     ] {
         let (_m, drv) = start(MinerSpec::new(d).credentials("root", "not-the-default")).await;
         let e = drv.sleep().await.unwrap_err();
-        assert!(matches!(e, MinerError::AuthRejected { .. }), "{d}: {e}");
+        assert!(
+            matches!(e.inner(), MinerError::AuthRejected { .. }),
+            "{d}: {e}"
+        );
+        assert!(!e.sent_nothing(), "{d}: a refused login is an answer: {e}");
         assert!(!e.to_string().contains("not-the-default"));
     }
 }
@@ -280,15 +331,16 @@ async fn luxos_session_faults() {
     let (_m, drv) =
         start(MinerSpec::new(Dialect::Luxos).faults(vec![Fault::LuxosSessionBusy])).await;
     let e = drv.sleep().await.unwrap_err();
-    assert!(matches!(e, MinerError::AuthRejected { .. }), "{e}");
+    assert!(matches!(e.inner(), MinerError::AuthRejected { .. }), "{e}");
     assert!(e.to_string().contains("402"), "{e}");
+    assert!(!e.sent_nothing(), "a refused logon is an answer: {e}");
     // Every session expires before use: one fresh logon, then a typed error naming the miner.
     let (m, drv) =
         start(MinerSpec::new(Dialect::Luxos).faults(vec![Fault::LuxosSessionExpired])).await;
     let e = drv.sleep().await.unwrap_err();
     assert!(
         matches!(
-            e,
+            e.inner(),
             MinerError::Status { .. } | MinerError::AuthRejected { .. }
         ),
         "{e}"
@@ -332,7 +384,11 @@ async fn wrong_credentials_fault_for_each_dialect_with_auth() {
     ] {
         let (m, drv) = start(MinerSpec::new(d).faults(vec![Fault::WrongCredentials])).await;
         let e = drv.sleep().await.unwrap_err();
-        assert!(matches!(e, MinerError::AuthRejected { .. }), "{d}: {e}");
+        assert!(
+            matches!(e.inner(), MinerError::AuthRejected { .. }),
+            "{d}: {e}"
+        );
+        assert!(!e.sent_nothing(), "{d}: a refused login is an answer: {e}");
         let text = e.to_string();
         assert!(text.contains("127.0.0.1"), "{d}: {text}");
         let (_, password) = MinerSpec::new(d).login();
@@ -502,7 +558,9 @@ async fn a_truncated_or_empty_reply_reads_unknown_never_a_guessed_state() {
     let ctx = DriverContext::new(options(), Credentials::default_for(MinerDialect::Luxos));
     let drv = driver_for(
         MinerDialect::Luxos,
-        MinerAddr::new("127.0.0.1").with_port(port),
+        MinerAddr::new("127.0.0.1")
+            .with_port(port)
+            .with_http_port(port),
         ctx,
     );
     let r = pivot_agent::miner::poll(drv.as_ref()).await;

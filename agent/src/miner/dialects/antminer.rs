@@ -259,7 +259,7 @@ impl MinerDriver for Antminer {
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
-        let conf = self.get_conf().await?;
+        let conf = self.get_conf().await.map_err(MinerError::before_command)?;
         if let Some(mode) = Self::work_mode_of(&conf)
             && mode != SLEEP_MODE
             && let Err(e) = self.ctx.modes.remember(&self.key(), &mode)
@@ -280,7 +280,7 @@ impl MinerDriver for Antminer {
     }
 
     async fn wake(&self) -> Result<Reading, MinerError> {
-        let conf = self.get_conf().await?;
+        let conf = self.get_conf().await.map_err(MinerError::before_command)?;
         let current = Self::work_mode_of(&conf);
         let remembered = self
             .ctx

@@ -103,11 +103,13 @@ impl Braiins {
         let what = format!("{method} {path}");
         let mut fresh = false;
         loop {
+            // A login that fails has sent nothing the call was for.
             let token = if fresh {
-                self.login().await?
+                self.login().await
             } else {
-                self.token().await?
-            };
+                self.token().await
+            }
+            .map_err(MinerError::before_command)?;
             let mut req = HttpRequest::new(method.clone(), self.addr.web_port(), path)
                 .header("authorization", token);
             if let Some(b) = &body {

@@ -142,7 +142,10 @@ impl Luxos {
     async fn privileged(&self, command: &str, args: &str) -> Result<Value, MinerError> {
         let mut fresh = false;
         loop {
-            let sid = self.session(fresh).await?;
+            let sid = self
+                .session(fresh)
+                .await
+                .map_err(MinerError::before_command)?;
             let param = if args.is_empty() {
                 sid
             } else {

@@ -109,7 +109,10 @@ impl WhatsminerV2 {
                 match (&*guard, fresh) {
                     (Some(t), false) => t.clone(),
                     _ => {
-                        let t = self.fetch_token().await?;
+                        let t = self
+                            .fetch_token()
+                            .await
+                            .map_err(MinerError::before_command)?;
                         *guard = Some(t.clone());
                         t
                     }

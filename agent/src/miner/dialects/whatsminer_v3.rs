@@ -198,7 +198,7 @@ impl WhatsminerV3 {
             if fresh {
                 *self.salt.lock().await = None;
             }
-            let salt = self.salt().await?;
+            let salt = self.salt().await.map_err(MinerError::before_command)?;
             let ts = chrono::Utc::now().timestamp();
             let c = &self.ctx.credentials;
             let token = v3_token(cmd, c.password.expose(), &salt, ts);

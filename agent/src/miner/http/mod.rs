@@ -220,9 +220,9 @@ fn map_error(
                 port,
             }
         } else if chain.contains("timed out") {
-            MinerError::Timeout {
+            MinerError::ConnectTimeout {
                 addr: addr.to_string(),
-                during: format!("connecting to port {port}"),
+                port,
                 after: total,
             }
         } else {

@@ -48,9 +48,9 @@ impl<'a> Session<'a> {
         let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(&socket)).await
         {
             Err(_) => {
-                return Err(MinerError::Timeout {
+                return Err(MinerError::ConnectTimeout {
                     addr: addr.to_string(),
-                    during: format!("connecting to port {port}"),
+                    port,
                     after: timeouts.connect,
                 });
             }
