@@ -3,6 +3,7 @@
 # from the audit log's phase timing (site/bench/phase_timing.py). A sourcing script that defines
 # `cpu_now` (prints CPU counters) and `cpu_since COUNTERS` (prints the CPU used since, in words)
 # gets each run's CPU, from the operator's call to the confirmed phase seen, on its line.
+# ON_CURTAIL: a command started in the background as each curtail is called (e.g. a profiler).
 
 # Waits until no plan is executing (the plan in status is done or absent).
 settle() {
@@ -15,6 +16,11 @@ settle() {
 # The id of the newest audit record (of kind $1 if given), 0 when there is none.
 newest_audit_id() {
   "$ctl" --controller "$url" audit --kind "${1:-}" --limit 1 --json | python3 -c 'import json,sys; l=[json.loads(x) for x in sys.stdin if x.strip()]; print(l[0]["id"] if l else 0)'
+}
+
+# The plan in the site status: "<plan id> <state>" (empty when there is none).
+plan_now() {
+  "$ctl" --controller "$url" status --json | python3 -c 'import json,sys; p=json.load(sys.stdin).get("plan") or {}; print(p.get("plan_id",""), p.get("state",""))'
 }
 
 mining_now() {
@@ -42,12 +48,20 @@ curtail_runs() {
     c0=""; cpu=""
     if declare -F cpu_now > /dev/null; then c0=$(cpu_now); fi
     t0=$(date +%s.%N)
+    plan_before=$(plan_now)
+    if [ -n "${ON_CURTAIL:-}" ]; then bash -c "$ON_CURTAIL" & fi
     "$ctl" --controller "$url" curtail miners --reason "bench: curtail-and-confirm" >/dev/null
-    line=""
+    # Waits on the plan in the site status (a few hundred bytes), then reads the audit log once:
+    # pages of plan records carry every move's timing (megabytes at 10,000 miners), and reading
+    # them ten times a second took CPU from the run being measured.
     for _ in $(seq 1 1200); do
+      case "$(plan_now)" in "$plan_before" | *" executing") sleep 0.5 ;; *) break ;; esac
+    done
+    line=""
+    for _ in $(seq 1 120); do
       line=$("$ctl" --controller "$url" audit --kind plan --limit 5 --json | python3 site/bench/phase_timing.py "$last")
       [ -n "$line" ] && break
-      sleep 0.1
+      sleep 1
     done
     t1=$(date +%s.%N)
     if [ -n "$c0" ]; then cpu="; CPU meanwhile: $(cpu_since "$c0")"; fi
