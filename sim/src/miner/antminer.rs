@@ -137,8 +137,13 @@ fn round2(x: f64) -> f64 {
 pub(crate) fn web(core: Arc<Core>, req: HttpRequest) -> BoxFuture<'static, HttpResponse> {
     Box::pin(async move {
         let (user, pass) = core.spec.login();
-        if core.has_fault(&Fault::WrongCredentials) || !digest_ok(&req, &user, &pass) {
-            return unauthorized();
+        if core.has_fault(&Fault::WrongCredentials) {
+            return unauthorized(false);
+        }
+        match digest_ok(&req, &user, &pass, core.spec.timing.digest_nonce_ttl) {
+            DigestCheck::Ok => {}
+            DigestCheck::Stale => return unauthorized(true),
+            DigestCheck::Refused => return unauthorized(false),
         }
         let r = Reading::of(&core);
         match (req.method.clone(), req.path.as_str()) {
@@ -289,27 +294,56 @@ async fn set_conf(core: &Arc<Core>, req: &HttpRequest) -> HttpResponse {
     )
 }
 
-fn unauthorized() -> HttpResponse {
+/// A 401 with a fresh challenge; `stale`: the request's nonce is too old, its credentials were
+/// right (RFC 7616 §3.3: the client may retry with the new nonce without asking the user).
+fn unauthorized(stale: bool) -> HttpResponse {
     let mut resp = text(StatusCode::UNAUTHORIZED, "401 Unauthorized");
-    let nonce = format!("{:032x}", u128::from(unix_now()) * 0x9e37_79b9_7f4a_7c15);
-    let header = format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", qop=\"auth\"");
+    let stale = if stale { ", stale=true" } else { "" };
+    let header = format!(
+        "Digest realm=\"{REALM}\", nonce=\"{}\", qop=\"auth\"{stale}",
+        nonce_at(unix_now())
+    );
     if let Ok(v) = http::HeaderValue::from_str(&header) {
         resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
     resp
 }
 
-/// Check an `Authorization: Digest ...` header (RFC 2617, MD5, with or without qop=auth).
-fn digest_ok(req: &HttpRequest, user: &str, pass: &str) -> bool {
+/// A nonce that carries its issue time (unix seconds, the first 16 hex digits), as lighttpd's
+/// do, so the server can tell its age; the rest is a hash of it.
+fn nonce_at(secs: u64) -> String {
+    format!(
+        "{secs:016x}{:016x}",
+        secs.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
+}
+
+/// The issue time of a nonce this server gave, if it is one.
+fn nonce_issued(nonce: &str) -> Option<u64> {
+    let secs = u64::from_str_radix(nonce.get(..16)?, 16).ok()?;
+    (nonce_at(secs) == nonce).then_some(secs)
+}
+
+/// What a Digest `Authorization` header is worth.
+enum DigestCheck {
+    Ok,
+    /// Right credentials on a nonce older than the server takes.
+    Stale,
+    Refused,
+}
+
+/// Check an `Authorization: Digest ...` header (RFC 2617, MD5, with or without qop=auth) on a
+/// nonce this server issued at most `ttl` ago.
+fn digest_ok(req: &HttpRequest, user: &str, pass: &str, ttl: std::time::Duration) -> DigestCheck {
     let Some(header) = req
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     else {
-        return false;
+        return DigestCheck::Refused;
     };
     let Some(params) = header.strip_prefix("Digest ") else {
-        return false;
+        return DigestCheck::Refused;
     };
     let field = |name: &str| -> Option<String> {
         params.split(',').find_map(|part| {
@@ -324,11 +358,14 @@ fn digest_ok(req: &HttpRequest, user: &str, pass: &str) -> bool {
         field("uri"),
         field("response"),
     ) else {
-        return false;
+        return DigestCheck::Refused;
     };
     if username != user || realm != REALM {
-        return false;
+        return DigestCheck::Refused;
     }
+    let Some(issued) = nonce_issued(&nonce) else {
+        return DigestCheck::Refused;
+    };
     let md5hex = |s: String| hex::encode(Md5::digest(s.as_bytes()));
     let ha1 = md5hex(format!("{user}:{REALM}:{pass}"));
     let ha2 = md5hex(format!("{}:{uri}", req.method.as_str()));
@@ -338,7 +375,13 @@ fn digest_ok(req: &HttpRequest, user: &str, pass: &str) -> bool {
         }
         _ => md5hex(format!("{ha1}:{nonce}:{ha2}")),
     };
-    expected.eq_ignore_ascii_case(&response)
+    if !expected.eq_ignore_ascii_case(&response) {
+        DigestCheck::Refused
+    } else if unix_now().saturating_sub(issued) > ttl.as_secs() {
+        DigestCheck::Stale
+    } else {
+        DigestCheck::Ok
+    }
 }
 
 #[cfg(test)]

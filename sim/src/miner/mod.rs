@@ -257,6 +257,9 @@ pub struct Timing {
     pub reboot: Duration,
     /// LuxOS session idle expiry.
     pub session_idle: Duration,
+    /// How long an Antminer web server takes a Digest nonce it issued: an older one is answered
+    /// 401 with `stale=true` and a fresh challenge (lighttpd's nonces carry their issue time).
+    pub digest_nonce_ttl: Duration,
 }
 
 impl Timing {
@@ -268,6 +271,7 @@ impl Timing {
             cgi_reply: Duration::from_secs(30),
             reboot: Duration::from_secs(90),
             session_idle: Duration::from_secs(60),
+            digest_nonce_ttl: Duration::from_secs(600),
         }
     }
 
@@ -279,6 +283,7 @@ impl Timing {
             cgi_reply: Duration::from_millis(200),
             reboot: Duration::from_millis(300),
             session_idle: Duration::from_secs(60),
+            digest_nonce_ttl: Duration::from_secs(600),
         }
     }
 }
