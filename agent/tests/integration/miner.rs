@@ -158,6 +158,70 @@ async fn antminer_wake_restores_the_mode_it_slept_in() {
     assert_eq!(m.handle().snapshot().work_mode, before);
 }
 
+/// A TCP forwarder in front of `to` that counts the connections it is handed (the agent's
+/// HTTP client keeps none idle: one connection is one request).
+async fn counting_proxy(
+    to: std::net::SocketAddr,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn antminer_answers_the_digest_challenge_it_knows_at_once_and_a_stale_one_again() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let timing = Timing {
+        digest_nonce_ttl: Duration::from_secs(1),
+        ..Timing::fast()
+    };
+    let m = spawn(
+        MinerSpec::new(Dialect::Antminer).timing(timing),
+        Bind::localhost(),
+    )
+    .await
+    .unwrap();
+    let (port, requests) = counting_proxy(m.http_addr().unwrap()).await;
+    let addr = MinerAddr::new("127.0.0.1")
+        .with_port(m.api_addr().port())
+        .with_http_port(port);
+    let ctx = DriverContext::new(options(), Credentials::default_for(MinerDialect::Antminer));
+    let drv = driver_for(MinerDialect::Antminer, addr, ctx);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let slept = drv.sleep().await.unwrap();
+    assert_eq!(slept.state, MinerState::Sleeping);
+    // The config read (challenged, then answered), the config write and the read-back's
+    // config read: 4 requests, where answering a fresh challenge each time took 6.
+    assert_eq!(requests.load(SeqCst), 4);
+    // A sleeping Antminer's read asks the config for its mode. The nonce is now older than
+    // the server takes: it answers stale, and the call answers the new challenge once...
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = requests.load(SeqCst);
+    assert_eq!(drv.read().await.unwrap().state, MinerState::Sleeping);
+    assert_eq!(requests.load(SeqCst) - before, 2);
+    // ...which the next call answers at once.
+    assert_eq!(drv.read().await.unwrap().state, MinerState::Sleeping);
+    assert_eq!(requests.load(SeqCst) - before, 3);
+    let woke = drv.wake().await.unwrap();
+    assert!(
+        matches!(woke.state, MinerState::Mining | MinerState::Ramping),
+        "{woke:?}"
+    );
+    assert!(!m.handle().snapshot().sleep_requested);
+}
+
 #[tokio::test]
 async fn antminer_m000_that_changes_nothing_is_caught_by_read_back() {
     let (_m, drv) =

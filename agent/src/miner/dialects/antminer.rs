@@ -7,6 +7,7 @@
 //! and change nothing, so every change is confirmed by reading back, paced by the poll interval.
 //! Sleep overwrites the work mode, so the mode before sleep is remembered for wake.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
@@ -37,6 +38,8 @@ pub struct Antminer {
     read_request: Box<[u8]>,
     ctx: DriverContext,
     nc: AtomicU32,
+    /// The Digest challenge the web server gave last, answered at once by the next CGI call.
+    challenge: Mutex<Option<Challenge>>,
     /// An explicit work mode to wake into when none was remembered (operator's choice).
     pub wake_mode: Option<u8>,
 }
@@ -50,6 +53,7 @@ impl Antminer {
             read_request: multi_request(&READ),
             ctx,
             nc: AtomicU32::new(1),
+            challenge: Mutex::new(None),
             wake_mode: None,
         }
     }
@@ -81,11 +85,21 @@ impl Antminer {
         r
     }
 
+    fn challenge(&self) -> std::sync::MutexGuard<'_, Option<Challenge>> {
+        self.challenge
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn key(&self) -> String {
         format!("antminer/{}", self.addr)
     }
 
-    /// One CGI call with Digest auth: an unauthenticated try, then the answer to its challenge.
+    /// One CGI call with Digest auth. The challenge the miner gave last is answered at once
+    /// (its nonce reused with the next nonce count, as RFC 7616 allows and HTTPX's DigestAuth,
+    /// which pyasic uses, does); a 401 — the first call, a nonce the server no longer takes
+    /// (`stale=true`), other credentials — brings a fresh challenge, answered once. A call is
+    /// one request, not two, once a challenge is known.
     async fn cgi(
         &self,
         method: Method,
@@ -99,18 +113,35 @@ impl Antminer {
         } else {
             self.ctx.options.timeouts.request
         };
-        let build = |auth: Option<String>| {
+        let creds = &self.ctx.credentials;
+        let build = |challenge: Option<&Challenge>| {
             let mut r = HttpRequest::new(method.clone(), port, path).timeout(timeout);
             if let Some(b) = body {
                 r = r.json_body(b);
             }
-            if let Some(a) = auth {
-                r = r.header("authorization", a);
+            if let Some(c) = challenge {
+                let nc = self.nc.fetch_add(1, Ordering::Relaxed);
+                r = r.header(
+                    "authorization",
+                    c.authorization(
+                        &creds.username,
+                        creds.password.expose(),
+                        method.as_str(),
+                        path,
+                        nc,
+                        &cnonce(),
+                    ),
+                );
             }
             r
         };
         let what = format!("{method} {path}");
-        let first = self.ctx.http.send(&self.addr, build(None)).await?;
+        let known = self.challenge().clone();
+        let first = self
+            .ctx
+            .http
+            .send(&self.addr, build(known.as_ref()))
+            .await?;
         if first.status != 401 {
             return crate::miner::http::check_status(&self.addr, &what, first);
         }
@@ -120,18 +151,14 @@ impl Antminer {
             what: what.clone(),
             detail: format!("unusable challenge ({e}): {header:?}"),
         })?;
-        let creds = &self.ctx.credentials;
-        let nc = self.nc.fetch_add(1, Ordering::Relaxed);
-        let auth = challenge.authorization(
-            &creds.username,
-            creds.password.expose(),
-            method.as_str(),
-            path,
-            nc,
-            &cnonce(),
-        );
-        let second = self.ctx.http.send(&self.addr, build(Some(auth))).await?;
+        *self.challenge() = Some(challenge.clone());
+        let second = self
+            .ctx
+            .http
+            .send(&self.addr, build(Some(&challenge)))
+            .await?;
         if second.status == 401 {
+            *self.challenge() = None;
             return Err(MinerError::AuthRejected {
                 addr: self.addr.to_string(),
                 what,
