@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -18,8 +18,13 @@ runs=${3:-2}
 dialect=${DIALECT:-mixed}
 interval=${INTERVAL_S:-5}
 target="${CARGO_TARGET_DIR:-$PWD/target}"
-bin="$target/release"
-cargo build --release -q -p pivot-sim -p pivot-agent -p pivot-controller --bins
+# PIVOT_BIN_DIR: run the binaries found there (another build, for an A/B) instead of building.
+if [ -n "${PIVOT_BIN_DIR:-}" ]; then
+  bin=$PIVOT_BIN_DIR
+else
+  bin="$target/release"
+  cargo build --release -q -p pivot-sim -p pivot-agent -p pivot-controller --bins
+fi
 out=$(mktemp -d)
 pids=()
 sim_pids=()
