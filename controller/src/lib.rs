@@ -239,7 +239,7 @@ impl Controller {
             .blocking(move |s| s.demand_responses_in_force(now))
             .await?;
         let policy = self.blocking(|s| s.get_policy()).await?;
-        let plan = self.blocking(|s| s.list_plans(1)).await?.pop();
+        let plan = self.blocking(|s| s.latest_plan_header()).await?;
         let f = self.registry.summary_with(
             &self.config.agents.assumptions(),
             self.config.engine.unknown_host_base_w_per_gpu,
@@ -329,25 +329,14 @@ impl Controller {
 }
 
 /// A stored plan at a glance.
-pub fn plan_summary(p: &store::StoredPlan) -> v1::PlanSummary {
-    let phases = p
-        .document
-        .get("exec")
-        .and_then(|e| e.get("phases"))
-        .and_then(serde_json::Value::as_array)
-        .map_or(0, Vec::len);
+pub fn plan_summary(p: &store::PlanHeader) -> v1::PlanSummary {
     v1::PlanSummary {
         plan_id: p.plan_id.clone(),
         created_at: Some(model::timestamp_to_proto(p.created_at)),
         state: p.state.as_str().to_owned(),
         current_phase: p.current_phase,
-        phases: u32::try_from(phases).unwrap_or(u32::MAX),
-        reason: p
-            .document
-            .get("reason")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
+        phases: p.phases,
+        reason: p.reason.clone(),
     }
 }
 

@@ -121,7 +121,7 @@ pub fn plan_view(p: &StoredPlan, ledger: &Ledger) -> v1::PlanView {
         })
         .unwrap_or_default();
     v1::PlanView {
-        summary: Some(crate::plan_summary(p)),
+        summary: Some(crate::plan_summary(&p.header())),
         phases,
         decisions: strings(p.document.get("decisions")),
         cap_w: p

@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -132,6 +132,15 @@ if [ -n "${WATCH:-}" ]; then
     [ "$(newest_audit_id)" = "$watch_to" ] && break
   done
   echo "watcher: printed $(wc -l < "$out/watch.txt") of the $(( watch_to - watch_from )) audit records written while it watched"
+fi
+# STATUS_CALLS=N: N `pivotctl status --json` calls once the runs are done (the newest plan is a
+# 10,000-move one): the controller CPU and the wall time per call.
+if [ -n "${STATUS_CALLS:-}" ]; then
+  settle
+  c0=$(ticks "$controller"); t0=$(date +%s.%N)
+  for _ in $(seq "$STATUS_CALLS"); do "$ctl" --controller "$url" status --json > /dev/null; done
+  c1=$(ticks "$controller"); t1=$(date +%s.%N)
+  echo "site status: $(echo "scale=1; 1000 * ($c1 - $c0) / $tck / $STATUS_CALLS" | bc) ms controller CPU and $(echo "scale=1; 1000 * ($t1 - $t0) / $STATUS_CALLS" | bc) ms wall per call (pivotctl included), over $STATUS_CALLS calls"
 fi
 usage() { echo "scale=1; $(ticks "$1") / $tck" | bc; }
 hwm() { awk '$1 == "VmHWM:" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }

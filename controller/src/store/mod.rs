@@ -164,6 +164,50 @@ pub struct StoredPlan {
     pub document: serde_json::Value,
 }
 
+/// What a plan's summary needs, kept beside its document so the site status does not parse a
+/// plan of 10,000 moves (megabytes of JSON) to say which plan runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanHeader {
+    pub plan_id: String,
+    pub created_at: DateTime<Utc>,
+    pub state: PlanState,
+    pub current_phase: u32,
+    /// How many phases its execution has (`exec.phases` in the document).
+    pub phases: u32,
+    /// Why it was made (`reason` in the document).
+    pub reason: String,
+}
+
+impl StoredPlan {
+    /// The plan's header, from its document.
+    pub fn header(&self) -> PlanHeader {
+        let (phases, reason) = plan_header_fields(&self.document);
+        PlanHeader {
+            plan_id: self.plan_id.clone(),
+            created_at: self.created_at,
+            state: self.state,
+            current_phase: self.current_phase,
+            phases,
+            reason,
+        }
+    }
+}
+
+/// The phases and reason of a plan document; the store keeps them in columns of their own.
+pub fn plan_header_fields(document: &serde_json::Value) -> (u32, String) {
+    let phases = document
+        .get("exec")
+        .and_then(|e| e.get("phases"))
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, Vec::len);
+    let reason = document
+        .get("reason")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    (u32::try_from(phases).unwrap_or(u32::MAX), reason)
+}
+
 /// One sample of the market inputs the planner saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MarketSample {
@@ -287,6 +331,8 @@ pub trait Store: Send + Sync + 'static {
     fn plan_in_flight(&self) -> Result<Option<StoredPlan>, StoreError>;
     /// The newest plans, newest first.
     fn list_plans(&self, limit: u32) -> Result<Vec<StoredPlan>, StoreError>;
+    /// The newest plan's header, without reading its document.
+    fn latest_plan_header(&self) -> Result<Option<PlanHeader>, StoreError>;
 
     fn append_market(&self, sample: &MarketSample) -> Result<(), StoreError>;
     fn append_site(&self, sample: &SiteSample) -> Result<(), StoreError>;

@@ -11,12 +11,12 @@ use pivot_proto::model::{Intent, Target};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AuditRecord, DemandResponse, DeviceIntent, MarketSample, NewAudit, Override, PlanState,
-    SiteSample, StatusRecord, Store, StoreError, StoredPlan, StoredPolicy,
+    AuditRecord, DemandResponse, DeviceIntent, MarketSample, NewAudit, Override, PlanHeader,
+    PlanState, SiteSample, StatusRecord, Store, StoreError, StoredPlan, StoredPolicy,
 };
 
 /// Migrations, in order; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+const MIGRATIONS: [&str; 4] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -101,6 +101,16 @@ CREATE TABLE tokens (
     created_at TEXT NOT NULL,
     revoked_at TEXT
 );
+"#;
+
+/// A plan's phase count and reason in columns of their own (filled from the documents already
+/// kept), so the site status reads them without parsing the plan.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE plans ADD COLUMN phases INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE plans ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+UPDATE plans SET
+    phases = coalesce(json_array_length(document_json, '$.exec.phases'), 0),
+    reason = coalesce(json_extract(document_json, '$.reason'), '');
 "#;
 
 /// The embedded default store.
@@ -697,12 +707,14 @@ impl Store for SqliteStore {
 
     fn put_plan(&self, plan: &StoredPlan) -> Result<(), StoreError> {
         let sql = self.sql();
+        let (phases, reason) = super::plan_header_fields(&plan.document);
         self.with(|c| {
             let inserted = c
                 .execute(
                     "INSERT OR IGNORE INTO plans
-                     (plan_id, created_at, state, current_phase, updated_at, document_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (plan_id, created_at, state, current_phase, updated_at, document_json,
+                      phases, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         plan.plan_id,
                         plan.created_at.to_rfc3339(),
@@ -710,6 +722,8 @@ impl Store for SqliteStore {
                         plan.current_phase,
                         plan.updated_at.to_rfc3339(),
                         plan.document.to_string(),
+                        phases,
+                        reason,
                     ],
                 )
                 .map_err(&sql)?;
@@ -751,6 +765,43 @@ impl Store for SqliteStore {
 
     fn list_plans(&self, limit: u32) -> Result<Vec<StoredPlan>, StoreError> {
         self.query_plans("ORDER BY created_at DESC, rowid DESC", limit)
+    }
+
+    fn latest_plan_header(&self) -> Result<Option<PlanHeader>, StoreError> {
+        let sql = self.sql();
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT plan_id, created_at, state, current_phase, phases, reason
+                     FROM plans ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, String>(5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(&sql)?;
+            let Some((plan_id, created_at, state, phase, phases, reason)) = row else {
+                return Ok(None);
+            };
+            let what = format!("plan {plan_id}");
+            Ok(Some(PlanHeader {
+                created_at: time(&created_at, &what)?,
+                state: PlanState::parse(&state)
+                    .ok_or_else(|| corrupt(what.clone(), format!("unknown state `{state}`")))?,
+                current_phase: u32::try_from(phase).map_err(|e| corrupt(what.clone(), e))?,
+                phases: u32::try_from(phases).map_err(|e| corrupt(what.clone(), e))?,
+                reason,
+                plan_id,
+            }))
+        })
     }
 
     fn append_market(&self, sample: &MarketSample) -> Result<(), StoreError> {
@@ -1302,10 +1353,32 @@ mod tests {
         };
         s.put_plan(&p).unwrap();
         assert!(matches!(s.put_plan(&p), Err(StoreError::Exists { .. })));
-        assert_eq!(s.plan_in_flight().unwrap(), Some(p));
+        assert_eq!(s.plan_in_flight().unwrap(), Some(p.clone()));
         s.update_plan("p1", PlanState::Completed, 2, now).unwrap();
         assert_eq!(s.plan_in_flight().unwrap(), None);
         assert_eq!(s.list_plans(5).unwrap()[0].current_phase, 2);
+        // The header, read without the document, is what the document says.
+        let p2 = StoredPlan {
+            plan_id: "p2".into(),
+            created_at: now + chrono::Duration::seconds(1),
+            document: serde_json::json!({
+                "reason": "energy 212 USD/MWh",
+                "exec": {"phases": [{"label": "curtail"}, {"label": "grant"}]},
+            }),
+            ..p
+        };
+        s.put_plan(&p2).unwrap();
+        s.update_plan("p2", PlanState::Completed, 1, now).unwrap();
+        let header = s.latest_plan_header().unwrap().unwrap();
+        assert_eq!(header, s.list_plans(1).unwrap()[0].header());
+        assert_eq!(
+            (header.phases, header.reason.as_str()),
+            (2, "energy 212 USD/MWh")
+        );
+        assert_eq!(
+            (header.state, header.current_phase),
+            (PlanState::Completed, 1)
+        );
 
         for i in 0..5 {
             s.append_site(&SiteSample {
@@ -1329,6 +1402,42 @@ mod tests {
             4
         );
         assert_eq!(s.site_history(now, 100).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn plans_kept_before_their_headers_had_columns_get_them_from_their_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let now = Utc::now();
+        let plan = StoredPlan {
+            plan_id: "old".into(),
+            created_at: now,
+            state: PlanState::Completed,
+            current_phase: 2,
+            updated_at: now,
+            document: serde_json::json!({
+                "reason": "DR event",
+                "exec": {"phases": [{}, {}, {}]},
+            }),
+        };
+        {
+            let mut c = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..3] {
+                c.execute_batch(step).unwrap();
+            }
+            c.pragma_update(None, "user_version", 3).unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute(
+                "INSERT INTO plans VALUES (?1, ?2, 'completed', 2, ?2, ?3)",
+                params![plan.plan_id, now.to_rfc3339(), plan.document.to_string()],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let header = s.latest_plan_header().unwrap().unwrap();
+        assert_eq!(header, plan.header());
+        assert_eq!(header.phases, 3);
     }
 
     #[test]
