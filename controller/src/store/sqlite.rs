@@ -204,6 +204,20 @@ fn migrate(conn: &mut Connection, path: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A plan row's creation time, state and current phase, checked; `what` names the plan.
+fn plan_columns(
+    what: &str,
+    created_at: &str,
+    state: &str,
+    phase: i64,
+) -> Result<(DateTime<Utc>, PlanState, u32), StoreError> {
+    Ok((
+        time(created_at, what)?,
+        PlanState::parse(state).ok_or_else(|| corrupt(what, format!("unknown state `{state}`")))?,
+        u32::try_from(phase).map_err(|e| corrupt(what, e))?,
+    ))
+}
+
 fn corrupt(what: impl Into<String>, problem: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what: what.into(),
@@ -792,11 +806,12 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let what = format!("plan {plan_id}");
+            let (created_at, state, current_phase) =
+                plan_columns(&what, &created_at, &state, phase)?;
             Ok(Some(PlanHeader {
-                created_at: time(&created_at, &what)?,
-                state: PlanState::parse(&state)
-                    .ok_or_else(|| corrupt(what.clone(), format!("unknown state `{state}`")))?,
-                current_phase: u32::try_from(phase).map_err(|e| corrupt(what.clone(), e))?,
+                created_at,
+                state,
+                current_phase,
                 phases: u32::try_from(phases).map_err(|e| corrupt(what.clone(), e))?,
                 reason,
                 plan_id,
@@ -1031,11 +1046,12 @@ impl SqliteStore {
             for row in rows {
                 let (plan_id, created_at, state, phase, updated_at, doc) = row.map_err(&sql)?;
                 let what = format!("plan {plan_id}");
+                let (created_at, state, current_phase) =
+                    plan_columns(&what, &created_at, &state, phase)?;
                 out.push(StoredPlan {
-                    created_at: time(&created_at, &what)?,
-                    state: PlanState::parse(&state)
-                        .ok_or_else(|| corrupt(what.clone(), format!("unknown state `{state}`")))?,
-                    current_phase: u32::try_from(phase).map_err(|e| corrupt(what.clone(), e))?,
+                    created_at,
+                    state,
+                    current_phase,
                     updated_at: time(&updated_at, &what)?,
                     document: from_json(&doc, &what)?,
                     plan_id,
