@@ -119,6 +119,12 @@ impl Ledger {
         self.lock().get(device_id).map(|e| e.di.clone())
     }
 
+    /// `f(desired state)` for one device, under the lock and without a copy (the site status
+    /// asks this of every miner: a copy each cost about 5 of its 41–45 ms at 10,000).
+    pub fn inspect<T>(&self, device_id: &str, f: impl FnOnce(Option<&DeviceIntent>) -> T) -> T {
+        f(self.lock().get(device_id).map(|e| &e.di))
+    }
+
     /// `f(i, desired state)` for the `i`-th of `ids`, under one lock and without copies.
     pub fn with_each<'a, T>(
         &self,

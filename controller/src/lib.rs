@@ -244,8 +244,10 @@ impl Controller {
             &self.config.agents.assumptions(),
             self.config.engine.unknown_host_base_w_per_gpu,
             |host, device| {
-                let d = self.ledger.get(device).filter(|d| d.host_id == host)?;
-                fleet::Confirmation::of(&d)
+                self.ledger.inspect(device, |d| {
+                    d.filter(|d| d.host_id == host)
+                        .and_then(fleet::Confirmation::of)
+                })
             },
         );
         let o = self.outlook();
