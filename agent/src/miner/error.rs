@@ -155,9 +155,7 @@ impl MinerError {
             e => e,
         }
     }
-}
 
-impl MinerError {
     /// Whether the miner could not be reached at all (as opposed to answering badly).
     pub fn is_unreachable(&self) -> bool {
         matches!(

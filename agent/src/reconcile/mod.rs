@@ -109,9 +109,15 @@ struct Attempt {
 const UNSENT_RETRY: Duration = Duration::from_secs(2);
 
 impl Attempt {
-    /// `self` again, for a call to the same generation and target that is starting now.
-    fn again(self, at: Instant) -> Self {
-        Self { at, ..self }
+    /// Whether this was a try of `generation` at `target` (pacing is between tries of one).
+    fn is_for(&self, generation: u64, target: Target) -> bool {
+        self.generation == generation && self.target == target
+    }
+
+    /// The failures that sent nothing in a row so far, of tries of `generation` at `target`.
+    fn unsent_before(last: Option<Attempt>, generation: u64, target: Target) -> u32 {
+        last.filter(|a| a.is_for(generation, target))
+            .map_or(0, |a| a.unsent)
     }
 
     /// The pause before the next try of the same target, for a device paced at `pacing`.
@@ -677,8 +683,7 @@ impl Reconciler {
         for _ in 0..2 {
             // Pacing is between tries of one target: a new generation, or the fallback, goes as
             // soon as the device is free.
-            let same_target = last_attempt
-                .filter(|a| a.generation == held.generation() && a.target == held.target());
+            let same_target = last_attempt.filter(|a| a.is_for(held.generation(), held.target()));
             let view = DeviceView {
                 limits: &device.limits,
                 pacing: same_target.map_or(device.pacing, |a| a.pacing(device.pacing)),
@@ -831,18 +836,12 @@ impl Reconciler {
             cancel: Some(cancel),
             abort: task.abort_handle(),
         });
-        let same = slot
-            .last_attempt
-            .filter(|a| a.generation == generation && a.target == target);
-        slot.last_attempt = Some(same.map_or(
-            Attempt {
-                at: now,
-                generation,
-                target,
-                unsent: 0,
-            },
-            |a| a.again(now),
-        ));
+        slot.last_attempt = Some(Attempt {
+            at: now,
+            generation,
+            target,
+            unsent: Attempt::unsent_before(slot.last_attempt, generation, target),
+        });
     }
 
     /// Takes a driver call's result: its read-back is the newest observation of the device;
@@ -860,10 +859,7 @@ impl Reconciler {
         // is not followed by another at once.
         let unsent = match &result {
             Err(e) if e.sent_nothing() => {
-                1 + slot
-                    .last_attempt
-                    .filter(|a| a.generation == f.generation && a.target == f.target)
-                    .map_or(0, |a| a.unsent)
+                Attempt::unsent_before(slot.last_attempt, f.generation, f.target).saturating_add(1)
             }
             _ => 0,
         };

@@ -158,9 +158,7 @@ impl ApplyError {
             }
         }
     }
-}
 
-impl ApplyError {
     /// Whether the call failed before anything that changes the device was sent (see
     /// [`MinerError::sent_nothing`]): trying again need not wait out the device's pacing, which
     /// is there for a command the firmware may still be carrying out.

@@ -179,33 +179,29 @@ pub struct PlanHeader {
 }
 
 impl StoredPlan {
-    /// The plan's header, from its document.
+    /// The plan's header, from its document (the store keeps its phases and reason in columns
+    /// of their own).
     pub fn header(&self) -> PlanHeader {
-        let (phases, reason) = plan_header_fields(&self.document);
+        let phases = self
+            .document
+            .get("exec")
+            .and_then(|e| e.get("phases"))
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len);
         PlanHeader {
             plan_id: self.plan_id.clone(),
             created_at: self.created_at,
             state: self.state,
             current_phase: self.current_phase,
-            phases,
-            reason,
+            phases: u32::try_from(phases).unwrap_or(u32::MAX),
+            reason: self
+                .document
+                .get("reason")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
-}
-
-/// The phases and reason of a plan document; the store keeps them in columns of their own.
-pub fn plan_header_fields(document: &serde_json::Value) -> (u32, String) {
-    let phases = document
-        .get("exec")
-        .and_then(|e| e.get("phases"))
-        .and_then(serde_json::Value::as_array)
-        .map_or(0, Vec::len);
-    let reason = document
-        .get("reason")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    (u32::try_from(phases).unwrap_or(u32::MAX), reason)
 }
 
 /// One sample of the market inputs the planner saw.

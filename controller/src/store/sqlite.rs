@@ -721,7 +721,7 @@ impl Store for SqliteStore {
 
     fn put_plan(&self, plan: &StoredPlan) -> Result<(), StoreError> {
         let sql = self.sql();
-        let (phases, reason) = super::plan_header_fields(&plan.document);
+        let header = plan.header();
         self.with(|c| {
             let inserted = c
                 .execute(
@@ -736,8 +736,8 @@ impl Store for SqliteStore {
                         plan.current_phase,
                         plan.updated_at.to_rfc3339(),
                         plan.document.to_string(),
-                        phases,
-                        reason,
+                        header.phases,
+                        header.reason,
                     ],
                 )
                 .map_err(&sql)?;
