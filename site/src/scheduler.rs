@@ -84,10 +84,12 @@ pub enum What {
         job: u64,
         gpus: u32,
     },
+    /// `ends_at`: when it ends if it runs to its run time (trace time).
     Started {
         job: u64,
         gpus: u32,
         node: String,
+        ends_at: DateTime<Utc>,
     },
     /// `early`: ended before its run time, because the trace's demand fell below what runs.
     Ended {
@@ -373,20 +375,23 @@ impl Scheduler {
                     slots.push(u32::try_from(i).unwrap_or(u32::MAX));
                 }
             }
-            if let Some(job) = self.jobs.get_mut(&id) {
-                job.state = JobState::Running {
-                    node: name.clone(),
-                    slots,
-                    started_at: now,
-                    ends_at: add(now, job.remaining),
-                };
-            }
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let ends_at = add(now, job.remaining);
+            job.state = JobState::Running {
+                node: name.clone(),
+                slots,
+                started_at: now,
+                ends_at,
+            };
             out.push(Event {
                 at: now,
                 what: What::Started {
                     job: id,
                     gpus,
                     node: name,
+                    ends_at,
                 },
             });
         }

@@ -106,7 +106,13 @@ fn event_json(e: &Event, wall: DateTime<Utc>) -> serde_json::Value {
         What::Submitted { job, gpus } | What::Withdrawn { job, gpus } => {
             json!({ "job": job, "gpus": gpus })
         }
-        What::Started { job, gpus, node } | What::Requeued { job, gpus, node } => {
+        What::Started {
+            job,
+            gpus,
+            node,
+            ends_at,
+        } => json!({ "job": job, "gpus": gpus, "node": node, "ends": ends_at }),
+        What::Requeued { job, gpus, node } => {
             json!({ "job": job, "gpus": gpus, "node": node })
         }
         What::Ended {

@@ -11,17 +11,19 @@
 // A panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pivot_controller::trace::Trace;
 use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
 use serde_json::Value;
+
+use common::{Site, built, json, pivotctl};
 
 /// Trace times (UTC) of what the window holds; Texas is UTC−5 in July.
 const FROM: &str = "2026-07-14T18:00:00Z"; // Tue 13:00 local
@@ -36,128 +38,36 @@ fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-/// A workspace binary or library of the same build as this test.
-fn built(name: &str) -> PathBuf {
-    // target/<profile>/deps/simulated_site-xxxx -> target/<profile>
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(Path::to_owned))
-        .unwrap_or_default();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins --lib` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-/// The site, killed when the test ends; its stdout collected line by line.
-struct Site {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// A tick per line, to wait on.
-    arrived: std::sync::mpsc::Receiver<()>,
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Site {
-    fn start(out: &Path, policy: &Path) -> Site {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pivot-site"))
-            .args(["--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"])
-            .args(["--from", FROM, "--hours", HOURS])
-            .args([
-                "--speed",
-                SPEED,
-                "--miners",
-                "60",
-                "--racks",
-                "3",
-                "--gpu-hosts",
-                "4",
-            ])
-            .args(["--dr-notice", "45m", "--no-hourly", "--keep-running"])
-            .arg("--out-dir")
-            .arg(out.join("site"))
-            .arg("--policy")
-            .arg(policy)
-            // The fake NVML library is found beside the binary (built with it, a dependency).
-            .env_remove("PIVOT_FAKE_NVML_LIB")
-            .env_remove("PIVOT_FAKE_NVML_STATE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting pivot-site: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let (tick, arrived) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("pivot-site| {line}");
-                sink.lock().unwrap().push(line);
-                let _ = tick.send(());
-            }
-        });
-        Site {
-            child,
-            lines,
-            arrived,
-        }
-    }
-
-    /// Waits for the line starting with `prefix`; returns the rest.
-    fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(rest) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| l.strip_prefix(prefix))
-            {
-                return rest.trim().to_owned();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("pivot-site exited ({status}) before printing `{prefix}`");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pivot-site did not print `{prefix}` within {within:?}"
-            );
-            let _ = self.arrived.recv_timeout(Duration::from_millis(100));
-        }
-    }
-
-    fn output(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-fn pivotctl(url: &str, args: &[&str]) -> String {
-    let out = Command::new(built("pivotctl"))
-        .arg("--controller")
-        .arg(url)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running pivotctl: {e}"));
-    assert!(
-        out.status.success(),
-        "pivotctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+fn start(out: &Path, policy: &Path) -> Site {
+    let policy = policy.to_str().unwrap();
+    let dir = out.join("site");
+    Site::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--web",
+            "127.0.0.1:0",
+            "--from",
+            FROM,
+            "--hours",
+            HOURS,
+            "--speed",
+            SPEED,
+            "--miners",
+            "60",
+            "--racks",
+            "3",
+            "--gpu-hosts",
+            "4",
+            "--dr-notice",
+            "45m",
+            "--no-hourly",
+            "--keep-running",
+            "--policy",
+            policy,
+        ],
+        &dir,
+    )
 }
 
 fn time_of(v: &Value) -> DateTime<Utc> {
@@ -188,7 +98,7 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
     // confirmed (the default 10 minutes would be 1.25 s, less than a curtail takes here).
     let policy = out.path().join("operator-policy.toml");
     std::fs::write(&policy, "name = \"e2e\"\n[economic]\nshed_lead_s = 2400\n").unwrap();
-    let mut site = Site::start(out.path(), &policy);
+    let mut site = start(out.path(), &policy);
     let url = site.wait_for("pivot-site: still serving at ", Duration::from_secs(150));
     let url = url.split_whitespace().next().unwrap().to_owned();
 

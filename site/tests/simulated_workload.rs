@@ -1,10 +1,16 @@
 //! The SIMULATED workload manager through the real agents: the real `pivot-site` binary plays two
 //! and a half hours of the bundled trace around its first night's AI-demand drop (Tue 19:30–22:00
-//! in Texas: 64 GPUs wanted, then 24 from 20:00) at 480x with eight GPU hosts. The controller releases the
-//! hosts through their agents' exec hook, then drains some when the demand falls; the run's
-//! `workload.jsonl` must show every job on a node its agent had released, every drained node's
-//! jobs gone (ended or requeued after the grace, `PIVOT_GRACE_OVER=1`) by the end, and the fake
-//! GPUs' state files must carry the load of the jobs left on them.
+//! in Texas: 64 GPUs wanted, then 24 from 20:00) at 480x with eight GPU hosts. The controller
+//! releases the hosts through their agents' exec hook, then drains some when the demand falls.
+//! Once every host is released and busy, the test drains one by hand, as an operator would for
+//! maintenance (`pivotctl override set host/<node> --drain`): the host running the job that ends
+//! last, so that job is certain to outlive the grace. The run's `workload.jsonl` must show every
+//! job on a node its agent had released, that job requeued from its node after the grace (the
+//! agent's second drain, `PIVOT_GRACE_OVER=1`), every drained node's jobs gone by the end, and
+//! the fake GPUs' state files must carry the load of the jobs left on them.
+//!
+//! Which hosts the demand drop drains still hold a job is chance (which agent releases its host
+//! first decides where the first jobs land): a drain by hand makes the requeue certain.
 //!
 //! A file of its own so that cargo runs it after `simulated_site.rs`, not beside it: both are
 //! timed in wall seconds on a shared machine.
@@ -12,48 +18,117 @@
 // A panic is a failed test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use common::{Site, pivotctl};
+
 const GPU_HOSTS: usize = 8;
+
+/// How long after the last event in the log the job drained by hand must still run, trace time:
+/// the pin's way to the agent and the 10-minute grace at 480x fit in it many times.
+const OUTLIVES_MIN: i64 = 40;
+
+fn trace_time(e: &Value, key: &str) -> DateTime<Utc> {
+    let s = e[key].as_str().unwrap_or_else(|| panic!("no {key} in {e}"));
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|err| panic!("{key} {s}: {err}"))
+        .with_timezone(&Utc)
+}
+
+/// From the queue's log so far: the running job that ends last, its node, and the trace time of
+/// the log's last event.
+fn job_ending_last(log: &Path) -> (u64, String, DateTime<Utc>, DateTime<Utc>) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut running: BTreeMap<u64, (String, DateTime<Utc>)> = BTreeMap::new();
+    let mut now = None;
+    for line in text.lines() {
+        let e: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        now = Some(trace_time(&e, "trace"));
+        let job = e["job"].as_u64().unwrap_or_default();
+        match e["event"].as_str().unwrap() {
+            "started" => {
+                let node = e["node"].as_str().unwrap().to_owned();
+                running.insert(job, (node, trace_time(&e, "ends")));
+            }
+            "ended" | "requeued" => {
+                running.remove(&job);
+            }
+            _ => {}
+        }
+    }
+    let now = now.unwrap_or_else(|| panic!("nothing in {}", log.display()));
+    let (job, (node, ends)) = running
+        .into_iter()
+        .max_by_key(|(job, (_, ends))| (*ends, *job))
+        .unwrap_or_else(|| panic!("no job runs on a released host: {text}"));
+    (job, node, ends, now)
+}
 
 #[test]
 fn drained_nodes_lose_their_jobs_after_the_grace_and_released_ones_run_them() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("site");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pivot-site"))
-        .args(["--listen", "127.0.0.1:0", "--web", "127.0.0.1:0"])
-        .args(["--from", "2026-07-15T00:30:00Z", "--hours", "2.5"])
-        .args(["--speed", "480", "--miners", "12", "--racks", "1"])
-        .args(["--gpu-hosts", &GPU_HOSTS.to_string(), "--no-hourly"])
-        .arg("--out-dir")
-        .arg(&dir)
-        .env_remove("PIVOT_FAKE_NVML_LIB")
-        .env_remove("PIVOT_FAKE_NVML_STATE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting pivot-site: {e}"));
-    // stdout closes when the site exits.
-    let mut stdout = child.stdout.take().unwrap();
-    let (done, printed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).unwrap();
-        let _ = done.send(text);
-    });
-    let Ok(printed) = printed.recv_timeout(Duration::from_secs(180)) else {
-        let _ = child.kill();
-        panic!("pivot-site did not finish within 180 s");
-    };
-    let status = child.wait().unwrap();
-    for line in printed.lines() {
-        println!("pivot-site| {line}");
-    }
+    let hosts = GPU_HOSTS.to_string();
+    let mut site = Site::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--web",
+            "127.0.0.1:0",
+            "--from",
+            "2026-07-15T00:30:00Z",
+            "--hours",
+            "2.5",
+            "--speed",
+            "480",
+            "--miners",
+            "12",
+            "--racks",
+            "1",
+            "--gpu-hosts",
+            &hosts,
+            "--no-hourly",
+        ],
+        &dir,
+    );
+    let deciding = site.wait_for("pivot-site: deciding", Duration::from_secs(120));
+    let url = deciding
+        .split("pivotctl --controller ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no controller address in `{deciding}`"))
+        .to_owned();
+
+    // Every host released; then the one running the job that ends last is drained by hand.
+    site.wait_for_count("released by its agent", GPU_HOSTS, Duration::from_secs(60));
+    let (pinned_job, pinned, ends, now) = job_ending_last(&dir.join("workload.jsonl"));
+    assert!(
+        ends >= now + chrono::Duration::minutes(OUTLIVES_MIN),
+        "the job that ends last (job {pinned_job} on {pinned}) ends at {ends}, less than \
+         {OUTLIVES_MIN} trace minutes after {now}: a drain could not outlast it"
+    );
+    pivotctl(
+        &url,
+        &[
+            "override",
+            "set",
+            &format!("host/{pinned}"),
+            "--drain",
+            "--reason",
+            "test: a busy host drained for maintenance",
+        ],
+    );
+    println!("drained {pinned} by hand at trace {now}: job {pinned_job} runs until {ends}");
+
+    let status = site.wait_exit(Duration::from_secs(180));
+    let printed = site.output().join("\n");
     assert!(status.success(), "pivot-site failed: {status}");
 
     // Replay the queue's log: which node is open, which jobs run where.
@@ -61,7 +136,8 @@ fn drained_nodes_lose_their_jobs_after_the_grace_and_released_ones_run_them() {
     let mut open: BTreeMap<String, bool> = BTreeMap::new();
     let mut on: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
     let mut closed = BTreeSet::new();
-    let (mut started, mut requeued) = (0, 0);
+    let mut started = 0;
+    let mut requeued = BTreeSet::new();
     for line in log.lines() {
         let e: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
         let node = e["node"].as_str().unwrap_or_default().to_owned();
@@ -94,26 +170,29 @@ fn drained_nodes_lose_their_jobs_after_the_grace_and_released_ones_run_them() {
                     Some(&false),
                     "requeued from an open node: {e}"
                 );
-                on.entry(node).or_default().remove(&job);
-                requeued += 1;
+                on.entry(node.clone()).or_default().remove(&job);
+                requeued.insert((job, node));
             }
             _ => {}
         }
     }
     assert!(started > 0, "no job ran: {log}");
+    println!("{started} starts, requeued (job, node): {requeued:?}, drained: {closed:?}");
     assert!(
-        !closed.is_empty(),
-        "the demand drop drained no node; the checks below check nothing: {log}"
+        closed.iter().any(|n| *n != pinned),
+        "the demand drop drained no node beside {pinned}: {log}"
     );
-    println!("{started} starts, {requeued} requeues, drained: {closed:?}");
-    // In this window a drained host still runs a job when its grace ends (an 8-GPU job the
-    // demand drop left running there): the agent's second drain, with PIVOT_GRACE_OVER=1,
-    // requeues it. The window starts half an hour before the drop so that the jobs placed at
-    // the start have most of their run time left when the hosts are drained (starting at the
-    // hour left one ending minutes before its host's drain, and the requeue to chance).
+    // The job on the host drained by hand outlived the grace: the agent's second drain, with
+    // PIVOT_GRACE_OVER=1, sent it back to the queue. (A host the demand drop drained may hold
+    // one too, or not: chance.)
+    assert_eq!(
+        open.get(&pinned),
+        Some(&false),
+        "{pinned}, pinned drained, is open at the end: {log}"
+    );
     assert!(
-        requeued > 0,
-        "no job was requeued from a drained node after its grace: {log}"
+        requeued.contains(&(pinned_job, pinned.clone())),
+        "job {pinned_job} was not requeued from {pinned} after its grace: {log}"
     );
 
     // A node still closed at the end was drained to the end: no job left on it.
