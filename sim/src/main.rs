@@ -7,6 +7,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pivot_sim::miner::{Addressing, Dialect, Fault, MinerSpec, Timing, spawn_fleet};
 
+/// mimalloc, not glibc's malloc: malloc and free were about a fifth of the busy CPU in a
+/// 10,000-miner curtail; the emulator's CPU falls by a third (docs/BENCHMARKS.md, "The
+/// simulated site").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Emulated miners (and later other hardware) for tests, benchmarks and dev mode.
 #[derive(Debug, Parser)]
 #[command(name = "pivot-sim", version, about)]

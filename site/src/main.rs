@@ -11,6 +11,11 @@ use pivot_site::fleet::{DEFAULT_GPU_HOSTS, DEFAULT_MINERS, DEFAULT_RACKS};
 use pivot_site::site::{self, SiteOptions};
 use pivot_site::sitemodel::Transitions;
 
+/// mimalloc, not glibc's malloc, as the agent and pivot-sim binaries (this process runs their
+/// code; docs/BENCHMARKS.md, "The simulated site").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pivot-site",
