@@ -289,7 +289,7 @@ impl MinerDriver for Antminer {
         let conf = self.get_conf().await.map_err(MinerError::before_command)?;
         if let Some(mode) = Self::work_mode_of(&conf)
             && mode != SLEEP_MODE
-            && let Err(e) = self.ctx.modes.remember(&self.key(), &mode)
+            && let Err(e) = self.ctx.modes.remember(&self.key(), &mode).await
         {
             // Sleeping lowers power and must not wait on a disk; the wake will need the mode
             // passed explicitly.
@@ -313,6 +313,7 @@ impl MinerDriver for Antminer {
             .ctx
             .modes
             .recall(&self.key())
+            .await
             .map_err(|e| e.for_miner(&self.addr.to_string()))?;
         let mode = match (remembered, self.wake_mode, current) {
             (Some(m), _, _) => m,
@@ -334,7 +335,7 @@ impl MinerDriver for Antminer {
             |r| matches!(r.state, MinerState::Mining | MinerState::Ramping),
         )
         .await?;
-        if let Err(e) = self.ctx.modes.forget(&self.key()) {
+        if let Err(e) = self.ctx.modes.forget(&self.key()).await {
             tracing::warn!(miner = %self.addr, error = %e, "Could not forget the work mode after wake");
         }
         Ok(r)
