@@ -41,6 +41,14 @@ curtail_runs() {
         sleep 0.5
       done
       settle
+      # Name the miners that did not come back (at most five), for the logs.
+      if [ "$(mining_now)" -lt "$first" ]; then
+        "$ctl" --controller "$url" devices --json | python3 -c '
+import json, sys
+late = [d for d in json.load(sys.stdin) if d["kind"] == "miner" and d["state"] != "mining"]
+for d in late[:5]:
+    print("not mining after the resume:", d["device_id"], "on", d["host_id"], d["model"], d["state"], d["problem"])'
+      fi
     fi
     mining=$(mining_now)
     first=${first:-$mining}

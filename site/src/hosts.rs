@@ -160,7 +160,7 @@ impl Miners {
 /// puts it to sleep behind the agent's back, as `pivot-agent miner sleep` does: stock firmware
 /// has no wake command, only "the mode it had", and an agent that never saw the mode rightly
 /// refuses to guess it. Other dialects wake without it; nothing is recorded for them.
-pub fn remember_work_mode(
+pub async fn remember_work_mode(
     root: &Path,
     layout: &FleetLayout,
     miners: &Miners,
@@ -188,6 +188,7 @@ pub fn remember_work_mode(
             &format!("antminer/{}", sim.agent_addr()),
             &sim.handle().snapshot().work_mode.to_string(),
         )
+        .await
         .map_err(|e| HostsError::WorkMode {
             miner: device_id.to_owned(),
             problem: e.to_string(),

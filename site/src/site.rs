@@ -321,7 +321,7 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
             .skip(usize::try_from(*keep).unwrap_or(usize::MAX))
         {
             if let Some(h) = handles.get(id) {
-                hosts::remember_work_mode(&dir.join("hosts"), &layout, &miners, id)?;
+                hosts::remember_work_mode(&dir.join("hosts"), &layout, &miners, id).await?;
                 h.sleep();
                 asleep += 1;
             }
