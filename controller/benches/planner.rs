@@ -83,6 +83,7 @@ fn fleet(devices: usize) -> PlanInput {
             base_power_w: 4600.0,
             max_power_w: None,
             measured_power_w: None,
+            gpus_allocated: None,
             workload_device_id: Some(format!("host/gpu-{i}")),
             contract: AiContract::Interruptible,
             state: HostState::Serving,

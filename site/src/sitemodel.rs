@@ -254,6 +254,7 @@ mod tests {
             base_power_w: 4600.0,
             max_power_w: None,
             measured_power_w: None,
+            gpus_allocated: None,
             workload_device_id: None,
             contract: AiContract::Interruptible,
             state: HostState::Serving,

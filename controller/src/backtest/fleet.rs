@@ -182,6 +182,7 @@ impl Fleet {
                             cap_w: Some(h.gpu_power_w),
                         })
                         .collect(),
+                    gpus_allocated: None,
                     workload_device_id: Some(format!("host/{host_id}")),
                     host_id,
                     group: h.label().to_owned(),

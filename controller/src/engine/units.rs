@@ -277,6 +277,12 @@ fn gpu_host(
             .as_ref()
             .and_then(|h| h.power_w)
             .filter(|_| a.connected),
+        gpus_allocated: a
+            .host_reading
+            .as_ref()
+            .and_then(|h| h.workload.as_ref())
+            .filter(|w| has_workload && a.connected && w.read_error.is_empty())
+            .map(|w| w.gpus_allocated),
         workload_device_id: has_workload.then_some(host_device),
         contract,
         state,

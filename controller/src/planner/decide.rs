@@ -88,7 +88,9 @@ pub(super) fn select_ai_hosts(
             remaining -= l.gpus_in_demand;
         }
     }
-    // Candidates: those serving first (no move to keep them), then the cheapest draw per GPU.
+    // Candidates: those serving first (no move to keep them), then the cheapest draw per GPU,
+    // then those whose jobs hold the most GPUs (an idle host drains with nothing to requeue; a
+    // draining one still running jobs is released again first).
     let mut candidates: Vec<usize> = host_loads
         .iter()
         .copied()
@@ -97,10 +99,15 @@ pub(super) fn select_ai_hosts(
     candidates.sort_by(|&a, &b| {
         let (la, lb) = (&loads[a], &loads[b]);
         let per_gpu = |l: &Load| l.full_w / f64::from(gpus(l).max(1));
+        let allocated = |l: &Load| match l.unit {
+            Unit::Host(h) => input.gpu_hosts[h].gpus_allocated.unwrap_or(0),
+            Unit::Miner(_) => 0,
+        };
         lb.level_now
             .is_on()
             .cmp(&la.level_now.is_on())
             .then(per_gpu(la).total_cmp(&per_gpu(lb)))
+            .then(allocated(lb).cmp(&allocated(la)))
             .then(a.cmp(&b))
     });
     let mut needed = 0u32;

@@ -163,6 +163,10 @@ pub struct GpuHostUnit {
     /// The host's maximum draw if configured (counts when unseen).
     pub max_power_w: Option<f64>,
     pub measured_power_w: Option<f64>,
+    /// GPUs the host's workload manager has allocated to AI jobs, when it was read. Among hosts
+    /// otherwise equal, those running jobs are kept and the idle ones drained first (a drain
+    /// requeues whatever still runs when its grace ends).
+    pub gpus_allocated: Option<u32>,
     /// The workload hand-off device (`host/<host_id>`), when a workload manager is configured.
     pub workload_device_id: Option<String>,
     pub contract: AiContract,
