@@ -62,6 +62,8 @@ struct HostSpec {
     firm: bool,
     pin: u8,
     changed_s_ago: Option<i64>,
+    /// GPUs its workload manager has allocated (0–8), when read.
+    gpus_allocated: Option<u32>,
 }
 
 fn host_spec() -> impl Strategy<Value = HostSpec> {
@@ -71,14 +73,18 @@ fn host_spec() -> impl Strategy<Value = HostSpec> {
         prop::bool::weighted(0.2),
         0u8..10,
         prop::option::of(0i64..1800),
+        prop::option::of(0u32..=8),
     )
-        .prop_map(|(serving, state, firm, pin, changed_s_ago)| HostSpec {
-            serving,
-            state,
-            firm,
-            pin,
-            changed_s_ago,
-        })
+        .prop_map(
+            |(serving, state, firm, pin, changed_s_ago, gpus_allocated)| HostSpec {
+                serving,
+                state,
+                firm,
+                pin,
+                changed_s_ago,
+                gpus_allocated,
+            },
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +232,7 @@ fn build(w: &World) -> PlanInput {
                 _ => None,
             };
             h.last_change_at = s.changed_s_ago.map(|a| t0() - Duration::seconds(a));
+            h.gpus_allocated = s.gpus_allocated;
             h
         })
         .collect();
@@ -266,8 +273,20 @@ fn build(w: &World) -> PlanInput {
 
 const EPS: f64 = 1e-6;
 
+/// Cases per property: 400, or `PIVOT_PLANNER_CASES` for a long run (with rejects allowed in
+/// proportion: a property that assumes a market rejects about a sixth of the worlds).
+fn cases() -> u32 {
+    std::env::var("PIVOT_PLANNER_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig {
+        max_global_rejects: cases().saturating_mul(4).max(1024),
+        ..ProptestConfig::with_cases(cases())
+    })]
 
     #[test]
     fn no_grant_phase_exceeds_the_limit_and_releases_come_first(w in world()) {
