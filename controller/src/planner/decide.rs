@@ -187,8 +187,10 @@ impl AiNeeds {
         let since = now
             .checked_sub_signed(delay)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        // A step stamped `now` counts (a plan made at this same instant needed it): left out,
+        // this plan would not keep what a plan an instant later keeps from the same memory.
         let mut past: Vec<(DateTime<Utc>, u32)> =
-            memory.iter().copied().filter(|(t, _)| *t < now).collect();
+            memory.iter().copied().filter(|(t, _)| *t <= now).collect();
         past.sort_by_key(|(t, _)| *t);
         let mut history: Vec<(DateTime<Utc>, u32)> = Vec::with_capacity(past.len() + 1);
         let mut kept = needed;

@@ -1009,3 +1009,22 @@ fn a_host_is_worth_its_revenue_per_mwh_it_adds_over_being_drained() {
         p.summary
     );
 }
+
+/// AI demand's memory: a step stamped at the plan's own instant counts, as it does an instant
+/// later (found by the long run of `nothing_changes_before_revisit_at`: a plan at t0 kept no
+/// host while a plan 1 ms later, from the same memory, released one).
+#[test]
+fn a_need_stamped_now_is_kept_as_it_is_an_instant_later() {
+    use super::decide::AiNeeds;
+    let delay = Duration::seconds(600);
+    let later = t0() + Duration::milliseconds(1);
+    let at_t0 = AiNeeds::new(&[(t0(), 3)], t0(), delay, 0);
+    assert_eq!(at_t0.kept, 3);
+    assert_eq!(at_t0.falls_at, Some(t0() + delay));
+    // The memory that plan leaves: the step of 3 ends at t0, where 0 begins.
+    assert_eq!(at_t0.history, vec![(t0(), 3), (t0(), 0)]);
+    let next = AiNeeds::new(&at_t0.history, later, delay, 0);
+    assert_eq!((next.kept, next.falls_at), (3, Some(t0() + delay)));
+    // Had the plan at t0 not been kept (nothing changed), the step of 3 runs until now.
+    assert_eq!(AiNeeds::new(&[(t0(), 3)], later, delay, 0).kept, 3);
+}
