@@ -434,71 +434,50 @@ fn idle_gpu_hosts_are_drained_and_their_power_goes_to_mining() {
 /// where the host index decided alone.
 #[test]
 fn a_demand_drop_drains_idle_hosts_and_a_rise_releases_one_still_running_jobs() {
-    let drained_by = |allocated: [Option<u32>; 4]| {
+    // The hosts that `demand` GPUs move to `state`, given each host's allocated GPUs (the
+    // hosts serving when `serving`), with no buffer and room under the cap for all.
+    let moved = |serving: bool, demand: u32, allocated: &[Option<u32>], state: WorkloadState| {
+        let names = ["g1", "g2", "g3", "g4"];
         let mut i = input(
             vec![],
-            ["g1", "g2", "g3", "g4"]
-                .into_iter()
-                .map(|h| h100_host(h, true))
+            names[..allocated.len()]
+                .iter()
+                .map(|h| h100_host(h, serving))
                 .collect(),
-            Some(market(40.0, 30.0, Some(16))),
+            Some(market(40.0, 30.0, Some(demand))),
         );
         i.policy.economic.ai_buffer_hosts = 0;
         i.policy.economic.ai_buffer_fraction = 0.0;
         i.site.cap_w = 100_000.0;
         for (h, a) in i.gpu_hosts.iter_mut().zip(allocated) {
-            h.gpus_allocated = a;
+            h.gpus_allocated = *a;
         }
         let p = plan(&i);
-        ["g1", "g2", "g3", "g4"]
-            .into_iter()
-            .filter(|h| {
-                to(&p, &format!("host/{h}"))
-                    == Some(Target::Workload {
-                        state: WorkloadState::Drained,
-                    })
-            })
+        names[..allocated.len()]
+            .iter()
+            .copied()
+            .filter(|h| to(&p, &format!("host/{h}")) == Some(Target::Workload { state }))
             .collect::<Vec<_>>()
     };
+    let drained = |allocated: [Option<u32>; 4]| moved(true, 16, &allocated, WorkloadState::Drained);
     // 16 GPUs wanted of 32: two hosts kept. Jobs on g3 and g4: g1 and g2 drain.
     assert_eq!(
-        drained_by([Some(0), Some(0), Some(8), Some(4)]),
+        drained([Some(0), Some(0), Some(8), Some(4)]),
         vec!["g1", "g2"]
     );
     assert_eq!(
-        drained_by([Some(2), Some(0), Some(8), Some(0)]),
+        drained([Some(2), Some(0), Some(8), Some(0)]),
         vec!["g2", "g4"]
     );
     // Unknown (no workload manager read): by index, as before.
-    assert_eq!(drained_by([None, None, Some(8), None]), vec!["g2", "g4"]);
-    assert_eq!(drained_by([None; 4]), vec!["g3", "g4"]);
+    assert_eq!(drained([None, None, Some(8), None]), vec!["g2", "g4"]);
+    assert_eq!(drained([None; 4]), vec!["g3", "g4"]);
 
     // 8 GPUs wanted, both hosts drained, g2's jobs still in their grace: g2 is released.
-    let released_by = |allocated: [Option<u32>; 2]| {
-        let mut i = input(
-            vec![],
-            vec![h100_host("g1", false), h100_host("g2", false)],
-            Some(market(40.0, 30.0, Some(8))),
-        );
-        i.policy.economic.ai_buffer_hosts = 0;
-        i.policy.economic.ai_buffer_fraction = 0.0;
-        i.site.cap_w = 100_000.0;
-        for (h, a) in i.gpu_hosts.iter_mut().zip(allocated) {
-            h.gpus_allocated = a;
-        }
-        let p = plan(&i);
-        ["g1", "g2"]
-            .into_iter()
-            .filter(|h| {
-                to(&p, &format!("host/{h}"))
-                    == Some(Target::Workload {
-                        state: WorkloadState::Released,
-                    })
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(released_by([Some(0), Some(8)]), vec!["g2"]);
-    assert_eq!(released_by([None, None]), vec!["g1"]);
+    let released =
+        |allocated: [Option<u32>; 2]| moved(false, 8, &allocated, WorkloadState::Released);
+    assert_eq!(released([Some(0), Some(8)]), vec!["g2"]);
+    assert_eq!(released([None, None]), vec!["g1"]);
 }
 
 /// A drained host (6.2 kW) and two S21s (7 kW) under a 14 kW cap, no AI buffer; 8 GPUs of demand
