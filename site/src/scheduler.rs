@@ -342,7 +342,7 @@ impl Scheduler {
     /// First come, first placed, each on the open node it fits most tightly (a later job that
     /// fits where an earlier one does not goes ahead: backfill).
     fn place(&mut self, now: DateTime<Utc>, out: &mut Vec<Event>) {
-        let pending: Vec<(u64, u32)> = {
+        let pending: Vec<(u64, u32, Duration)> = {
             let mut p: Vec<&Job> = self
                 .jobs
                 .values()
@@ -351,9 +351,9 @@ impl Scheduler {
             // Largest first among those submitted together: whole-node jobs are not left
             // waiting behind small ones that fragment every node.
             p.sort_by_key(|j| (j.submitted_at, std::cmp::Reverse(j.gpus), j.id));
-            p.iter().map(|j| (j.id, j.gpus)).collect()
+            p.iter().map(|j| (j.id, j.gpus, j.remaining)).collect()
         };
-        for (id, gpus) in pending {
+        for (id, gpus, remaining) in pending {
             let want = usize::try_from(gpus).unwrap_or(usize::MAX);
             let best = self
                 .nodes
@@ -375,16 +375,15 @@ impl Scheduler {
                     slots.push(u32::try_from(i).unwrap_or(u32::MAX));
                 }
             }
-            let Some(job) = self.jobs.get_mut(&id) else {
-                continue;
-            };
-            let ends_at = add(now, job.remaining);
-            job.state = JobState::Running {
-                node: name.clone(),
-                slots,
-                started_at: now,
-                ends_at,
-            };
+            let ends_at = add(now, remaining);
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.state = JobState::Running {
+                    node: name.clone(),
+                    slots,
+                    started_at: now,
+                    ends_at,
+                };
+            }
             out.push(Event {
                 at: now,
                 what: What::Started {

@@ -23,7 +23,7 @@ use pivot_proto::v1;
 use pivot_proto::v1::fleet_service_client::FleetServiceClient;
 use serde_json::Value;
 
-use common::{Site, built, json, pivotctl};
+use common::{Site, json, pivotctl};
 
 /// Trace times (UTC) of what the window holds; Texas is UTC−5 in July.
 const FROM: &str = "2026-07-14T18:00:00Z"; // Tue 13:00 local
@@ -379,7 +379,7 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
         let until = samples.get(i + 1).map_or(trace.end(), |n| n.trace_at);
         realised += s.margin_usd_per_h * (until - s.trace_at).num_milliseconds() as f64 / 3.6e6;
     }
-    let backtest = Command::new(built("pivot-controller"))
+    let backtest = Command::new(pivot_e2e::bin("pivot-controller"))
         .arg("backtest")
         .arg("--site")
         .arg(out.path().join("site/site.toml"))

@@ -230,6 +230,15 @@ impl FileModes {
         })
     }
 
+    /// Remembers `mode` for `miner`, or forgets it (`None`), once on disk.
+    async fn change(&self, miner: &str, mode: Option<&str>) -> Result<(), ModeError> {
+        self.ask(|b, tx| {
+            b.changes.push((miner.to_owned(), mode.map(str::to_owned)));
+            b.changed.push(tx);
+        })
+        .await
+    }
+
     /// The worker: takes everything waiting, writes the changes in one read-modify-write and
     /// answers the recalls from the map it leaves (or from one read when nothing changes);
     /// stops when nothing is left (deciding so under the lock, so a call made meanwhile starts a
@@ -302,22 +311,14 @@ impl FileModes {
 #[async_trait::async_trait]
 impl ModeMemory for FileModes {
     async fn remember(&self, miner: &str, mode: &str) -> Result<(), ModeError> {
-        self.ask(|b, tx| {
-            b.changes.push((miner.to_owned(), Some(mode.to_owned())));
-            b.changed.push(tx);
-        })
-        .await
+        self.change(miner, Some(mode)).await
     }
     async fn recall(&self, miner: &str) -> Result<Option<String>, ModeError> {
         self.ask(|b, tx| b.recalls.push((miner.to_owned(), tx)))
             .await
     }
     async fn forget(&self, miner: &str) -> Result<(), ModeError> {
-        self.ask(|b, tx| {
-            b.changes.push((miner.to_owned(), None));
-            b.changed.push(tx);
-        })
-        .await
+        self.change(miner, None).await
     }
 }
 

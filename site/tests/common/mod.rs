@@ -1,36 +1,20 @@
 //! What the end-to-end tests of `pivot-site` share: the site as a child process with its stdout
-//! collected line by line, and the workspace's `pivotctl` of the same build.
+//! collected line by line, and the workspace's `pivotctl` of the same build (`pivot_e2e::bin`).
 
 // A panic is a failed test with its message; not every test file uses every helper.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A workspace binary of the same build as this test.
-pub fn built(name: &str) -> PathBuf {
-    // target/<profile>/deps/<test>-xxxx -> target/<profile>
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(Path::to_owned))
-        .unwrap_or_default();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins --lib` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
 /// Runs the workspace's `pivotctl` against the controller at `url`; its stdout.
 pub fn pivotctl(url: &str, args: &[&str]) -> String {
-    let out = Command::new(built("pivotctl"))
+    let out = Command::new(pivot_e2e::bin("pivotctl"))
         .arg("--controller")
         .arg(url)
         .args(args)
@@ -95,53 +79,45 @@ impl Site {
         }
     }
 
-    /// Waits until `n` lines contain `needle`.
-    pub fn wait_for_count(&mut self, needle: &str, n: usize, within: Duration) {
+    /// Waits until `found` finds what it looks for in the lines printed so far; `what` says
+    /// what was awaited, for the failure.
+    fn wait_until<T>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        found: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + within;
         loop {
-            let seen = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if seen >= n {
-                return;
+            if let Some(t) = found(&self.lines.lock().unwrap()) {
+                return t;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("pivot-site exited ({status}) with {seen} of {n} lines saying `{needle}`");
+                panic!("pivot-site exited ({status}) before printing {what}");
             }
             assert!(
                 Instant::now() < deadline,
-                "pivot-site printed {seen} of {n} lines saying `{needle}` within {within:?}"
+                "pivot-site did not print {what} within {within:?}"
             );
             let _ = self.arrived.recv_timeout(Duration::from_millis(100));
         }
     }
 
+    /// Waits until `n` lines contain `needle`.
+    pub fn wait_for_count(&mut self, needle: &str, n: usize, within: Duration) {
+        self.wait_until(&format!("{n} lines saying `{needle}`"), within, |lines| {
+            (lines.iter().filter(|l| l.contains(needle)).count() >= n).then_some(())
+        });
+    }
+
     /// Waits for the line starting with `prefix`; returns the rest.
     pub fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(rest) = self
-                .lines
-                .lock()
-                .unwrap()
+        self.wait_until(&format!("`{prefix}`"), within, |lines| {
+            lines
                 .iter()
                 .find_map(|l| l.strip_prefix(prefix))
-            {
-                return rest.trim().to_owned();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("pivot-site exited ({status}) before printing `{prefix}`");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pivot-site did not print `{prefix}` within {within:?}"
-            );
-            let _ = self.arrived.recv_timeout(Duration::from_millis(100));
-        }
+                .map(|rest| rest.trim().to_owned())
+        })
     }
 
     /// Waits for the site to close its stdout (every line read) and exit; its status.

@@ -291,7 +291,7 @@ impl MinerDriver for Antminer {
             && mode != SLEEP_MODE
             && let Err(e) = self.ctx.modes.remember(&self.key(), &mode).await
         {
-            // Sleeping lowers power and must not wait on a disk; the wake will need the mode
+            // Sleeping lowers power and must not fail for a disk; the wake will need the mode
             // passed explicitly.
             tracing::warn!(miner = %self.addr, error = %e, mode, "Could not remember the work mode before sleep");
         }
