@@ -166,6 +166,8 @@ pub fn device(
         pacing: Duration::from_secs(5),
         // NVML calls are short; the confirmation window is most of it.
         deadline: Duration::from_secs_f64(config.confirm_s) + Duration::from_secs(30),
+        // Its failures are local (NVML), not lost replies.
+        repeatable: false,
     }
 }
 

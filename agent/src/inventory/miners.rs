@@ -55,6 +55,15 @@ pub fn pacing_for(dialect: MinerDialect) -> Duration {
     }
 }
 
+/// Whether a control command of `dialect` can be sent again harmlessly when its reply was lost:
+/// Braiins OS (`PUT /api/v1/actions/pause|resume`, `PUT …/performance/power-target`) and Bitaxe
+/// (`POST /api/system/pause|resume`) set a state, so a second one changes nothing. Not a stock
+/// Antminer (a CGI change restarts cgminer), nor LuxOS, whose curtail is a session-bound
+/// command, nor Whatsminer, whose power-on restarts btminer: their pacing holds.
+pub fn repeatable(dialect: MinerDialect) -> bool {
+    matches!(dialect, MinerDialect::Braiins | MinerDialect::Bitaxe)
+}
+
 /// The driver options the configuration implies.
 pub fn driver_options(config: &Config) -> DriverOptions {
     let t = config.poll.timeout();
@@ -321,6 +330,7 @@ pub fn miner_device(slot: &MinerSlot, options: &DriverOptions, pacing: Option<Du
         }),
         pacing: pacing.unwrap_or_else(|| pacing_for(slot.identity.dialect)),
         deadline: call_deadline(options),
+        repeatable: repeatable(slot.identity.dialect),
     }
 }
 

@@ -96,17 +96,18 @@ struct Attempt {
     at: Instant,
     generation: u64,
     target: Target,
-    /// How many tries of this generation and target in a row failed having sent nothing to the
-    /// device ([`ApplyError::sent_nothing`]): a login or a read before the command timed out,
-    /// the connection was refused. Those are tried again sooner than the pacing.
-    unsent: u32,
+    /// How many tries of this generation and target in a row failed in a way that may be
+    /// tried again sooner than the pacing ([`ApplyError::retry_soon`]): nothing was sent to the
+    /// device (a login or a read before the command timed out, the connection was refused),
+    /// or, on a device whose commands can be repeated, the reply did not come.
+    soon: u32,
 }
 
-/// The first wait before trying again a call that sent nothing; it doubles with each such
-/// failure in a row, up to the device's pacing. A curtail whose login timed out under load is
-/// retried in seconds, not after an Antminer's two minutes; an unreachable miner is not
-/// hammered (it waits for a reading that says it answers again).
-const UNSENT_RETRY: Duration = Duration::from_secs(2);
+/// The first wait before trying again a call that sent nothing (or, on a repeatable device, got
+/// no reply); it doubles with each such failure in a row, up to the device's pacing. A curtail
+/// whose login timed out under load is retried in seconds, not after an Antminer's two minutes;
+/// an unreachable miner is not hammered (it waits for a reading that says it answers again).
+const SOON_RETRY: Duration = Duration::from_secs(2);
 
 impl Attempt {
     /// Whether this was a try of `generation` at `target` (pacing is between tries of one).
@@ -114,17 +115,18 @@ impl Attempt {
         self.generation == generation && self.target == target
     }
 
-    /// The failures that sent nothing in a row so far, of tries of `generation` at `target`.
-    fn unsent_before(last: Option<Attempt>, generation: u64, target: Target) -> u32 {
+    /// The failures in a row so far that may be retried soon, of tries of `generation` at
+    /// `target`.
+    fn soon_before(last: Option<Attempt>, generation: u64, target: Target) -> u32 {
         last.filter(|a| a.is_for(generation, target))
-            .map_or(0, |a| a.unsent)
+            .map_or(0, |a| a.soon)
     }
 
     /// The pause before the next try of the same target, for a device paced at `pacing`.
     fn pacing(&self, pacing: Duration) -> Duration {
-        match self.unsent {
+        match self.soon {
             0 => pacing,
-            n => pacing.min(UNSENT_RETRY.saturating_mul(1 << (n - 1).min(16))),
+            n => pacing.min(SOON_RETRY.saturating_mul(1 << (n - 1).min(16))),
         }
     }
 }
@@ -641,7 +643,7 @@ impl Reconciler {
                     at: now.instant,
                     generation: h.generation(),
                     target: p.target,
-                    unsent: 0,
+                    soon: 0,
                 });
                 let power = slot.power_w();
                 if let Some(h) = slot.held.as_mut() {
@@ -840,7 +842,7 @@ impl Reconciler {
             at: now,
             generation,
             target,
-            unsent: Attempt::unsent_before(slot.last_attempt, generation, target),
+            soon: Attempt::soon_before(slot.last_attempt, generation, target),
         });
     }
 
@@ -857,9 +859,9 @@ impl Reconciler {
         };
         // Pacing counts from the end of a call: a slow one (an Antminer CGI restarting cgminer)
         // is not followed by another at once.
-        let unsent = match &result {
-            Err(e) if e.sent_nothing() => {
-                Attempt::unsent_before(slot.last_attempt, f.generation, f.target).saturating_add(1)
+        let soon = match &result {
+            Err(e) if e.retry_soon(slot.device.repeatable) => {
+                Attempt::soon_before(slot.last_attempt, f.generation, f.target).saturating_add(1)
             }
             _ => 0,
         };
@@ -867,7 +869,7 @@ impl Reconciler {
             at: now,
             generation: f.generation,
             target: f.target,
-            unsent,
+            soon,
         });
         if let Ok(o) = &result {
             slot.observation = Some(Observation {

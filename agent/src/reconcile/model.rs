@@ -811,6 +811,8 @@ impl Harness {
                         }),
                         pacing: pacing(d),
                         deadline: DEADLINE,
+                        // m1 stands for a Braiins-like miner: its lost replies retried soon.
+                        repeatable: *d == "m1",
                     },
                 )
             })

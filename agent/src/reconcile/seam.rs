@@ -165,6 +165,24 @@ impl ApplyError {
     pub fn sent_nothing(&self) -> bool {
         matches!(self, ApplyError::Miner(e) if e.sent_nothing())
     }
+
+    /// Whether the device did not answer: nothing was sent, or the reply to what was sent did
+    /// not come (a timeout, a reset, no reply). For a device whose commands can be repeated
+    /// harmlessly ([`Device::repeatable`]) such a call is tried again as soon as one that sent
+    /// nothing: if the firmware carried the first one out, the second changes nothing.
+    pub fn unanswered(&self) -> bool {
+        matches!(self, ApplyError::Miner(e) if e.sent_nothing() || e.is_unreachable())
+    }
+
+    /// Whether a retry of this failure may come sooner than the pacing of a device that is
+    /// `repeatable` or not.
+    pub fn retry_soon(&self, repeatable: bool) -> bool {
+        if repeatable {
+            self.unanswered()
+        } else {
+            self.sent_nothing()
+        }
+    }
 }
 
 /// A raising step refused: the lease it needed is gone, or the agent cannot trust its clock.
@@ -331,6 +349,12 @@ pub struct Device {
     pub pacing: Duration,
     /// Longest a driver call may take before it is abandoned (counted a transient failure).
     pub deadline: Duration,
+    /// Whether sending the same command again is harmless when the first was carried out and
+    /// only its reply was lost (a Braiins OS or Bitaxe pause or resume: each sets a state).
+    /// Such a device's unanswered calls are retried within seconds, backing off up to the
+    /// pacing, like calls that sent nothing; a stock Antminer's CGI change restarts cgminer
+    /// and is not repeatable.
+    pub repeatable: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -339,6 +363,7 @@ impl std::fmt::Debug for Device {
             .field("limits", &self.limits)
             .field("pacing", &self.pacing)
             .field("deadline", &self.deadline)
+            .field("repeatable", &self.repeatable)
             .finish()
     }
 }

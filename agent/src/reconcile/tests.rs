@@ -35,15 +35,24 @@ fn reconciler(
     fallback: Fallback,
     clock: &TestClock,
 ) -> Arc<Reconciler> {
-    let devices = BTreeMap::from([(
-        "m1".to_owned(),
-        Device {
-            limits,
-            actuator,
-            pacing,
-            deadline: Duration::from_secs(300),
-        },
-    )]);
+    let device = Device {
+        limits,
+        actuator,
+        pacing,
+        deadline: Duration::from_secs(300),
+        repeatable: false,
+    };
+    reconciler_of(device, store, fallback, clock)
+}
+
+/// A reconciler for `device` as "m1".
+fn reconciler_of(
+    device: Device,
+    store: Arc<dyn IntentStore>,
+    fallback: Fallback,
+    clock: &TestClock,
+) -> Arc<Reconciler> {
+    let devices = BTreeMap::from([("m1".to_owned(), device)]);
     let settings = Settings {
         confirm_timeout: Duration::from_secs(60),
         fallback,
@@ -297,19 +306,24 @@ impl Actuator for Unanswered {
     }
 }
 
-/// The seconds after the first failure at which a device paced at 120 s is tried again, over
-/// `horizon_s` seconds of reconciling once a second.
-async fn retry_times(sent: bool, horizon_s: u64) -> Vec<u64> {
+/// The seconds after the first failure at which a device paced at 120 s, whose commands are
+/// `repeatable` or not, is tried again, over `horizon_s` seconds of reconciling once a second.
+async fn retry_times(sent: bool, repeatable: bool, horizon_s: u64) -> Vec<u64> {
     let clock = TestClock::new();
     let actuator = Arc::new(Unanswered {
         calls: AtomicUsize::new(0),
         sent,
     });
-    let r = reconciler(
+    let device = Device {
+        limits: limits(),
+        actuator: actuator.clone(),
+        pacing: Duration::from_secs(120),
+        deadline: Duration::from_secs(300),
+        repeatable,
+    };
+    let r = reconciler_of(
+        device,
         Arc::new(MemStore::default()),
-        limits(),
-        actuator.clone(),
-        Duration::from_secs(120),
         Fallback::Hold,
         &clock,
     );
@@ -337,12 +351,19 @@ async fn retry_times(sent: bool, horizon_s: u64) -> Vec<u64> {
 #[tokio::test(start_paused = true)]
 async fn a_call_that_sent_nothing_is_retried_sooner_than_the_pacing_backing_off() {
     // 2 s, then 4, 8, 16, 32, 64, then the pacing's 120 s between tries.
-    assert_eq!(
-        retry_times(false, 400).await,
-        [2, 6, 14, 30, 62, 126, 246, 366]
-    );
+    let backing_off = [2, 6, 14, 30, 62, 126, 246, 366];
+    assert_eq!(retry_times(false, false, 400).await, backing_off);
     // A reply that never came: the command may be running on the miner, the pacing holds.
-    assert_eq!(retry_times(true, 400).await, [120, 240, 360]);
+    assert_eq!(retry_times(true, false, 400).await, [120, 240, 360]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeatable_command_whose_reply_was_lost_is_retried_as_soon_as_one_never_sent() {
+    // A Braiins pause whose reply timed out: sending it again changes nothing if the first was
+    // carried out, so it backs off from 2 s as a call that sent nothing does.
+    let backing_off = [2, 6, 14, 30, 62, 126, 246, 366];
+    assert_eq!(retry_times(true, true, 400).await, backing_off);
+    assert_eq!(retry_times(false, true, 400).await, backing_off);
 }
 
 #[tokio::test(start_paused = true)]
@@ -763,6 +784,7 @@ async fn a_restarted_agent_raises_nothing_before_it_has_seen_the_controllers_clo
             actuator: miner.clone(),
             pacing: Duration::from_secs(10),
             deadline: Duration::from_secs(300),
+            repeatable: false,
         },
     )]);
     let settings = Settings {
@@ -909,6 +931,7 @@ async fn saved_intents_are_checked_on_load_as_on_receipt() {
                     actuator: Arc::new(FakeMiner::default()),
                     pacing: Duration::from_secs(10),
                     deadline: Duration::from_secs(60),
+                    repeatable: false,
                 },
             )
         })

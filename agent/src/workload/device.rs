@@ -86,6 +86,8 @@ pub fn device(actuator: &Arc<WorkloadActuator>) -> Device {
         actuator: Arc::clone(actuator) as Arc<dyn Actuator>,
         pacing: pacing.retry_after,
         deadline: pacing.apply_within + COMMAND_SLACK,
+        // A drain waits out a grace and requeues jobs: its pacing holds.
+        repeatable: false,
     }
 }
 
