@@ -114,6 +114,15 @@ pub async fn decisions(mut client: FleetServiceClient<Channel>, times: TraceTime
                     println!("{line}");
                 }
             }
+            Ok(Some(v1::Event {
+                event: Some(v1::event::Event::Missed(m)),
+                ..
+            })) => {
+                eprintln!(
+                    "pivot-site: {} events not narrated (the narrator fell behind); `pivotctl audit` lists them",
+                    m.count
+                );
+            }
             Ok(Some(_)) => {}
             Ok(None) => return,
             Err(e) => {

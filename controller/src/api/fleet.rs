@@ -8,7 +8,9 @@ use futures::{Stream, StreamExt};
 use pivot_proto::model::{self, FieldError, MinerTarget, Target, WorkloadState};
 use pivot_proto::v1;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use crate::Controller;
 use crate::auth::Right;
@@ -715,9 +717,16 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.ctl.auth.authorize(&request, Right::Read)?;
-        let stream = BroadcastStream::new(self.ctl.subscribe()).filter_map(|e| async move {
-            // A watcher that falls behind misses events rather than slowing the controller.
-            e.ok().map(Ok)
+        let stream = BroadcastStream::new(self.ctl.subscribe()).map(|e| {
+            // A watcher that falls behind misses events rather than slowing the controller, and
+            // is told how many, in their place.
+            Ok(e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(count)| {
+                warn!(missed = count, "A watcher fell behind the event stream");
+                v1::Event {
+                    at: Some(model::timestamp_to_proto(Utc::now())),
+                    event: Some(v1::event::Event::Missed(v1::EventsMissed { count })),
+                }
+            }))
         });
         Ok(Response::new(Box::pin(stream) as EventStream))
     }

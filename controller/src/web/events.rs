@@ -2,7 +2,8 @@
 //!
 //! Two kinds of event: `audit`, every record of WatchEvents as it is written (decisions, plans,
 //! intent statuses, agents, overrides, DR), and `status`, the site status whenever it changed
-//! (power, cap in force, economics move without an audit record). The caller is authenticated
+//! (power, cap in force, economics move without an audit record); `missed` (`{"count": n}`) in
+//! place of records a feed that fell behind was not sent. The caller is authenticated
 //! again before each status, so a revoked token or an ended session closes the feed
 //! (`signed_out`).
 
@@ -58,6 +59,9 @@ pub async fn handler(
                 e = audits.next() => match e {
                     Some(Ok(v1::Event { event: Some(v1::event::Event::Audit(r)), .. })) => {
                         Some(event("audit", &views::audit_json(&r)))
+                    }
+                    Some(Ok(v1::Event { event: Some(v1::event::Event::Missed(m)), .. })) => {
+                        Some(event("missed", &serde_json::json!({ "count": m.count })))
                     }
                     Some(_) => None,
                     None => break,

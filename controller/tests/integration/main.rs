@@ -8,3 +8,4 @@ mod fake_http;
 mod hostile;
 mod market;
 mod status_burst;
+mod watch_lag;

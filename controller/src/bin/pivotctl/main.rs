@@ -838,15 +838,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(rpc_error("event stream", url))?
             {
-                if let Some(v1::event::Event::Audit(r)) = e.event {
-                    println!(
+                match e.event {
+                    Some(v1::event::Event::Audit(r)) => println!(
                         "{} {:<16} {:<28} {:<12} {}",
                         ts_text(r.at.as_ref()),
                         clean(&r.kind),
                         clean(&r.subject),
                         clean(&r.actor),
                         clean(&r.reason)
-                    );
+                    ),
+                    Some(v1::event::Event::Missed(m)) => println!(
+                        "{} {:<16} {} events not shown: this watch fell behind; `pivotctl audit` lists them",
+                        ts_text(e.at.as_ref()),
+                        "missed",
+                        m.count
+                    ),
+                    _ => {}
                 }
             }
         }
