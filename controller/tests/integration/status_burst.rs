@@ -17,7 +17,6 @@ use pivot_controller::store::{SqliteStore, Store};
 use pivot_proto::model::{IntentPhase, MinerTarget, Target};
 use pivot_proto::v1;
 use pivot_proto::v1::agent_message::Msg as Up;
-use tonic::transport::Channel;
 
 const HOST: &str = "rack-1";
 const MINERS: usize = 1000;
@@ -109,21 +108,8 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
             now,
         )
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(pivot_controller::api::serve(
-        Arc::clone(&ctl),
-        listener,
-        None,
-        std::future::pending(),
-    ));
-
     // A watcher, as `pivotctl watch`, from before the first status.
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = crate::serve(&ctl).await;
     let mut watch = v1::fleet_service_client::FleetServiceClient::new(channel.clone())
         .watch_events(v1::WatchEventsRequest {})
         .await

@@ -9,7 +9,6 @@ use pivot_controller::Controller;
 use pivot_controller::config::{Config, NoEnv};
 use pivot_controller::store::{NewAudit, SqliteStore, Store};
 use pivot_proto::v1;
-use tonic::transport::Channel;
 
 /// More than the controller keeps for a watcher (16,384) and what the HTTP/2 windows hold between
 /// it and the watcher (a few MiB, at 500 bytes a record), written while the watcher reads nothing.
@@ -26,20 +25,7 @@ async fn a_watcher_that_falls_behind_is_told_how_many_events_it_missed() {
     let config = Config::parse(&toml, Path::new("lag.toml"), &NoEnv).unwrap();
     let store = Arc::new(SqliteStore::open(&db).unwrap());
     let ctl = Controller::new(config, Arc::clone(&store) as Arc<dyn Store>).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(pivot_controller::api::serve(
-        Arc::clone(&ctl),
-        listener,
-        None,
-        std::future::pending(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = v1::fleet_service_client::FleetServiceClient::new(channel)
+    let mut watch = v1::fleet_service_client::FleetServiceClient::new(crate::serve(&ctl).await)
         .watch_events(v1::WatchEventsRequest {})
         .await
         .unwrap()
