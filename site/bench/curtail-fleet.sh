@@ -131,7 +131,8 @@ if [ -n "${WATCH:-}" ]; then
     sleep 3
     [ "$(newest_audit_id)" = "$watch_to" ] && break
   done
-  echo "watcher: printed $(wc -l < "$out/watch.txt") of the $(( watch_to - watch_from )) audit records written while it watched"
+  told=$(awk '$2 == "missed" {n += $3} END {print n + 0}' "$out/watch.txt")
+  echo "watcher: printed $(grep -vc '^[^ ]* missed ' "$out/watch.txt") of the $(( watch_to - watch_from )) audit records written while it watched; told it missed $told"
 fi
 # STATUS_CALLS=N: N `pivotctl status --json` calls once the runs are done (the newest plan is a
 # 10,000-move one): the controller CPU and the wall time per call.
