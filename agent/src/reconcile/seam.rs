@@ -166,21 +166,15 @@ impl ApplyError {
         matches!(self, ApplyError::Miner(e) if e.sent_nothing())
     }
 
-    /// Whether the device did not answer: nothing was sent, or the reply to what was sent did
-    /// not come (a timeout, a reset, no reply). For a device whose commands can be repeated
-    /// harmlessly ([`Device::repeatable`]) such a call is tried again as soon as one that sent
-    /// nothing: if the firmware carried the first one out, the second changes nothing.
-    pub fn unanswered(&self) -> bool {
-        matches!(self, ApplyError::Miner(e) if e.sent_nothing() || e.is_unreachable())
-    }
-
     /// Whether a retry of this failure may come sooner than the pacing of a device that is
-    /// `repeatable` or not.
+    /// `repeatable` or not. Any call that sent nothing may; on a device whose commands can be
+    /// repeated harmlessly ([`Device::repeatable`]) so may one whose reply did not come (a
+    /// timeout, a reset, no reply: [`MinerError::is_unreachable`], of which sending nothing is
+    /// a case): if the firmware carried the first one out, the second changes nothing.
     pub fn retry_soon(&self, repeatable: bool) -> bool {
-        if repeatable {
-            self.unanswered()
-        } else {
-            self.sent_nothing()
+        match self {
+            ApplyError::Miner(e) if repeatable => e.is_unreachable(),
+            _ => self.sent_nothing(),
         }
     }
 }
