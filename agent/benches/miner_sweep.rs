@@ -185,7 +185,7 @@ struct Measured {
 async fn timed_sweep(slots: &Arc<Vec<MinerSlot>>, args: &Args, tck: f64) -> Result<Measured> {
     let deadline = Duration::from_millis(args.timeout_ms) * 4;
     let (opens, cpu, start) = (active_opens()?, cpu_seconds(tck)?, Instant::now());
-    let readings = sweep(slots, args.concurrency, deadline).await;
+    let readings = sweep(slots, args.concurrency, deadline, Duration::ZERO).await;
     let wall_s = start.elapsed().as_secs_f64();
     let (cpu_s, connections) = (cpu_seconds(tck)? - cpu, active_opens()? - opens);
     let mut errors = BTreeMap::new();

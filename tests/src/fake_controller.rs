@@ -275,7 +275,8 @@ impl FakeController {
     }
 
     /// Statuses of one device and generation, in this order, as the next messages; returns the
-    /// last.
+    /// last. An `Applied` followed by `Confirmed` in `phases` may come as the `Confirmed` alone:
+    /// the agent reports a call whose own read-back shows the effect once, as confirmed.
     pub async fn statuses(
         &mut self,
         within: Duration,
@@ -284,8 +285,35 @@ impl FakeController {
         phases: &[v1::IntentPhase],
     ) -> v1::IntentStatus {
         let mut last = None;
-        for p in phases {
-            last = Some(self.status(within, device, generation, *p).await);
+        let mut i = 0;
+        while let Some(&p) = phases.get(i) {
+            let then_confirmed = p == v1::IntentPhase::Applied
+                && phases.get(i + 1) == Some(&v1::IntentPhase::Confirmed);
+            if !then_confirmed {
+                last = Some(self.status(within, device, generation, p).await);
+                i += 1;
+                continue;
+            }
+            let what = format!("Applied or Confirmed status of {device} generation {generation}");
+            let m = self.next(within, &what).await;
+            let s = match m.msg {
+                Some(Up::IntentStatus(s))
+                    if s.device_id == device
+                        && s.generation == generation
+                        && (s.phase == v1::IntentPhase::Applied as i32
+                            || s.phase == v1::IntentPhase::Confirmed as i32) =>
+                {
+                    s
+                }
+                _ => panic!("fake controller: expected the {what}, got {}", describe(&m)),
+            };
+            // Confirmed at once: the Applied was folded into it.
+            i += if s.phase == v1::IntentPhase::Confirmed as i32 {
+                2
+            } else {
+                1
+            };
+            last = Some(s);
         }
         last.unwrap_or_else(|| panic!("fake controller: no phases given"))
     }

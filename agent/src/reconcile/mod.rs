@@ -884,22 +884,28 @@ impl Reconciler {
             Some(h) if h.generation() == f.generation && h.target() == f.target => match result {
                 Ok(o) => {
                     h.applied_at = Some(now);
-                    self.reports.push(h.transition(
-                        id,
-                        IntentPhase::Applied,
-                        "applied and read back".into(),
-                        false,
-                        power,
-                    ));
-                    if satisfied(&f.target, &o, &limits, h.record.before.as_ref()) {
-                        self.reports.push(h.transition(
+                    // A call whose own read-back shows the physical effect is reported once, as
+                    // confirmed: an `Applied` status at the same instant would tell the
+                    // controller nothing more, and at 10,000 moves it was 10,000 more statuses
+                    // to send, store and audit.
+                    let status = if satisfied(&f.target, &o, &limits, h.record.before.as_ref()) {
+                        h.transition(
                             id,
                             IntentPhase::Confirmed,
-                            "physical effect verified".into(),
+                            "applied, read back, physical effect verified".into(),
                             false,
                             power,
-                        ));
-                    }
+                        )
+                    } else {
+                        h.transition(
+                            id,
+                            IntentPhase::Applied,
+                            "applied and read back".into(),
+                            false,
+                            power,
+                        )
+                    };
+                    self.reports.push(status);
                 }
                 Err(e) => {
                     let retrying = !e.is_permanent();

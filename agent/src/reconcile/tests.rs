@@ -149,13 +149,11 @@ async fn sleep_is_applied_confirmed_and_resends_are_harmless() {
     let s = setup(Fallback::Hold);
     s.r.receive(&[intent(1, SLEEP, 300, &s.clock)], None);
     settle().await;
+    // The call's own read-back shows the miner asleep: one report, confirmed (no `Applied` at
+    // the same instant before it).
     assert_eq!(
         phases(&s.r),
-        [
-            (1, IntentPhase::Pending),
-            (1, IntentPhase::Applied),
-            (1, IntentPhase::Confirmed)
-        ]
+        [(1, IntentPhase::Pending), (1, IntentPhase::Confirmed)]
     );
     s.r.receive(&[intent(1, SLEEP, 300, &s.clock)], None);
     settle().await;
@@ -169,7 +167,7 @@ async fn statuses_echo_the_plan_and_its_phase() {
     s.r.receive(&[intent(1, SLEEP, 300, &s.clock)], None);
     settle().await;
     let reports = s.r.reports.drain();
-    assert_eq!(reports.len(), 3);
+    assert_eq!(reports.len(), 2);
     assert!(
         reports
             .iter()
@@ -559,9 +557,12 @@ async fn hole2_a_newer_intent_waits_for_the_call_in_flight() {
         "two driver calls at once"
     );
     let p = phases(&r);
-    assert!(p.contains(&(2, IntentPhase::Applied)), "{p:?}");
     assert!(
-        !p.contains(&(1, IntentPhase::Applied)),
+        p.contains(&(2, IntentPhase::Applied)) || p.contains(&(2, IntentPhase::Confirmed)),
+        "{p:?}"
+    );
+    assert!(
+        !p.contains(&(1, IntentPhase::Applied)) && !p.contains(&(1, IntentPhase::Confirmed)),
         "superseded generation reported: {p:?}"
     );
 }

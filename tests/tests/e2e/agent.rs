@@ -160,8 +160,7 @@ async fn sleep_intent_is_confirmed_and_a_rebooted_miner_is_curtailed_again() {
         (pending.plan_id.as_str(), pending.plan_phase),
         ("plan-42", 1)
     );
-    ctl.status(WAIT, &id, 1, v1::IntentPhase::Applied).await;
-    let confirmed = ctl.status(WAIT, &id, 1, v1::IntentPhase::Confirmed).await;
+    let confirmed = ctl.statuses(WAIT, &id, 1, &AGAIN).await;
     assert!(
         confirmed.detail.contains("verified"),
         "{}",

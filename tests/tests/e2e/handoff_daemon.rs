@@ -165,9 +165,13 @@ async fn the_agent_daemon_hands_a_kubernetes_node_over_through_its_pdb() {
         failed.detail
     );
     assert_eq!(failed.plan_id, "plan-k1");
-    ctl.status(WAIT, "host", 2, v1::IntentPhase::Applied).await;
-    ctl.status(WAIT, "host", 2, v1::IntentPhase::Confirmed)
-        .await;
+    ctl.statuses(
+        WAIT,
+        "host",
+        2,
+        &[v1::IntentPhase::Applied, v1::IntentPhase::Confirmed],
+    )
+    .await;
     let n = fake.node();
     assert_eq!(n["spec"]["unschedulable"], true);
     assert_eq!(n["metadata"]["labels"]["pivot.dev/power"], "mining");
@@ -274,8 +278,12 @@ async fn the_agent_daemon_hands_its_host_over_through_an_exec_hook() {
     let failed = ctl.status(WAIT, "host", 4, v1::IntentPhase::Failed).await;
     assert!(failed.retrying, "{failed:?}");
     hook.fail_with(None);
-    ctl.status(WAIT, "host", 4, v1::IntentPhase::Applied).await;
-    ctl.status(WAIT, "host", 4, v1::IntentPhase::Confirmed)
-        .await;
+    ctl.statuses(
+        WAIT,
+        "host",
+        4,
+        &[v1::IntentPhase::Applied, v1::IntentPhase::Confirmed],
+    )
+    .await;
     assert!(!hook.node_open());
 }
