@@ -35,8 +35,8 @@ pub struct MinerSlot {
 
 /// The reading a control call of one miner ended with (its read-back: a whole `read`, as a poll
 /// takes it), kept for the next sweep. Right after a curtail every miner has just been read; a
-/// sweep soon after read them all again, which at 10,000 miners was two CPU-seconds on the
-/// agents and the miners, and when it met a curtail, it slowed the curtail by a second.
+/// sweep soon after read them all again, about two CPU-seconds of the agents and the miners at
+/// 10,000 (docs/BENCHMARKS.md), for nothing a poll would not already know.
 #[derive(Debug, Default)]
 pub struct ControlRead(std::sync::Mutex<Option<(tokio::time::Instant, Reading)>>);
 
