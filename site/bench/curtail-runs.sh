@@ -41,13 +41,17 @@ curtail_runs() {
         sleep 0.5
       done
       settle
-      # Name the miners that did not come back (at most five), for the logs.
+      # Name the miners that did not come back (at most five), for the logs, with the intent the
+      # controller holds for each and its last status (what the planner believes it asked for).
       if [ "$(mining_now)" -lt "$first" ]; then
         "$ctl" --controller "$url" devices --json | python3 -c '
 import json, sys
 late = [d for d in json.load(sys.stdin) if d["kind"] == "miner" and d["state"] != "mining"]
 for d in late[:5]:
-    print("not mining after the resume:", d["device_id"], "on", d["host_id"], d["model"], d["state"], d["problem"])'
+    i, s = d.get("intent") or {}, d.get("intent_status") or {}
+    print("not mining after the resume:", d["device_id"], "on", d["host_id"], d["model"], d["state"], d["problem"],
+          "| intent:", i.get("generation"), i.get("target"), i.get("plan_id"),
+          "| status:", s.get("generation"), s.get("phase"), "retrying" if s.get("retrying") else "", s.get("detail"))'
       fi
     fi
     mining=$(mining_now)
