@@ -260,13 +260,28 @@ impl FakeController {
         generation: u64,
         phase: v1::IntentPhase,
     ) -> v1::IntentStatus {
-        let what = format!("{phase:?} status of {device} generation {generation}");
+        self.status_in(within, device, generation, &[phase]).await
+    }
+
+    /// A status of `device` at `generation` in one of `phases`, which must be the next message.
+    async fn status_in(
+        &mut self,
+        within: Duration,
+        device: &str,
+        generation: u64,
+        phases: &[v1::IntentPhase],
+    ) -> v1::IntentStatus {
+        let names: Vec<String> = phases.iter().map(|p| format!("{p:?}")).collect();
+        let what = format!(
+            "{} status of {device} generation {generation}",
+            names.join(" or ")
+        );
         let m = self.next(within, &what).await;
         match m.msg {
             Some(Up::IntentStatus(s))
                 if s.device_id == device
                     && s.generation == generation
-                    && s.phase == phase as i32 =>
+                    && phases.iter().any(|p| s.phase == *p as i32) =>
             {
                 s
             }
@@ -284,34 +299,22 @@ impl FakeController {
         generation: u64,
         phases: &[v1::IntentPhase],
     ) -> v1::IntentStatus {
+        use v1::IntentPhase::{Applied, Confirmed};
         let mut last = None;
-        let mut i = 0;
-        while let Some(&p) = phases.get(i) {
-            let then_confirmed = p == v1::IntentPhase::Applied
-                && phases.get(i + 1) == Some(&v1::IntentPhase::Confirmed);
-            if !then_confirmed {
-                last = Some(self.status(within, device, generation, p).await);
-                i += 1;
-                continue;
-            }
-            let what = format!("Applied or Confirmed status of {device} generation {generation}");
-            let m = self.next(within, &what).await;
-            let s = match m.msg {
-                Some(Up::IntentStatus(s))
-                    if s.device_id == device
-                        && s.generation == generation
-                        && (s.phase == v1::IntentPhase::Applied as i32
-                            || s.phase == v1::IntentPhase::Confirmed as i32) =>
-                {
-                    s
-                }
-                _ => panic!("fake controller: expected the {what}, got {}", describe(&m)),
-            };
-            // Confirmed at once: the Applied was folded into it.
-            i += if s.phase == v1::IntentPhase::Confirmed as i32 {
-                2
+        let mut rest = phases;
+        while let Some((&p, after)) = rest.split_first() {
+            let foldable = p == Applied && after.first() == Some(&Confirmed);
+            let accepted: &[v1::IntentPhase] = if foldable {
+                &[Applied, Confirmed]
             } else {
-                1
+                &[p]
+            };
+            let s = self.status_in(within, device, generation, accepted).await;
+            // Confirmed at once: the Applied was folded into it.
+            rest = if foldable && s.phase == Confirmed as i32 {
+                &after[1..]
+            } else {
+                after
             };
             last = Some(s);
         }

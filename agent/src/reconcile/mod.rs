@@ -888,24 +888,17 @@ impl Reconciler {
                     // confirmed: an `Applied` status at the same instant would tell the
                     // controller nothing more, and at 10,000 moves it was 10,000 more statuses
                     // to send, store and audit.
-                    let status = if satisfied(&f.target, &o, &limits, h.record.before.as_ref()) {
-                        h.transition(
-                            id,
-                            IntentPhase::Confirmed,
-                            "applied, read back, physical effect verified".into(),
-                            false,
-                            power,
-                        )
-                    } else {
-                        h.transition(
-                            id,
-                            IntentPhase::Applied,
-                            "applied and read back".into(),
-                            false,
-                            power,
-                        )
-                    };
-                    self.reports.push(status);
+                    let (phase, detail) =
+                        if satisfied(&f.target, &o, &limits, h.record.before.as_ref()) {
+                            (
+                                IntentPhase::Confirmed,
+                                "applied, read back, physical effect verified",
+                            )
+                        } else {
+                            (IntentPhase::Applied, "applied and read back")
+                        };
+                    self.reports
+                        .push(h.transition(id, phase, detail.into(), false, power));
                 }
                 Err(e) => {
                     let retrying = !e.is_permanent();
