@@ -60,6 +60,7 @@ fn fleet(devices: usize) -> PlanInput {
                         }
                     },
                     phase: IntentPhase::Confirmed,
+                    retrying: false,
                 }),
                 last_change_at: Some(t0() - Duration::seconds((rng.unit() * 3600.0) as i64)),
                 protected: false,

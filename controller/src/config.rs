@@ -435,6 +435,15 @@ path = "/var/lib/pivot/pivot.db"
     }
 
     #[test]
+    fn a_failure_memory_ceiling_below_the_memory_is_rejected() {
+        let text = format!("{GOOD}[engine]\nfailure_memory_s = 600\nfailure_memory_max_s = 60\n");
+        let e = Config::parse(&text, Path::new("c.toml"), &MapEnv(HashMap::new())).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("engine.failure_memory_max_s"), "{e}");
+        assert!(e.contains("at least failure_memory_s (600), got 60"), "{e}");
+    }
+
+    #[test]
     fn bad_env_names_the_variable() {
         let env = MapEnv(HashMap::from([("PIVOT_LISTEN_GRPC", "nope")]));
         let e = Config::parse(GOOD, Path::new("c.toml"), &env).unwrap_err();

@@ -259,30 +259,90 @@ pub fn to_wire(host_id: &str, intent: &Intent) -> v1::Intent {
     w
 }
 
-/// Devices whose last move failed, and when: the next plans count them at their maximum and do
-/// not choose them until the memory fades.
+/// Devices whose last move failed, and when: the next plans count them as they are and do not
+/// choose them until the memory fades. A device that keeps failing is left alone longer each
+/// time (the memory doubles with each failure in a row, up to a ceiling), so a target its
+/// firmware refuses for good is tried again now and then, not every round.
 #[derive(Debug, Default, Clone)]
 pub struct Failures {
-    by_device: BTreeMap<String, (DateTime<Utc>, String)>,
+    by_device: BTreeMap<String, Failure>,
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    at: DateTime<Utc>,
+    reason: String,
+    /// The generation of the intent that failed, where one was issued.
+    generation: Option<u64>,
+    /// Failures in a row without a confirmed move in between.
+    streak: u32,
 }
 
 impl Failures {
-    pub fn record(&mut self, device_id: String, at: DateTime<Utc>, reason: String) {
-        self.by_device.insert(device_id, (at, reason));
+    /// A move of `device_id` failed. The same generation reported twice (the executor's phase
+    /// stopping on it, and the agent's status) is one failure.
+    pub fn record(
+        &mut self,
+        device_id: String,
+        generation: Option<u64>,
+        at: DateTime<Utc>,
+        reason: String,
+    ) {
+        match self.by_device.get_mut(&device_id) {
+            Some(f) if generation.is_some() && f.generation == generation => f.reason = reason,
+            Some(f) => {
+                f.streak = f.streak.saturating_add(1);
+                f.at = at;
+                f.reason = reason;
+                f.generation = generation;
+            }
+            None => {
+                self.by_device.insert(
+                    device_id,
+                    Failure {
+                        at,
+                        reason,
+                        generation,
+                        streak: 1,
+                    },
+                );
+            }
+        }
     }
 
-    /// Devices that failed within `memory` of `now`, with the reason.
-    pub fn recent(&self, now: DateTime<Utc>, memory: chrono::Duration) -> BTreeMap<&str, &str> {
+    /// Devices still held: failed within `memory` × 2^(failures in a row − 1), at most `max`
+    /// (and never less than `memory`), of `now`; with the reason and when the hold ends.
+    pub fn recent(
+        &self,
+        now: DateTime<Utc>,
+        memory: chrono::Duration,
+        max: chrono::Duration,
+    ) -> BTreeMap<&str, (&str, DateTime<Utc>)> {
         self.by_device
             .iter()
-            .filter(|(_, (at, _))| now - *at < memory)
-            .map(|(d, (_, r))| (d.as_str(), r.as_str()))
+            .filter_map(|(d, f)| {
+                let hold = backoff(memory, max, f.streak);
+                let until =
+                    f.at.checked_add_signed(hold)
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                (now < until).then_some((d.as_str(), (f.reason.as_str(), until)))
+            })
             .collect()
     }
 
+    /// A move of the device was confirmed: the failures in a row end.
     pub fn forget(&mut self, device_id: &str) {
         self.by_device.remove(device_id);
     }
+}
+
+/// How long a device that failed `streak` times in a row is held.
+fn backoff(memory: chrono::Duration, max: chrono::Duration, streak: u32) -> chrono::Duration {
+    let doublings = streak.saturating_sub(1).min(30);
+    memory
+        .checked_mul(1_i32 << doublings)
+        .unwrap_or(chrono::Duration::MAX)
+        .min(max.max(memory))
 }
 
 /// The plan in execution and where it is.
@@ -493,13 +553,20 @@ impl Controller {
             .await;
         } else {
             warn!(plan = %plan_id, phase, failures = failed.len(), "Plan stopped: a move failed; re-planning around it");
+            let generations: Vec<Option<u64>> = failed
+                .iter()
+                .map(|(d, _)| {
+                    self.ledger
+                        .inspect(d, |di| di.map(|di| di.intent.generation))
+                })
+                .collect();
             {
                 let mut f = self
                     .failures
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (d, r) in failed {
-                    f.record(d.clone(), now, r.clone());
+                for ((d, r), generation) in failed.iter().zip(generations) {
+                    f.record(d.clone(), generation, now, r.clone());
                 }
             }
             for (device, reason) in failed {

@@ -26,8 +26,9 @@ pub mod web;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use pivot_proto::model;
+use pivot_proto::model::IntentPhase;
 use pivot_proto::v1;
 use tokio::sync::{Notify, broadcast};
 use tonic::Status;
@@ -38,7 +39,7 @@ use crate::executor::{Execution, Failures};
 use crate::fleet::Registry;
 use crate::intents::Ledger;
 use crate::outlook::Outlook;
-use crate::store::{AuditRecord, NewAudit, Store, StoreError};
+use crate::store::{AuditRecord, NewAudit, StatusRecord, Store, StoreError};
 
 /// The controller's shared state.
 /// Store calls in flight at once (see `Controller::store_slots`).
@@ -93,7 +94,7 @@ impl Controller {
         let registry = Registry::default();
         registry.restore(&ledger.all());
         let auth = auth::Authenticator::new(config.auth.clone(), Arc::clone(&store));
-        Ok(Arc::new(Self {
+        let ctl = Self {
             config,
             store,
             registry,
@@ -107,7 +108,15 @@ impl Controller {
             outlook: Mutex::new(Outlook::default()),
             shed_times: Mutex::new(shed_time::ShedTimes::default()),
             events,
-        }))
+        };
+        // A move that failed for good before a restart is held from when it failed, not tried
+        // again at once.
+        let held = ctl.ledger.all();
+        ctl.note_outcomes(held.iter().filter_map(|d| {
+            let s = d.status.as_ref()?;
+            Some((d.intent.device_id.as_str(), d.intent.generation, s))
+        }));
+        Ok(Arc::new(ctl))
     }
 
     pub fn telemetry_interval(&self) -> Duration {
@@ -172,15 +181,54 @@ impl Controller {
         self.config.site.cap_w - self.config.site.reserve_w
     }
 
-    /// Devices whose last move failed recently, with the reason.
-    pub fn recent_failures(&self, memory: chrono::Duration) -> Vec<(String, String)> {
+    /// Devices whose last move failed recently and that the planner leaves alone for now, with
+    /// the reason and when that ends (`[engine] failure_memory_s`, doubling with each failure
+    /// in a row up to `failure_memory_max_s`).
+    pub fn recent_failures(&self) -> Vec<(String, String, DateTime<Utc>)> {
+        let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
+        let e = &self.config.engine;
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .recent(Utc::now(), memory)
+            .recent(
+                Utc::now(),
+                secs(e.failure_memory_s),
+                secs(e.failure_memory_max_s),
+            )
             .into_iter()
-            .map(|(d, r)| (d.to_owned(), r.to_owned()))
+            .map(|(d, (r, until))| (d.to_owned(), r.to_owned(), until))
             .collect()
+    }
+
+    /// Agents' statuses that end a move: a failure for good is remembered (the planner holds
+    /// the device for a while, whichever plan issued the intent), a confirmation ends the
+    /// device's failures in a row.
+    pub(crate) fn note_outcomes<'a>(
+        &self,
+        outcomes: impl IntoIterator<Item = (&'a str, u64, &'a StatusRecord)>,
+    ) {
+        let mut f = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (device, generation, s) in outcomes {
+            match s.phase {
+                IntentPhase::Confirmed => f.forget(device),
+                IntentPhase::Rejected => f.record(
+                    device.to_owned(),
+                    Some(generation),
+                    s.at,
+                    format!("rejected: {}", s.detail),
+                ),
+                IntentPhase::Failed if !s.retrying => f.record(
+                    device.to_owned(),
+                    Some(generation),
+                    s.at,
+                    format!("failed: {}", s.detail),
+                ),
+                _ => {}
+            }
+        }
     }
 
     /// Runs a store call off the async runtime.

@@ -57,8 +57,10 @@ pub fn config(
     clock_speed: f64,
     ai_demand: InputConfig<AiDemandSourceConfig>,
 ) -> Config {
-    // A failed move is remembered for ten minutes of trace time, at least two wall seconds.
+    // A failed move is remembered for ten minutes of trace time, at least two wall seconds; one
+    // that keeps failing for up to six hours of it.
     let failure_memory_s = ((600.0 / clock_speed).round() as u64).max(2);
+    let failure_memory_max_s = ((21_600.0 / clock_speed).round() as u64).max(failure_memory_s);
     Config {
         site: SiteConfig {
             id: "simulated-site".into(),
@@ -95,6 +97,7 @@ pub fn config(
             grant_timeout_s: 30,
             workload_timeout_s: 60,
             failure_memory_s,
+            failure_memory_max_s,
             ..EngineConfig::default()
         },
         // The dashboard, as `dev` has it: the power stack, the plan and the decisions live.

@@ -371,6 +371,7 @@ async fn take_statuses(
         })
         .await?;
     let mut records = Vec::new();
+    let mut outcomes = Vec::new();
     let (mut changed, mut settled_elsewhere) = (false, false);
     let executing = ctl.execution().map(|e| e.plan.plan_id.clone());
     for (s, result) in valid.into_iter().zip(results) {
@@ -393,6 +394,9 @@ async fn take_statuses(
                 let settled = c.status.phase == IntentPhase::Confirmed
                     || (c.status.phase.is_final() && !c.status.retrying);
                 settled_elsewhere |= settled && executing.as_deref() != Some(c.plan_id.as_str());
+                if settled {
+                    outcomes.push((c.device_id, c.generation, c.status.clone()));
+                }
                 records.push(NewAudit {
                     kind: "status",
                     subject: s.device_id,
@@ -410,6 +414,7 @@ async fn take_statuses(
             }
         }
     }
+    ctl.note_outcomes(outcomes.iter().map(|(d, g, s)| (d.as_str(), *g, s)));
     if changed {
         ctl.progress.notify_one();
     }

@@ -228,6 +228,7 @@ impl Fleet {
                         } else {
                             IntentPhase::Confirmed
                         },
+                        retrying: false,
                     });
                     m.last_change_at = u.changed_at;
                 }

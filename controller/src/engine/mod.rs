@@ -50,8 +50,12 @@ pub struct EngineConfig {
     /// A reading older than this is not believed (the device counts unseen); default three
     /// telemetry intervals.
     pub stale_after_s: Option<u64>,
-    /// A device whose move failed holds where it is for this long, seconds.
+    /// A device whose move failed holds where it is for this long, seconds; twice as long after
+    /// each further failure in a row (no confirmed move in between)...
     pub failure_memory_s: u64,
+    /// ...up to this, seconds (a target the firmware refuses for good is tried again this
+    /// often).
+    pub failure_memory_max_s: u64,
     /// Site and market history: a sample at most this often, seconds, kept this many days.
     pub sample_s: u64,
     pub history_days: u32,
@@ -71,6 +75,7 @@ impl Default for EngineConfig {
             workload_timeout_s: 600,
             stale_after_s: None,
             failure_memory_s: 600,
+            failure_memory_max_s: 21_600,
             sample_s: 10,
             history_days: 30,
             gpu_full_service_cap_w: None,
@@ -90,11 +95,26 @@ impl EngineConfig {
             ("grant_timeout_s", self.grant_timeout_s, 5, 86_400),
             ("workload_timeout_s", self.workload_timeout_s, 5, 86_400),
             ("failure_memory_s", self.failure_memory_s, 0, 86_400 * 7),
+            (
+                "failure_memory_max_s",
+                self.failure_memory_max_s,
+                0,
+                86_400 * 7,
+            ),
             ("sample_s", self.sample_s, 1, 86_400),
         ] {
             if !(lo..=hi).contains(&v) {
                 return Err((key(k), format!("must be between {lo} and {hi}, got {v}")));
             }
+        }
+        if self.failure_memory_max_s < self.failure_memory_s {
+            return Err((
+                key("failure_memory_max_s"),
+                format!(
+                    "must be at least failure_memory_s ({}), got {}",
+                    self.failure_memory_s, self.failure_memory_max_s
+                ),
+            ));
         }
         if let Some(v) = self.stale_after_s
             && !(1..=86_400).contains(&v)
@@ -241,11 +261,9 @@ async fn round(ctl: &Arc<Controller>, market: &MarketFeed, carry: &mut Carry, tr
             Vec::new()
         });
     let failed: BTreeSet<String> = ctl
-        .recent_failures(chrono::Duration::seconds(
-            i64::try_from(ctl.config.engine.failure_memory_s).unwrap_or(i64::MAX),
-        ))
+        .recent_failures()
         .into_iter()
-        .map(|(d, _)| d)
+        .map(|(d, _, _)| d)
         .collect();
     let intents: BTreeMap<String, crate::store::DeviceIntent> = ctl
         .ledger

@@ -44,10 +44,20 @@ fn fresh(connected: bool, at: DateTime<Utc>, restored: bool, s: &UnitSettings<'_
     connected && !restored && s.now - at <= s.stale_after
 }
 
-fn held(di: Option<&DeviceIntent>) -> Option<(Target, IntentPhase)> {
+fn held(di: Option<&DeviceIntent>) -> Option<(Target, HeldIntent<()>)> {
     let di = di?;
-    let phase = di.status.as_ref().map_or(IntentPhase::Pending, |s| s.phase);
-    Some((di.intent.target, phase))
+    let (phase, retrying) = di
+        .status
+        .as_ref()
+        .map_or((IntentPhase::Pending, false), |s| (s.phase, s.retrying));
+    Some((
+        di.intent.target,
+        HeldIntent {
+            target: (),
+            phase,
+            retrying,
+        },
+    ))
 }
 
 /// Builds the units from the fleet and the desired state.
@@ -106,10 +116,23 @@ fn miner(
         })
         .flatten();
     let di = intents.get(id).filter(|d| d.host_id == a.host_id);
-    let intent = held(di).and_then(|(t, phase)| match t {
-        Target::Miner(target) => Some(HeldIntent { target, phase }),
-        _ => None,
-    });
+    // An intent the agent gave up on says nothing once the miner has been read since: the
+    // reading says where it is (the planner counts it at both ends until then).
+    let read_since = |d: &DeviceIntent| {
+        seen_obs
+            .zip(d.status.as_ref())
+            .is_some_and(|(o, st)| o.observed_at > st.at)
+    };
+    let intent = held(di)
+        .and_then(|(t, h)| match t {
+            Target::Miner(target) => Some(HeldIntent {
+                target,
+                phase: h.phase,
+                retrying: h.retrying,
+            }),
+            _ => None,
+        })
+        .filter(|i| !(i.given_up() && di.is_some_and(read_since)));
     let model = if inv.model.is_empty() {
         "unknown model".to_owned()
     } else {
@@ -214,7 +237,7 @@ fn gpu_host(
         .collect();
     let host_device = format!("host/{}", a.host_id);
     let has_workload = !a.host.workload_managers.is_empty();
-    let gpu_intents: Vec<Option<(Target, IntentPhase)>> =
+    let gpu_intents: Vec<Option<(Target, HeldIntent<()>)>> =
         gpus.iter().map(|g| held(mine(&g.device_id))).collect();
     let workload = held(mine(&host_device));
     let any_seen = a.gpus.values().any(|g| {
@@ -222,7 +245,31 @@ fn gpu_host(
             .as_ref()
             .is_some_and(|o| fresh(a.connected, o.observed_at, o.restored, s))
     });
-    let state = host_state(&gpus, &gpu_intents, workload, a, any_seen);
+    // Whether every GPU was read after the last intent the agent gave up on (until then the
+    // host counts as on its way, at the larger of both ends).
+    let given_up_at = gpus
+        .iter()
+        .map(|g| g.device_id.as_str())
+        .chain(std::iter::once(host_device.as_str()))
+        .filter_map(|id| {
+            let d = mine(id)?;
+            let (_, h) = held(Some(d))?;
+            h.given_up().then_some(d.status.as_ref()?.at)
+        })
+        .max();
+    let read_since_given_up = given_up_at.is_some_and(|t| {
+        a.gpus
+            .values()
+            .all(|g| g.obs.as_ref().is_some_and(|o| o.observed_at > t))
+    });
+    let state = host_state(
+        &gpus,
+        &gpu_intents,
+        workload,
+        a,
+        any_seen,
+        read_since_given_up,
+    );
     let last_change_at = gpus
         .iter()
         .map(|g| g.device_id.as_str())
@@ -296,45 +343,62 @@ fn gpu_host(
 /// from what its GPUs read (a site pivot has never driven).
 fn host_state(
     gpus: &[GpuUnit],
-    gpu_intents: &[Option<(Target, IntentPhase)>],
-    workload: Option<(Target, IntentPhase)>,
+    gpu_intents: &[Option<(Target, HeldIntent<()>)>],
+    workload: Option<(Target, HeldIntent<()>)>,
     a: &AgentEntry,
     any_seen: bool,
+    read_since_given_up: bool,
 ) -> HostState {
     if !a.connected || !any_seen {
         return HostState::Unseen;
     }
     let serving_cap = |g: &GpuUnit, cap: f64| cap >= g.full_service_cap_w - 1.0;
+    let all_full = || {
+        gpus.iter()
+            .all(|g| g.cap_w.is_some_and(|c| serving_cap(g, c)))
+    };
+    // An intent the agent gave up on points nowhere: once read since, the host is not on its
+    // way anywhere (it would wait for that forever) but where it reads: serving if every GPU
+    // runs at its service cap and its workload manager, if it has one, takes jobs on it.
+    let given_up = gpu_intents
+        .iter()
+        .chain(std::iter::once(&workload))
+        .flatten()
+        .any(|(_, h)| h.given_up());
+    if given_up && read_since_given_up {
+        let schedulable = a
+            .host_reading
+            .as_ref()
+            .and_then(|h| h.workload.as_ref())
+            .is_none_or(|w| w.read_error.is_empty() && w.schedulable);
+        return if all_full() && schedulable {
+            HostState::Serving
+        } else {
+            HostState::Drained
+        };
+    }
     // Where the intents point, and whether all of them are confirmed.
     let mut toward: Option<bool> = None;
     let mut unconfirmed = false;
     for (g, i) in gpus.iter().zip(gpu_intents) {
-        if let Some((Target::Gpu { power_cap_w }, phase)) = i {
+        if let Some((Target::Gpu { power_cap_w }, h)) = i {
             let up = serving_cap(g, f64::from(*power_cap_w));
             toward = Some(toward.map_or(up, |t| t && up));
-            unconfirmed |= *phase != IntentPhase::Confirmed;
+            unconfirmed |= h.unconfirmed();
         }
     }
-    if let Some((Target::Workload { state }, phase)) = workload {
+    if let Some((Target::Workload { state }, h)) = workload {
         let up = state == WorkloadState::Released;
         toward = Some(toward.map_or(up, |t| t && up));
-        unconfirmed |= phase != IntentPhase::Confirmed;
+        unconfirmed |= h.unconfirmed();
     }
     match toward {
         Some(to_serving) if unconfirmed => HostState::Transition { to_serving },
         Some(true) => HostState::Serving,
         Some(false) => HostState::Drained,
-        None => {
-            // Never driven by pivot: serving if every GPU runs at its service cap (or above).
-            let all_full = gpus
-                .iter()
-                .all(|g| g.cap_w.is_some_and(|c| serving_cap(g, c)));
-            if all_full {
-                HostState::Serving
-            } else {
-                HostState::Drained
-            }
-        }
+        // Never driven by pivot: serving if every GPU runs at its service cap (or above).
+        None if all_full() => HostState::Serving,
+        None => HostState::Drained,
     }
 }
 
@@ -514,12 +578,91 @@ mod tests {
             m.intent,
             Some(HeldIntent {
                 target: MinerTarget::Sleep,
-                phase: IntentPhase::Pending
+                phase: IntentPhase::Pending,
+                retrying: false,
             })
         );
         assert_eq!(m.pin, Some(MinerTarget::Sleep));
         assert!(m.protected);
         assert_eq!(m.last_change_at, Some(now() - Duration::seconds(5)));
+    }
+
+    /// An intent the agent gave up on reaches the planner until the miner is read after the
+    /// failure (it counts at both ends meanwhile); once read, the reading alone says where it is.
+    #[test]
+    fn a_given_up_intent_stands_only_until_the_miner_is_read_after_it() {
+        let run = Target::Miner(MinerTarget::Run {
+            power_target_w: None,
+        });
+        let failed_at = |age_s: i64, phase, retrying| {
+            let mut d = intent("m1", run, Some(phase));
+            if let Some(st) = d.status.as_mut() {
+                st.at = now() - Duration::seconds(age_s);
+                st.retrying = retrying;
+            }
+            BTreeMap::from([("m1".to_owned(), d)])
+        };
+        // The reading is 5 s old.
+        let a = map(with_miner(agent(true), MinerState::Sleeping, 5, false));
+        let held = |intents: &BTreeMap<String, DeviceIntent>| {
+            units(&a, intents, &[], &BTreeSet::new(), &settings()).miners[0].intent
+        };
+        // Failed for good 2 s ago, after the reading: it stands (given up).
+        let i = held(&failed_at(2, IntentPhase::Failed, false)).unwrap();
+        assert!(i.given_up());
+        // Failed for good 10 s ago, before the reading: the reading says where it is.
+        assert_eq!(held(&failed_at(10, IntentPhase::Failed, false)), None);
+        assert_eq!(held(&failed_at(10, IntentPhase::Rejected, false)), None);
+        // Still retrying, or confirmed: the intent stands whatever the reading's age.
+        let i = held(&failed_at(10, IntentPhase::Failed, true)).unwrap();
+        assert!(i.retrying && !i.given_up());
+        assert!(held(&failed_at(10, IntentPhase::Confirmed, false)).is_some());
+    }
+
+    /// A GPU cap the agent gave up on does not leave the host on its way forever (the planner
+    /// would wait for it and never move the host again): once the GPUs are read after the
+    /// failure, the host is where its caps and workload manager say.
+    #[test]
+    fn a_host_with_a_given_up_intent_is_where_it_reads_once_read() {
+        let host = |caps: f64, failed_s_ago: i64, schedulable: Option<bool>| {
+            let mut a = with_gpus(agent(true), caps);
+            if let Some(s) = schedulable {
+                a.host.workload_managers = vec![v1::WorkloadManagerKind::Slurm as i32];
+                a.host_reading = Some(v1::HostReading {
+                    workload: Some(v1::WorkloadReading {
+                        schedulable: s,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            // A raise to 700 W on G0 failed for good; G1's was confirmed.
+            let mut g0 = intent(
+                "gpu/G0",
+                Target::Gpu { power_cap_w: 700 },
+                Some(IntentPhase::Failed),
+            );
+            if let Some(st) = g0.status.as_mut() {
+                st.at = now() - Duration::seconds(failed_s_ago);
+            }
+            let g1 = intent(
+                "gpu/G1",
+                Target::Gpu { power_cap_w: 700 },
+                Some(IntentPhase::Confirmed),
+            );
+            let intents = BTreeMap::from([("gpu/G0".to_owned(), g0), ("gpu/G1".to_owned(), g1)]);
+            units(&map(a), &intents, &[], &BTreeSet::new(), &settings()).gpu_hosts[0].state
+        };
+        // Not read since the failure (readings are at `now`, the failure 0 s ago): on its way.
+        assert_eq!(
+            host(200.0, 0, None),
+            HostState::Transition { to_serving: true }
+        );
+        // Read since: caps low, drained; caps full, serving; a drained node is not serving.
+        assert_eq!(host(200.0, 3, None), HostState::Drained);
+        assert_eq!(host(700.0, 3, None), HostState::Serving);
+        assert_eq!(host(700.0, 3, Some(true)), HostState::Serving);
+        assert_eq!(host(700.0, 3, Some(false)), HostState::Drained);
     }
 
     #[test]

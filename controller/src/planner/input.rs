@@ -65,12 +65,21 @@ pub struct MarketView {
 pub struct HeldIntent<T> {
     pub target: T,
     pub phase: IntentPhase,
+    /// With `Failed`: the agent tries this generation again.
+    #[serde(default)]
+    pub retrying: bool,
 }
 
 impl<T> HeldIntent<T> {
     /// Sent and not yet confirmed, or failed: the device may be at either end.
     pub fn unconfirmed(&self) -> bool {
         self.phase != IntentPhase::Confirmed
+    }
+
+    /// Rejected, or failed for good: the agent will not try it again, so the device is not
+    /// heading to its target (it is where it reads; only a new intent moves it).
+    pub fn given_up(&self) -> bool {
+        self.phase == IntentPhase::Rejected || (self.phase == IntentPhase::Failed && !self.retrying)
     }
 }
 
@@ -101,6 +110,8 @@ pub struct MinerUnit {
     /// Reachable with a fresh reading.
     pub seen: bool,
     pub power_target: Option<PowerTargetRange>,
+    /// `None` also for an intent the agent gave up on ([`HeldIntent::given_up`]) once the
+    /// miner has been read since: that reading says where it is.
     pub intent: Option<HeldIntent<MinerTarget>>,
     /// When its intent last changed (dwell counts from here).
     pub last_change_at: Option<DateTime<Utc>>,

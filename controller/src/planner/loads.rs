@@ -201,9 +201,12 @@ pub(super) fn miner_load(
         MinerState::Sleeping => Some(Level::Off),
         MinerState::Faulted | MinerState::Unknown => None,
     };
+    // An intent the agent gave up on leaves the miner where it reads (a wake refused for good
+    // leaves it asleep, and only a new intent wakes it); its power still counts at the larger
+    // of both ends until a reading after the failure says which (below, and MinerUnit::intent).
     let level_now = match m.intent {
-        Some(i) => miner_level(i.target, full_w),
-        None => observed_level.unwrap_or(Level::Full),
+        Some(i) if !i.given_up() => miner_level(i.target, full_w),
+        _ => observed_level.unwrap_or(Level::Full),
     };
     let power = |l: Level| match l {
         Level::Off => off_w,
@@ -215,12 +218,10 @@ pub(super) fn miner_load(
         full_w.max(measured.unwrap_or(0.0))
     } else {
         let observed_w = power(observed_level.unwrap_or(Level::Full));
-        let target_w = power(level_now);
-        let settled = m.intent.is_none_or(|i| !i.unconfirmed());
-        let w = if settled {
-            target_w
-        } else {
-            target_w.max(observed_w)
+        let w = match m.intent {
+            None => observed_w,
+            Some(i) if !i.unconfirmed() => power(level_now),
+            Some(i) => power(miner_level(i.target, full_w)).max(observed_w),
         };
         // A reading above the plan's figure is believed; a low one is not (a miner that should
         // draw may read 0 W while it ramps).

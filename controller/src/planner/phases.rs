@@ -81,13 +81,21 @@ impl Builder<'_> {
         Move {
             device_id: m.device_id.clone(),
             host_id: m.host_id.clone(),
-            from: m.intent.map(|i| Target::Miner(i.target)).or(match m.state {
-                pivot_proto::model::MinerState::Mining => Some(Target::Miner(MinerTarget::Run {
-                    power_target_w: None,
-                })),
-                pivot_proto::model::MinerState::Sleeping => Some(Target::Miner(MinerTarget::Sleep)),
-                _ => None,
-            }),
+            from: m
+                .intent
+                .filter(|i| !i.given_up())
+                .map(|i| Target::Miner(i.target))
+                .or(match m.state {
+                    pivot_proto::model::MinerState::Mining => {
+                        Some(Target::Miner(MinerTarget::Run {
+                            power_target_w: None,
+                        }))
+                    }
+                    pivot_proto::model::MinerState::Sleeping => {
+                        Some(Target::Miner(MinerTarget::Sleep))
+                    }
+                    _ => None,
+                }),
             to: miner_target(l, d.level),
             power_before_w: l.now_w,
             power_after_w: l.level_power(d.level),

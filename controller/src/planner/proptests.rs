@@ -24,7 +24,7 @@ struct MinerSpec {
 
 fn miner_spec() -> impl Strategy<Value = MinerSpec> {
     (
-        (1000.0..4000.0f64, 40.0..300.0f64, 0u8..5, 0u8..4, 0u8..5),
+        (1000.0..4000.0f64, 40.0..300.0f64, 0u8..5, 0u8..4, 0u8..6),
         (
             prop::bool::weighted(0.9),
             0u8..12,
@@ -158,12 +158,14 @@ fn build(w: &World) -> PlanInput {
         MinerState::Faulted,
         MinerState::Unknown,
     ];
+    // (phase, retrying)
     let phases = [
-        IntentPhase::Pending,
-        IntentPhase::Applied,
-        IntentPhase::Confirmed,
-        IntentPhase::Failed,
-        IntentPhase::Rejected,
+        (IntentPhase::Pending, false),
+        (IntentPhase::Applied, false),
+        (IntentPhase::Confirmed, false),
+        (IntentPhase::Failed, true),
+        (IntentPhase::Failed, false),
+        (IntentPhase::Rejected, false),
     ];
     let miners = w
         .miners
@@ -196,7 +198,8 @@ fn build(w: &World) -> PlanInput {
             };
             m.intent = (s.intent < 3).then(|| HeldIntent {
                 target: target(s.intent),
-                phase: phases[usize::from(s.phase)],
+                phase: phases[usize::from(s.phase)].0,
+                retrying: phases[usize::from(s.phase)].1,
             });
             m.pin = match s.pin {
                 0 => Some(MinerTarget::Sleep),

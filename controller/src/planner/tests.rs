@@ -33,6 +33,7 @@ pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit 
                 power_target_w: None,
             },
             phase: IntentPhase::Confirmed,
+            retrying: false,
         }),
         last_change_at: None,
         protected: false,
@@ -52,6 +53,7 @@ pub(super) fn asleep(mut m: MinerUnit) -> MinerUnit {
     m.intent = Some(HeldIntent {
         target: MinerTarget::Sleep,
         phase: IntentPhase::Confirmed,
+        retrying: false,
     });
     m
 }
@@ -681,6 +683,7 @@ fn a_device_in_transition_counts_at_the_higher_end_until_confirmed() {
     going.intent = Some(HeldIntent {
         target: MinerTarget::Sleep,
         phase: IntentPhase::Applied,
+        retrying: false,
     });
     let mut i = input(
         vec![going, asleep(s21("waiting"))],
@@ -695,6 +698,7 @@ fn a_device_in_transition_counts_at_the_higher_end_until_confirmed() {
     i.miners[0].intent = Some(HeldIntent {
         target: MinerTarget::Sleep,
         phase: IntentPhase::Confirmed,
+        retrying: false,
     });
     i.miners[0].state = MinerState::Sleeping;
     // Confirmed asleep: room for one S21 (the first in order, which is the same model).
@@ -819,6 +823,7 @@ fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
             m.intent = Some(HeldIntent {
                 target: MinerTarget::Sleep,
                 phase: IntentPhase::Applied,
+                retrying: false,
             });
             m.last_change_at = Some(t0());
         }
@@ -834,6 +839,7 @@ fn a_miner_on_its_way_to_sleep_makes_the_room_a_grant_waits_for() {
             m.intent = Some(HeldIntent {
                 target: MinerTarget::Sleep,
                 phase: IntentPhase::Confirmed,
+                retrying: false,
             });
             m.state = MinerState::Sleeping;
         }
@@ -931,6 +937,7 @@ fn the_summary_splits_committed_power_now_by_load_class() {
     going.intent = Some(HeldIntent {
         target: MinerTarget::Sleep,
         phase: IntentPhase::Applied,
+        retrying: false,
     });
     let mut gone = s19jpro("gone");
     gone.seen = false;
@@ -1006,4 +1013,75 @@ fn a_need_stamped_now_is_kept_as_it_is_an_instant_later() {
     assert_eq!((next.kept, next.falls_at), (3, Some(t0() + delay)));
     // Had the plan at t0 not been kept (nothing changed), the step of 3 runs until now.
     assert_eq!(AiNeeds::new(&[(t0(), 3)], later, delay, 0).kept, 3);
+}
+
+/// A wake the agent gave up on (stock firmware that cannot say which mode to wake into) leaves
+/// the miner asleep: the planner does not believe it on its way to mining, so when mining pays
+/// it plans a new wake (the hold after a failure is the engine's, through `protected`), and
+/// until the miner is read after the failure it counts at its mining draw.
+#[test]
+fn a_wake_the_agent_gave_up_on_is_planned_again_and_counted_at_full_until_read() {
+    let refused = |retrying| {
+        let mut m = asleep(s21("m"));
+        m.intent = Some(HeldIntent {
+            target: MinerTarget::Run {
+                power_target_w: None,
+            },
+            phase: IntentPhase::Failed,
+            retrying,
+        });
+        m
+    };
+    let wakes = |i: &PlanInput| {
+        plan(i)
+            .moves()
+            .filter(|(_, m)| {
+                m.device_id == "m" && matches!(m.to, Target::Miner(MinerTarget::Run { .. }))
+            })
+            .count()
+    };
+    let mut i = input(vec![refused(false)], vec![], Some(market(40.0, 30.0, None)));
+    i.site.cap_w = 10_000.0;
+    let p = plan(&i);
+    assert_eq!(wakes(&i), 1, "{:?}", p.phases);
+    let (_, m) = p.moves().find(|(_, m)| m.device_id == "m").unwrap();
+    assert_eq!(m.from, Some(Target::Miner(MinerTarget::Sleep)));
+    // Not read since the failure: it may have woken after all, so it counts at full.
+    assert_eq!(p.summary.start_committed_w, 3500.0);
+    // Read since (the engine then passes no intent): asleep, at its sleeping draw (0 W here).
+    i.miners[0].intent = None;
+    assert_eq!(plan(&i).summary.start_committed_w, 0.0);
+    assert_eq!(wakes(&i), 1);
+    // The agent still retrying: the wake is on its way, nothing new is planned.
+    i.miners[0] = refused(true);
+    assert_eq!(wakes(&i), 0, "{:?}", plan(&i).phases);
+    // Held after the failure (the engine marks it protected): not moved.
+    i.miners[0] = refused(false);
+    i.miners[0].protected = true;
+    assert_eq!(wakes(&i), 0);
+}
+
+/// The mirror: a sleep the agent gave up on leaves the miner mining, and a price spike plans a
+/// new sleep instead of believing it asleep.
+#[test]
+fn a_sleep_the_agent_gave_up_on_is_planned_again_when_curtailing() {
+    let mut m = s19jpro("m");
+    m.intent = Some(HeldIntent {
+        target: MinerTarget::Sleep,
+        phase: IntentPhase::Rejected,
+        retrying: false,
+    });
+    let i = input(vec![m], vec![], Some(market(40.0, 400.0, None)));
+    let p = plan(&i);
+    let sleeps: Vec<_> = p
+        .moves()
+        .filter(|(_, m)| m.device_id == "m" && m.to == Target::Miner(MinerTarget::Sleep))
+        .collect();
+    assert_eq!(sleeps.len(), 1, "{:?}", p.phases);
+    assert_eq!(
+        sleeps[0].1.from,
+        Some(Target::Miner(MinerTarget::Run {
+            power_target_w: None
+        }))
+    );
 }

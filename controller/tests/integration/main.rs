@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions are test code too: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod failed_moves;
 mod fake_http;
 mod hostile;
 mod market;
