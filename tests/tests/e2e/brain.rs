@@ -126,10 +126,16 @@ fn fake_gpus(dir: &Path) -> PathBuf {
 /// A site: a controller (cap `cap_w`), one agent with the four large pivot-sim miners (S19j Pro
 /// 29.5 J/TH, M50S 26, M60S 18.5, S21 17.5) and two fake GPUs on a host of 1,150 W base.
 async fn site(cap_w: f64, energy: f64, ai: f64, antminer_timing: Timing) -> Site {
+    let antminer = MinerSpec::new(Dialect::Antminer).timing(antminer_timing);
+    site_with(cap_w, energy, ai, antminer, "").await
+}
+
+/// [`site`] with the Antminer as `antminer` says and `engine` added to `[engine]`.
+async fn site_with(cap_w: f64, energy: f64, ai: f64, antminer: MinerSpec, engine: &str) -> Site {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let miners = vec![
-        miner(Dialect::Antminer, antminer_timing).await,
+        spawn(antminer, Bind::localhost()).await.unwrap(),
         miner(Dialect::WhatsminerV2, Timing::fast()).await,
         miner(Dialect::WhatsminerV3, Timing::fast()).await,
         miner(Dialect::Luxos, Timing::fast()).await,
@@ -164,6 +170,7 @@ lease_s = 60
 replan_s = 2
 sample_s = 1
 curtail_timeout_s = 60
+{engine}
 [market.hashprice]
 source = "fixed"
 usd_per_ph_day = 45.0
@@ -511,4 +518,82 @@ async fn a_controller_killed_mid_transition_completes_it_on_restart_without_repe
         issues.iter().all(|g| *g == generation),
         "a generation other than {generation} was sent: {issues:?}"
     );
+}
+
+/// A wake the firmware refuses for good does not strand the miner: a stock Antminer put to sleep
+/// outside pivot cannot be woken by an agent that does not know its work mode from before (the
+/// agent fails that generation for good, naming the miner). The controller holds the miner for
+/// the failure memory, then issues a new wake, and holds it twice as long after the second
+/// refusal — a new generation each time, never a retry of the same one, and never every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles() {
+    let antminer = MinerSpec::new(Dialect::Antminer)
+        .timing(Timing::fast())
+        .sleeping();
+    let s = site_with(
+        100_000.0,
+        30.0,
+        0.5,
+        antminer,
+        "failure_memory_s = 3\nfailure_memory_max_s = 60\n",
+    )
+    .await;
+    let port = format!(":{}", s.miner(Dialect::Antminer).api_addr().port());
+    // The Antminer's statuses that failed for good: (generation, at, detail).
+    let refusals = |s: &Site| -> Vec<(u64, chrono::DateTime<chrono::Utc>, String)> {
+        s.audit()
+            .into_iter()
+            .filter(|r| {
+                r["kind"] == "status"
+                    && r["subject"].as_str().unwrap_or("").contains(&port)
+                    && r["detail"]["phase"] == "failed"
+                    && r["detail"]["retrying"] == false
+            })
+            .map(|r| {
+                (
+                    r["detail"]["generation"].as_u64().unwrap(),
+                    r["at"].as_str().unwrap().parse().unwrap(),
+                    r["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    s.until("three wakes of the Antminer refused for good", |s| {
+        refusals(s).len() >= 3
+    })
+    .await;
+    let r = refusals(&s);
+    assert!(
+        r[0].2
+            .contains("work mode it had before sleeping is not known"),
+        "{r:?}"
+    );
+    // A new generation each time.
+    assert!(r[0].0 < r[1].0 && r[1].0 < r[2].0, "{r:?}");
+    // Held 3 s after the first refusal, 6 s after the second.
+    let gap = |a: usize, b: usize| (r[b].1 - r[a].1).num_milliseconds();
+    assert!(
+        gap(0, 1) >= 3_000,
+        "retried {} ms after the first: {r:?}",
+        gap(0, 1)
+    );
+    assert!(
+        gap(1, 2) >= 6_000,
+        "retried {} ms after the second: {r:?}",
+        gap(1, 2)
+    );
+    // Still asleep (nothing else woke it), and the operator sees why on the device.
+    assert!(asleep(s.miner(Dialect::Antminer)));
+    let devices = s.json(&["devices", "--json"]);
+    let am = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"].as_str().unwrap_or("").contains(&port))
+        .unwrap();
+    assert_eq!(
+        am["intent_status"]["phase"], "INTENT_PHASE_FAILED",
+        "{am:#}"
+    );
+    assert_eq!(am["intent_status"]["retrying"], false, "{am:#}");
 }
