@@ -85,6 +85,9 @@ impl std::fmt::Debug for Controller {
 /// room for a watcher that is already behind (about 5 MB when full).
 const EVENTS_BUFFER: usize = 16_384;
 
+/// Held devices the site status names (it counts them all).
+const HELD_SHOWN: usize = 100;
+
 impl Controller {
     /// A controller over `store`, with the desired state the store holds.
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
@@ -299,6 +302,8 @@ impl Controller {
             },
         );
         let o = self.outlook();
+        let mut held = self.recent_failures();
+        held.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
         // Overlapping events: the lowest target is the one in force.
         let dr = events
             .iter()
@@ -342,6 +347,16 @@ impl Controller {
             margin_usd_per_h: o.margin_usd_per_h,
             gpu_hosts_total: o.gpu_hosts_total,
             gpu_hosts_serving: o.gpu_hosts_serving,
+            held_total: u32::try_from(held.len()).unwrap_or(u32::MAX),
+            held: held
+                .into_iter()
+                .take(HELD_SHOWN)
+                .map(|(device_id, reason, until)| v1::HeldDevice {
+                    device_id,
+                    reason,
+                    until: Some(model::timestamp_to_proto(until)),
+                })
+                .collect(),
         })
     }
 

@@ -107,6 +107,12 @@ pub fn status_json(s: &v1::SiteStatus) -> serde_json::Value {
         "demand_response": s.demand_response.as_ref().map(dr_json),
         "as_of": ts(s.as_of.as_ref()),
         "controller_version": s.controller_version,
+        "held": s.held.iter().map(|h| json!({
+            "device_id": h.device_id,
+            "reason": h.reason,
+            "until": ts(h.until.as_ref()),
+        })).collect::<Vec<_>>(),
+        "held_total": s.held_total,
     })
 }
 

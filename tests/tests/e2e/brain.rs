@@ -596,4 +596,22 @@ async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles() {
         "{am:#}"
     );
     assert_eq!(am["intent_status"]["retrying"], false, "{am:#}");
+    // The site status names it held, why and until when (it is held 12 s after the third).
+    s.until("the status names the Antminer held", |s| {
+        let st = s.json(&["status", "--json"]);
+        st["held_total"] == 1
+            && st["held"][0]["device_id"]
+                .as_str()
+                .is_some_and(|d| d.contains(&port))
+            && st["held"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("failed: ") && r.contains("work mode"))
+            && st["held"][0]["until"].is_string()
+    })
+    .await;
+    let text = s.pivotctl(&["status"]);
+    assert!(
+        text.contains("held        1 device after a failed move"),
+        "{text}"
+    );
 }

@@ -8,6 +8,9 @@ pub use pivot_controller::views::{
     device_json, dr_json, economics_json, pin_words, plan_json, status_json, ts,
 };
 
+/// Held devices `pivotctl status` names one per line (it counts them all).
+const HELD_LINES: usize = 5;
+
 /// Text from the controller made safe to print: control characters (newlines, NUL, escape
 /// sequences) are shown escaped instead of acted on.
 pub fn clean(s: &str) -> String {
@@ -97,6 +100,28 @@ pub fn print_status(s: &v1::SiteStatus) {
             p.phases,
             clean(&p.reason)
         );
+    }
+    if s.held_total > 0 {
+        println!(
+            "held        {} device{} after a failed move, not moved until the hold ends:",
+            s.held_total,
+            if s.held_total == 1 { "" } else { "s" }
+        );
+        for h in s.held.iter().take(HELD_LINES) {
+            println!(
+                "              {} until {}: {}",
+                clean(&h.device_id),
+                ts_text(h.until.as_ref()),
+                clean(&h.reason)
+            );
+        }
+        let shown = s.held.len().min(HELD_LINES);
+        if s.held_total as usize > shown {
+            println!(
+                "              … and {} more (pivotctl status --json)",
+                s.held_total as usize - shown
+            );
+        }
     }
     if let Some(d) = &s.demand_response {
         println!(
