@@ -194,6 +194,10 @@ pub struct MinerEntry {
     pub nameplate_power_w: Option<u32>,
     /// Nameplate hashrate, TH/s.
     pub nameplate_hashrate_ths: Option<f64>,
+    /// Stock Antminer: the work mode (0 normal, 2 high, 3 low) to wake into when the one it had
+    /// before sleeping is not known — it was asleep before this agent first saw it. Without it
+    /// such a wake fails for good (the agent does not guess a mode, which sets the draw).
+    pub antminer_wake_mode: Option<u8>,
 }
 
 fn auto() -> String {
@@ -329,6 +333,8 @@ pub struct MinerTarget {
     pub credentials: Option<String>,
     pub nameplate_power_w: Option<u32>,
     pub nameplate_hashrate_ths: Option<f64>,
+    /// Stock Antminer: the work mode to wake into when the one before sleep is not known.
+    pub antminer_wake_mode: Option<u8>,
 }
 
 impl Config {
@@ -659,6 +665,22 @@ impl Config {
                         .map_err(|e| invalid(key("dialect"), e.to_string()))?,
                 )
             };
+            if let Some(mode) = m.antminer_wake_mode {
+                if !crate::miner::dialects::antminer::WAKE_MODES.contains(&mode) {
+                    return Err(invalid(
+                        key("antminer_wake_mode"),
+                        format!(
+                            "must be a stock Antminer work mode: 0 normal, 2 high or 3 low, got {mode}"
+                        ),
+                    ));
+                }
+                if dialect.is_some_and(|d| d != MinerDialect::Antminer) {
+                    return Err(invalid(
+                        key("antminer_wake_mode"),
+                        format!("only for stock Antminers, not dialect `{}`", m.dialect),
+                    ));
+                }
+            }
             if let Some(name) = &m.credentials
                 && !self.credentials.contains_key(name)
             {
@@ -684,6 +706,7 @@ impl Config {
                         credentials: m.credentials.clone(),
                         nameplate_power_w: m.nameplate_power_w,
                         nameplate_hashrate_ths: m.nameplate_hashrate_ths,
+                        antminer_wake_mode: m.antminer_wake_mode,
                     });
                 }
                 (None, Some(r)) => {
@@ -697,6 +720,7 @@ impl Config {
                             credentials: m.credentials.clone(),
                             nameplate_power_w: m.nameplate_power_w,
                             nameplate_hashrate_ths: m.nameplate_hashrate_ths,
+                            antminer_wake_mode: m.antminer_wake_mode,
                         });
                     }
                 }
@@ -803,7 +827,15 @@ password_env = "LUX_PW"
         assert_eq!(t[0].dialect, Some(MinerDialect::Luxos));
         assert_eq!(t[2].addr.http_port, Some(8080));
         assert_eq!(t[2].dialect, None);
+        assert_eq!(t[2].antminer_wake_mode, None);
         assert_eq!(c.fallback, Fallback::Hold);
+        let text = GOOD.replace(
+            "addr = \"10.1.1.5:4028,http=8080\"",
+            "addr = \"10.1.1.5\"\ndialect = \"antminer\"\nantminer_wake_mode = 3",
+        );
+        let c = Config::parse(&text, Path::new("a.toml"), &env()).unwrap();
+        let t = c.miner_targets(Path::new("a.toml")).unwrap();
+        assert_eq!(t[2].antminer_wake_mode, Some(3));
     }
 
     #[test]
@@ -865,6 +897,21 @@ password_env = "LUX_PW"
             (
                 format!("{GOOD}\n[[miners]]\naddr = \"10.1.0.2\"\n"),
                 "listed twice",
+            ),
+            // A wake mode that is the sleep mode, or on a miner that is no stock Antminer.
+            (
+                GOOD.replace(
+                    "addr = \"10.1.1.5:4028,http=8080\"",
+                    "addr = \"10.1.1.5\"\nantminer_wake_mode = 1",
+                ),
+                "miners[1].antminer_wake_mode",
+            ),
+            (
+                GOOD.replace(
+                    "credentials = \"lux\"",
+                    "credentials = \"lux\"\nantminer_wake_mode = 0",
+                ),
+                "miners[0].antminer_wake_mode",
             ),
         ];
         for (text, key) in cases {

@@ -172,7 +172,7 @@ pub async fn discover_miners(
                 };
                 let credentials = credentials_for(config, &target, dialect).map_err(|error| Missing { error, target: target.clone() })?;
                 let ctx = DriverContext { options, credentials, http, modes };
-                let driver: Arc<dyn MinerDriver> = Arc::from(driver_for(dialect, target.addr.clone(), ctx));
+                let driver: Arc<dyn MinerDriver> = Arc::from(driver_for(dialect, target.addr.clone(), ctx, target.antminer_wake_mode));
                 let identity = match driver.identify().await {
                     Ok(id) => id,
                     Err(e) => {

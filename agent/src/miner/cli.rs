@@ -83,7 +83,7 @@ enum MinerCommand {
         addrs: Vec<MinerAddr>,
         /// Antminer work mode to wake into when the one before sleep is not known
         /// (0 normal, 2 high, 3 low).
-        #[arg(long)]
+        #[arg(long, value_parser = wake_mode)]
         work_mode: Option<u8>,
     },
     /// Set a miner's power target in watts and confirm by read-back.
@@ -161,9 +161,12 @@ impl Fleet {
         )
     }
 
+    /// The driver for `addr`; a stock Antminer wakes into `wake_mode` when the mode it had
+    /// before sleeping is not known.
     async fn driver(
         &self,
         addr: &MinerAddr,
+        wake_mode: Option<u8>,
     ) -> Result<Box<dyn MinerDriver>, (MinerDialect, MinerError)> {
         let dialect = match self.dialect {
             Some(d) => d,
@@ -177,8 +180,17 @@ impl Fleet {
             http: self.http.clone(),
             modes: Arc::clone(&self.modes),
         };
-        Ok(driver_for(dialect, addr.clone(), ctx))
+        Ok(driver_for(dialect, addr.clone(), ctx, wake_mode))
     }
+}
+
+fn wake_mode(s: &str) -> Result<u8, String> {
+    s.parse::<u8>()
+        .ok()
+        .filter(|m| super::dialects::antminer::WAKE_MODES.contains(m))
+        .ok_or_else(|| {
+            format!("`{s}` is not a work mode a stock Antminer mines in: 0 normal, 2 high or 3 low")
+        })
 }
 
 fn default_state_file() -> Option<PathBuf> {
@@ -243,7 +255,7 @@ pub async fn run(args: MinerArgs) -> anyhow::Result<ExitCode> {
                 .map(|a| {
                     let fleet = &fleet;
                     async move {
-                        match fleet.driver(&a).await {
+                        match fleet.driver(&a, None).await {
                             Ok(d) => Probed::Read(poll(d.as_ref()).await),
                             Err((_, e)) => Probed::Undetected {
                                 addr: a.to_string(),
@@ -296,26 +308,14 @@ async fn control(fleet: &Fleet, addrs: Vec<MinerAddr>, action: Action) -> anyhow
     let results: Vec<(MinerAddr, Result<Reading, MinerError>)> = futures::stream::iter(addrs)
         .map(|a| async move {
             let result = async {
-                let driver = fleet.driver(&a).await.map_err(|(_, e)| e)?;
+                let wake_mode = match action {
+                    Action::Wake(mode) => mode,
+                    _ => None,
+                };
+                let driver = fleet.driver(&a, wake_mode).await.map_err(|(_, e)| e)?;
                 match action {
                     Action::Sleep => driver.sleep().await,
-                    Action::Wake(mode) => {
-                        if let (Some(m), MinerDialect::Antminer) = (mode, driver.dialect()) {
-                            let mut am = super::dialects::antminer::Antminer::new(
-                                a.clone(),
-                                DriverContext {
-                                    options: fleet.options,
-                                    credentials: fleet.credentials(MinerDialect::Antminer),
-                                    http: fleet.http.clone(),
-                                    modes: Arc::clone(&fleet.modes),
-                                },
-                            );
-                            am.wake_mode = Some(m);
-                            am.wake().await
-                        } else {
-                            driver.wake().await
-                        }
-                    }
+                    Action::Wake(_) => driver.wake().await,
                     Action::PowerTarget(w) => {
                         // The daemon's rule: refused outside the firmware's range, or above
                         // nameplate where it reports none; steps land at or below the ask.

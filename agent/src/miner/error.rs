@@ -97,7 +97,7 @@ pub enum MinerError {
     },
 
     #[error(
-        "miner {addr}: cannot wake: the work mode it had before sleeping is not known here (it slept before this agent saw it); pass the mode explicitly"
+        "miner {addr}: cannot wake: the work mode it had before sleeping is not known here (it slept before this agent saw it); set `antminer_wake_mode` (0 normal, 2 high, 3 low) in its [[miners]] entry of the agent's configuration, or wake it once by hand: pivot-agent miner wake --work-mode N ADDR"
     )]
     WakeModeUnknown { addr: String },
 

@@ -240,15 +240,21 @@ impl DriverContext {
     }
 }
 
-/// The driver for `dialect` at `addr`.
+/// The driver for `dialect` at `addr`; a stock Antminer wakes into `antminer_wake_mode` when
+/// the mode it had before sleeping is not known (other dialects resume as they were).
 pub fn driver_for(
     dialect: MinerDialect,
     addr: MinerAddr,
     ctx: DriverContext,
+    antminer_wake_mode: Option<u8>,
 ) -> Box<dyn MinerDriver> {
     use dialects::*;
     match dialect {
-        MinerDialect::Antminer => Box::new(antminer::Antminer::new(addr, ctx)),
+        MinerDialect::Antminer => {
+            let mut a = antminer::Antminer::new(addr, ctx);
+            a.wake_mode = antminer_wake_mode;
+            Box::new(a)
+        }
         MinerDialect::Braiins => Box::new(braiins::Braiins::new(addr, ctx)),
         MinerDialect::Luxos => Box::new(luxos::Luxos::new(addr, ctx)),
         MinerDialect::WhatsminerV2 => Box::new(whatsminer_v2::WhatsminerV2::new(addr, ctx)),

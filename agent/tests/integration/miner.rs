@@ -14,7 +14,7 @@ use pivot_agent::miner::{
 };
 use pivot_proto::model::{MinerDialect, MinerState};
 use pivot_sim::miner::{
-    Bind, Dialect, Fault, HashUnit, JsonQuirk, MinerSpec, SimMiner, Timing, spawn,
+    Bind, Dialect, Fault, HashUnit, JsonQuirk, MinerSpec, RunState, SimMiner, Timing, spawn,
 };
 
 fn options() -> DriverOptions {
@@ -47,7 +47,7 @@ async fn start(spec: MinerSpec) -> (SimMiner, Box<dyn MinerDriver>) {
         .await
         .unwrap();
     let ctx = DriverContext::new(options(), Credentials::default_for(ours(d)));
-    let driver = driver_for(ours(d), addr_of(&m), ctx);
+    let driver = driver_for(ours(d), addr_of(&m), ctx, None);
     (m, driver)
 }
 
@@ -158,6 +158,30 @@ async fn antminer_wake_restores_the_mode_it_slept_in() {
     assert_eq!(m.handle().snapshot().work_mode, before);
 }
 
+/// A stock Antminer asleep before the agent first saw it: the agent does not guess the work
+/// mode to wake it into (the mode sets its draw), and says how to give one; with one configured
+/// it wakes into that mode.
+#[tokio::test]
+async fn antminer_asleep_before_the_agent_saw_it_wakes_only_into_a_configured_mode() {
+    let (m, drv) = start(MinerSpec::new(Dialect::Antminer).sleeping()).await;
+    assert_eq!(m.handle().snapshot().state, RunState::Sleeping);
+    let e = drv.wake().await.unwrap_err();
+    assert!(matches!(e, MinerError::WakeModeUnknown { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains(&addr_of(&m).to_string()), "{text}");
+    assert!(text.contains("antminer_wake_mode"), "{text}");
+    assert_eq!(m.handle().snapshot().state, RunState::Sleeping);
+
+    let ctx = DriverContext::new(options(), Credentials::default_for(MinerDialect::Antminer));
+    let drv = driver_for(MinerDialect::Antminer, addr_of(&m), ctx, Some(3));
+    let r = drv.wake().await.unwrap();
+    assert!(
+        matches!(r.state, MinerState::Mining | MinerState::Ramping),
+        "{r:?}"
+    );
+    assert_eq!(m.handle().snapshot().work_mode, 3);
+}
+
 /// A TCP forwarder in front of `to` that counts the connections it is handed (the agent's
 /// HTTP client keeps none idle: one connection is one request).
 async fn counting_proxy(
@@ -198,7 +222,7 @@ async fn antminer_answers_the_digest_challenge_it_knows_at_once_and_a_stale_one_
         .with_port(m.api_addr().port())
         .with_http_port(port);
     let ctx = DriverContext::new(options(), Credentials::default_for(MinerDialect::Antminer));
-    let drv = driver_for(MinerDialect::Antminer, addr, ctx);
+    let drv = driver_for(MinerDialect::Antminer, addr, ctx, None);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let slept = drv.sleep().await.unwrap();
     assert_eq!(slept.state, MinerState::Sleeping);
@@ -298,6 +322,7 @@ async fn a_control_call_that_failed_before_its_command_says_it_sent_nothing() {
             .with_port(port)
             .with_http_port(port),
         ctx,
+        None,
     );
     let e = drv.sleep().await.unwrap_err();
     assert!(e.sent_nothing(), "{e}");
@@ -626,6 +651,7 @@ async fn a_truncated_or_empty_reply_reads_unknown_never_a_guessed_state() {
             .with_port(port)
             .with_http_port(port),
         ctx,
+        None,
     );
     let r = pivot_agent::miner::poll(drv.as_ref()).await;
     assert_eq!(r.state, MinerState::Unknown, "{r:?}");

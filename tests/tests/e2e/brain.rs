@@ -220,16 +220,23 @@ gpus = "all"
         ));
     }
     std::fs::write(d.join("agent.toml"), agent).unwrap();
-    s._agent = Some(start_and_wait(
-        "pivot-agent",
-        &["run", "--config", d.join("agent.toml").to_str().unwrap()],
-        "pivot-agent metrics on ",
-        WAIT,
-    ));
+    s.start_agent();
     s
 }
 
 impl Site {
+    /// (Re)starts the agent on `agent.toml`; the one running, if any, is killed first.
+    fn start_agent(&mut self) {
+        self._agent = None;
+        let config = self.dir.path().join("agent.toml");
+        self._agent = Some(start_and_wait(
+            "pivot-agent",
+            &["run", "--config", config.to_str().unwrap()],
+            "pivot-agent metrics on ",
+            WAIT,
+        ));
+    }
+
     /// Waits for `ok`; on timeout fails with what the controller says of the site.
     async fn until(&self, what: &str, mut ok: impl FnMut(&Site) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -525,8 +532,10 @@ async fn a_controller_killed_mid_transition_completes_it_on_restart_without_repe
 /// agent fails that generation for good, naming the miner). The controller holds the miner for
 /// the failure memory, then issues a new wake, and holds it twice as long after the second
 /// refusal — a new generation each time, never a retry of the same one, and never every round.
+/// `pivotctl status` names it held and why; once the operator gives the agent the mode to wake
+/// into, the next wake after the hold succeeds and the hold is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles() {
+async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles_until_fixed() {
     let antminer = MinerSpec::new(Dialect::Antminer)
         .timing(Timing::fast())
         .sleeping();
@@ -614,4 +623,27 @@ async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles() {
         text.contains("held        1 device after a failed move"),
         "{text}"
     );
+
+    // The operator gives the mode to wake into, as the error says, and restarts the agent: the
+    // next wake, once the hold ends, wakes it; the confirmed move ends the hold.
+    let mut s = s;
+    let config = s.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "dialect = \"antminer\"\n",
+        "dialect = \"antminer\"\nantminer_wake_mode = 0\n",
+        1,
+    );
+    assert!(text.contains("antminer_wake_mode = 0"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    s.start_agent();
+    s.until("the Antminer mining after the hold", |s| {
+        mining(s.miner(Dialect::Antminer))
+    })
+    .await;
+    assert_eq!(s.miner(Dialect::Antminer).handle().snapshot().work_mode, 0);
+    s.until("nothing held once the wake is confirmed", |s| {
+        s.json(&["status", "--json"])["held_total"] == 0
+    })
+    .await;
 }

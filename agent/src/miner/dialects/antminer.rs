@@ -28,6 +28,8 @@ use crate::miner::{
 };
 
 const SLEEP_MODE: &str = "1";
+/// The work modes a stock Antminer mines in (`bitmain-work-mode`): 0 normal, 2 high, 3 low.
+pub const WAKE_MODES: [u8; 3] = [0, 2, 3];
 /// The poll: one `summary+stats+pools` connection.
 const READ: [&str; 3] = ["summary", "stats", "pools"];
 const DIALECT: MinerDialect = MinerDialect::Antminer;
