@@ -417,6 +417,26 @@ async fn the_dashboard_in_a_real_browser_shows_the_site_live_and_acts_only_for_o
         .await;
     assert_eq!(gpus, 2);
     b.eval("const f = document.querySelector('#device-kind'); f.value = ''; f.dispatchEvent(new Event('input'));", json!([])).await;
+    // When the event stream says it dropped events (`missed`, a page that fell behind), the
+    // page reads every panel again, the ones no event of this quiet site would refresh too.
+    b.eval(
+        "window.overridesRead = 0;
+         const f = window.fetch;
+         window.fetch = (path, init) => {
+           if (String(path).startsWith('/api/overrides')) window.overridesRead += 1;
+           return f(path, init);
+         };
+         window.pivotDashboard.events.dispatchEvent(new MessageEvent('missed', { data: '{\"count\": 3}' }));",
+        json!([]),
+    )
+    .await;
+    wait_js(
+        &b,
+        "return window.overridesRead > 0 || null",
+        WAIT,
+        "the overrides read again after missed events",
+    )
+    .await;
     // Even by hand, a viewer's action is refused by the controller.
     let refused = b
         .eval_async(

@@ -465,9 +465,12 @@ async function load(what) {
   }
 }
 
+// What the dashboard reads besides the status (which the event stream pushes).
+const PANELS = ["economics", "history", "plan", "decisions", "dr", "overrides", "devices"];
+
 async function loadAll() {
   await load("status");
-  await Promise.all(["economics", "history", "plan", "decisions", "dr", "overrides", "devices"].map(load));
+  await Promise.all(PANELS.map(load));
 }
 
 const soon = {};
@@ -491,6 +494,11 @@ function follow() {
     if (["status", "agent", "telemetry"].includes(r.kind)) refreshSoon("devices", 1000);
     if (r.kind === "override") refreshSoon("overrides");
     if (r.kind === "demand_response") { refreshSoon("dr"); refreshSoon("history"); }
+  });
+  // The stream fell behind and events were dropped: what they would have refreshed is unknown,
+  // so everything is read again (once, after the burst).
+  es.addEventListener("missed", () => {
+    for (const what of PANELS) refreshSoon(what, 1000);
   });
   es.addEventListener("signed_out", (ev) => { es.close(); signedOut(JSON.parse(ev.data).error); });
 }
