@@ -357,15 +357,19 @@ fn host_state(
         gpus.iter()
             .all(|g| g.cap_w.is_some_and(|c| serving_cap(g, c)))
     };
-    // An intent the agent gave up on points nowhere: once read since, the host is not on its
-    // way anywhere (it would wait for that forever) but where it reads: serving if every GPU
-    // runs at its service cap and its workload manager, if it has one, takes jobs on it.
-    let given_up = gpu_intents
-        .iter()
-        .chain(std::iter::once(&workload))
-        .flatten()
-        .any(|(_, h)| h.given_up());
-    if given_up && read_since_given_up {
+    // An intent the agent gave up on points nowhere: once read since, and with nothing else of
+    // the host still on its way (that counts at its higher end), the host is not in transition
+    // (it would wait for that forever) but where it reads: serving if every GPU runs at its
+    // service cap and its workload manager, if it has one, takes jobs on it.
+    let held = || {
+        gpu_intents
+            .iter()
+            .chain(std::iter::once(&workload))
+            .flatten()
+    };
+    let given_up = held().any(|(_, h)| h.given_up());
+    let on_its_way = held().any(|(_, h)| h.unconfirmed() && !h.given_up());
+    if given_up && read_since_given_up && !on_its_way {
         let schedulable = a
             .host_reading
             .as_ref()
@@ -624,7 +628,7 @@ mod tests {
     /// failure, the host is where its caps and workload manager say.
     #[test]
     fn a_host_with_a_given_up_intent_is_where_it_reads_once_read() {
-        let host = |caps: f64, failed_s_ago: i64, schedulable: Option<bool>| {
+        let host_with = |caps: f64, failed_s_ago: i64, schedulable: Option<bool>, g1_phase| {
             let mut a = with_gpus(agent(true), caps);
             if let Some(s) = schedulable {
                 a.host.workload_managers = vec![v1::WorkloadManagerKind::Slurm as i32];
@@ -636,7 +640,7 @@ mod tests {
                     ..Default::default()
                 });
             }
-            // A raise to 700 W on G0 failed for good; G1's was confirmed.
+            // A raise to 700 W on G0 failed for good; G1's is at `g1_phase`.
             let mut g0 = intent(
                 "gpu/G0",
                 Target::Gpu { power_cap_w: 700 },
@@ -645,17 +649,21 @@ mod tests {
             if let Some(st) = g0.status.as_mut() {
                 st.at = now() - Duration::seconds(failed_s_ago);
             }
-            let g1 = intent(
-                "gpu/G1",
-                Target::Gpu { power_cap_w: 700 },
-                Some(IntentPhase::Confirmed),
-            );
+            let g1 = intent("gpu/G1", Target::Gpu { power_cap_w: 700 }, Some(g1_phase));
             let intents = BTreeMap::from([("gpu/G0".to_owned(), g0), ("gpu/G1".to_owned(), g1)]);
             units(&map(a), &intents, &[], &BTreeSet::new(), &settings()).gpu_hosts[0].state
+        };
+        let host = |caps, failed_s_ago, schedulable| {
+            host_with(caps, failed_s_ago, schedulable, IntentPhase::Confirmed)
         };
         // Not read since the failure (readings are at `now`, the failure 0 s ago): on its way.
         assert_eq!(
             host(200.0, 0, None),
+            HostState::Transition { to_serving: true }
+        );
+        // Read since, but G1's raise still on its way: in transition (counted at the top end).
+        assert_eq!(
+            host_with(200.0, 3, None, IntentPhase::Pending),
             HostState::Transition { to_serving: true }
         );
         // Read since: caps low, drained; caps full, serving; a drained node is not serving.
