@@ -347,6 +347,7 @@ impl Controller {
             margin_usd_per_h: o.margin_usd_per_h,
             gpu_hosts_total: o.gpu_hosts_total,
             gpu_hosts_serving: o.gpu_hosts_serving,
+            waiting: o.waiting.clone(),
             held_total: u32::try_from(held.len()).unwrap_or(u32::MAX),
             held: held
                 .into_iter()

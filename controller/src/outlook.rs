@@ -27,4 +27,6 @@ pub struct Outlook {
     pub gpu_hosts_serving: u32,
     /// The plan's reason, in one line.
     pub reason: String,
+    /// Moves today's prices ask for that a dwell holds back, one line per model and action.
+    pub waiting: Vec<String>,
 }

@@ -113,6 +113,7 @@ pub fn status_json(s: &v1::SiteStatus) -> serde_json::Value {
             "until": ts(h.until.as_ref()),
         })).collect::<Vec<_>>(),
         "held_total": s.held_total,
+        "waiting": s.waiting,
     })
 }
 

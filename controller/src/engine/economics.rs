@@ -184,6 +184,9 @@ pub fn outlook(
         reason: plan
             .explanations
             .first()
-            .map_or_else(|| "no change".to_owned(), |e| e.text.clone()),
+            .map(|e| e.text.clone())
+            .or_else(|| plan.waiting.first().map(|w| w.text.clone()))
+            .unwrap_or_else(|| "no change".to_owned()),
+        waiting: plan.waiting.iter().map(|w| w.text.clone()).collect(),
     }
 }

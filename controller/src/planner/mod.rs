@@ -78,7 +78,7 @@ pub use input::{
 };
 pub use output::{
     Action, CapSource, Explanation, Limit, Move, Phase, PhaseKind, Plan, PlanMode, PlannerMemory,
-    Reason, Summary, Warning,
+    Reason, Summary, Waiting, Warning,
 };
 
 use loads::{Level, Unit};
@@ -181,6 +181,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         warnings.push(Warning::MarketUnusable);
     }
     let revisit_at = revisit::revisit_at(&cx, &loads, &wants, &phases, &needs);
+    let waiting = revisit::waiting(&cx, &loads, &wants);
     let memory = PlannerMemory {
         ai_hosts_needed: needs.history,
         last_grant_at: granted_at.or(input.memory.last_grant_at),
@@ -196,6 +197,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         warnings,
         memory,
         revisit_at,
+        waiting,
     }
 }
 

@@ -29,6 +29,23 @@ pub struct Plan {
     /// needed only when an input changes; `None`: time alone never changes it.
     #[serde(default)]
     pub revisit_at: Option<DateTime<Utc>>,
+    /// Moves today's prices ask for that a dwell holds back, grouped by model and action.
+    #[serde(default)]
+    pub waiting: Vec<Waiting>,
+}
+
+/// Units of one model a dwell holds back from one action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// Miner model, or "GPU host".
+    pub model: String,
+    pub action: Action,
+    pub devices: u32,
+    /// Power the move would change, W.
+    pub power_w: f64,
+    /// When the first of them may move.
+    pub until: DateTime<Utc>,
+    pub text: String,
 }
 
 impl Plan {

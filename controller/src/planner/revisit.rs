@@ -3,11 +3,14 @@
 //! a unit whose move it holds back), the drain delay letting go of hosts, a ramp step falling
 //! due, a schedule window or a demand-response lead or event starting or ending.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 
 use super::decide::{self, AiNeeds, Context, Want};
-use super::loads::{Level, Load};
-use super::output::{Phase, PlanMode};
+use super::explain::watts;
+use super::loads::{Level, Load, Unit};
+use super::output::{Action, Phase, PlanMode, Waiting};
 
 pub(super) fn revisit_at(
     cx: &Context<'_>,
@@ -36,13 +39,29 @@ pub(super) fn revisit_at(
         consider(&mut earliest, Some(e.ends_at));
     }
     consider(&mut earliest, input.policy.schedule_changes_after(now));
-    if cx.mode == PlanMode::Economic {
-        for (l, w) in loads.iter().zip(wants) {
-            let Some(until) = l.dwell_until else { continue };
-            if l.in_flight || l.fixed.is_some() || earliest.is_some_and(|e| until >= e) {
-                continue;
+    // Only a dwell that holds back a move the unit would make counts.
+    for (_, until, _) in held_by_dwell(cx, loads, wants) {
+        consider(&mut earliest, Some(until));
+    }
+    earliest
+}
+
+/// The units a dwell holds back from a move they would make at today's prices, with when their
+/// dwell ends and whether they would be on.
+fn held_by_dwell<'a>(
+    cx: &'a Context<'_>,
+    loads: &'a [Load],
+    wants: &'a [Want],
+) -> impl Iterator<Item = (&'a Load, DateTime<Utc>, bool)> + 'a {
+    loads
+        .iter()
+        .zip(wants)
+        .filter(|_| cx.mode == PlanMode::Economic)
+        .filter_map(|(l, w)| {
+            let until = l.dwell_until?;
+            if l.in_flight || l.fixed.is_some() {
+                return None;
             }
-            // Only a dwell that holds back a move the unit would make counts.
             let free = decide::want(
                 &Load {
                     may_move: true,
@@ -51,10 +70,55 @@ pub(super) fn revisit_at(
                 cx,
             );
             let trimmed = matches!(l.level_now, Level::Trim(_));
-            if free.on != w.on || (free.on && trimmed) {
-                consider(&mut earliest, Some(until));
-            }
-        }
+            (free.on != w.on || (free.on && trimmed)).then_some((l, until, free.on))
+        })
+}
+
+/// What a dwell holds back, grouped by model and action, in words: why a plan moves less than
+/// today's prices ask (after `pivotctl resume`, say, when the miners slept minutes ago).
+pub(super) fn waiting(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> Vec<Waiting> {
+    let input = cx.input;
+    let mut groups: BTreeMap<(Action, &str), Waiting> = BTreeMap::new();
+    for (l, until, on) in held_by_dwell(cx, loads, wants) {
+        let (model, action) = match (l.unit, on) {
+            (Unit::Miner(i), true) => (input.miners[i].model.as_str(), Action::Wake),
+            (Unit::Miner(i), false) => (input.miners[i].model.as_str(), Action::Sleep),
+            (Unit::Host(_), true) => ("GPU host", Action::Release),
+            (Unit::Host(_), false) => ("GPU host", Action::Drain),
+        };
+        let g = groups.entry((action, model)).or_insert_with(|| Waiting {
+            model: model.to_owned(),
+            action,
+            devices: 0,
+            power_w: 0.0,
+            until,
+            text: String::new(),
+        });
+        g.devices += 1;
+        let at_w = l.level_power(l.level_now);
+        g.power_w += if on { l.full_w - at_w } else { at_w - l.off_w }.max(0.0);
+        g.until = g.until.min(until);
     }
-    earliest
+    let dwell_s = input.policy.economic.min_dwell_s;
+    groups
+        .into_values()
+        .map(|mut g| {
+            let (noun, verb) = match g.action {
+                Action::Wake => ("miner", "wake"),
+                Action::Sleep => ("miner", "sleep"),
+                Action::Release => ("host", "serve AI"),
+                Action::Drain => ("host", "drain"),
+                Action::Trim => ("miner", "trim"),
+            };
+            g.text = format!(
+                "{}: {} {noun}{} ({}) would {verb} at today's prices but changed within the {dwell_s} s dwell; the first may move at {}",
+                g.model,
+                g.devices,
+                if g.devices == 1 { "" } else { "s" },
+                watts(g.power_w),
+                g.until.format("%H:%M:%S UTC"),
+            );
+            g
+        })
+        .collect()
 }

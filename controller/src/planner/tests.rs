@@ -739,9 +739,24 @@ fn revisit_at_is_when_a_dwell_would_release_a_move() {
     let p = plan(&i);
     assert!(p.phases.is_empty());
     assert_eq!(p.revisit_at, Some(t0() + Duration::seconds(200)));
-    // A dwell that holds back no move is no reason to look again.
+    // And the plan says so, in words: what waits, for how long.
+    assert_eq!(p.waiting.len(), 1, "{:?}", p.waiting);
+    let w = &p.waiting[0];
+    assert_eq!(
+        (w.model.as_str(), w.action, w.devices),
+        ("S19j Pro", Action::Sleep, 1)
+    );
+    assert_eq!(w.power_w, 3068.0);
+    assert_eq!(w.until, t0() + Duration::seconds(200));
+    assert_eq!(
+        w.text,
+        "S19j Pro: 1 miner (3 kW) would sleep at today's prices but changed within the 300 s \
+         dwell; the first may move at 12:03:20 UTC"
+    );
+    // A dwell that holds back no move is no reason to look again, nor to wait.
     i.market = Some(market(40.0, 30.0, None));
     assert_eq!(plan(&i).revisit_at, None);
+    assert!(plan(&i).waiting.is_empty());
     // Once the dwell is over the move is made, and nothing is left to wait for.
     i.market = Some(market(40.0, 80.0, None));
     i.now = t0() + Duration::seconds(200);

@@ -647,3 +647,62 @@ async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles_until_
     })
     .await;
 }
+
+/// After `pivotctl resume` the miners that slept minutes ago stay asleep until the policy's dwell
+/// has passed, and the status says so in words (which model, how many, until when) instead of
+/// leaving the operator to guess; then they wake by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_resume_the_status_says_what_the_dwell_holds_back_until_when() {
+    let s = site(100_000.0, 30.0, 0.5, Timing::fast()).await;
+    s.until("every miner mining", |s| s.miners.iter().all(mining))
+        .await;
+    let policy = s.dir.path().join("dwell.toml");
+    std::fs::write(
+        &policy,
+        POLICY.replace("min_dwell_s = 0", "min_dwell_s = 30"),
+    )
+    .unwrap();
+    s.pivotctl(&["policy", "set", policy.to_str().unwrap()]);
+    s.pivotctl(&["curtail"]);
+    s.until("every miner asleep", |s| s.miners.iter().all(asleep))
+        .await;
+    s.pivotctl(&["resume"]);
+    let mut waiting = Vec::new();
+    s.until("the status saying the dwell holds the wakes back", |s| {
+        let st = s.json(&["status", "--json"]);
+        waiting = st["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_owned())
+            .collect();
+        waiting.iter().any(|w| w.contains("would wake"))
+    })
+    .await;
+    // One line per model, each saying the dwell and when the first may move.
+    assert!(
+        waiting
+            .iter()
+            .all(|w| w.contains("within the 30 s dwell; the first may move at ")),
+        "{waiting:?}"
+    );
+    let woken: u32 = waiting
+        .iter()
+        .filter_map(|w| w.split(": ").nth(1)?.split(' ').next()?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(woken, 4, "{waiting:?}");
+    assert!(s.miners.iter().all(asleep), "woken inside the dwell");
+    let text = s.pivotctl(&["status"]);
+    assert!(text.contains("waiting     "), "{text}");
+    // The dwell passes: they wake, and nothing waits.
+    s.until("every miner mining after the dwell", |s| {
+        s.miners.iter().all(mining)
+    })
+    .await;
+    s.until("nothing waiting", |s| {
+        s.json(&["status", "--json"])["waiting"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    })
+    .await;
+}

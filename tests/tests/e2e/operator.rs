@@ -437,6 +437,31 @@ async fn the_dashboard_in_a_real_browser_shows_the_site_live_and_acts_only_for_o
         "the overrides read again after missed events",
     )
     .await;
+    // A status that says a dwell holds wakes back and a failed move holds a miner: the mode line
+    // counts the notes and shows them on hover, as `pivotctl status` prints them.
+    let mode = b
+        .eval(
+            "const st = Object.assign({}, window.pivotDashboard.status, {
+               waiting: [\"S21: 2 miners (7 kW) would wake at today's prices but changed within the 300 s dwell; the first may move at 12:05:00 UTC\"],
+               held: [{ device_id: 'miner/x', until: '2026-12-01T12:10:00Z', reason: 'failed: no mode' }] });
+             window.pivotDashboard.events.dispatchEvent(new MessageEvent('status', { data: JSON.stringify(st) }));
+             const m = document.querySelector('#mode');
+             return { text: m.textContent, title: m.title };",
+            json!([]),
+        )
+        .await;
+    assert!(
+        mode["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("· 2 notes (hover)"),
+        "{mode}"
+    );
+    let title = mode["title"].as_str().unwrap();
+    assert!(
+        title.contains("waiting: S21: 2 miners") && title.contains("held miner/x until"),
+        "{mode}"
+    );
     // Even by hand, a viewer's action is refused by the controller.
     let refused = b
         .eval_async(

@@ -101,6 +101,9 @@ pub fn print_status(s: &v1::SiteStatus) {
             clean(&p.reason)
         );
     }
+    for w in &s.waiting {
+        println!("waiting     {}", clean(w));
+    }
     if s.held_total > 0 {
         println!(
             "held        {} device{} after a failed move, not moved until the hold ends:",

@@ -117,6 +117,12 @@ function renderStatus(st) {
   state.status = st;
   $("#site-id").textContent = st.site_id + " · controller " + st.controller_version;
   $("#mode").textContent = "policy " + st.policy + " — " + st.mode;
+  // What a dwell holds back, and what failed moves hold, under the mode (pivotctl status's lines).
+  const held = (st.held || []).map((h) => "held " + h.device_id + " until " + h.until + ": " + h.reason);
+  const notes = (st.waiting || []).map((w) => "waiting: " + w).concat(held);
+  $("#mode").title = notes.length ? notes.join("\n") : "What the controller runs on: economic decisions, or the safe policy and why";
+  $("#mode").classList.toggle("has-notes", notes.length > 0);
+  if (notes.length) $("#mode").textContent += " · " + notes.length + (notes.length === 1 ? " note" : " notes") + " (hover)";
   for (const el of document.querySelectorAll("[data-field]")) {
     const v = get(st, el.dataset.field);
     el.dataset.value = v === null || v === undefined ? "" : String(v);
