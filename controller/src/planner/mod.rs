@@ -180,8 +180,9 @@ pub fn plan(input: &PlanInput) -> Plan {
     if input.market.is_none() {
         warnings.push(Warning::MarketUnusable);
     }
-    let revisit_at = revisit::revisit_at(&cx, &loads, &wants, &phases, &needs);
-    let waiting = revisit::waiting(&cx, &loads, &wants);
+    let held = revisit::held_by_dwell(&cx, &loads, &wants);
+    let revisit_at = revisit::revisit_at(&cx, &held, &phases, &needs);
+    let waiting = revisit::waiting(&cx, &held);
     let memory = PlannerMemory {
         ai_hosts_needed: needs.history,
         last_grant_at: granted_at.or(input.memory.last_grant_at),

@@ -14,8 +14,7 @@ use super::output::{Action, Phase, PlanMode, Waiting};
 
 pub(super) fn revisit_at(
     cx: &Context<'_>,
-    loads: &[Load],
-    wants: &[Want],
+    held: &[Held<'_>],
     phases: &[Phase],
     needs: &AiNeeds,
 ) -> Option<DateTime<Utc>> {
@@ -40,23 +39,33 @@ pub(super) fn revisit_at(
     }
     consider(&mut earliest, input.policy.schedule_changes_after(now));
     // Only a dwell that holds back a move the unit would make counts.
-    for (_, until, _) in held_by_dwell(cx, loads, wants) {
-        consider(&mut earliest, Some(until));
+    for h in held {
+        consider(&mut earliest, Some(h.until));
     }
     earliest
 }
 
-/// The units a dwell holds back from a move they would make at today's prices, with when their
-/// dwell ends and whether they would be on.
-fn held_by_dwell<'a>(
-    cx: &'a Context<'_>,
+/// A unit a dwell holds back from a move it would make at today's prices.
+pub(super) struct Held<'a> {
+    load: &'a Load,
+    /// When its dwell ends.
+    until: DateTime<Utc>,
+    /// Whether it would be on.
+    on: bool,
+}
+
+/// The units a dwell holds back from a move they would make at today's prices.
+pub(super) fn held_by_dwell<'a>(
+    cx: &Context<'_>,
     loads: &'a [Load],
-    wants: &'a [Want],
-) -> impl Iterator<Item = (&'a Load, DateTime<Utc>, bool)> + 'a {
+    wants: &[Want],
+) -> Vec<Held<'a>> {
+    if cx.mode != PlanMode::Economic {
+        return Vec::new();
+    }
     loads
         .iter()
         .zip(wants)
-        .filter(|_| cx.mode == PlanMode::Economic)
         .filter_map(|(l, w)| {
             let until = l.dwell_until?;
             if l.in_flight || l.fixed.is_some() {
@@ -70,16 +79,21 @@ fn held_by_dwell<'a>(
                 cx,
             );
             let trimmed = matches!(l.level_now, Level::Trim(_));
-            (free.on != w.on || (free.on && trimmed)).then_some((l, until, free.on))
+            (free.on != w.on || (free.on && trimmed)).then_some(Held {
+                load: l,
+                until,
+                on: free.on,
+            })
         })
+        .collect()
 }
 
 /// What a dwell holds back, grouped by model and action, in words: why a plan moves less than
 /// today's prices ask (after `pivotctl resume`, say, when the miners slept minutes ago).
-pub(super) fn waiting(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> Vec<Waiting> {
+pub(super) fn waiting(cx: &Context<'_>, held: &[Held<'_>]) -> Vec<Waiting> {
     let input = cx.input;
     let mut groups: BTreeMap<(Action, &str), Waiting> = BTreeMap::new();
-    for (l, until, on) in held_by_dwell(cx, loads, wants) {
+    for &Held { load: l, until, on } in held {
         let (model, action) = match (l.unit, on) {
             (Unit::Miner(i), true) => (input.miners[i].model.as_str(), Action::Wake),
             (Unit::Miner(i), false) => (input.miners[i].model.as_str(), Action::Sleep),
