@@ -237,6 +237,9 @@ pub(super) struct Want {
     /// Margin per MWh the fit ranks it by (band bonus for a load already on).
     pub rank: f64,
     pub margin_usd_per_mwh: f64,
+    /// Economic mode: whether it would be on were it free to move (its dwell over): what a
+    /// dwell holds back is where this and `on` differ (`revisit.rs`).
+    pub free_on: bool,
 }
 
 pub(super) struct Context<'a> {
@@ -313,6 +316,7 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
             f64::MAX
         },
         margin_usd_per_mwh: margin,
+        free_on: !scheduled_off && margin >= threshold,
     };
     if scheduled_off {
         w.on = false;

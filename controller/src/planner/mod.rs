@@ -180,9 +180,8 @@ pub fn plan(input: &PlanInput) -> Plan {
     if input.market.is_none() {
         warnings.push(Warning::MarketUnusable);
     }
-    let held = revisit::held_by_dwell(&cx, &loads, &wants);
-    let revisit_at = revisit::revisit_at(&cx, &held, &phases, &needs);
-    let waiting = revisit::waiting(&cx, &held);
+    let dwell_holds = revisit::dwell_holds(&cx, &loads, &wants);
+    let revisit_at = revisit::revisit_at(&cx, &dwell_holds, &phases, &needs);
     let memory = PlannerMemory {
         ai_hosts_needed: needs.history,
         last_grant_at: granted_at.or(input.memory.last_grant_at),
@@ -198,7 +197,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         warnings,
         memory,
         revisit_at,
-        waiting,
+        waiting: dwell_holds.waiting,
     }
 }
 

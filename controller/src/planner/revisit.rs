@@ -14,7 +14,7 @@ use super::output::{Action, Phase, PlanMode, Waiting};
 
 pub(super) fn revisit_at(
     cx: &Context<'_>,
-    held: &[Held<'_>],
+    dwell: &DwellHolds,
     phases: &[Phase],
     needs: &AiNeeds,
 ) -> Option<DateTime<Utc>> {
@@ -39,62 +39,41 @@ pub(super) fn revisit_at(
     }
     consider(&mut earliest, input.policy.schedule_changes_after(now));
     // Only a dwell that holds back a move the unit would make counts.
-    for h in held {
-        consider(&mut earliest, Some(h.until));
-    }
+    consider(&mut earliest, dwell.first_ends_at);
     earliest
 }
 
-/// A unit a dwell holds back from a move it would make at today's prices.
-pub(super) struct Held<'a> {
-    load: &'a Load,
-    /// When its dwell ends.
-    until: DateTime<Utc>,
-    /// Whether it would be on.
-    on: bool,
+/// What the dwell holds back: the moves units would make at today's prices but may not yet.
+#[derive(Default)]
+pub(super) struct DwellHolds {
+    /// When the first such unit's dwell ends.
+    pub first_ends_at: Option<DateTime<Utc>>,
+    /// Grouped by model and action, in words.
+    pub waiting: Vec<Waiting>,
 }
 
-/// The units a dwell holds back from a move they would make at today's prices.
-pub(super) fn held_by_dwell<'a>(
-    cx: &Context<'_>,
-    loads: &'a [Load],
-    wants: &[Want],
-) -> Vec<Held<'a>> {
+/// One pass over the units inside their dwell (no list of them is kept: at 100,000 devices
+/// thousands are, and a list that size is a fresh mmap for every plan).
+pub(super) fn dwell_holds(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> DwellHolds {
+    let mut out = DwellHolds::default();
     if cx.mode != PlanMode::Economic {
-        return Vec::new();
+        return out;
     }
-    loads
-        .iter()
-        .zip(wants)
-        .filter_map(|(l, w)| {
-            let until = l.dwell_until?;
-            if l.in_flight || l.fixed.is_some() {
-                return None;
-            }
-            let free = decide::want(
-                &Load {
-                    may_move: true,
-                    ..*l
-                },
-                cx,
-            );
-            let trimmed = matches!(l.level_now, Level::Trim(_));
-            (free.on != w.on || (free.on && trimmed)).then_some(Held {
-                load: l,
-                until,
-                on: free.on,
-            })
-        })
-        .collect()
-}
-
-/// What a dwell holds back, grouped by model and action, in words: why a plan moves less than
-/// today's prices ask (after `pivotctl resume`, say, when the miners slept minutes ago).
-pub(super) fn waiting(cx: &Context<'_>, held: &[Held<'_>]) -> Vec<Waiting> {
     let input = cx.input;
     let mut groups: BTreeMap<(Action, &str), Waiting> = BTreeMap::new();
-    for &Held { load: l, until, on } in held {
-        let (model, action) = match (l.unit, on) {
+    for (l, w) in loads.iter().zip(wants) {
+        let Some(until) = l.dwell_until else { continue };
+        if l.in_flight || l.fixed.is_some() {
+            continue;
+        }
+        let trimmed = matches!(l.level_now, Level::Trim(_));
+        if !(w.free_on != w.on || (w.free_on && trimmed)) {
+            continue;
+        }
+        if out.first_ends_at.is_none_or(|e| until < e) {
+            out.first_ends_at = Some(until);
+        }
+        let (model, action) = match (l.unit, w.free_on) {
             (Unit::Miner(i), true) => (input.miners[i].model.as_str(), Action::Wake),
             (Unit::Miner(i), false) => (input.miners[i].model.as_str(), Action::Sleep),
             (Unit::Host(_), true) => ("GPU host", Action::Release),
@@ -110,11 +89,16 @@ pub(super) fn waiting(cx: &Context<'_>, held: &[Held<'_>]) -> Vec<Waiting> {
         });
         g.devices += 1;
         let at_w = l.level_power(l.level_now);
-        g.power_w += if on { l.full_w - at_w } else { at_w - l.off_w }.max(0.0);
+        g.power_w += if w.free_on {
+            l.full_w - at_w
+        } else {
+            at_w - l.off_w
+        }
+        .max(0.0);
         g.until = g.until.min(until);
     }
     let dwell_s = input.policy.economic.min_dwell_s;
-    groups
+    out.waiting = groups
         .into_values()
         .map(|mut g| {
             let (noun, verb) = match g.action {
@@ -134,5 +118,6 @@ pub(super) fn waiting(cx: &Context<'_>, held: &[Held<'_>]) -> Vec<Waiting> {
             );
             g
         })
-        .collect()
+        .collect();
+    out
 }
