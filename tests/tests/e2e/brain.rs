@@ -47,13 +47,24 @@ impl Site {
         write_feed(&self.dir.path().join("ai.json"), usd_per_gpu_hour);
     }
 
-    fn start_controller(&mut self) {
-        let config = self.dir.path().join("controller.toml");
-        self.controller = Some(start_and_wait(
-            "pivot-controller",
-            &["serve", "--config", config.to_str().unwrap()],
-            "pivot-controller listening on ",
+    /// Starts `bin` with `command --config <config in the site's directory>` and waits for the
+    /// line that says it is up.
+    fn start(&self, bin: &str, command: &str, config: &str, up: &str) -> Running {
+        let config = self.dir.path().join(config);
+        start_and_wait(
+            bin,
+            &[command, "--config", config.to_str().unwrap()],
+            up,
             WAIT,
+        )
+    }
+
+    fn start_controller(&mut self) {
+        self.controller = Some(self.start(
+            "pivot-controller",
+            "serve",
+            "controller.toml",
+            "pivot-controller listening on ",
         ));
     }
 
@@ -228,12 +239,11 @@ impl Site {
     /// (Re)starts the agent on `agent.toml`; the one running, if any, is killed first.
     fn start_agent(&mut self) {
         self._agent = None;
-        let config = self.dir.path().join("agent.toml");
-        self._agent = Some(start_and_wait(
+        self._agent = Some(self.start(
             "pivot-agent",
-            &["run", "--config", config.to_str().unwrap()],
+            "run",
+            "agent.toml",
             "pivot-agent metrics on ",
-            WAIT,
         ));
     }
 
