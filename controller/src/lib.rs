@@ -210,6 +210,8 @@ impl Controller {
         &self,
         outcomes: impl IntoIterator<Item = (&'a str, u64, &'a StatusRecord)>,
     ) {
+        // The agent's clock says when; one ahead of the controller's cannot hold a device longer.
+        let now = Utc::now();
         let mut f = self
             .failures
             .lock()
@@ -220,13 +222,13 @@ impl Controller {
                 IntentPhase::Rejected => f.record(
                     device.to_owned(),
                     Some(generation),
-                    s.at,
+                    s.at.min(now),
                     format!("rejected: {}", s.detail),
                 ),
                 IntentPhase::Failed if !s.retrying => f.record(
                     device.to_owned(),
                     Some(generation),
-                    s.at,
+                    s.at.min(now),
                     format!("failed: {}", s.detail),
                 ),
                 _ => {}

@@ -1,7 +1,8 @@
 //! A move an agent gives up on, over a real session: the controller holds the device for the
 //! failure memory whichever plan issued it, longer with each failure in a row (up to the
-//! ceiling), forgets the run on a confirmed move, and after a restart holds a device whose
-//! stored intent failed for good from when it failed (not tried again at once).
+//! ceiling), forgets the run on a confirmed move, after a restart holds a device whose stored
+//! intent failed for good from when it failed (not tried again at once), and never from a time
+//! ahead of its own clock.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -218,4 +219,20 @@ async fn a_move_refused_for_good_holds_the_device_longer_each_time_until_one_is_
     )
     .await;
     assert_eq!(held_for(&ctl, t5).map(|h| h.1), Some(MEMORY_S));
+
+    // An agent whose clock runs an hour ahead cannot hold the device an hour longer: the hold
+    // counts from the controller's now at the latest (second in a row: twice the memory).
+    let g6 = issue_wake(&ctl, "p6");
+    let before = Utc::now();
+    let ahead = before + chrono::Duration::hours(1);
+    session(
+        &ctl,
+        vec![status(g6, IntentPhase::Failed, false, refused, ahead)],
+    )
+    .await;
+    let (_, secs) = held_for(&ctl, before).unwrap();
+    assert!(
+        (2 * MEMORY_S..2 * MEMORY_S + 30).contains(&secs),
+        "held {secs} s from before the status"
+    );
 }

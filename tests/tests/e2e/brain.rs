@@ -554,7 +554,7 @@ async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles_until_
         30.0,
         0.5,
         antminer,
-        "failure_memory_s = 3\nfailure_memory_max_s = 60\n",
+        "failure_memory_s = 3\nfailure_memory_max_s = 12\n",
     )
     .await;
     let port = format!(":{}", s.miner(Dialect::Antminer).api_addr().port());
@@ -615,7 +615,8 @@ async fn a_wake_refused_for_good_is_tried_again_after_a_hold_that_doubles_until_
         "{am:#}"
     );
     assert_eq!(am["intent_status"]["retrying"], false, "{am:#}");
-    // The site status names it held, why and until when (it is held 12 s after the third).
+    // The site status names it held, why and until when (12 s after the third refusal and any
+    // later one: the ceiling).
     s.until("the status names the Antminer held", |s| {
         let st = s.json(&["status", "--json"]);
         st["held_total"] == 1

@@ -10,6 +10,8 @@ pub use pivot_controller::views::{
 
 /// Held devices `pivotctl status` names one per line (it counts them all).
 const HELD_LINES: usize = 5;
+/// Lines of what the dwell holds back (one per model and action) `pivotctl status` prints.
+const WAITING_LINES: usize = 10;
 
 /// Text from the controller made safe to print: control characters (newlines, NUL, escape
 /// sequences) are shown escaped instead of acted on.
@@ -101,8 +103,14 @@ pub fn print_status(s: &v1::SiteStatus) {
             clean(&p.reason)
         );
     }
-    for w in &s.waiting {
+    for w in s.waiting.iter().take(WAITING_LINES) {
         println!("waiting     {}", clean(w));
+    }
+    if s.waiting.len() > WAITING_LINES {
+        println!(
+            "            … and {} more (pivotctl status --json)",
+            s.waiting.len() - WAITING_LINES
+        );
     }
     if s.held_total > 0 {
         println!(
