@@ -118,6 +118,11 @@ impl Default for KubernetesConfig {
 pub struct ExecConfig {
     /// The operator's executable, run without a shell.
     pub hook: PathBuf,
+    /// Arguments it is run with, each passed as it is (no shell splits or expands them): one
+    /// script can serve several clusters, `args = ["--cluster", "gpu-a"]`. What to do comes in
+    /// the environment (`PIVOT_ACTION` …), not here.
+    #[serde(default)]
+    pub args: Vec<String>,
     /// Longest one run may take before its process group is killed, seconds.
     #[serde(default = "default_hook_timeout_s")]
     pub timeout_s: f64,
@@ -292,7 +297,14 @@ mod tests {
         assert_eq!(c.grace_s, 300.0);
         assert_eq!(c.slurm.unwrap().after_grace, AfterGrace::Cancel);
         let c = parse("manager = \"exec\"\n[exec]\nhook = \"/etc/pivot/hook\"\n").unwrap();
-        assert_eq!(c.exec.unwrap().timeout_s, 60.0);
+        let e = c.exec.unwrap();
+        assert_eq!(e.timeout_s, 60.0);
+        assert!(e.args.is_empty());
+        let c = parse(
+            "manager = \"exec\"\n[exec]\nhook = \"/etc/pivot/hook\"\nargs = [\"--cluster\", \"gpu a\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.exec.unwrap().args, ["--cluster", "gpu a"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! An operator's hook as the workload manager: an executable run without a shell, told what to do
-//! through its environment, judged by its exit code and the last line of its stdout.
+//! An operator's hook as the workload manager: an executable run without a shell (with the
+//! `args` its configuration gives, unchanged), told what to do through its environment, judged by
+//! its exit code and the last line of its stdout.
 //!
 //! Environment: `PIVOT_ACTION` (`release`, `drain` or `status`), `PIVOT_HOST` (the agent's host
 //! id), `PIVOT_NODE`, `PIVOT_POWER_W` (empty when the controller gave none), `PIVOT_REASON`, and
@@ -31,6 +32,7 @@ pub const EXIT_PERMANENT: i32 = 78;
 #[derive(Debug)]
 pub struct ExecHook {
     hook: PathBuf,
+    args: Vec<String>,
     timeout: Duration,
     host: String,
     node: String,
@@ -40,6 +42,7 @@ impl ExecHook {
     pub fn new(host: &str, node: &str, config: &ExecConfig) -> Self {
         Self {
             hook: config.hook.clone(),
+            args: config.args.clone(),
             timeout: secs(config.timeout_s),
             host: host.to_owned(),
             node: node.to_owned(),
@@ -62,7 +65,11 @@ impl ExecHook {
         why: &Why,
         grace_over: bool,
     ) -> Result<Finished, WorkloadError> {
-        let mut line = CommandLine::new(&self.hook, self.timeout)
+        let mut line = CommandLine::new(&self.hook, self.timeout);
+        for a in &self.args {
+            line = line.arg(a);
+        }
+        let mut line = line
             .env("PIVOT_ACTION", action)
             .env("PIVOT_HOST", &self.host)
             .env("PIVOT_NODE", &self.node)

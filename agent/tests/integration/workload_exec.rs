@@ -11,6 +11,7 @@ use pivot_proto::model::WorkloadState;
 const HOOK: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 echo "$PIVOT_ACTION host=$PIVOT_HOST node=$PIVOT_NODE power=$PIVOT_POWER_W grace_over=${PIVOT_GRACE_OVER:-0} reason=$PIVOT_REASON" >> "$dir/calls.log"
+printf '%s\n' "$@" > "$dir/args"
 if [ -f "$dir/fail" ]; then echo "hook failing on purpose"; exit "$(cat "$dir/fail")"; fi
 if [ -f "$dir/hang" ]; then (sleep 1.5; touch "$dir/survived") & sleep 30; fi
 case "$PIVOT_ACTION" in
@@ -56,9 +57,14 @@ impl Hook {
     }
 
     async fn actuator(&self, grace_s: f64, timeout_s: f64) -> WorkloadActuator {
+        self.actuator_with(grace_s, timeout_s, "").await
+    }
+
+    /// [`Hook::actuator`] with `extra` added to `[exec]`.
+    async fn actuator_with(&self, grace_s: f64, timeout_s: f64, extra: &str) -> WorkloadActuator {
         let text = format!(
             "manager = \"exec\"\nnode_name = \"gpu-07\"\ngrace_s = {grace_s}\nconfirm_s = 5\npoll_s = 0.05\n\
-             [exec]\nhook = \"{}\"\ntimeout_s = {timeout_s}\n",
+             [exec]\nhook = \"{}\"\ntimeout_s = {timeout_s}\n{extra}",
             self.path().display()
         );
         let config: WorkloadConfig = toml::from_str(&text).unwrap();
@@ -130,6 +136,28 @@ async fn hook_releases_then_drains_and_clears_jobs_after_the_grace() {
             reading.jobs_running
         ),
         ("gpu-07", "closed", false, 0)
+    );
+}
+
+/// The configured arguments reach the hook one by one, as written: no shell splits the one with
+/// a space or expands the one with `$` and `;`.
+#[tokio::test]
+async fn the_hook_gets_its_configured_arguments_as_they_are() {
+    let hook = Hook::new("closed", 0);
+    let act = hook
+        .actuator_with(
+            0.0,
+            5.0,
+            "args = [\"--cluster\", \"gpu a\", \"$HOME;false\"]\n",
+        )
+        .await;
+    act.apply(WorkloadState::Released, &why("plan 1", 100))
+        .await
+        .unwrap();
+    let args = std::fs::read_to_string(hook.file("args")).unwrap();
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        ["--cluster", "gpu a", "$HOME;false"]
     );
 }
 
