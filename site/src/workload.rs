@@ -538,6 +538,9 @@ fn sync_loads(shared: &Shared, warned: &mut BTreeMap<String, bool>) {
 /// everything else in the file (the power limits NVML wrote); written atomically, and only when
 /// it changes. The fake library re-reads the file on every call.
 pub fn set_gpu_load(state: &Path, busy: &[bool]) -> Result<bool, String> {
+    // Held until the file is written back: the agent's fake NVML sets power limits in the same
+    // file under the same lock, and neither write may undo the other.
+    let _lock = pivot_fake_nvml::state::write_lock(state)?;
     let text = std::fs::read_to_string(state).map_err(|e| format!("{}: {e}", state.display()))?;
     let mut v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", state.display()))?;

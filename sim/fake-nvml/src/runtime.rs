@@ -169,12 +169,13 @@ impl Runtime {
             return Err(codes::ERROR_INVALID_ARGUMENT);
         }
         let before = self.draw_w(index);
-        let mut next = self.state.clone();
-        next.set_limit_w(index, watts);
-        next.save(&self.path).map_err(|message| {
-            eprintln!("pivot-fake-nvml: {message}");
-            codes::ERROR_UNKNOWN
-        })?;
+        // Under the file's write lock, on the file as it is now (not the copy read at the top of
+        // this call): a load the site wrote meanwhile stays.
+        let next =
+            FakeState::update(&self.path, |s| s.set_limit_w(index, watts)).map_err(|message| {
+                eprintln!("pivot-fake-nvml: {message}");
+                codes::ERROR_UNKNOWN
+            })?;
         self.state = next;
         if self.state.power_lag_ms > 0
             && let Some(slot) = self.ramps.get_mut(index as usize)

@@ -203,6 +203,17 @@ impl FakeState {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Reads the state file, applies `change` and writes it back, holding the file's write lock
+    /// throughout ([`write_lock`]), so a change another process makes meanwhile (the simulated
+    /// site setting the GPUs' load) is neither lost nor undone. Returns the state written.
+    pub fn update(path: &Path, change: impl FnOnce(&mut FakeState)) -> Result<FakeState, String> {
+        let _lock = write_lock(path)?;
+        let mut state = Self::load(path)?;
+        change(&mut state);
+        state.save(path)?;
+        Ok(state)
+    }
+
     /// Writes the state file atomically (temporary file in the same folder, then rename), so a
     /// reader in another process never sees half a file.
     pub fn save(&self, path: &Path) -> Result<(), String> {
@@ -268,6 +279,28 @@ pub fn default_uuid(index: u32) -> String {
     format!("GPU-fa4e0000-0000-4000-8000-{index:012x}")
 }
 
+/// The lock every writer of the state file holds while it reads, changes and writes it back:
+/// an exclusive `flock` on the sibling `<file>.lock` (the state file itself is replaced by
+/// rename, so it cannot carry the lock). Released when dropped. Readers take no lock: a rename
+/// is atomic.
+pub fn write_lock(path: &Path) -> Result<std::fs::File, String> {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    file.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    Ok(file)
+}
+
 fn temp_sibling(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
@@ -316,6 +349,45 @@ mod tests {
         );
         state.set_limit_w(0, 500.0);
         assert_eq!(state.gpu(0).unwrap().enforced_limit_w(), 400.0);
+    }
+
+    /// Two writers changing different GPUs of one file, each reading, changing and writing it
+    /// back 200 times: under the write lock no change is lost (without it, one writer's
+    /// write-back of a stale copy undoes the other's).
+    #[test]
+    fn writers_under_the_lock_lose_no_change() {
+        let dir = std::env::temp_dir().join(format!("fake-nvml-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        FakeState {
+            count: 2,
+            ..FakeState::default()
+        }
+        .save(&path)
+        .unwrap();
+        let writers: Vec<_> = (0..2u32)
+            .map(|index| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        FakeState::update(&path, |s| {
+                            let now = s.gpu(index).map_or(0.0, |g| g.limit_w);
+                            s.set_limit_w(index, now + 1.0);
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let state = FakeState::load(&path).unwrap();
+        let default_limit = FakeState::default().gpu(0).unwrap().limit_w;
+        for index in 0..2 {
+            assert_eq!(state.gpu(index).unwrap().limit_w, default_limit + 200.0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
