@@ -756,3 +756,175 @@ mod tests {
         );
     }
 }
+
+/// The engine and the planner together, over random intents and readings of one miner: however
+/// far its intent got (confirmed, on its way, retried, given up) and whichever came last, the
+/// failure or the reading, the site counts the miner at no less than it may draw.
+#[cfg(test)]
+mod accounting {
+    use pivot_proto::model::{Intent, MinerDialect, MinerTarget};
+    use pivot_proto::v1;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fleet::{Assumptions, MinerInfo, MinerObservation};
+    use crate::planner::{self, PlanInput, PlannerMemory, SiteLimits};
+    use crate::policy::PolicyDocument;
+    use crate::store::StatusRecord;
+
+    const FULL_W: f64 = 3500.0;
+    const ASLEEP_W: f64 = 20.0;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn site(mining: bool, read_s_ago: i64) -> BTreeMap<String, AgentEntry> {
+        let mut a = AgentEntry {
+            host_id: "h1".into(),
+            agent_version: String::new(),
+            connected: true,
+            session: None,
+            connected_at: now(),
+            last_seen: now(),
+            host: v1::HostInventory::default(),
+            host_power: crate::fleet::HostPower::default(),
+            host_reading: None,
+            miners: BTreeMap::new(),
+            gpus: BTreeMap::new(),
+        };
+        a.miners.insert(
+            "m1".into(),
+            MinerSlot {
+                info: MinerInfo {
+                    device_id: "m1".into(),
+                    dialect: Some(MinerDialect::Antminer),
+                    nameplate_power_w: Some(FULL_W),
+                    power_target_max_w: None,
+                    inventory: v1::MinerInventory {
+                        model: "Antminer S21".into(),
+                        nameplate_hashrate_ths: Some(200.0),
+                        ..Default::default()
+                    },
+                },
+                obs: Some(MinerObservation {
+                    reachable: true,
+                    state: if mining {
+                        MinerState::Mining
+                    } else {
+                        MinerState::Sleeping
+                    },
+                    power_w: Some(if mining { 3400.0 } else { ASLEEP_W }),
+                    hashrate_ths: Some(if mining { 200.0 } else { 0.0 }),
+                    power_target_w: None,
+                    observed_at: now() - Duration::seconds(read_s_ago),
+                    restored: false,
+                    reading: v1::MinerReading::default(),
+                }),
+                last_mining_j_per_th: Some(17.5),
+            },
+        );
+        BTreeMap::from([("h1".to_owned(), a)])
+    }
+
+    fn committed_w(
+        agents: &BTreeMap<String, AgentEntry>,
+        intents: &BTreeMap<String, DeviceIntent>,
+    ) -> f64 {
+        let s = UnitSettings {
+            now: now(),
+            stale_after: Duration::seconds(30),
+            full_service_cap_w: None,
+            unknown_base_w_per_gpu: 575.0,
+            firm: &[],
+        };
+        let u = units(agents, intents, &[], &BTreeSet::new(), &s);
+        let input = PlanInput {
+            now: now(),
+            site: SiteLimits {
+                cap_w: 1e9,
+                reserve_w: 0.0,
+            },
+            demand_response: Vec::new(),
+            market: None,
+            policy: PolicyDocument::default(),
+            assumptions: Assumptions {
+                unknown_miner_max_w: FULL_W,
+                sleeping_miner_w: ASLEEP_W,
+            },
+            miners: u.miners,
+            gpu_hosts: u.gpu_hosts,
+            memory: PlannerMemory::default(),
+        };
+        planner::plan(&input).summary.start_committed_w
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn a_miner_counts_at_no_less_than_it_may_draw(
+            mining in any::<bool>(),
+            read_s_ago in 0i64..20,
+            intent in prop::option::of((any::<bool>(), 0usize..6, -20i64..20)),
+        ) {
+            let agents = site(mining, read_s_ago);
+            let observed_w = if mining { FULL_W } else { ASLEEP_W };
+            let read_w = if mining { 3400.0 } else { ASLEEP_W };
+            let (intents, floor_w) = match intent {
+                None => (BTreeMap::new(), observed_w),
+                Some((run, phase, status_s_ago)) => {
+                    let (phase, retrying) = [
+                        (IntentPhase::Pending, false),
+                        (IntentPhase::Applied, false),
+                        (IntentPhase::Confirmed, false),
+                        (IntentPhase::Failed, true),
+                        (IntentPhase::Failed, false),
+                        (IntentPhase::Rejected, false),
+                    ][phase];
+                    let target = if run {
+                        MinerTarget::Run { power_target_w: None }
+                    } else {
+                        MinerTarget::Sleep
+                    };
+                    let target_w = if run { FULL_W } else { ASLEEP_W };
+                    let at = now() - Duration::seconds(status_s_ago);
+                    let d = DeviceIntent {
+                        host_id: "h1".into(),
+                        intent: Intent {
+                            device_id: "m1".into(),
+                            generation: 1,
+                            lease_expires_at: now() + Duration::seconds(60),
+                            target: Target::Miner(target),
+                            reason: String::new(),
+                            phase: 0,
+                            plan_id: "p".into(),
+                        },
+                        issued_at: now() - Duration::seconds(30),
+                        before_w: None,
+                        status: Some(StatusRecord {
+                            phase,
+                            detail: String::new(),
+                            retrying,
+                            observed_power_w: None,
+                            at,
+                        }),
+                    };
+                    let given_up = phase == IntentPhase::Rejected
+                        || (phase == IntentPhase::Failed && !retrying);
+                    let read_after = now() - Duration::seconds(read_s_ago) > at;
+                    let floor = match phase {
+                        // Confirmed, and read since: at least the draw it read (a reading
+                        // that contradicts the confirmation is believed at its measured draw).
+                        IntentPhase::Confirmed if read_after => read_w,
+                        IntentPhase::Confirmed => target_w,
+                        _ if given_up && read_after => observed_w,
+                        _ => target_w.max(observed_w),
+                    };
+                    (BTreeMap::from([("m1".to_owned(), d)]), floor)
+                }
+            };
+            let got = committed_w(&agents, &intents);
+            prop_assert!(got + 1e-6 >= floor_w, "counted {got} W, may draw {floor_w} W; intent {intent:?}, mining {mining}, read {read_s_ago} s ago");
+        }
+    }
+}
