@@ -415,11 +415,11 @@ mod tests {
     use pivot_proto::model::{Intent, MinerDialect};
     use pivot_proto::v1;
 
-    fn now() -> DateTime<Utc> {
+    pub(super) fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
-    fn settings() -> UnitSettings<'static> {
+    pub(super) fn settings() -> UnitSettings<'static> {
         UnitSettings {
             now: now(),
             stale_after: Duration::seconds(30),
@@ -429,7 +429,7 @@ mod tests {
         }
     }
 
-    fn agent(connected: bool) -> AgentEntry {
+    pub(super) fn agent(connected: bool) -> AgentEntry {
         AgentEntry {
             host_id: "h1".into(),
             agent_version: String::new(),
@@ -445,7 +445,12 @@ mod tests {
         }
     }
 
-    fn with_miner(mut a: AgentEntry, state: MinerState, age_s: i64, restored: bool) -> AgentEntry {
+    pub(super) fn with_miner(
+        mut a: AgentEntry,
+        state: MinerState,
+        age_s: i64,
+        restored: bool,
+    ) -> AgentEntry {
         a.miners.insert(
             "m1".into(),
             MinerSlot {
@@ -505,11 +510,11 @@ mod tests {
         a
     }
 
-    fn map(a: AgentEntry) -> BTreeMap<String, AgentEntry> {
+    pub(super) fn map(a: AgentEntry) -> BTreeMap<String, AgentEntry> {
         BTreeMap::from([(a.host_id.clone(), a)])
     }
 
-    fn intent(device: &str, target: Target, phase: Option<IntentPhase>) -> DeviceIntent {
+    pub(super) fn intent(device: &str, target: Target, phase: Option<IntentPhase>) -> DeviceIntent {
         DeviceIntent {
             host_id: "h1".into(),
             intent: Intent {
@@ -762,83 +767,25 @@ mod tests {
 /// failure or the reading, the site counts the miner at no less than it may draw.
 #[cfg(test)]
 mod accounting {
-    use pivot_proto::model::{Intent, MinerDialect, MinerTarget};
-    use pivot_proto::v1;
+    use pivot_proto::model::MinerTarget;
     use proptest::prelude::*;
 
+    use super::tests::{agent, intent, map, now, settings, with_miner};
     use super::*;
-    use crate::fleet::{Assumptions, MinerInfo, MinerObservation};
-    use crate::planner::{self, PlanInput, PlannerMemory, SiteLimits};
+    use crate::fleet::Assumptions;
+    use crate::planner::{self, HELD_PHASES, PlanInput, PlannerMemory, SiteLimits};
     use crate::policy::PolicyDocument;
-    use crate::store::StatusRecord;
 
+    /// The miner `with_miner` builds: its nameplate, and what it reads mining and asleep.
     const FULL_W: f64 = 3500.0;
+    const MINING_READ_W: f64 = 3400.0;
     const ASLEEP_W: f64 = 20.0;
-
-    fn now() -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
-    }
-
-    fn site(mining: bool, read_s_ago: i64) -> BTreeMap<String, AgentEntry> {
-        let mut a = AgentEntry {
-            host_id: "h1".into(),
-            agent_version: String::new(),
-            connected: true,
-            session: None,
-            connected_at: now(),
-            last_seen: now(),
-            host: v1::HostInventory::default(),
-            host_power: crate::fleet::HostPower::default(),
-            host_reading: None,
-            miners: BTreeMap::new(),
-            gpus: BTreeMap::new(),
-        };
-        a.miners.insert(
-            "m1".into(),
-            MinerSlot {
-                info: MinerInfo {
-                    device_id: "m1".into(),
-                    dialect: Some(MinerDialect::Antminer),
-                    nameplate_power_w: Some(FULL_W),
-                    power_target_max_w: None,
-                    inventory: v1::MinerInventory {
-                        model: "Antminer S21".into(),
-                        nameplate_hashrate_ths: Some(200.0),
-                        ..Default::default()
-                    },
-                },
-                obs: Some(MinerObservation {
-                    reachable: true,
-                    state: if mining {
-                        MinerState::Mining
-                    } else {
-                        MinerState::Sleeping
-                    },
-                    power_w: Some(if mining { 3400.0 } else { ASLEEP_W }),
-                    hashrate_ths: Some(if mining { 200.0 } else { 0.0 }),
-                    power_target_w: None,
-                    observed_at: now() - Duration::seconds(read_s_ago),
-                    restored: false,
-                    reading: v1::MinerReading::default(),
-                }),
-                last_mining_j_per_th: Some(17.5),
-            },
-        );
-        BTreeMap::from([("h1".to_owned(), a)])
-    }
 
     fn committed_w(
         agents: &BTreeMap<String, AgentEntry>,
         intents: &BTreeMap<String, DeviceIntent>,
     ) -> f64 {
-        let s = UnitSettings {
-            now: now(),
-            stale_after: Duration::seconds(30),
-            full_service_cap_w: None,
-            unknown_base_w_per_gpu: 575.0,
-            firm: &[],
-        };
-        let u = units(agents, intents, &[], &BTreeSet::new(), &s);
+        let u = units(agents, intents, &[], &BTreeSet::new(), &settings());
         let input = PlanInput {
             now: now(),
             site: SiteLimits {
@@ -865,50 +812,32 @@ mod accounting {
         fn a_miner_counts_at_no_less_than_it_may_draw(
             mining in any::<bool>(),
             read_s_ago in 0i64..20,
-            intent in prop::option::of((any::<bool>(), 0usize..6, -20i64..20)),
+            intent_spec in prop::option::of((any::<bool>(), 0..HELD_PHASES.len(), -20i64..20)),
         ) {
-            let agents = site(mining, read_s_ago);
+            let state = if mining { MinerState::Mining } else { MinerState::Sleeping };
+            let mut a = with_miner(agent(true), state, read_s_ago, false);
+            if let Some(o) = a.miners.get_mut("m1").and_then(|m| m.obs.as_mut()) {
+                o.power_w = Some(if mining { MINING_READ_W } else { ASLEEP_W });
+                o.hashrate_ths = Some(if mining { 200.0 } else { 0.0 });
+            }
+            let agents = map(a);
             let observed_w = if mining { FULL_W } else { ASLEEP_W };
-            let read_w = if mining { 3400.0 } else { ASLEEP_W };
-            let (intents, floor_w) = match intent {
+            let read_w = if mining { MINING_READ_W } else { ASLEEP_W };
+            let (intents, floor_w) = match intent_spec {
                 None => (BTreeMap::new(), observed_w),
                 Some((run, phase, status_s_ago)) => {
-                    let (phase, retrying) = [
-                        (IntentPhase::Pending, false),
-                        (IntentPhase::Applied, false),
-                        (IntentPhase::Confirmed, false),
-                        (IntentPhase::Failed, true),
-                        (IntentPhase::Failed, false),
-                        (IntentPhase::Rejected, false),
-                    ][phase];
-                    let target = if run {
-                        MinerTarget::Run { power_target_w: None }
+                    let (phase, retrying) = HELD_PHASES[phase];
+                    let (target, target_w) = if run {
+                        (MinerTarget::Run { power_target_w: None }, FULL_W)
                     } else {
-                        MinerTarget::Sleep
+                        (MinerTarget::Sleep, ASLEEP_W)
                     };
-                    let target_w = if run { FULL_W } else { ASLEEP_W };
                     let at = now() - Duration::seconds(status_s_ago);
-                    let d = DeviceIntent {
-                        host_id: "h1".into(),
-                        intent: Intent {
-                            device_id: "m1".into(),
-                            generation: 1,
-                            lease_expires_at: now() + Duration::seconds(60),
-                            target: Target::Miner(target),
-                            reason: String::new(),
-                            phase: 0,
-                            plan_id: "p".into(),
-                        },
-                        issued_at: now() - Duration::seconds(30),
-                        before_w: None,
-                        status: Some(StatusRecord {
-                            phase,
-                            detail: String::new(),
-                            retrying,
-                            observed_power_w: None,
-                            at,
-                        }),
-                    };
+                    let mut d = intent("m1", Target::Miner(target), Some(phase));
+                    if let Some(st) = d.status.as_mut() {
+                        st.retrying = retrying;
+                        st.at = at;
+                    }
                     let given_up = phase == IntentPhase::Rejected
                         || (phase == IntentPhase::Failed && !retrying);
                     let read_after = now() - Duration::seconds(read_s_ago) > at;
@@ -924,7 +853,7 @@ mod accounting {
                 }
             };
             let got = committed_w(&agents, &intents);
-            prop_assert!(got + 1e-6 >= floor_w, "counted {got} W, may draw {floor_w} W; intent {intent:?}, mining {mining}, read {read_s_ago} s ago");
+            prop_assert!(got + 1e-6 >= floor_w, "counted {got} W, may draw {floor_w} W; intent {intent_spec:?}, mining {mining}, read {read_s_ago} s ago");
         }
     }
 }

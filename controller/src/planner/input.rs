@@ -83,6 +83,17 @@ impl<T> HeldIntent<T> {
     }
 }
 
+/// Every (phase, retrying) a [`HeldIntent`] can be in, for tests that draw one.
+#[cfg(test)]
+pub(crate) const HELD_PHASES: [(IntentPhase, bool); 6] = [
+    (IntentPhase::Pending, false),
+    (IntentPhase::Applied, false),
+    (IntentPhase::Confirmed, false),
+    (IntentPhase::Failed, true),
+    (IntentPhase::Failed, false),
+    (IntentPhase::Rejected, false),
+];
+
 /// A miner's power-target capability.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PowerTargetRange {

@@ -72,6 +72,8 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+pub(crate) use input::HELD_PHASES;
 pub use input::{
     AiContract, DemandResponse, GpuHostUnit, GpuUnit, HeldIntent, HostPin, HostState, MarketView,
     MinerUnit, PlanInput, PowerTargetRange, SiteLimits,

@@ -158,15 +158,6 @@ fn build(w: &World) -> PlanInput {
         MinerState::Faulted,
         MinerState::Unknown,
     ];
-    // (phase, retrying)
-    let phases = [
-        (IntentPhase::Pending, false),
-        (IntentPhase::Applied, false),
-        (IntentPhase::Confirmed, false),
-        (IntentPhase::Failed, true),
-        (IntentPhase::Failed, false),
-        (IntentPhase::Rejected, false),
-    ];
     let miners = w
         .miners
         .iter()
@@ -198,8 +189,8 @@ fn build(w: &World) -> PlanInput {
             };
             m.intent = (s.intent < 3).then(|| HeldIntent {
                 target: target(s.intent),
-                phase: phases[usize::from(s.phase)].0,
-                retrying: phases[usize::from(s.phase)].1,
+                phase: input::HELD_PHASES[usize::from(s.phase)].0,
+                retrying: input::HELD_PHASES[usize::from(s.phase)].1,
             });
             m.pin = match s.pin {
                 0 => Some(MinerTarget::Sleep),
