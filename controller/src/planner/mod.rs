@@ -182,8 +182,8 @@ pub fn plan(input: &PlanInput) -> Plan {
     if input.market.is_none() {
         warnings.push(Warning::MarketUnusable);
     }
-    let dwell_holds = revisit::dwell_holds(&cx, &loads, &wants);
-    let revisit_at = revisit::revisit_at(&cx, &dwell_holds, &phases, &needs);
+    let waiting = revisit::waiting(&cx, &loads, &wants);
+    let revisit_at = revisit::revisit_at(&cx, &waiting, &phases, &needs);
     let memory = PlannerMemory {
         ai_hosts_needed: needs.history,
         last_grant_at: granted_at.or(input.memory.last_grant_at),
@@ -199,7 +199,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         warnings,
         memory,
         revisit_at,
-        waiting: dwell_holds.waiting,
+        waiting,
     }
 }
 

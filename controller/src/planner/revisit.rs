@@ -14,7 +14,7 @@ use super::output::{Action, Phase, PlanMode, Waiting};
 
 pub(super) fn revisit_at(
     cx: &Context<'_>,
-    dwell: &DwellHolds,
+    waiting: &[Waiting],
     phases: &[Phase],
     needs: &AiNeeds,
 ) -> Option<DateTime<Utc>> {
@@ -39,25 +39,17 @@ pub(super) fn revisit_at(
     }
     consider(&mut earliest, input.policy.schedule_changes_after(now));
     // Only a dwell that holds back a move the unit would make counts.
-    consider(&mut earliest, dwell.first_ends_at);
+    consider(&mut earliest, waiting.iter().map(|w| w.until).min());
     earliest
 }
 
-/// What the dwell holds back: the moves units would make at today's prices but may not yet.
-#[derive(Default)]
-pub(super) struct DwellHolds {
-    /// When the first such unit's dwell ends.
-    pub first_ends_at: Option<DateTime<Utc>>,
-    /// Grouped by model and action, in words.
-    pub waiting: Vec<Waiting>,
-}
-
-/// One pass over the units inside their dwell (no list of them is kept: at 100,000 devices
-/// thousands are, and a list that size is a fresh mmap for every plan).
-pub(super) fn dwell_holds(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> DwellHolds {
-    let mut out = DwellHolds::default();
+/// What the dwell holds back: the moves units would make at today's prices but may not yet,
+/// grouped by model and action, in words; each group's `until` is when the first of it may
+/// move. One pass over the units inside their dwell, no list of them kept (at 100,000 devices
+/// thousands are).
+pub(super) fn waiting(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> Vec<Waiting> {
     if cx.mode != PlanMode::Economic {
-        return out;
+        return Vec::new();
     }
     let input = cx.input;
     let mut groups: BTreeMap<(Action, &str), Waiting> = BTreeMap::new();
@@ -69,9 +61,6 @@ pub(super) fn dwell_holds(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> D
         let trimmed = matches!(l.level_now, Level::Trim(_));
         if !(w.free_on != w.on || (w.free_on && trimmed)) {
             continue;
-        }
-        if out.first_ends_at.is_none_or(|e| until < e) {
-            out.first_ends_at = Some(until);
         }
         let (model, action) = match (l.unit, w.free_on) {
             (Unit::Miner(i), true) => (input.miners[i].model.as_str(), Action::Wake),
@@ -98,7 +87,7 @@ pub(super) fn dwell_holds(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> D
         g.until = g.until.min(until);
     }
     let dwell_s = input.policy.economic.min_dwell_s;
-    out.waiting = groups
+    groups
         .into_values()
         .map(|mut g| {
             let (noun, verb) = match g.action {
@@ -118,6 +107,5 @@ pub(super) fn dwell_holds(cx: &Context<'_>, loads: &[Load], wants: &[Want]) -> D
             );
             g
         })
-        .collect();
-    out
+        .collect()
 }

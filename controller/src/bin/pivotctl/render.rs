@@ -106,12 +106,7 @@ pub fn print_status(s: &v1::SiteStatus) {
     for w in s.waiting.iter().take(WAITING_LINES) {
         println!("waiting     {}", clean(w));
     }
-    if s.waiting.len() > WAITING_LINES {
-        println!(
-            "            … and {} more (pivotctl status --json)",
-            s.waiting.len() - WAITING_LINES
-        );
-    }
+    print_more("            ", s.waiting.len(), WAITING_LINES);
     if s.held_total > 0 {
         println!(
             "held        {} device{} after a failed move, not moved until the hold ends:",
@@ -126,13 +121,11 @@ pub fn print_status(s: &v1::SiteStatus) {
                 clean(&h.reason)
             );
         }
-        let shown = s.held.len().min(HELD_LINES);
-        if s.held_total as usize > shown {
-            println!(
-                "              … and {} more (pivotctl status --json)",
-                s.held_total as usize - shown
-            );
-        }
+        print_more(
+            "              ",
+            s.held_total as usize,
+            s.held.len().min(HELD_LINES),
+        );
     }
     if let Some(d) = &s.demand_response {
         println!(
@@ -146,6 +139,16 @@ pub fn print_status(s: &v1::SiteStatus) {
             } else {
                 format!(" ({})", clean(&d.note))
             }
+        );
+    }
+}
+
+/// The line after the first `shown` of `total` items: how many more `--json` has.
+fn print_more(indent: &str, total: usize, shown: usize) {
+    if total > shown {
+        println!(
+            "{indent}… and {} more (pivotctl status --json)",
+            total - shown
         );
     }
 }
