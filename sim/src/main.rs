@@ -25,7 +25,9 @@ struct Cli {
 enum Command {
     /// Serve emulated ASIC miners until SIGINT/SIGTERM. Prints `<dialect> <address>` per miner,
     /// the address as `pivot-agent` takes it (`HOST:PORT`, plus `,http=PORT` for Antminer and
-    /// Braiins), then serves.
+    /// Braiins), then serves. SIGUSR1 ages the LuxOS sessions, Whatsminer v2 tokens and Antminer
+    /// Digest nonces the miners gave by two hours, so the next command to each must log on again
+    /// (benches of a curtail hours after the last one).
     Miners(MinersArgs),
 }
 
@@ -127,12 +129,25 @@ async fn miners(args: MinersArgs) -> Result<()> {
     Ok(())
 }
 
+/// How far SIGUSR1 moves the miners' credentials' clock on: past every lifetime it judges (the
+/// longest, a Whatsminer v2 token's, is 30 minutes).
+const CREDENTIALS_SKIP: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
+/// Serves until SIGINT or SIGTERM. Each SIGUSR1 ages the miners' sessions, tokens and nonces two
+/// hours ([`pivot_sim::miner::auth_clock`]): the next command to each finds them lapsed, as a
+/// command hours after the last one would.
 async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-        _ = term.recv() => {}
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("waiting for SIGINT"),
+            _ = term.recv() => return Ok(()),
+            _ = usr1.recv() => {
+                pivot_sim::miner::auth_clock::skip(CREDENTIALS_SKIP);
+                tracing::info!("SIGUSR1: the sessions, tokens and nonces the miners gave are now two hours older");
+            }
+        }
     }
-    Ok(())
 }

@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs), COLD=1 (before each curtail, age the miners' LuxOS sessions, Whatsminer v2 tokens and Antminer Digest nonces two hours: pivot-sim's SIGUSR1, so each curtail logs on again as one hours after the last command would). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -122,6 +122,10 @@ cpu_since() {
   read -r c2 a2 s2 <<< "$(cpu_now)"
   echo "controller $(echo "scale=2; ($c2 - $c) / $tck" | bc) s, $agents agents $(echo "scale=2; ($a2 - $a) / $tck" | bc) s, pivot-sim $(echo "scale=2; ($s2 - $s) / $tck" | bc) s"
 }
+if [ -n "${COLD:-}" ]; then
+  BEFORE_CURTAIL="kill -USR1 ${sim_pids[*]}"
+  export BEFORE_CURTAIL
+fi
 curtail_runs "$ctl" "$url" "$runs"
 if [ -n "${WATCH:-}" ]; then
   # Counted once the last resume is done and nothing has been written for a while.

@@ -4,6 +4,8 @@
 # `cpu_now` (prints CPU counters) and `cpu_since COUNTERS` (prints the CPU used since, in words)
 # gets each run's CPU, from the operator's call to the confirmed phase seen, on its line.
 # ON_CURTAIL: a command started in the background as each curtail is called (e.g. a profiler).
+# BEFORE_CURTAIL: a command run to its end just before each curtail is called, outside the timing
+# (e.g. aging the emulated miners' credentials).
 
 # Waits until no plan is executing (the plan in status is done or absent).
 settle() {
@@ -54,6 +56,7 @@ for d in late[:5]:
           "| status:", s.get("generation"), s.get("phase"), "retrying" if s.get("retrying") else "", s.get("detail"))'
       fi
     fi
+    if [ -n "${BEFORE_CURTAIL:-}" ]; then bash -c "$BEFORE_CURTAIL"; fi
     mining=$(mining_now)
     first=${first:-$mining}
     last=$(newest_audit_id plan)

@@ -301,7 +301,7 @@ fn unauthorized(stale: bool) -> HttpResponse {
     let stale = if stale { ", stale=true" } else { "" };
     let header = format!(
         "Digest realm=\"{REALM}\", nonce=\"{}\", qop=\"auth\"{stale}",
-        nonce_at(unix_now())
+        nonce_at(super::auth_clock::unix())
     );
     if let Ok(v) = http::HeaderValue::from_str(&header) {
         resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
@@ -377,7 +377,7 @@ fn digest_ok(req: &HttpRequest, user: &str, pass: &str, ttl: std::time::Duration
     };
     if !expected.eq_ignore_ascii_case(&response) {
         DigestCheck::Refused
-    } else if unix_now().saturating_sub(issued) > ttl.as_secs() {
+    } else if super::auth_clock::unix().saturating_sub(issued) > ttl.as_secs() {
         DigestCheck::Stale
     } else {
         DigestCheck::Ok

@@ -10,6 +10,7 @@
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::auth_clock;
 use super::cgminer::{Request, invalid_command, status};
 use super::faults::Fault;
 use super::luxos_status;
@@ -87,7 +88,7 @@ fn logon(core: &Core, desc: &str) -> Value {
     }
     inner.session = Some(Session {
         id: id.clone(),
-        last_used: now,
+        last_used: auth_clock::instant(),
     });
     json!({"STATUS": status("S", 300, "Session created", desc), "SESSION": [{"SessionID": id}]})
 }
@@ -107,7 +108,7 @@ fn check_session(core: &Core, req: &Request, desc: &str) -> Result<String, Value
     }
     match &mut inner.session {
         Some(s) if s.id == sid.trim() && !expired => {
-            s.last_used = now;
+            s.last_used = auth_clock::instant();
             Ok(arg.trim().to_owned())
         }
         _ => Err(json!({"STATUS": status("E", 401, "Invalid session id", desc)})),

@@ -18,6 +18,7 @@
 //! misunderstanding in a driver shows up as a failed test instead of hiding in both halves.
 
 mod antminer;
+pub mod auth_clock;
 mod bitaxe;
 mod braiins;
 mod braiins_rest;

@@ -267,7 +267,8 @@ impl Core {
         (target, ths)
     }
 
-    /// Settle lazy transitions (end of a reboot, LuxOS session expiry). Call with the lock held.
+    /// Settle lazy transitions (end of a reboot, LuxOS session expiry by the credentials' clock,
+    /// [`super::auth_clock`]). Call with the lock held.
     pub fn settle(&self, inner: &mut Inner, now: Instant) {
         if let Some(until) = inner.rebooting_until
             && now >= until
@@ -290,7 +291,8 @@ impl Core {
             };
         }
         if let Some(s) = &inner.session
-            && now.saturating_duration_since(s.last_used) >= self.spec.timing.session_idle
+            && super::auth_clock::instant().saturating_duration_since(s.last_used)
+                >= self.spec.timing.session_idle
         {
             inner.session = None;
         }

@@ -11,8 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
 
+use super::auth_clock;
 use super::cgminer::{Request, status, unix_now};
 use super::crypto::{Aes256, md5crypt_hash};
 use super::faults::Fault;
@@ -163,7 +163,7 @@ pub(crate) fn api(core: &Core, req: &Request) -> Value {
 }
 
 fn get_token(core: &Core) -> Value {
-    let now = Instant::now();
+    let now = auth_clock::instant();
     let time = format!("{:04}", unix_now() % 10_000);
     let newsalt: String = {
         let n = core.next_counter();
@@ -210,7 +210,7 @@ fn encrypted(core: &Core, req: &Request) -> Value {
         return msg("E", code, json!(text));
     }
     let token = cmd.get("token").and_then(Value::as_str).unwrap_or("");
-    let now = Instant::now();
+    let now = auth_clock::instant();
     let valid =
         core.lock().tokens.iter().any(|(t, at)| {
             t == token && now.saturating_duration_since(*at).as_secs() < TOKEN_TTL_S

@@ -138,3 +138,120 @@ async fn port_base_mode_with_a_fault_for_every_miner() {
         assert_eq!(v["STATUS"][0]["Code"], 14, "{addr}: {v}");
     }
 }
+
+/// One HTTP/1.1 request on its own connection; the whole answer (head and body) as text.
+async fn http(addr: &str, request: String) -> String {
+    String::from_utf8(exchange(addr, request.as_bytes()).await).unwrap()
+}
+
+/// The `nonce` of a Digest challenge in a 401 answer.
+fn challenge_nonce(answer: &str) -> String {
+    let at = answer.find("nonce=\"").expect("a Digest challenge") + 7;
+    answer[at..].split('"').next().unwrap().to_owned()
+}
+
+/// A GET of `uri` answering the challenge `nonce` as root/root (RFC 2617, no qop).
+fn digest_get(uri: &str, nonce: &str) -> String {
+    use md5::{Digest as _, Md5};
+    let hex = |s: String| hex::encode(Md5::digest(s.as_bytes()));
+    let realm = "antMiner Configuration";
+    let response = hex(format!(
+        "{}:{nonce}:{}",
+        hex(format!("root:{realm}:root")),
+        hex(format!("GET:{uri}"))
+    ));
+    format!(
+        "GET {uri} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Digest username=\"root\", \
+         realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\"\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn sigusr1_ages_the_sessions_and_nonces_that_lapse_between_commands() {
+    let (child, _) = sim(
+        &[
+            "--dialect",
+            "mixed",
+            "--count",
+            "3",
+            "--port-base",
+            "127.88.0.3:14200",
+            "--fast",
+        ],
+        3,
+    );
+    let (antminer_web, braiins_web, luxos) =
+        ("127.88.0.3:14201", "127.88.0.3:14203", "127.88.0.3:14204");
+    let conf = "/cgi-bin/get_miner_conf.cgi";
+
+    // Before: a LuxOS session, a Braiins OS token and an Antminer nonce that each work.
+    let v = cg_json(exchange(luxos, br#"{"command":"logon"}"#).await);
+    let sid = v["SESSION"][0]["SessionID"].as_str().unwrap().to_owned();
+    let v = cg_json(exchange(luxos, br#"{"command":"session"}"#).await);
+    assert_eq!(v["SESSION"][0]["SessionID"], sid.as_str());
+    let body = r#"{"username":"root","password":"root"}"#;
+    let login = http(
+        braiins_web,
+        format!(
+            "POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let token_json = &login[login.find("\r\n\r\n").unwrap() + 4..];
+    let token = serde_json::from_str::<serde_json::Value>(token_json).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let braiins_get = format!(
+        "GET /api/v1/miner/details HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {token}\r\n\r\n"
+    );
+    let answer = http(braiins_web, braiins_get.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let nonce = challenge_nonce(
+        &http(
+            antminer_web,
+            format!("GET {conf} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await,
+    );
+    let answer = http(antminer_web, digest_get(conf, &nonce)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let pid = rustix::process::Pid::from_child(&child.0);
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1).unwrap();
+    // The signal is taken by the serving loop; wait until LuxOS no longer reports the session.
+    let mut gone = false;
+    for _ in 0..50 {
+        let v = cg_json(exchange(luxos, br#"{"command":"session"}"#).await);
+        if v["SESSION"][0]["SessionID"] != sid.as_str() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the LuxOS session outlived SIGUSR1");
+
+    // After: the session and the nonce are refused as lapsed, and fresh ones work; the Braiins
+    // token, which a polling agent renews, still works (it keeps the real clock).
+    let v = cg_json(
+        exchange(
+            luxos,
+            format!(r#"{{"command":"curtail","parameter":"{sid},sleep"}}"#).as_bytes(),
+        )
+        .await,
+    );
+    assert_eq!(v["STATUS"][0]["Code"], 401, "{v}");
+    let v = cg_json(exchange(luxos, br#"{"command":"logon"}"#).await);
+    assert_eq!(v["STATUS"][0]["Code"], 300, "a new logon: {v}");
+    let answer = http(braiins_web, braiins_get).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = http(antminer_web, digest_get(conf, &nonce)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 401") && answer.contains("stale=true"),
+        "{answer}"
+    );
+    let answer = http(antminer_web, digest_get(conf, &challenge_nonce(&answer))).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
