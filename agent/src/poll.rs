@@ -27,6 +27,7 @@ pub struct Health {
 #[derive(Debug, Clone)]
 pub struct MinerStatus {
     pub reading: Reading,
+    /// When the read that gave `reading` started (what the controller orders it by).
     pub at: DateTime<Utc>,
     pub health: Health,
     /// The model it last named: kept while it is unreachable, so its series keep their labels.
@@ -129,6 +130,7 @@ pub fn record(
     took: Duration,
 ) {
     let now = Utc::now();
+    let clock = Instant::now();
     let mut reachable = 0;
     let mut for_reconciler = Vec::with_capacity(readings.len());
     {
@@ -137,10 +139,16 @@ pub fn record(
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (id, reading, started) in readings {
+            // Stamped when its read started, not when the sweep ended: under load a sweep takes
+            // seconds, and a reading that left before a wake but is stamped after the wake's
+            // read-back would pass for newer than that confirmation — the controller then counted
+            // a woken miner as asleep (or ramping) until the next sweep.
+            let at = chrono::Duration::from_std(clock.saturating_duration_since(started))
+                .map_or(now, |age| now - age);
             let ok = reading.reachable && reading.error.is_none();
             let entry = miners.entry(id.clone()).or_insert_with(|| MinerStatus {
                 reading: reading.clone(),
-                at: now,
+                at,
                 health: Health::default(),
                 model: None,
             });
@@ -169,7 +177,7 @@ pub fn record(
                 },
             ));
             entry.reading = reading;
-            entry.at = now;
+            entry.at = at;
         }
     }
     let total = for_reconciler.len();
@@ -258,6 +266,27 @@ mod tests {
         r.hashrate_ths = Some(200.0);
         r.model = Some("Antminer S21".into());
         r
+    }
+
+    /// A sweep's reading is stamped when its read started: one that left 5 s before the sweep
+    /// was recorded (before a wake confirmed meanwhile, say) is not passed off as newer.
+    #[test]
+    fn a_reading_is_stamped_when_its_read_started_not_when_the_sweep_ended() {
+        let obs = Observations::default();
+        let addr = MinerAddr::new("10.0.0.8");
+        let before = Utc::now();
+        let left = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        let read = vec![("miner/10.0.0.8".to_owned(), mining(&addr), left)];
+        record(&obs, None, read, Duration::from_secs(5));
+        let after = Utc::now();
+        obs.with_miners(|m| {
+            let at = m["miner/10.0.0.8"].at;
+            assert!(
+                at >= before - chrono::Duration::seconds(5)
+                    && at <= after - chrono::Duration::milliseconds(4_900),
+                "stamped {at}; the read left 5 s before a moment between {before} and {after}"
+            );
+        });
     }
 
     #[test]
