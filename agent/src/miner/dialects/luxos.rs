@@ -1,15 +1,20 @@
 //! LuxOS: everything on the 4028 API. Reads in one `summary+stats+pools+power+config`
-//! connection (`profiles` and `version` only when they may have changed); writes need a session id — the current one from `session` when there is one,
-//! else `logon` (Code 402 means another client holds the only session; sessions expire after
-//! 60 s idle, so an "invalid session" answer gets one fresh logon and a retry). Sleep and wake
+//! connection (`profiles` and `version` only when they may have changed); writes need a session
+//! id. LuxOS ends a session after 60 s without a command, so the agent keeps its own only while
+//! it was used in the last [`SESSION_IDLE`]; else it logs on (`logon`), and when another client
+//! holds the only session (Code 402) it asks for that one (`session`) and writes with it. An
+//! "invalid session" answer gets one fresh logon and a retry. Sleep and wake
 //! are `curtail <sid>,sleep|wakeup`; the power target is a profile (`profileset`), with ATM
 //! switched off around the change so it does not move the profile back.
 //! Facts: PROTOCOLS.md, pyasic rpc/luxminer.py and backends/luxminer.py, luxos-tooling.
 
 use async_trait::async_trait;
 use pivot_proto::model::{MinerDialect, MinerState};
+use std::time::Duration;
+
 use serde_json::Value;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::common::{self, HASHING_THS, leading_number_text};
 use crate::miner::cgminer::parse::{number_at, string_at};
@@ -30,6 +35,11 @@ const READ: [&str; 5] = ["summary", "stats", "pools", "power", "config"];
 /// fields each on current firmware) and change only when an operator changes them.
 const READ_RARE: [&str; 2] = ["profiles", "version"];
 const REFRESH_POLLS: u32 = 60;
+/// How long after its last use the agent still writes with the session it holds: LuxOS drops a
+/// session idle for 60 s (PROTOCOLS.md), less a margin for the clocks and the command's way there.
+/// One older than this is taken as gone — a curtail an hour after the last command logs on at
+/// once instead of first sending the command with a dead id to have it refused.
+const SESSION_IDLE: Duration = Duration::from_secs(50);
 
 /// What [`READ_RARE`] told, kept between polls.
 #[derive(Debug, Default)]
@@ -63,7 +73,10 @@ pub struct Luxos {
     rare_request: Box<[u8]>,
     rare: std::sync::Mutex<RareCache>,
     ctx: DriverContext,
-    session: Mutex<Option<String>>,
+    /// The session id the agent writes with, and when a command last used it.
+    session: Mutex<Option<(String, Instant)>>,
+    /// [`SESSION_IDLE`] (shorter in tests).
+    session_idle: Duration,
 }
 
 /// A LuxOS profile: name and the watts it runs at.
@@ -96,6 +109,7 @@ impl Luxos {
             rare: std::sync::Mutex::new(RareCache::default()),
             ctx,
             session: Mutex::new(None),
+            session_idle: SESSION_IDLE,
         }
     }
 
@@ -105,35 +119,40 @@ impl Luxos {
             .and_then(|s| string_at(s, &["SessionID", "SessionId"]))
     }
 
-    /// The session to write with: cached, else the miner's current one, else a new logon.
+    /// The session to write with: the one held, when used within [`SESSION_IDLE`] (and not
+    /// `fresh`); else a new `logon`; else, when another client holds the only session (Code 402),
+    /// that one, as `session` names it.
     async fn session(&self, fresh: bool) -> Result<String, MinerError> {
         let mut guard = self.session.lock().await;
-        if !fresh && let Some(s) = guard.clone() {
-            return Ok(s);
-        }
-        if let Ok(v) = self.cg.command("session", None).await
-            && let Some(s) = Self::session_of(&v)
+        if !fresh
+            && let Some((s, used)) = guard.as_ref()
+            && used.elapsed() < self.session_idle
         {
-            *guard = Some(s.clone());
-            return Ok(s);
+            return Ok(s.clone());
         }
-        let v = self.cg.command("logon", None).await.map_err(|e| match e {
-            MinerError::Status {
-                code: 402, message, ..
-            } => MinerError::AuthRejected {
+        *guard = None;
+        let s = match self.cg.command("logon", None).await {
+            Ok(v) => Self::session_of(&v).ok_or_else(|| MinerError::Malformed {
                 addr: self.addr.to_string(),
-                what: "`logon`".into(),
-                detail: format!("Code 402, another session is active: {message}"),
-            },
-            other => other,
-        })?;
-        let s = Self::session_of(&v).ok_or_else(|| MinerError::Malformed {
-            addr: self.addr.to_string(),
-            command: "logon".into(),
-            problem: "no SessionID in the reply".into(),
-            snippet: crate::miner::error::snippet(v.to_string().as_bytes()),
-        })?;
-        *guard = Some(s.clone());
+                command: "logon".into(),
+                problem: "no SessionID in the reply".into(),
+                snippet: crate::miner::error::snippet(v.to_string().as_bytes()),
+            })?,
+            Err(MinerError::Status {
+                code: 402, message, ..
+            }) => {
+                let held = self.cg.command("session", None).await?;
+                Self::session_of(&held).ok_or_else(|| MinerError::AuthRejected {
+                    addr: self.addr.to_string(),
+                    what: "`logon`".into(),
+                    detail: format!(
+                        "Code 402, another session is active: {message}; `session` names none"
+                    ),
+                })?
+            }
+            Err(other) => return Err(other),
+        };
+        *guard = Some((s.clone(), Instant::now()));
         Ok(s)
     }
 
@@ -151,7 +170,8 @@ impl Luxos {
             } else {
                 format!("{sid},{args}")
             };
-            match self.cg.command(command, Some(&param)).await {
+            let answer = self.cg.command(command, Some(&param)).await;
+            match answer {
                 Err(
                     MinerError::Status { ref message, .. }
                     | MinerError::AuthRejected {
@@ -161,6 +181,13 @@ impl Luxos {
                 ) if !fresh && message.to_ascii_lowercase().contains("session") => {
                     *self.session.lock().await = None;
                     fresh = true;
+                }
+                // The miner took the id: the session's idle time starts again now.
+                Ok(_) => {
+                    if let Some((_, used)) = self.session.lock().await.as_mut() {
+                        *used = Instant::now();
+                    }
+                    return answer;
                 }
                 other => return other,
             }
@@ -399,8 +426,75 @@ impl MinerDriver for Luxos {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_wire::{Seen, only, options, recording_proxy};
     use super::*;
+    use crate::miner::Credentials;
+    use pivot_sim::miner::{Bind, Dialect, MinerSpec, SimMiner, Timing, spawn};
     use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A LuxOS miner whose sessions lapse after `idle`, and a driver that believes its own
+    /// session gone after `agent_idle`, talking through a recording proxy.
+    async fn luxos(idle: Duration, agent_idle: Duration) -> (SimMiner, Luxos, Seen) {
+        let timing = Timing {
+            session_idle: idle,
+            ..Timing::fast()
+        };
+        let m = spawn(
+            MinerSpec::new(Dialect::Luxos).timing(timing),
+            Bind::localhost(),
+        )
+        .await
+        .unwrap();
+        let (port, seen) = recording_proxy(m.api_addr()).await;
+        let ctx = DriverContext::new(options(), Credentials::default_for(DIALECT));
+        let mut drv = Luxos::new(MinerAddr::new("127.0.0.1").with_port(port), ctx);
+        drv.session_idle = agent_idle;
+        // Past the emulated boot, so the miner mines before it is told anything.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        (m, drv, seen)
+    }
+
+    const SESSION_TRAFFIC: [&str; 3] = ["logon", "session", "curtail"];
+
+    /// A command after the session lapsed (an hour after the last, in the field) logs on at once:
+    /// no command with the dead id to be refused first, no asking for a session there is none of.
+    #[tokio::test]
+    async fn a_session_idle_past_the_firmware_limit_is_not_tried_again() {
+        let (m, drv, seen) = luxos(Duration::from_millis(300), Duration::from_millis(250)).await;
+        drv.sleep().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let woke = drv.wake().await.unwrap();
+        assert!(
+            matches!(woke.state, MinerState::Mining | MinerState::Ramping),
+            "{woke:?}"
+        );
+        assert!(!m.handle().snapshot().sleep_requested);
+        assert_eq!(
+            only(&seen, &SESSION_TRAFFIC),
+            ["logon", "curtail", "logon", "curtail"]
+        );
+    }
+
+    /// Within the idle limit the session held is used as it is; when another client holds the
+    /// only session (Code 402 to a logon), the driver writes with that one.
+    #[tokio::test]
+    async fn a_held_session_is_reused_and_another_clients_is_taken_over() {
+        let (m, drv, seen) = luxos(Duration::from_secs(60), Duration::from_secs(50)).await;
+        // Another client (say `pivot-agent miner` in another process) logged on first.
+        let mut other = tokio::net::TcpStream::connect(m.api_addr()).await.unwrap();
+        other.write_all(br#"{"command":"logon"}"#).await.unwrap();
+        let mut reply = Vec::new();
+        other.read_to_end(&mut reply).await.unwrap();
+        drv.sleep().await.unwrap();
+        assert!(m.handle().snapshot().sleep_requested);
+        drv.wake().await.unwrap();
+        assert!(!m.handle().snapshot().sleep_requested);
+        assert_eq!(
+            only(&seen, &SESSION_TRAFFIC),
+            ["logon", "session", "curtail", "curtail"]
+        );
+    }
 
     #[test]
     fn model_from_version_type_then_config() {

@@ -5,6 +5,8 @@ pub mod bitaxe;
 pub mod braiins;
 pub mod common;
 pub mod luxos;
+#[cfg(test)]
+pub(crate) mod test_wire;
 pub mod whatsminer_v2;
 pub mod whatsminer_v3;
 pub mod wm_crypto;

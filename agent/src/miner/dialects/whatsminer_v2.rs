@@ -8,8 +8,11 @@
 
 use async_trait::async_trait;
 use pivot_proto::model::{MinerDialect, MinerState};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::common::{self, HASHING_THS};
 use super::wm_crypto::V2Token;
@@ -28,8 +31,23 @@ pub struct WhatsminerV2 {
     cg: CgClient,
     read_request: Box<[u8]>,
     ctx: DriverContext,
-    token: Mutex<Option<V2Token>>,
+    token: Mutex<Option<Held>>,
+    /// [`TOKEN_LIFE`] (shorter in tests).
+    token_life: Duration,
 }
+
+/// The token the agent writes with.
+struct Held {
+    token: V2Token,
+    /// The `salt` it was derived with: a next token with the same salt reuses its key.
+    salt: String,
+    fetched: Instant,
+}
+
+/// How long the agent writes with a token: btminer forgets one 30 minutes after giving it
+/// (PROTOCOLS.md; the public Python client renews at 30 minutes too). A command an hour after
+/// the last one fetches a new token first instead of being refused with the old one (135).
+const TOKEN_LIFE: Duration = Duration::from_secs(29 * 60);
 
 /// The poll: one connection for these.
 const READ: [&str; 5] = ["summary", "pools", "edevs", "status", "devdetails"];
@@ -77,20 +95,35 @@ impl WhatsminerV2 {
             read_request: multi_request(&READ),
             ctx,
             token: Mutex::new(None),
+            token_life: TOKEN_LIFE,
         }
     }
 
-    async fn fetch_token(&self) -> Result<V2Token, MinerError> {
+    /// A new token; its key is derived again only when the salt is not the one `held` was
+    /// derived with (md5crypt is a thousand MD5 rounds: half a token's cost).
+    async fn fetch_token(&self, held: Option<&Held>) -> Result<Held, MinerError> {
         let v = self.cg.command("get_token", None).await?;
         let msg = v.get("Msg").cloned().unwrap_or(Value::Null);
         let field = |k: &str| string_at(&msg, &[k]);
         match (field("time"), field("salt"), field("newsalt")) {
-            (Some(time), Some(salt), Some(newsalt)) => Ok(V2Token::derive(
-                self.ctx.credentials.password.expose(),
-                &time,
-                &salt,
-                &newsalt,
-            )),
+            (Some(time), Some(salt), Some(newsalt)) => {
+                let token = match held {
+                    Some(h) if h.salt == salt => {
+                        V2Token::with_key(h.token.key.clone(), &time, &newsalt)
+                    }
+                    _ => V2Token::derive(
+                        self.ctx.credentials.password.expose(),
+                        &time,
+                        &salt,
+                        &newsalt,
+                    ),
+                };
+                Ok(Held {
+                    token,
+                    salt,
+                    fetched: Instant::now(),
+                })
+            }
             _ => Err(MinerError::Malformed {
                 addr: self.addr.to_string(),
                 command: "get_token".into(),
@@ -106,14 +139,15 @@ impl WhatsminerV2 {
         loop {
             let token = {
                 let mut guard = self.token.lock().await;
-                match (&*guard, fresh) {
-                    (Some(t), false) => t.clone(),
-                    _ => {
-                        let t = self
-                            .fetch_token()
+                match &*guard {
+                    Some(h) if !fresh && h.fetched.elapsed() < self.token_life => h.token.clone(),
+                    held => {
+                        let h = self
+                            .fetch_token(held.as_ref())
                             .await
                             .map_err(MinerError::before_command)?;
-                        *guard = Some(t.clone());
+                        let t = h.token.clone();
+                        *guard = Some(h);
                         t
                     }
                 }
@@ -262,5 +296,39 @@ impl MinerDriver for WhatsminerV2 {
             |r| r.power_target_w == Some(watts),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_wire::{only, options, recording_proxy};
+    use super::*;
+    use crate::miner::Credentials;
+    use pivot_sim::miner::{Bind, Dialect, MinerSpec, spawn};
+    use std::time::Duration;
+
+    /// A write after the token's life fetches a new token first, rather than sending the old one
+    /// to be refused (135) and then fetching; within its life the token is used as it is.
+    #[tokio::test]
+    async fn a_token_past_its_life_is_renewed_before_the_write() {
+        let m = spawn(MinerSpec::new(Dialect::WhatsminerV2), Bind::localhost())
+            .await
+            .unwrap();
+        let (port, seen) = recording_proxy(m.api_addr()).await;
+        let ctx = DriverContext::new(options(), Credentials::default_for(DIALECT));
+        let mut drv = WhatsminerV2::new(MinerAddr::new("127.0.0.1").with_port(port), ctx);
+        drv.token_life = Duration::from_millis(300);
+        drv.write("power_off", json!({"respbefore": "true"}))
+            .await
+            .unwrap();
+        drv.write("power_on", json!({})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drv.write("power_off", json!({"respbefore": "true"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            only(&seen, &["get_token", "enc"]),
+            ["get_token", "enc", "enc", "get_token", "enc"]
+        );
     }
 }

@@ -98,7 +98,16 @@ impl std::fmt::Debug for V2Token {
 
 impl V2Token {
     pub fn derive(password: &str, time: &str, salt: &str, newsalt: &str) -> Self {
-        let key = md5crypt_hash(password.as_bytes(), salt.as_bytes());
+        Self::with_key(
+            md5crypt_hash(password.as_bytes(), salt.as_bytes()),
+            time,
+            newsalt,
+        )
+    }
+
+    /// A token from a key already derived for this miner's salt (it depends only on the
+    /// password and the salt, which btminer keeps from token to token): only the sign is new.
+    pub fn with_key(key: String, time: &str, newsalt: &str) -> Self {
         let sign = md5crypt_hash(format!("{key}{time}").as_bytes(), newsalt.as_bytes());
         Self { key, sign }
     }
@@ -170,6 +179,10 @@ mod tests {
         let t = V2Token::derive("admin", "8589", "BQ5hoXV9", "jbzkfQls");
         assert_eq!(t.key, "RxmaDUO33TS7O26yeMHZ81");
         assert_eq!(t.sign, "D/EwL8.VLD/iO4JLBpwC4.");
+        // A next token with the same salt: the key kept, the sign new, as derived afresh.
+        let next = V2Token::with_key(t.key.clone(), "8650", "Qx3bGk2a");
+        let afresh = V2Token::derive("admin", "8650", "BQ5hoXV9", "Qx3bGk2a");
+        assert_eq!((next.key, next.sign), (afresh.key, afresh.sign));
         let plain =
             r#"{"cmd": "power_off", "respbefore": "true", "token": "D/EwL8.VLD/iO4JLBpwC4."}"#;
         let enc = t.encrypt(plain);
