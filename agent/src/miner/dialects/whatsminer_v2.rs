@@ -34,6 +34,8 @@ pub struct WhatsminerV2 {
     token: Mutex<Option<Held>>,
     /// [`TOKEN_LIFE`] (shorter in tests).
     token_life: Duration,
+    /// When a poll last failed to get a token: it asks again only a token's life later.
+    token_failed: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The token the agent writes with.
@@ -48,6 +50,11 @@ struct Held {
 /// (PROTOCOLS.md; the public Python client renews at 30 minutes too). A command an hour after
 /// the last one fetches a new token first instead of being refused with the old one (135).
 const TOKEN_LIFE: Duration = Duration::from_secs(29 * 60);
+/// A poll fetches a new token once the one held is this old (or there is none), so a write
+/// always finds one that lives on: a curtail sends its command at once, without the token
+/// exchange and its two md5crypt derivations (a tenth of the CPU of a curtail of 10,000 miners
+/// hours after the last, agents and emulator together; docs/BENCHMARKS.md).
+const TOKEN_READY: Duration = Duration::from_secs(24 * 60);
 
 /// The poll: one connection for these.
 const READ: [&str; 5] = ["summary", "pools", "edevs", "status", "devdetails"];
@@ -96,6 +103,7 @@ impl WhatsminerV2 {
             ctx,
             token: Mutex::new(None),
             token_life: TOKEN_LIFE,
+            token_failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -130,6 +138,38 @@ impl WhatsminerV2 {
                 problem: "Msg lacks time, salt or newsalt".into(),
                 snippet: crate::miner::error::snippet(v.to_string().as_bytes()),
             }),
+        }
+    }
+
+    /// After a poll: a new token when the one held is older than [`TOKEN_READY`] or there is
+    /// none. Never while a write holds the token (it fetches what it needs), never fails the
+    /// poll, and after a refusal (the write API off, say) not again for a token's life.
+    async fn keep_token_ready(&self) {
+        let Ok(mut guard) = self.token.try_lock() else {
+            return;
+        };
+        if guard
+            .as_ref()
+            .is_some_and(|h| h.fetched.elapsed() < TOKEN_READY.min(self.token_life))
+        {
+            return;
+        }
+        let failed = *self
+            .token_failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed.is_some_and(|at| at.elapsed() < self.token_life) {
+            return;
+        }
+        match self.fetch_token(guard.as_ref()).await {
+            Ok(h) => *guard = Some(h),
+            Err(e) => {
+                tracing::debug!(miner = %self.addr, error = %e, "No write token ahead of a write; the write will ask for one");
+                *self
+                    .token_failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            }
         }
     }
 
@@ -250,9 +290,14 @@ impl MinerDriver for WhatsminerV2 {
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        self.cg
+        let reading = self
+            .cg
             .read_multi(&READ, &self.read_request, |m| self.reading(m))
-            .await
+            .await;
+        if reading.is_ok() {
+            self.keep_token_ready().await;
+        }
+        reading
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
@@ -304,8 +349,30 @@ mod tests {
     use super::super::test_wire::{only, options, recording_proxy};
     use super::*;
     use crate::miner::Credentials;
-    use pivot_sim::miner::{Bind, Dialect, MinerSpec, spawn};
+    use pivot_sim::miner::{Bind, Dialect, MinerSpec, Timing, spawn};
     use std::time::Duration;
+
+    /// A poll keeps a token ready: the write after it sends its command at once, and polls
+    /// while the token is young ask for none.
+    #[tokio::test]
+    async fn a_poll_keeps_a_token_ready_for_the_next_write() {
+        let m = spawn(
+            MinerSpec::new(Dialect::WhatsminerV2).timing(Timing::fast()),
+            Bind::localhost(),
+        )
+        .await
+        .unwrap();
+        let (port, seen) = recording_proxy(m.api_addr()).await;
+        let ctx = DriverContext::new(options(), Credentials::default_for(DIALECT));
+        let drv = WhatsminerV2::new(MinerAddr::new("127.0.0.1").with_port(port), ctx);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drv.read().await.unwrap();
+        drv.read().await.unwrap();
+        let slept = drv.sleep().await.unwrap();
+        assert_eq!(slept.state, MinerState::Sleeping);
+        assert_eq!(only(&seen, &["get_token", "enc"]), ["get_token", "enc"]);
+        assert!(m.handle().snapshot().sleep_requested);
+    }
 
     /// A write after the token's life fetches a new token first, rather than sending the old one
     /// to be refused (135) and then fetching; within its life the token is used as it is.
