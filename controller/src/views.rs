@@ -216,6 +216,7 @@ pub fn device_json(d: &v1::Device) -> serde_json::Value {
         "power_cap_w": j["power_cap_w"],
         "reachable": j["reachable"],
         "problem": j["problem"],
+        "efficiency_j_per_th": d.efficiency_j_per_th,
         "last_seen": ts(d.last_seen.as_ref()),
         "intent": d.intent.as_ref().map(|i| json!({
             "generation": i.generation,
@@ -312,10 +313,12 @@ mod tests {
                 })),
                 ..Default::default()
             }),
+            efficiency_j_per_th: Some(17.5),
             ..Default::default()
         };
         let j = device_json(&miner);
         assert_eq!(j["kind"], "miner");
+        assert_eq!(j["efficiency_j_per_th"], 17.5);
         assert_eq!(j["model"], "Antminer S21");
         assert_eq!(j["reachable"], false);
         assert_eq!(j["problem"], "connection refused");
@@ -336,5 +339,6 @@ mod tests {
         // No limit pivot set: the one the GPU enforces.
         assert_eq!(j["power_cap_w"], 650.0);
         assert!(j["reachable"].is_null());
+        assert!(j["efficiency_j_per_th"].is_null());
     }
 }

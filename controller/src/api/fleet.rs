@@ -260,6 +260,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
                         last_seen: obs
                             .as_ref()
                             .map(|o| model::timestamp_to_proto(o.observed_at)),
+                        efficiency_j_per_th: slot.last_mining_j_per_th,
                         ..Default::default()
                     });
                 }

@@ -491,6 +491,24 @@ async fn a_controller_killed_mid_transition_completes_it_on_restart_without_repe
         s.json(&["status", "--json"])["miners"]["total"] == 4
     })
     .await;
+    // Each miner read mining with its draw carries the J/TH the planner ranks it by, learned
+    // from that steady mining (through the real gRPC `ListDevices`).
+    s.until("the miners' efficiencies learned", |s| {
+        let devices = s.json(&["devices", "--json"]);
+        let measured: Vec<_> = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"] == "miner" && d["state"] == "mining" && d["power_w"].is_number())
+            .collect();
+        !measured.is_empty()
+            && measured.iter().all(|d| {
+                d["efficiency_j_per_th"]
+                    .as_f64()
+                    .is_some_and(|e| (5.0..60.0).contains(&e))
+            })
+    })
+    .await;
     let antminer = format!("miner/{}", miner_addr(s.miner(Dialect::Antminer)));
     s.energy(68.0);
     let issued = |s: &Site| -> Option<u64> {
