@@ -85,22 +85,6 @@ impl MinerObservation {
             _ => None,
         }
     }
-
-    /// The J/TH to learn from this reading for a miner with `nameplate_ths` (when known) that
-    /// was believed to run at `learned` J/TH: only a reading of steady mining. A miner ramping up
-    /// or down reads a sliver of its hashrate at a draw that has not followed yet — 20 W for
-    /// 0.19 TH/s is 110 J/TH — and a miner believed that inefficient is ranked last and not woken
-    /// again at any usual price. So: at least half its nameplate hashrate when that is known, and
-    /// no more than twice the efficiency learned before (a hashboard lost is 1.5 times).
-    pub fn steady_j_per_th(&self, nameplate_ths: Option<f64>, learned: Option<f64>) -> Option<f64> {
-        let e = self.mining_j_per_th()?;
-        let hashrate = self.hashrate_ths.unwrap_or(0.0);
-        let part_of_nameplate = nameplate_ths
-            .filter(|n| n.is_finite() && *n > 0.0)
-            .is_none_or(|n| hashrate >= n / 2.0);
-        let near_learned = learned.is_none_or(|l| e <= 2.0 * l);
-        (part_of_nameplate && near_learned).then_some(e)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -555,10 +539,7 @@ impl Registry {
                         if let Some(f) = flag {
                             out.flagged.push((m.reading.device_id.clone(), f));
                         }
-                        if let Some(e) = m.steady_j_per_th(
-                            slot.info.inventory.nameplate_hashrate_ths,
-                            slot.last_mining_j_per_th,
-                        ) {
+                        if let Some(e) = m.mining_j_per_th() {
                             slot.last_mining_j_per_th = Some(e);
                         }
                         slot.obs = Some(m);
@@ -920,41 +901,6 @@ mod tests {
             .observe("h1", c.session_id, t, Utc::now(), &ASSUME)
             .unwrap();
         assert_eq!(seen.flagged.len(), 1, "{seen:?}");
-    }
-
-    /// Found in a 10,000-miner bench run: a miner read while ramping (a sliver of hashrate at a
-    /// draw that has not followed) must not teach the planner that it is hopelessly inefficient.
-    #[test]
-    fn a_miners_efficiency_is_learned_from_steady_mining_only() {
-        let r = Registry::default();
-        let (tx, _rx) = downlink();
-        let mut m = miner("a", 3500.0);
-        m.1.info.inventory.nameplate_hashrate_ths = Some(200.0);
-        let c = r.connect(agent(vec![m]), tx);
-        let reading = |power: f64, ths: f64| {
-            let mut o = obs("a", MinerState::Mining, power);
-            o.hashrate_ths = Some(ths);
-            o
-        };
-        let learned = || r.with_agents(|a| a["h1"].miners["a"].last_mining_j_per_th);
-        // Ramping up: 20 W for 0.19 TH/s, then 600 W for 20 TH/s — a tenth of its nameplate.
-        observe(&r, c.session_id, vec![reading(20.0, 0.19)]);
-        observe(&r, c.session_id, vec![reading(600.0, 20.0)]);
-        assert_eq!(learned(), None);
-        observe(&r, c.session_id, vec![reading(3400.0, 200.0)]);
-        assert_eq!(learned(), Some(17.0));
-        // A reading past half its nameplate but at more than twice the learned J/TH (a draw that
-        // lags a ramp down) is not believed either; a hashboard lost (1.5 times) is.
-        observe(&r, c.session_id, vec![reading(3600.0, 100.0)]);
-        assert_eq!(learned(), Some(17.0));
-        observe(&r, c.session_id, vec![reading(3400.0, 133.0)]);
-        assert!(learned().is_some_and(|e| (e - 3400.0 / 133.0).abs() < 1e-9));
-        // Without a nameplate hashrate, the learned figure alone bounds it.
-        let (tx, _rx) = downlink();
-        let c = r.connect(agent(vec![miner("a", 3500.0)]), tx);
-        observe(&r, c.session_id, vec![reading(3400.0, 200.0)]);
-        observe(&r, c.session_id, vec![reading(20.0, 0.19)]);
-        assert_eq!(learned(), Some(17.0));
     }
 
     #[test]
