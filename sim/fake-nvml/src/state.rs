@@ -284,12 +284,7 @@ pub fn default_uuid(index: u32) -> String {
 /// rename, so it cannot carry the lock). Released when dropped. Readers take no lock: a rename
 /// is atomic.
 pub fn write_lock(path: &Path) -> Result<std::fs::File, String> {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".lock");
-    let lock_path = path.with_file_name(name);
+    let lock_path = sibling(path, ".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -302,11 +297,16 @@ pub fn write_lock(path: &Path) -> Result<std::fs::File, String> {
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
+    sibling(path, &format!(".tmp.{}", std::process::id()))
+}
+
+/// `path` with `suffix` appended to its file name, in the same folder.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(format!(".tmp.{}", std::process::id()));
+    name.push(suffix);
     path.with_file_name(name)
 }
 
