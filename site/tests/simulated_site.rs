@@ -58,7 +58,7 @@ fn start(out: &Path, policy: &Path) -> Site {
             "--racks",
             "3",
             "--gpu-hosts",
-            "4",
+            "8",
             "--dr-notice",
             "45m",
             "--no-hourly",
@@ -150,9 +150,9 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
     // pivotctl status: the whole site is there, every miner and GPU seen.
     let status = json(&pivotctl(&url, &["status", "--json"]));
     assert_eq!(status["miners_total"], 60, "{status}");
-    assert_eq!(status["gpu_hosts"]["total"], 4, "{status}");
-    assert_eq!(status["gpus_total"], 32, "{status}");
-    assert_eq!(status["agents_connected"], 7, "{status}");
+    assert_eq!(status["gpu_hosts"]["total"], 8, "{status}");
+    assert_eq!(status["gpus_total"], 64, "{status}");
+    assert_eq!(status["agents_connected"], 11, "{status}");
     // AI demand is what the controller read from the SIMULATED workload manager's queue, through
     // its own slurmrestd reader, not the trace's column.
     let demand = status["economics"]["inputs"]
@@ -281,7 +281,10 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
 
     // GPU power rises only after the curtailment is confirmed: in every plan, a phase that grants
     // power (raises GPU caps, releases hosts to AI jobs) is issued only after each curtailing
-    // phase before it was confirmed by the agents and seen settled by the executor.
+    // phase before it was confirmed by the agents and seen settled by the executor. The window
+    // holds such a plan by design: at 13:30 AI demand steps up to every GPU of the eight hosts,
+    // and the cap binds (the site runs all its hosts and the miners that fit), so releasing the
+    // last hosts means putting miners to sleep first.
     let audit = pivotctl(
         &url,
         &["audit", "--kind", "plan", "--json", "--limit", "1000"],

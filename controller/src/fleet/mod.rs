@@ -85,6 +85,29 @@ impl MinerObservation {
             _ => None,
         }
     }
+
+    /// The J/TH to learn from this reading for a miner whose nameplate is `nameplate_w` for
+    /// `nameplate_ths` (when both are known): only a reading of steady mining. A miner ramping up
+    /// or down reads a sliver of its hashrate at a draw that has not followed yet — 20 W for
+    /// 0.19 TH/s is 110 J/TH — and a miner believed that inefficient is ranked last and not woken
+    /// again at any usual price (one believed far better than it is, kept awake at any price).
+    /// So, against a known nameplate: at least half its hashrate, and between half and twice its
+    /// J/TH (a tuned-down miner does better than its nameplate; one hashboard of three lost is
+    /// 1.5 times worse). Without a nameplate the reading's own bounds are all there is.
+    pub fn steady_j_per_th(
+        &self,
+        nameplate_w: Option<f64>,
+        nameplate_ths: Option<f64>,
+    ) -> Option<f64> {
+        let e = self.mining_j_per_th()?;
+        let known = |v: Option<f64>| v.filter(|v| v.is_finite() && *v > 0.0);
+        let (Some(w), Some(ths)) = (known(nameplate_w), known(nameplate_ths)) else {
+            return Some(e);
+        };
+        let rated = w / ths;
+        let hashrate = self.hashrate_ths.unwrap_or(0.0);
+        (hashrate >= ths / 2.0 && e >= rated / 2.0 && e <= rated * 2.0).then_some(e)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -539,7 +562,10 @@ impl Registry {
                         if let Some(f) = flag {
                             out.flagged.push((m.reading.device_id.clone(), f));
                         }
-                        if let Some(e) = m.mining_j_per_th() {
+                        if let Some(e) = m.steady_j_per_th(
+                            slot.info.nameplate_power_w,
+                            slot.info.inventory.nameplate_hashrate_ths,
+                        ) {
                             slot.last_mining_j_per_th = Some(e);
                         }
                         slot.obs = Some(m);
@@ -901,6 +927,37 @@ mod tests {
             .observe("h1", c.session_id, t, Utc::now(), &ASSUME)
             .unwrap();
         assert_eq!(seen.flagged.len(), 1, "{seen:?}");
+    }
+
+    /// A miner read while ramping (a sliver of hashrate at a draw that has not followed) must
+    /// not teach the planner that it is hopelessly inefficient, nor far better than its rating.
+    #[test]
+    fn a_miners_efficiency_is_learned_from_steady_mining_only() {
+        let r = Registry::default();
+        let (tx, _rx) = downlink();
+        let mut m = miner("a", 3500.0);
+        m.1.info.inventory.nameplate_hashrate_ths = Some(200.0);
+        let c = r.connect(agent(vec![m]), tx);
+        let reading = |power: f64, ths: f64| {
+            let mut o = obs("a", MinerState::Mining, power);
+            o.hashrate_ths = Some(ths);
+            o
+        };
+        let learned = || r.with_agents(|a| a["h1"].miners["a"].last_mining_j_per_th);
+        // Ramping up: 20 W for 0.19 TH/s, then 600 W for 20 TH/s — a tenth of its nameplate.
+        observe(&r, c.session_id, vec![reading(20.0, 0.19)]);
+        observe(&r, c.session_id, vec![reading(600.0, 20.0)]);
+        assert_eq!(learned(), None);
+        observe(&r, c.session_id, vec![reading(3400.0, 200.0)]);
+        assert_eq!(learned(), Some(17.0));
+        // Past half its hashrate but at more than twice its rated 17.5 J/TH (a draw that lags a
+        // ramp down), or at less than half of it (one that lags a ramp up): not believed.
+        observe(&r, c.session_id, vec![reading(3600.0, 100.0)]);
+        observe(&r, c.session_id, vec![reading(1500.0, 190.0)]);
+        assert_eq!(learned(), Some(17.0));
+        // A hashboard of three lost (1.5 times) is.
+        observe(&r, c.session_id, vec![reading(3400.0, 133.0)]);
+        assert!(learned().is_some_and(|e| (e - 3400.0 / 133.0).abs() < 1e-9));
     }
 
     #[test]
