@@ -51,6 +51,7 @@ fn fleet(devices: usize) -> PlanInput {
                 measured_power_w: Some(if asleep { 15.0 } else { w * 0.98 }),
                 seen: rng.unit() > 0.01,
                 power_target: None,
+                power_target_set_w: None,
                 intent: Some(HeldIntent {
                     target: if asleep {
                         MinerTarget::Sleep

@@ -231,6 +231,7 @@ mod tests {
                 max_w,
                 step_w: None,
             }),
+            power_target_set_w: None,
             intent: None,
             last_change_at: None,
             protected: false,

@@ -153,6 +153,7 @@ impl Fleet {
                         max_w: m.power_w,
                         step_w: None,
                     }),
+                    power_target_set_w: None,
                     intent: None,
                     last_change_at: None,
                     protected: false,

@@ -175,6 +175,7 @@ fn miner(
         measured_power_w: measured,
         seen: seen_obs.is_some(),
         power_target,
+        power_target_set_w: seen_obs.and_then(|o| o.power_target_w),
         intent,
         last_change_at: di.map(|d| d.issued_at),
         // A device whose last move failed holds where it is, counted as it is, until the

@@ -121,6 +121,11 @@ pub struct MinerUnit {
     /// Reachable with a fresh reading.
     pub seen: bool,
     pub power_target: Option<PowerTargetRange>,
+    /// The power target the miner reports it is set to (its last fresh reading: a LuxOS
+    /// profile's watts, Braiins OS's tuner target); `None` = not reported. With a range, full
+    /// power is counted at the larger of this and the nameplate, and at the top of the range only
+    /// when this is unknown.
+    pub power_target_set_w: Option<f64>,
     /// `None` also for an intent the agent gave up on ([`HeldIntent::given_up`]) once the
     /// miner has been read since: that reading says where it is.
     pub intent: Option<HeldIntent<MinerTarget>>,

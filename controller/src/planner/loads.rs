@@ -187,10 +187,16 @@ pub(super) fn miner_load(
         r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w
     });
     let measured = non_negative(m.measured_power_w);
+    // Full power is the miner's rated draw, or what it reports it is set to when that is more
+    // (an operator's overclock). The top of a power-target range is an overclock (LuxOS's
+    // highest profile draws 1.6 times the stock one), so it counts only for a miner whose setting
+    // is unknown — a miner woken without a target runs at its setting, whatever that is — and
+    // a restore from a trim sends the rated draw, never the top of the range.
+    let set_w = positive(m.power_target_set_w);
     let full_w = match (positive(m.nameplate_power_w), range) {
-        (Some(w), Some(r)) => w.max(r.max_w),
+        (Some(w), Some(r)) => set_w.map_or(w.max(r.max_w), |s| w.max(s)),
         (Some(w), None) => w,
-        (None, Some(r)) => r.max_w,
+        (None, Some(r)) => r.max_w.max(set_w.unwrap_or(0.0)),
         (None, None) => a.unknown_miner_max_w,
     };
     let off_w = non_negative(m.sleep_power_w)

@@ -20,6 +20,10 @@ struct MinerSpec {
     protected: bool,
     changed_s_ago: Option<i64>,
     trim: Option<f64>,
+    /// The top of its power-target range over its rating (LuxOS's profiles reach 1.6 times it).
+    headroom: f64,
+    /// What it reports it is set to, as a fraction of its rating.
+    set: Option<f64>,
 }
 
 fn miner_spec() -> impl Strategy<Value = MinerSpec> {
@@ -33,13 +37,15 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
         (
             prop::option::of(0i64..900),
             prop::option::weighted(0.3, 0.3..0.9f64),
+            prop_oneof![Just(1.0), Just(1.1), 1.0..1.6f64],
+            prop::option::weighted(0.7, prop_oneof![Just(1.0), 0.3..1.6f64]),
         ),
     )
         .prop_map(
             |(
                 (power_w, ths, state, intent, phase),
                 (seen, pin, protected),
-                (changed_s_ago, trim),
+                (changed_s_ago, trim, headroom, set),
             )| MinerSpec {
                 power_w,
                 ths,
@@ -51,6 +57,8 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
                 protected,
                 changed_s_ago,
                 trim,
+                headroom,
+                set,
             },
         )
 }
@@ -175,9 +183,10 @@ fn build(w: &World) -> PlanInput {
             let trim_w = s.trim.map(|f| (s.power_w * f).round());
             m.power_target = s.trim.map(|_| PowerTargetRange {
                 min_w: (s.power_w * 0.3).round(),
-                max_w: s.power_w,
+                max_w: (s.power_w * s.headroom).round(),
                 step_w: Some(50.0),
             });
+            m.power_target_set_w = s.set.map(|f| (s.power_w * f).round());
             let target = |k: u8| match k {
                 0 => MinerTarget::Sleep,
                 1 => MinerTarget::Run {
@@ -381,9 +390,33 @@ proptest! {
             if m.protected {
                 prop_assert!(mv.is_none());
             } else if let (Some(pin), Some((_, mv))) = (m.pin, mv) {
-                // Full power is `Run` with no target, or with the miner's maximum.
-                let full = Target::Miner(MinerTarget::Run { power_target_w: m.nameplate_power_w.map(phases::watts_u32) });
+                // Full power is `Run` with no target, or with its rating — or its own setting when
+                // that is more; the top of its range only when its setting is unknown.
+                let np = m.nameplate_power_w.unwrap_or(0.0);
+                let full_w = match (m.power_target, m.power_target_set_w) {
+                    (Some(_), Some(set)) => np.max(set),
+                    (Some(r), None) => np.max(r.max_w),
+                    (None, _) => np,
+                };
+                let full = Target::Miner(MinerTarget::Run { power_target_w: Some(phases::watts_u32(full_w)) });
                 prop_assert!(mv.to == Target::Miner(pin) || (pin == MinerTarget::Run { power_target_w: None } && mv.to == full), "{mv:?}");
+            }
+        }
+    }
+
+    /// Pivot trims and restores; it never sets a miner above its rating, or above what the
+    /// miner was set to already (an operator's overclock is kept, never made).
+    #[test]
+    fn no_miner_is_set_above_its_rating_or_its_own_setting(w in world()) {
+        let input = build(&w);
+        let p = plan(&input);
+        for m in &input.miners {
+            let Some(set) = m.power_target_set_w else { continue };
+            let most = m.nameplate_power_w.unwrap_or(0.0).max(set);
+            for (_, mv) in p.moves().filter(|(_, mv)| mv.device_id == m.device_id) {
+                if let Target::Miner(MinerTarget::Run { power_target_w: Some(t) }) = mv.to {
+                    prop_assert!(f64::from(t) <= most + 0.5, "{mv:?} sets {t} W; rated {:?}, set {set}", m.nameplate_power_w);
+                }
             }
         }
     }

@@ -28,6 +28,7 @@ pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit 
         measured_power_w: None,
         seen: true,
         power_target: None,
+        power_target_set_w: None,
         intent: Some(HeldIntent {
             target: MinerTarget::Run {
                 power_target_w: None,
@@ -306,6 +307,57 @@ fn a_cap_sheds_in_merit_order_and_trims_a_miner_with_a_power_target() {
     assert!(p.summary.committed_w <= 5800.0);
     assert!((p.summary.committed_w - 5800.0).abs() < 1e-9);
     assert_eq!(p.limit.limit_w, 5800.0);
+}
+
+/// An S21 on LuxOS: profiles from 1,700 W up to an overclock of 5,590 W around its stock
+/// 3,500 W (pivot-sim's shape of the profile list).
+fn luxos_s21(id: &str, set_w: Option<f64>) -> MinerUnit {
+    let mut m = s21(id);
+    m.power_target = Some(PowerTargetRange {
+        min_w: 1700.0,
+        max_w: 5590.0,
+        step_w: None,
+    });
+    m.power_target_set_w = set_w;
+    m
+}
+
+#[test]
+fn a_miner_is_counted_at_its_setting_and_restored_to_its_rating_not_the_top_of_its_range() {
+    let committed = |m: MinerUnit| {
+        plan(&input(vec![m], vec![], Some(market(40.0, 30.0, None))))
+            .summary
+            .start_committed_w
+    };
+    // Running at its stock setting: its rating, not the overclock at the top of its range.
+    assert_eq!(committed(luxos_s21("a", Some(3500.0))), 3500.0);
+    // Set above its rating by an operator: what it is set to.
+    assert_eq!(committed(luxos_s21("a", Some(4200.0))), 4200.0);
+    // Its setting unknown: the most it can be set to.
+    assert_eq!(committed(luxos_s21("a", None)), 5590.0);
+
+    // Trimmed to 2,000 W and now worth running in full: restored to its rating.
+    let mut trimmed = luxos_s21("t", Some(2000.0));
+    trimmed.intent = Some(HeldIntent {
+        target: MinerTarget::Run {
+            power_target_w: Some(2000),
+        },
+        phase: IntentPhase::Confirmed,
+        retrying: false,
+    });
+    let p = plan(&input(
+        vec![trimmed],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    ));
+    assert_eq!(p.summary.start_committed_w, 2000.0);
+    assert_eq!(
+        to(&p, "t"),
+        Some(Target::Miner(MinerTarget::Run {
+            power_target_w: Some(3500)
+        }))
+    );
+    assert_eq!(p.summary.committed_w, 3500.0);
 }
 
 #[test]
