@@ -80,9 +80,10 @@ pub const DEFAULT_MINERS: usize = 240;
 pub const DEFAULT_RACKS: usize = 4;
 pub const DEFAULT_GPU_HOSTS: usize = 8;
 
-/// The site's grid cap for a fleet: 94 % of what everything draws at once at the most the
-/// controller counts it at (a miner with a power-target range at the top of it), so the cap
-/// binds and the planner chooses; rounded to the kW. The reserve is 2 % of it.
+/// The site's grid cap for a fleet: 94 % of what everything draws at once, a miner with a
+/// power-target range at a tenth over its nameplate (what its owner may tune it to; the
+/// controller counts it at its nameplate or its reported setting), so the cap binds and the
+/// planner chooses; rounded to the kW. The reserve is 2 % of it.
 pub fn site_cap_w(layout: &FleetLayout) -> (f64, f64) {
     let miners: f64 = layout
         .miners
