@@ -93,7 +93,11 @@ impl MinerObservation {
     /// again at any usual price (one believed far better than it is, kept awake at any price).
     /// So, against a known nameplate: at least half its hashrate, and between half and twice its
     /// J/TH (a tuned-down miner does better than its nameplate; one hashboard of three lost is
-    /// 1.5 times worse). Without a nameplate the reading's own bounds are all there is.
+    /// 1.5 times worse). Nor a miner trimmed below nine tenths of its nameplate: it hashes more
+    /// efficiently there than at full power, which the planner ranks it by, and a trimmed miner
+    /// that looks the best of its model is restored at the next plan while another is trimmed
+    /// in its place — a swap every dwell. Without a nameplate the reading's own bounds are all
+    /// there is.
     pub fn steady_j_per_th(
         &self,
         nameplate_w: Option<f64>,
@@ -106,7 +110,8 @@ impl MinerObservation {
         };
         let rated = w / ths;
         let hashrate = self.hashrate_ths.unwrap_or(0.0);
-        (hashrate >= ths / 2.0 && e >= rated / 2.0 && e <= rated * 2.0).then_some(e)
+        let trimmed = self.power_target_w.is_some_and(|t| t < w * 0.9);
+        (!trimmed && hashrate >= ths / 2.0 && e >= rated / 2.0 && e <= rated * 2.0).then_some(e)
     }
 }
 
@@ -958,6 +963,16 @@ mod tests {
         // A hashboard of three lost (1.5 times) is.
         observe(&r, c.session_id, vec![reading(3400.0, 133.0)]);
         assert!(learned().is_some_and(|e| (e - 3400.0 / 133.0).abs() < 1e-9));
+        // Trimmed to 2,200 W it hashes at 16 J/TH, better than at full power: not learned. At
+        // its own setting of 3,400 W, or with no setting reported, it is.
+        let mut trimmed = reading(2200.0, 137.5);
+        trimmed.power_target_w = Some(2200.0);
+        observe(&r, c.session_id, vec![trimmed]);
+        assert!(learned().is_some_and(|e| (e - 3400.0 / 133.0).abs() < 1e-9));
+        let mut full = reading(3400.0, 200.0);
+        full.power_target_w = Some(3400.0);
+        observe(&r, c.session_id, vec![full]);
+        assert_eq!(learned(), Some(17.0));
     }
 
     #[test]
