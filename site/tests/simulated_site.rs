@@ -262,6 +262,20 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
         ),
         "no decision to sleep miners for the spike: {decisions:#?}"
     );
+    // Under the DR event's cap, steady for its hour, what was trimmed to meet it stays trimmed:
+    // no plan restores one miner while it trims another. (A trimmed miner's efficiency, better
+    // than at full power, once made it look the best of its model at the next plan, and the
+    // planner swapped it for another every dwell: seven restores in this hour.)
+    let restores: Vec<_> = decisions
+        .iter()
+        .filter(|(t, why)| {
+            *t >= at(DR_START) && *t < at(DR_END) && why.contains("back to full power")
+        })
+        .collect();
+    assert!(
+        restores.len() <= 1,
+        "miners trimmed for the DR event restored inside it: {restores:#?}"
+    );
     assert!(
         records.iter().any(|r| r["kind"] == "demand_response"
             && r["reason"]
