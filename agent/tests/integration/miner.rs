@@ -119,6 +119,38 @@ async fn lifecycle(dialect: Dialect) {
     }
 }
 
+/// A Braiins OS miner paused while its hashboards still wind down reads as ramping, not asleep
+/// at its mining draw; once they have stopped, asleep.
+#[tokio::test]
+async fn braiins_paused_but_still_hashing_reads_ramping() {
+    let timing = Timing {
+        ramp_down: Duration::from_secs(3),
+        ..Timing::fast()
+    };
+    let m = spawn(
+        MinerSpec::new(Dialect::Braiins).timing(timing),
+        Bind::localhost(),
+    )
+    .await
+    .unwrap();
+    let d = ours(Dialect::Braiins);
+    let drv = driver_for(
+        d,
+        addr_of(&m),
+        DriverContext::new(options(), Credentials::default_for(d)),
+        None,
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(drv.read().await.unwrap().state, MinerState::Mining);
+    m.handle().sleep();
+    let winding = drv.read().await.unwrap();
+    assert_eq!(winding.state, MinerState::Ramping, "{winding:?}");
+    assert!(winding.power_w.unwrap_or(0.0) > 1000.0, "{winding:?}");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let asleep = drv.read().await.unwrap();
+    assert_eq!(asleep.state, MinerState::Sleeping, "{asleep:?}");
+}
+
 #[tokio::test]
 async fn antminer_lifecycle() {
     lifecycle(Dialect::Antminer).await;

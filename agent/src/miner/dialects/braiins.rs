@@ -288,9 +288,16 @@ impl MinerDriver for Braiins {
                 .collect();
         }
         // miner/details status (bos-plus-api miner.proto): 1 not started, 2 normal, 3 paused,
-        // 4 suspended. Hashrate rising or falling while "normal" is a ramp.
+        // 4 suspended. Hashrate rising or falling while "normal" is a ramp; hashing while
+        // "paused" is one too — the hashboards winding down, or a poll whose `details` came just
+        // before a resume and its stats just after — not a sleep (as LuxOS and the Whatsminers
+        // read it): a miner taken as asleep while it draws its full power misleads the planner
+        // and makes the reconciler see drift from a wake it has just confirmed.
         r.state = match status {
-            Some(3) => MinerState::Sleeping,
+            Some(3) => match r.hashrate_ths {
+                Some(h) if h > HASHING_THS => MinerState::Ramping,
+                _ => MinerState::Sleeping,
+            },
             Some(2) => match r.hashrate_ths {
                 Some(h) if h > HASHING_THS => MinerState::Mining,
                 _ => MinerState::Ramping,
