@@ -510,6 +510,24 @@ async fn a_controller_killed_mid_transition_completes_it_on_restart_without_repe
             })
     })
     .await;
+    // The table form shows it in its J/TH column, for every miner read mining with its draw.
+    let table = s.pivotctl(&["devices"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("J/TH")),
+        "{table}"
+    );
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|c: &Vec<&str>| c.len() == 7 && c[2] == "miner" && c[3] == "mining" && c[4] != "-")
+        .collect();
+    assert!(!rows.is_empty(), "{table}");
+    for c in &rows {
+        assert!(
+            c[5].parse::<f64>().is_ok_and(|e| (5.0..60.0).contains(&e)),
+            "{table}"
+        );
+    }
     let antminer = format!("miner/{}", miner_addr(s.miner(Dialect::Antminer)));
     s.energy(68.0);
     let issued = |s: &Site| -> Option<u64> {

@@ -527,21 +527,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let rows: Vec<_> = list.devices.iter().map(render::device_json).collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
+                // J/TH: the figure the planner ranks a miner by (learned from its steady mining).
                 println!(
-                    "{:<40} {:<16} {:<6} {:<10} {:>10} {:<10}",
-                    "DEVICE", "HOST", "KIND", "STATE", "POWER W", "INTENT"
+                    "{:<40} {:<16} {:<6} {:<10} {:>10} {:>6} {:<10}",
+                    "DEVICE", "HOST", "KIND", "STATE", "POWER W", "J/TH", "INTENT"
                 );
                 for d in &list.devices {
                     let j = render::device_json(d);
+                    let figure = |v: &serde_json::Value, digits: usize| {
+                        v.as_f64()
+                            .map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+                    };
                     println!(
-                        "{:<40} {:<16} {:<6} {:<10} {:>10} {:<10}",
+                        "{:<40} {:<16} {:<6} {:<10} {:>10} {:>6} {:<10}",
                         clean(&d.device_id),
                         clean(&d.host_id),
                         j["kind"].as_str().unwrap_or("?"),
                         j["state"].as_str().unwrap_or("-"),
-                        j["power_w"]
-                            .as_f64()
-                            .map_or_else(|| "-".to_owned(), |p| format!("{p:.0}")),
+                        figure(&j["power_w"], 0),
+                        figure(&j["efficiency_j_per_th"], 1),
                         j["intent_status"]["phase"]
                             .as_str()
                             .map_or("-", |p| p.trim_start_matches("INTENT_PHASE_"))
