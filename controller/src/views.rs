@@ -200,6 +200,17 @@ pub fn device_json(d: &v1::Device) -> serde_json::Value {
         }
         None => {}
     }
+    // A miner whose move the agent confirmed after its last reading is where the confirming
+    // read-back saw it — as the site status and the planner count it — until the next poll's
+    // reading catches up (seconds, or a sweep's length on an agent with thousands of miners).
+    let mut state_from = if j["state"].is_null() { "" } else { "reading" };
+    if let Some((state, power_w)) = confirmed_miner_state(d) {
+        j["state"] = json!(state.as_str());
+        if let Some(p) = power_w {
+            j["power_w"] = json!(p);
+        }
+        state_from = "confirmation";
+    }
     let model = match &d.inventory {
         Some(v1::device::Inventory::Miner(m)) => m.model.clone(),
         Some(v1::device::Inventory::Gpu(g)) => g.name.clone(),
@@ -211,6 +222,7 @@ pub fn device_json(d: &v1::Device) -> serde_json::Value {
         "kind": kind,
         "model": model,
         "state": j["state"],
+        "state_from": state_from,
         "power_w": j["power_w"],
         "hashrate_ths": j["hashrate_ths"],
         "power_cap_w": j["power_cap_w"],
@@ -233,6 +245,35 @@ pub fn device_json(d: &v1::Device) -> serde_json::Value {
             "retrying": s.retrying,
         })),
     })
+}
+
+/// For a miner whose current intent the agent confirmed after the device's last reading: the
+/// state that intent made of it, and the power its confirming read-back measured.
+fn confirmed_miner_state(d: &v1::Device) -> Option<(pivot_proto::model::MinerState, Option<f64>)> {
+    use pivot_proto::model::MinerState;
+    let (Some(v1::device::Reading::MinerReading(_)), Some(i), Some(st)) =
+        (&d.reading, &d.intent, &d.intent_status)
+    else {
+        return None;
+    };
+    let Some(v1::intent::Target::Miner(m)) = &i.target else {
+        return None;
+    };
+    let confirmed = st.phase == v1::IntentPhase::Confirmed as i32 && st.generation == i.generation;
+    let at = |t: Option<&prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    let newer = match (at(st.at.as_ref()), at(d.last_seen.as_ref())) {
+        (Some(c), Some(r)) => c > r,
+        _ => false,
+    };
+    if !(confirmed && newer) {
+        return None;
+    }
+    let state = if m.mode == v1::MinerMode::Sleep as i32 {
+        MinerState::Sleeping
+    } else {
+        MinerState::Mining
+    };
+    Some((state, st.observed_power_w))
 }
 
 /// An intent's target as the pin that would hold a device there (same words as an override).
@@ -289,6 +330,62 @@ pub fn history_json(h: &v1::History) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At 10,000 miners `pivotctl devices` showed every woken miner asleep for more than a poll
+    /// interval after its wake was confirmed, while the status counted them mining.
+    #[test]
+    fn a_miner_confirmed_after_its_last_reading_shows_where_the_confirmation_saw_it() {
+        let at = |s: i64| {
+            Some(prost_types::Timestamp {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        let device = |status_at: i64, phase: v1::IntentPhase, generation: u64| v1::Device {
+            kind: v1::DeviceKind::Miner as i32,
+            reading: Some(v1::device::Reading::MinerReading(v1::MinerReading {
+                reachable: true,
+                state: pivot_proto::model::MinerState::Sleeping.to_proto() as i32,
+                power_w: Some(12.0),
+                ..Default::default()
+            })),
+            last_seen: at(100),
+            intent: Some(v1::Intent {
+                generation: 4,
+                target: Some(v1::intent::Target::Miner(v1::MinerTarget {
+                    mode: v1::MinerMode::Run as i32,
+                    power_target_w: None,
+                })),
+                ..Default::default()
+            }),
+            intent_status: Some(v1::IntentStatus {
+                generation,
+                phase: phase as i32,
+                observed_power_w: Some(900.0),
+                at: at(status_at),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let j = device_json(&device(105, v1::IntentPhase::Confirmed, 4));
+        assert_eq!(
+            (&j["state"], &j["power_w"], &j["state_from"]),
+            (&json!("mining"), &json!(900.0), &json!("confirmation"))
+        );
+        // A reading newer than the confirmation, a status not confirmed, or one of another
+        // generation: the reading.
+        for d in [
+            device(95, v1::IntentPhase::Confirmed, 4),
+            device(105, v1::IntentPhase::Applied, 4),
+            device(105, v1::IntentPhase::Confirmed, 3),
+        ] {
+            let j = device_json(&d);
+            assert_eq!(
+                (&j["state"], &j["power_w"], &j["state_from"]),
+                (&json!("sleeping"), &json!(12.0), &json!("reading"))
+            );
+        }
+    }
 
     #[test]
     fn a_device_shows_what_the_table_flags_and_its_intent_in_words() {

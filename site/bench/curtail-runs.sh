@@ -51,7 +51,7 @@ import json, sys
 late = [d for d in json.load(sys.stdin) if d["kind"] == "miner" and d["state"] != "mining"]
 for d in late[:5]:
     i, s = d.get("intent") or {}, d.get("intent_status") or {}
-    print("not mining after the resume:", d["device_id"], "on", d["host_id"], d["model"], d["state"], d["problem"],
+    print("not mining after the resume:", d["device_id"], "on", d["host_id"], d["model"], d["state"], "(" + d.get("state_from", "") + ")", d["problem"],
           "| intent:", i.get("generation"), i.get("target"), i.get("plan_id"),
           "| status:", s.get("generation"), s.get("phase"), "retrying" if s.get("retrying") else "", s.get("detail"))'
       fi
