@@ -42,10 +42,13 @@ fn addr_of(m: &SimMiner) -> MinerAddr {
 }
 
 async fn start(spec: MinerSpec) -> (SimMiner, Box<dyn MinerDriver>) {
+    start_timed(spec.timing(Timing::fast())).await
+}
+
+/// [`start`] with the spec's own timing.
+async fn start_timed(spec: MinerSpec) -> (SimMiner, Box<dyn MinerDriver>) {
     let d = spec.dialect;
-    let m = spawn(spec.timing(Timing::fast()), Bind::localhost())
-        .await
-        .unwrap();
+    let m = spawn(spec, Bind::localhost()).await.unwrap();
     let ctx = DriverContext::new(options(), Credentials::default_for(ours(d)));
     let driver = driver_for(ours(d), addr_of(&m), ctx, None);
     (m, driver)
@@ -127,19 +130,7 @@ async fn braiins_paused_but_still_hashing_reads_ramping() {
         ramp_down: Duration::from_secs(3),
         ..Timing::fast()
     };
-    let m = spawn(
-        MinerSpec::new(Dialect::Braiins).timing(timing),
-        Bind::localhost(),
-    )
-    .await
-    .unwrap();
-    let d = ours(Dialect::Braiins);
-    let drv = driver_for(
-        d,
-        addr_of(&m),
-        DriverContext::new(options(), Credentials::default_for(d)),
-        None,
-    );
+    let (m, drv) = start_timed(MinerSpec::new(Dialect::Braiins).timing(timing)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(drv.read().await.unwrap().state, MinerState::Mining);
     m.handle().sleep();
