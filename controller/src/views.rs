@@ -250,7 +250,6 @@ pub fn device_json(d: &v1::Device) -> serde_json::Value {
 /// For a miner whose current intent the agent confirmed after the device's last reading: the
 /// state that intent made of it, and the power its confirming read-back measured.
 fn confirmed_miner_state(d: &v1::Device) -> Option<(pivot_proto::model::MinerState, Option<f64>)> {
-    use pivot_proto::model::MinerState;
     let (Some(v1::device::Reading::MinerReading(_)), Some(i), Some(st)) =
         (&d.reading, &d.intent, &d.intent_status)
     else {
@@ -268,12 +267,8 @@ fn confirmed_miner_state(d: &v1::Device) -> Option<(pivot_proto::model::MinerSta
     if !(confirmed && newer) {
         return None;
     }
-    let state = if m.mode == v1::MinerMode::Sleep as i32 {
-        MinerState::Sleeping
-    } else {
-        MinerState::Mining
-    };
-    Some((state, st.observed_power_w))
+    let target = pivot_proto::model::MinerTarget::from_proto(m, "intent.target").ok()?;
+    Some((target.confirmed_state(), st.observed_power_w))
 }
 
 /// An intent's target as the pin that would hold a device there (same words as an override).

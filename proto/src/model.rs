@@ -223,6 +223,15 @@ pub enum MinerTarget {
 }
 
 impl MinerTarget {
+    /// What a confirmed intent with this target made of the miner: asleep, or mining (at full
+    /// power or at a power target).
+    pub fn confirmed_state(self) -> MinerState {
+        match self {
+            MinerTarget::Sleep => MinerState::Sleeping,
+            MinerTarget::Run { .. } => MinerState::Mining,
+        }
+    }
+
     pub fn to_proto(self) -> v1::MinerTarget {
         match self {
             MinerTarget::Run { power_target_w } => v1::MinerTarget {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use pivot_proto::model::{IntentPhase, MinerDialect, MinerState, MinerTarget, Target};
+use pivot_proto::model::{IntentPhase, MinerDialect, MinerState, Target};
 use pivot_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -210,11 +210,10 @@ impl Confirmation {
             .status
             .as_ref()
             .filter(|st| st.phase == IntentPhase::Confirmed)?;
-        let state = match d.intent.target {
-            Target::Miner(MinerTarget::Sleep) => MinerState::Sleeping,
-            Target::Miner(_) => MinerState::Mining,
-            _ => return None,
+        let Target::Miner(target) = d.intent.target else {
+            return None;
         };
+        let state = target.confirmed_state();
         Some(Self {
             at: st.at,
             state,
