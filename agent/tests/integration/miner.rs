@@ -471,7 +471,7 @@ async fn luxos_session_that_expired_while_idle_gets_a_fresh_logon() {
         session_idle: Duration::from_millis(250),
         ..Timing::fast()
     };
-    let (m, drv) = start(MinerSpec::new(Dialect::Luxos).timing(timing)).await;
+    let (m, drv) = start_timed(MinerSpec::new(Dialect::Luxos).timing(timing)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     drv.sleep().await.unwrap();
     // The driver's cached session id is now stale: the miner dropped it after 250 ms idle.
