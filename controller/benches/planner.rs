@@ -52,6 +52,7 @@ fn fleet(devices: usize) -> PlanInput {
                 seen: rng.unit() > 0.01,
                 power_target: None,
                 power_target_set_w: None,
+                setting_before_trim_w: None,
                 intent: Some(HeldIntent {
                     target: if asleep {
                         MinerTarget::Sleep

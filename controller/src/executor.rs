@@ -36,6 +36,9 @@ pub struct ExecMove {
     pub reason: String,
     /// What the device is committed at before the move, W.
     pub before_w: Option<f64>,
+    /// A miner's first trim: the owner's setting to keep for its restore, W.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting_before_w: Option<f64>,
 }
 
 /// A group of moves sent together and confirmed together.
@@ -607,6 +610,7 @@ impl Controller {
                 plan_id: plan.plan_id.clone(),
                 phase: u32::try_from(phase).unwrap_or(u32::MAX),
                 before_w: m.before_w,
+                setting_before_w: m.setting_before_w,
             })
             .collect();
         let ledger = Arc::clone(&self.ledger);
@@ -720,6 +724,7 @@ mod tests {
                             target: SLEEP,
                             reason: String::new(),
                             before_w: None,
+                            setting_before_w: None,
                         })
                         .collect(),
                     timeout: Duration::from_secs(60),
@@ -837,6 +842,7 @@ mod tests {
             target: SLEEP,
             reason: String::new(),
             before_w: None,
+            setting_before_w: None,
         };
         let mut di = DeviceIntent {
             host_id: "h".into(),
@@ -851,6 +857,7 @@ mod tests {
             },
             issued_at: t(0),
             before_w: None,
+            setting_before_w: None,
             status: None,
         };
         assert_eq!(move_state(&m, "p", 0, None), MoveState::NotIssued);

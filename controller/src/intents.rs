@@ -36,6 +36,8 @@ pub struct NewIntent {
     pub phase: u32,
     /// What the device is committed at now (the "before" of the transition), W.
     pub before_w: Option<f64>,
+    /// A miner's setting to keep for its restore; `None` keeps what its last intent kept.
+    pub setting_before_w: Option<f64>,
 }
 
 /// What a hello asks of the controller.
@@ -184,9 +186,11 @@ impl Ledger {
         let mut entries = self.lock();
         let mut batch = Vec::with_capacity(new.len());
         for n in new {
-            let current = entries
-                .get(&n.device_id)
-                .map_or(0, |e| e.di.intent.generation);
+            let prior = entries.get(&n.device_id).map(|e| &e.di);
+            let current = prior.map_or(0, |d| d.intent.generation);
+            let setting_before_w = n
+                .setting_before_w
+                .or_else(|| prior.and_then(|d| d.setting_before_w));
             let generation = current.checked_add(1).ok_or_else(|| StoreError::Corrupt {
                 what: format!("intent {}", n.device_id),
                 problem: "generation at its maximum".into(),
@@ -205,6 +209,7 @@ impl Ledger {
                 issued_at: now,
                 before_w: n.before_w,
                 status: None,
+                setting_before_w,
             });
         }
         self.store.put_intents(&batch)?;
@@ -251,6 +256,7 @@ impl Ledger {
                     issued_at: now,
                     before_w: None,
                     status: None,
+                    setting_before_w: entries.get(*device).and_then(|e| e.di.setting_before_w),
                 }),
             }
         }
@@ -407,6 +413,7 @@ mod tests {
             plan_id: "p1".into(),
             phase: 0,
             before_w: Some(3000.0),
+            setting_before_w: None,
         }
     }
 
@@ -454,6 +461,32 @@ mod tests {
                 .generation,
             9
         );
+    }
+
+    /// The owner's setting a first trim keeps rides on every later intent of the miner (a sleep,
+    /// a wake, a hello's adoption) and survives a restart, so a restore finds it.
+    #[test]
+    fn a_kept_setting_is_carried_from_intent_to_intent_and_survives_a_restart() {
+        let (_d, store, l) = ledger();
+        let now = Utc::now();
+        let trim = Target::Miner(MinerTarget::Run {
+            power_target_w: Some(2000),
+        });
+        let mut first = new("m1", trim);
+        first.setting_before_w = Some(4200.0);
+        l.issue(vec![first, new("m2", SLEEP)], now, now).unwrap();
+        let issued = l.issue(vec![new("m1", SLEEP)], now, now).unwrap();
+        assert_eq!(issued[0].setting_before_w, Some(4200.0));
+        assert_eq!(l.get("m2").unwrap().setting_before_w, None);
+        // An agent holding a generation the controller never issued: adopted, kept setting and all.
+        l.on_hello("h1", &[held("m1", 40, RUN)], &["m1".into()], now)
+            .unwrap();
+        assert_eq!(l.get("m1").unwrap().intent.generation, 40);
+        assert_eq!(l.get("m1").unwrap().setting_before_w, Some(4200.0));
+        let l = Ledger::load(store).unwrap();
+        assert_eq!(l.get("m1").unwrap().setting_before_w, Some(4200.0));
+        let issued = l.issue(vec![new("m1", RUN)], now, now).unwrap();
+        assert_eq!(issued[0].setting_before_w, Some(4200.0));
     }
 
     #[test]
@@ -549,6 +582,7 @@ mod tests {
                 intent: held("m1", 1, SLEEP),
                 issued_at: now,
                 before_w: None,
+                setting_before_w: None,
                 status: None,
             }])
             .unwrap();

@@ -173,6 +173,7 @@ mod tests {
             target,
             reason: String::new(),
             before_w: None,
+            setting_before_w: None,
         };
         ExecPlan {
             plan_id: "p1".into(),
@@ -223,6 +224,7 @@ mod tests {
             },
             issued_at: t(issued),
             before_w: None,
+            setting_before_w: None,
             status: confirmed.map(|c| StatusRecord {
                 phase: IntentPhase::Confirmed,
                 detail: "physical effect verified".into(),

@@ -232,6 +232,7 @@ mod tests {
                 step_w: None,
             }),
             power_target_set_w: None,
+            setting_before_trim_w: None,
             intent: None,
             last_change_at: None,
             protected: false,

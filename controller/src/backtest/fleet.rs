@@ -154,6 +154,7 @@ impl Fleet {
                         step_w: None,
                     }),
                     power_target_set_w: None,
+                    setting_before_trim_w: None,
                     intent: None,
                     last_change_at: None,
                     protected: false,

@@ -85,6 +85,7 @@ pub fn exec_plan(plan: &Plan, c: &EngineConfig) -> ExecPlan {
                         target: m.to,
                         reason: reason_words(&m.reason),
                         before_w: Some(m.power_before_w),
+                        setting_before_w: m.setting_before_w,
                     })
                     .collect(),
                 timeout: timeout(p.kind, p, c),

@@ -176,6 +176,7 @@ fn miner(
         seen: seen_obs.is_some(),
         power_target,
         power_target_set_w: seen_obs.and_then(|o| o.power_target_w),
+        setting_before_trim_w: di.and_then(|d| d.setting_before_w),
         intent,
         last_change_at: di.map(|d| d.issued_at),
         // A device whose last move failed holds where it is, counted as it is, until the
@@ -529,6 +530,7 @@ mod tests {
             },
             issued_at: now() - Duration::seconds(5),
             before_w: None,
+            setting_before_w: None,
             status: phase.map(|phase| StatusRecord {
                 phase,
                 detail: String::new(),

@@ -1009,6 +1009,7 @@ mod tests {
             plan_id: "p1".into(),
             phase: 0,
             before_w: None,
+            setting_before_w: None,
         };
         Ledger::load(Arc::clone(&store))
             .unwrap()

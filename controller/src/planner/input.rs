@@ -126,6 +126,12 @@ pub struct MinerUnit {
     /// power is counted at the larger of this and the nameplate, and at the top of the range only
     /// when this is unknown.
     pub power_target_set_w: Option<f64>,
+    /// What the miner was set to before Pivot first trimmed it (kept with its intents in the
+    /// ledger, [`crate::store::DeviceIntent::setting_before_w`]): once Pivot has changed a
+    /// miner's setting, the reading shows Pivot's trim, and this is the owner's setting that
+    /// full power means and a restore sends. `None` = Pivot never trimmed it, or found no
+    /// setting to keep.
+    pub setting_before_trim_w: Option<f64>,
     /// `None` also for an intent the agent gave up on ([`HeldIntent::given_up`]) once the
     /// miner has been read since: that reading says where it is.
     pub intent: Option<HeldIntent<MinerTarget>>,

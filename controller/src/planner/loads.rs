@@ -5,7 +5,9 @@
 use chrono::{DateTime, Duration, Utc};
 use pivot_proto::model::{IntentPhase, MinerState, MinerTarget};
 
-use super::input::{AiContract, GpuHostUnit, HostPin, HostState, MinerUnit, PlanInput};
+use super::input::{
+    AiContract, GpuHostUnit, HostPin, HostState, MinerUnit, PlanInput, PowerTargetRange,
+};
 
 /// A miner's or host's power level: what a move changes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,6 +88,12 @@ pub(super) struct Load {
     pub selected: bool,
     /// Miners' efficiency, J/TH (ranks miners when prices are unknown).
     pub j_per_th: f64,
+    /// Miners: the owner's setting a trim keeps in the ledger, to be restored to (`None`: the
+    /// ledger keeps one already, or there is none to keep).
+    pub keep_setting_w: Option<f64>,
+    /// Miners: the setting it reports is not its full-power one (a trim of Pivot's left on it
+    /// while it slept), so going to full power sends `full_w` even from asleep.
+    pub setting_off_full: bool,
 }
 
 impl Load {
@@ -175,6 +183,32 @@ fn miner_level(target: MinerTarget, full_w: f64) -> Level {
     }
 }
 
+/// The setting a miner with a range runs at when it is at full power: the owner's. Pivot's
+/// trim in force hides it from the reading, so then it is the setting from before the first
+/// trim, kept in the ledger ([`MinerUnit::setting_before_trim_w`]); otherwise what the miner
+/// reports. `None` for a miner not seen (counted at the top of its range), without a range, or
+/// under a power target of Pivot's with nothing kept (counted as before).
+pub(super) fn own_setting_w(m: &MinerUnit, range: Option<PowerTargetRange>) -> Option<f64> {
+    if !m.seen || range.is_none() {
+        return None;
+    }
+    let pivot_target = m.intent.is_some_and(|i| {
+        matches!(
+            i.target,
+            MinerTarget::Run {
+                power_target_w: Some(_)
+            }
+        )
+    });
+    positive(m.setting_before_trim_w).or_else(|| {
+        if pivot_target {
+            None
+        } else {
+            positive(m.power_target_set_w)
+        }
+    })
+}
+
 pub(super) fn miner_load(
     i: usize,
     m: &MinerUnit,
@@ -187,17 +221,20 @@ pub(super) fn miner_load(
         r.min_w.is_finite() && r.max_w.is_finite() && r.min_w > 0.0 && r.min_w <= r.max_w
     });
     let measured = non_negative(m.measured_power_w);
-    // Full power is the miner's rated draw, or what it reports it is set to when that is more
-    // (an operator's overclock). The top of a power-target range is an overclock (LuxOS's
-    // highest profile draws 1.6 times the stock one), so it counts only for a miner whose setting
-    // is unknown — a miner woken without a target runs at its setting, whatever that is — and
-    // a restore from a trim sends the rated draw, never the top of the range.
+    let own_w = own_setting_w(m, range);
+    // Full power is the miner's own setting when it has a range and reports one (above its
+    // rating, an owner's overclock; below, an owner's tune-down: Pivot never sets it above
+    // either); else its rated draw, or what it reports it is set to when that is more. The top
+    // of a power-target range is an overclock (LuxOS's highest profile draws 1.6 times the stock
+    // one), so it counts only for a miner whose setting is unknown or unseen — a miner woken
+    // without a target runs at its setting, whatever that is.
     let set_w = positive(m.power_target_set_w);
-    let full_w = match (positive(m.nameplate_power_w), range) {
-        (Some(w), Some(r)) => set_w.map_or(w.max(r.max_w), |s| w.max(s)),
-        (Some(w), None) => w,
-        (None, Some(r)) => r.max_w.max(set_w.unwrap_or(0.0)),
-        (None, None) => a.unknown_miner_max_w,
+    let full_w = match (positive(m.nameplate_power_w), range, own_w) {
+        (_, Some(r), Some(own)) => own.max(r.min_w),
+        (Some(w), Some(r), None) => set_w.map_or(w.max(r.max_w), |s| w.max(s)),
+        (Some(w), None, _) => w,
+        (None, Some(r), None) => r.max_w.max(set_w.unwrap_or(0.0)),
+        (None, None, _) => a.unknown_miner_max_w,
     };
     let off_w = non_negative(m.sleep_power_w)
         .unwrap_or(a.sleeping_miner_w)
@@ -274,6 +311,10 @@ pub(super) fn miner_load(
         dwell_until,
         selected: false,
         j_per_th,
+        keep_setting_w: own_w.filter(|_| positive(m.setting_before_trim_w).is_none()),
+        setting_off_full: own_w.is_some()
+            && positive(m.setting_before_trim_w).is_some()
+            && set_w.is_some_and(|s| (s - full_w).abs() >= 1.0),
     };
     load.value_usd_per_mwh = load.per_mwh_added(revenue);
     load.potential_usd_per_mwh = load.value_usd_per_mwh;
@@ -359,5 +400,7 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput, dwell: &Dw
         dwell_until,
         selected: false,
         j_per_th: 0.0,
+        keep_setting_w: None,
+        setting_off_full: false,
     }
 }

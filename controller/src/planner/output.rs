@@ -138,6 +138,10 @@ pub struct Move {
     pub power_before_w: f64,
     pub power_after_w: f64,
     pub reason: Reason,
+    /// Miners, a first trim: the owner's setting before it, W, kept in the ledger so that full
+    /// power goes back to it (`None`: nothing new to keep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting_before_w: Option<f64>,
 }
 
 /// Why a device moves, with the figures that decided it.

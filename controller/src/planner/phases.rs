@@ -26,7 +26,8 @@ fn miner_target(l: &Load, level: Level) -> Target {
     Target::Miner(match level {
         Level::Off => MinerTarget::Sleep,
         Level::Full => MinerTarget::Run {
-            power_target_w: matches!(l.level_now, Level::Trim(_)).then(|| watts_u32(l.full_w)),
+            power_target_w: (matches!(l.level_now, Level::Trim(_)) || l.setting_off_full)
+                .then(|| watts_u32(l.full_w)),
         },
         Level::Trim(w) => MinerTarget::Run {
             power_target_w: Some(watts_u32(w)),
@@ -100,6 +101,10 @@ impl Builder<'_> {
             power_before_w: l.now_w,
             power_after_w: l.level_power(d.level),
             reason: d.reason,
+            // A first trim keeps the owner's setting; the ledger carries it from then on.
+            setting_before_w: l
+                .keep_setting_w
+                .filter(|_| matches!(d.level, Level::Trim(_))),
         }
     }
 
@@ -130,6 +135,7 @@ impl Builder<'_> {
                     power_before_w: now,
                     power_after_w: to,
                     reason: d.reason,
+                    setting_before_w: None,
                 })
             })
             .collect();
@@ -141,6 +147,7 @@ impl Builder<'_> {
             power_before_w: 0.0,
             power_after_w: 0.0,
             reason: d.reason,
+            setting_before_w: None,
         });
         (caps, hand_off)
     }

@@ -24,6 +24,8 @@ struct MinerSpec {
     headroom: f64,
     /// What it reports it is set to, as a fraction of its rating.
     set: Option<f64>,
+    /// What the ledger keeps as its setting from before Pivot first trimmed it, a fraction.
+    kept: Option<f64>,
 }
 
 fn miner_spec() -> impl Strategy<Value = MinerSpec> {
@@ -39,13 +41,14 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
             prop::option::weighted(0.3, 0.3..0.9f64),
             prop_oneof![Just(1.0), Just(1.1), 1.0..1.6f64],
             prop::option::weighted(0.7, prop_oneof![Just(1.0), 0.3..1.6f64]),
+            prop::option::weighted(0.2, 0.5..1.5f64),
         ),
     )
         .prop_map(
             |(
                 (power_w, ths, state, intent, phase),
                 (seen, pin, protected),
-                (changed_s_ago, trim, headroom, set),
+                (changed_s_ago, trim, headroom, set, kept),
             )| MinerSpec {
                 power_w,
                 ths,
@@ -58,6 +61,7 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
                 changed_s_ago,
                 trim,
                 headroom,
+                kept,
                 set,
             },
         )
@@ -187,6 +191,7 @@ fn build(w: &World) -> PlanInput {
                 step_w: Some(50.0),
             });
             m.power_target_set_w = s.set.map(|f| (s.power_w * f).round());
+            m.setting_before_trim_w = s.kept.map(|f| (s.power_w * f).round());
             let target = |k: u8| match k {
                 0 => MinerTarget::Sleep,
                 1 => MinerTarget::Run {
@@ -390,14 +395,8 @@ proptest! {
             if m.protected {
                 prop_assert!(mv.is_none());
             } else if let (Some(pin), Some((_, mv))) = (m.pin, mv) {
-                // Full power is `Run` with no target, or with its rating — or its own setting when
-                // that is more; the top of its range only when its setting is unknown.
-                let np = m.nameplate_power_w.unwrap_or(0.0);
-                let full_w = match (m.power_target, m.power_target_set_w) {
-                    (Some(_), Some(set)) => np.max(set),
-                    (Some(r), None) => np.max(r.max_w),
-                    (None, _) => np,
-                };
+                // Full power is `Run` with no target, or with its full-power figure.
+                let full_w = full_power_w(m);
                 let full = Target::Miner(MinerTarget::Run { power_target_w: Some(phases::watts_u32(full_w)) });
                 prop_assert!(mv.to == Target::Miner(pin) || (pin == MinerTarget::Run { power_target_w: None } && mv.to == full), "{mv:?}");
             }
@@ -405,17 +404,35 @@ proptest! {
     }
 
     /// Pivot trims and restores; it never sets a miner above its rating, or above what the
-    /// miner was set to already (an operator's overclock is kept, never made).
+    /// miner was set to already (an operator's overclock is kept, never made), and never above
+    /// the owner's own setting when it knows it: the one the miner reports while no power target
+    /// of Pivot's is on it, else the one the ledger kept from before Pivot's first trim — which a
+    /// first trim records.
     #[test]
     fn no_miner_is_set_above_its_rating_or_its_own_setting(w in world()) {
         let input = build(&w);
         let p = plan(&input);
         for m in &input.miners {
-            let Some(set) = m.power_target_set_w else { continue };
-            let most = m.nameplate_power_w.unwrap_or(0.0).max(set);
+            let own = owners_setting_w(m);
+            let most = m.nameplate_power_w.unwrap_or(0.0)
+                .max(m.power_target_set_w.unwrap_or(0.0))
+                .max(m.setting_before_trim_w.unwrap_or(0.0));
+            let known = m.power_target_set_w.is_some() || m.setting_before_trim_w.is_some();
             for (_, mv) in p.moves().filter(|(_, mv)| mv.device_id == m.device_id) {
                 if let Target::Miner(MinerTarget::Run { power_target_w: Some(t) }) = mv.to {
-                    prop_assert!(f64::from(t) <= most + 0.5, "{mv:?} sets {t} W; rated {:?}, set {set}", m.nameplate_power_w);
+                    let t = f64::from(t);
+                    prop_assert!(!known || t <= most + 0.5, "{mv:?} sets {t} W; rated {:?}, set {:?}", m.nameplate_power_w, m.power_target_set_w);
+                    if let Some(own) = own {
+                        let own = own.max(m.power_target.map_or(0.0, |r| r.min_w));
+                        prop_assert!(t <= own + 0.5, "{mv:?} sets {t} W above the owner's {own} W");
+                        // A first trim keeps the owner's setting for the restore.
+                        if m.setting_before_trim_w.is_none() && t < own - 0.5 {
+                            prop_assert_eq!(mv.setting_before_w, Some(own), "{:?}", mv);
+                        }
+                    }
+                }
+                if m.setting_before_trim_w.is_some() {
+                    prop_assert_eq!(mv.setting_before_w, None, "kept already: {:?}", mv);
                 }
             }
         }
@@ -511,5 +528,33 @@ proptest! {
         expected.sort_by(|&a, &b| ranks[b].total_cmp(&ranks[a]).then(a.cmp(&b)));
         let got: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
         prop_assert_eq!(got, expected);
+    }
+}
+
+/// The owner's setting of a miner with a range, as the planner may know it: what it reports
+/// while no power target of Pivot's is on it, else what the ledger kept; never for one unseen.
+fn owners_setting_w(m: &MinerUnit) -> Option<f64> {
+    let pivots = matches!(
+        m.intent.map(|i| i.target),
+        Some(MinerTarget::Run {
+            power_target_w: Some(_)
+        })
+    );
+    if !m.seen || m.power_target.is_none() {
+        return None;
+    }
+    m.setting_before_trim_w
+        .or(if pivots { None } else { m.power_target_set_w })
+}
+
+/// What full power is for a miner: its owner's setting when known; else its rating, or what it
+/// reports it is set to when that is more; the top of its range only when its setting is unknown.
+fn full_power_w(m: &MinerUnit) -> f64 {
+    let np = m.nameplate_power_w.unwrap_or(0.0);
+    match (m.power_target, owners_setting_w(m), m.power_target_set_w) {
+        (Some(r), Some(own), _) => own.max(r.min_w),
+        (Some(_), None, Some(set)) => np.max(set),
+        (Some(r), None, None) => np.max(r.max_w),
+        (None, _, _) => np,
     }
 }

@@ -29,6 +29,7 @@ pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit 
         seen: true,
         power_target: None,
         power_target_set_w: None,
+        setting_before_trim_w: None,
         intent: Some(HeldIntent {
             target: MinerTarget::Run {
                 power_target_w: None,
@@ -358,6 +359,100 @@ fn a_miner_is_counted_at_its_setting_and_restored_to_its_rating_not_the_top_of_i
         }))
     );
     assert_eq!(p.summary.committed_w, 3500.0);
+}
+
+/// A miner whose owner set it below its rating, trimmed for a cap, keeps that setting for its
+/// restore; one Pivot trimmed is restored to what it was set to before, over- or under-clocked,
+/// and one Pivot trimmed and then put to sleep wakes at it, not at the trim.
+#[test]
+fn a_trim_keeps_the_owners_setting_and_full_power_goes_back_to_it() {
+    let mut tuned = luxos_s21("tuned", Some(3000.0));
+    tuned.intent = None;
+    let cap_input = |m: MinerUnit, cap_w: f64| {
+        let mut i = input(vec![m], vec![], Some(market(40.0, 30.0, None)));
+        i.site = SiteLimits {
+            cap_w,
+            reserve_w: 0.0,
+        };
+        i
+    };
+    // Counted at its own setting (3,000 W), not its rating, and trimmed below it with the
+    // setting kept for the restore.
+    let p = plan(&cap_input(tuned.clone(), 10_000.0));
+    assert_eq!(p.summary.start_committed_w, 3000.0);
+    assert!(moved(&p, "tuned").is_none());
+    let p = plan(&cap_input(tuned.clone(), 2500.0));
+    let (_, mv) = moved(&p, "tuned").expect("trimmed for the cap");
+    assert_eq!(
+        mv.to,
+        Target::Miner(MinerTarget::Run {
+            power_target_w: Some(2500)
+        })
+    );
+    assert_eq!(mv.setting_before_w, Some(3000.0));
+    // Never "trimmed" above its own setting when the cap would allow more than it draws.
+    let p = plan(&cap_input(tuned, 3200.0));
+    assert!(
+        moved(&p, "tuned").is_none(),
+        "{:?}",
+        p.moves().collect::<Vec<_>>()
+    );
+
+    // Trimmed by Pivot from an owner's 4,200 W (kept in the ledger) and 3,000 W: full power is
+    // that setting again.
+    for before in [4200.0, 3000.0] {
+        let mut t = luxos_s21("t", Some(2000.0));
+        t.intent = Some(HeldIntent {
+            target: MinerTarget::Run {
+                power_target_w: Some(2000),
+            },
+            phase: IntentPhase::Confirmed,
+            retrying: false,
+        });
+        t.setting_before_trim_w = Some(before);
+        let p = plan(&input(vec![t], vec![], Some(market(40.0, 30.0, None))));
+        assert_eq!(p.summary.start_committed_w, 2000.0);
+        let (_, mv) = moved(&p, "t").expect("restored");
+        assert_eq!(
+            mv.to,
+            Target::Miner(MinerTarget::Run {
+                power_target_w: Some(before as u32)
+            })
+        );
+        assert_eq!(mv.setting_before_w, None, "the ledger keeps it already");
+        assert_eq!(p.summary.committed_w, before);
+    }
+
+    // Trimmed to 2,000 W from 3,500 W, then put to sleep: its wake sends 3,500 W.
+    let mut slept = asleep(luxos_s21("s", Some(2000.0)));
+    slept.setting_before_trim_w = Some(3500.0);
+    let p = plan(&input(vec![slept], vec![], Some(market(40.0, 30.0, None))));
+    assert_eq!(
+        to(&p, "s"),
+        Some(Target::Miner(MinerTarget::Run {
+            power_target_w: Some(3500)
+        }))
+    );
+    // Asleep at its own setting: woken without a target, as before.
+    let p = plan(&input(
+        vec![asleep(luxos_s21("o", Some(3000.0)))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    ));
+    assert_eq!(
+        to(&p, "o"),
+        Some(Target::Miner(MinerTarget::Run {
+            power_target_w: None
+        }))
+    );
+
+    // Not seen: counted at the top of its range whatever the ledger keeps.
+    let mut gone = luxos_s21("g", None);
+    gone.seen = false;
+    gone.state = MinerState::Unknown;
+    gone.setting_before_trim_w = Some(3000.0);
+    let p = plan(&input(vec![gone], vec![], Some(market(40.0, 30.0, None))));
+    assert_eq!(p.summary.start_committed_w, 5590.0);
 }
 
 #[test]

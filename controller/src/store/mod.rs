@@ -114,6 +114,9 @@ pub struct DeviceIntent {
     /// counted until the intent is confirmed (DESIGN.md invariant 1).
     pub before_w: Option<f64>,
     pub status: Option<StatusRecord>,
+    /// Miners: the owner's setting from before Pivot first trimmed it, W, carried from intent to
+    /// intent (a restore sends it; the planner counts full power at it).
+    pub setting_before_w: Option<f64>,
 }
 
 /// Where a plan is.

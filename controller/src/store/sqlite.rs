@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Migrations, in order; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+const MIGRATIONS: [&str; 5] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS audit (
@@ -111,6 +111,12 @@ ALTER TABLE plans ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 UPDATE plans SET
     phases = coalesce(json_array_length(document_json, '$.exec.phases'), 0),
     reason = coalesce(json_extract(document_json, '$.reason'), '');
+"#;
+
+/// A miner's setting from before Pivot first trimmed it, kept with its intents
+/// ([`DeviceIntent::setting_before_w`]).
+const SCHEMA_V5: &str = r#"
+ALTER TABLE device_intents ADD COLUMN setting_before_w REAL;
 "#;
 
 /// The embedded default store.
@@ -584,8 +590,8 @@ impl Store for SqliteStore {
                 tx.execute(
                     "INSERT OR REPLACE INTO device_intents
                      (device_id, host_id, generation, target_json, lease_expires_at, reason,
-                      plan_id, plan_phase, issued_at, before_w, status_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                      plan_id, plan_phase, issued_at, before_w, status_json, setting_before_w)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     params![
                         i.device_id,
                         di.host_id,
@@ -598,6 +604,7 @@ impl Store for SqliteStore {
                         di.issued_at.to_rfc3339(),
                         di.before_w,
                         di.status.as_ref().map(|s| json(s, &what)).transpose()?,
+                        di.setting_before_w,
                     ],
                 )
                 .map_err(&sql)?;
@@ -645,7 +652,7 @@ impl Store for SqliteStore {
             let mut stmt = c
                 .prepare(
                     "SELECT device_id, host_id, generation, target_json, lease_expires_at, reason,
-                            plan_id, plan_phase, issued_at, before_w, status_json
+                            plan_id, plan_phase, issued_at, before_w, status_json, setting_before_w
                      FROM device_intents ORDER BY device_id",
                 )
                 .map_err(&sql)?;
@@ -663,6 +670,7 @@ impl Store for SqliteStore {
                         r.get::<_, String>(8)?,
                         r.get::<_, Option<f64>>(9)?,
                         r.get::<_, Option<String>>(10)?,
+                        r.get::<_, Option<f64>>(11)?,
                     ))
                 })
                 .map_err(&sql)?;
@@ -680,6 +688,7 @@ impl Store for SqliteStore {
                     issued_at,
                     before_w,
                     status,
+                    setting_before_w,
                 ) = row.map_err(&sql)?;
                 let what = format!("intent {device_id}");
                 let target: Target = from_json(&target, &what)?;
@@ -698,6 +707,7 @@ impl Store for SqliteStore {
                     issued_at: time(&issued_at, &what)?,
                     before_w,
                     status: status.map(|s| from_json(&s, &what)).transpose()?,
+                    setting_before_w: setting_before_w.filter(|w| w.is_finite() && *w > 0.0),
                 });
             }
             Ok(out)
@@ -1211,6 +1221,7 @@ mod tests {
             },
             issued_at: Utc::now(),
             before_w: Some(3000.0),
+            setting_before_w: None,
             status: None,
         }
     }

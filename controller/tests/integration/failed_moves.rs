@@ -73,6 +73,7 @@ fn issue_wake(ctl: &Controller, plan: &str) -> u64 {
                 plan_id: plan.into(),
                 phase: 0,
                 before_w: Some(20.0),
+                setting_before_w: None,
             }],
             now + chrono::Duration::minutes(5),
             now,

@@ -102,6 +102,7 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
                     plan_id: "plan-burst".into(),
                     phase: 0,
                     before_w: Some(3400.0),
+                    setting_before_w: None,
                 })
                 .collect(),
             now + chrono::Duration::minutes(5),
