@@ -53,11 +53,9 @@ pub(crate) fn api(core: &Core, req: &Request) -> Value {
             other => Err(format!("invalid curtail mode {other:?}")),
         }),
         "profileset" => with_session(core, req, &desc, |arg| {
-            let Some(p) = luxos_status::profile_named(core, arg) else {
+            let Some(p) = luxos_status::select_profile(core, arg) else {
                 return Err(format!("profile {arg:?} not found"));
             };
-            core.lock().profile = p.name.clone();
-            core.set_power_target(if p.step == 0 { None } else { Some(p.watts) });
             Ok(json!({"STATUS": status("S", 337, "Profile set", &desc),
                       "PROFILE": [{"Profile": p.name, "Result": "success"}]}))
         }),

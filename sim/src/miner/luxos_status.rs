@@ -81,6 +81,15 @@ pub(crate) fn profile_named(core: &Core, name: &str) -> Option<Profile> {
     profiles(core).into_iter().find(|p| p.name == name)
 }
 
+/// Makes the profile `name` the active one, as `profileset` does: the miner draws its watts (the
+/// stock one clears the power target). `None` if the miner has no such profile.
+pub(crate) fn select_profile(core: &Core, name: &str) -> Option<Profile> {
+    let p = profile_named(core, name)?;
+    core.lock().profile = p.name.clone();
+    core.set_power_target(if p.step == 0 { None } else { Some(p.watts) });
+    Some(p)
+}
+
 /// The frequency the miner runs at now: its active profile's.
 fn active_freq_mhz(core: &Core) -> u32 {
     let name = core.lock().profile.clone();

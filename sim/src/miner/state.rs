@@ -217,6 +217,17 @@ impl MinerHandle {
         self.core.set_power_target(watts);
     }
 
+    /// LuxOS: select a profile by name (`"450MHz"`, the stock `"default"`), as an owner's
+    /// `profileset` would. False if the miner has no such profile.
+    pub fn set_profile(&self, name: &str) -> bool {
+        super::luxos_status::select_profile(&self.core, name).is_some()
+    }
+
+    /// LuxOS: the active profile's name.
+    pub fn profile(&self) -> String {
+        self.core.lock().profile.clone()
+    }
+
     /// Restart the miner: it stops answering for [`super::Timing::reboot`], loses a sleep that does
     /// not persist on its dialect, then ramps back up.
     pub fn reboot(&self) {

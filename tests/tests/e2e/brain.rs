@@ -754,3 +754,56 @@ async fn after_a_resume_the_status_says_what_the_dwell_holds_back_until_when() {
     })
     .await;
 }
+
+/// The LuxOS miner's owner runs it at a profile below stock (450 MHz). Pinned to 2,000 W, Pivot
+/// trims it; the controller is killed and restarted while the trim stands; the pin cleared, the
+/// restore sends the owner's profile back — not the stock one, not the top of the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trimmed_miner_comes_back_to_its_owners_setting_across_a_controller_restart() {
+    let mut s = site(100_000.0, 40.0, 2.0, Timing::fast()).await;
+    let lux = s.miner(Dialect::Luxos);
+    assert!(lux.handle().set_profile("450MHz"));
+    let id = format!("miner/{}", miner_addr(lux));
+    let profile = |s: &Site| s.miner(Dialect::Luxos).handle().profile();
+    s.until("every miner mining", |s| s.miners.iter().all(mining))
+        .await;
+    s.until("the owner's setting read", |s| {
+        let devices = s.json(&["devices", "--json"]);
+        let d = devices
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["device_id"] == id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        d["power_w"]
+            .as_f64()
+            .is_some_and(|w| w > 2500.0 && w < 3200.0)
+    })
+    .await;
+    s.pivotctl(&[
+        "override",
+        "set",
+        &id,
+        "--power-target-w",
+        "2000",
+        "--reason",
+        "e2e",
+    ]);
+    s.until("trimmed to 2,000 W", |s| {
+        let p = profile(s);
+        p != "450MHz" && p != "default"
+    })
+    .await;
+    let trimmed = profile(&s);
+    s.kill_controller();
+    s.start_controller();
+    s.pivotctl(&["override", "clear", &id]);
+    s.until("back at the owner's profile", |s| profile(s) != trimmed)
+        .await;
+    assert_eq!(profile(&s), "450MHz");
+    // And it stays there: nothing later takes it to stock.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(profile(&s), "450MHz");
+    assert!(s.miners.iter().all(mining));
+}
