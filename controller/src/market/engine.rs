@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::ai::FirmContract;
 use super::checks::{Plausible, PlausibleRanges};
@@ -64,6 +64,9 @@ struct InputState<V> {
     last_good: Option<Reading<V>>,
     last_attempt: Option<DateTime<Utc>>,
     last_error: Option<SourceError>,
+    /// Refusals since the last accepted reading (the first of a kind is logged as a warning,
+    /// the repeats at debug: a feed down for hours is one line, not one per refresh).
+    refused_in_a_row: u64,
 }
 
 impl<V: Clone> InputState<V> {
@@ -74,6 +77,7 @@ impl<V: Clone> InputState<V> {
             last_good: None,
             last_attempt: None,
             last_error: None,
+            refused_in_a_row: 0,
         }
     }
 
@@ -110,18 +114,31 @@ impl<V: Clone> InputState<V> {
         self.last_attempt = Some(now);
         match result {
             Ok(r) => {
-                debug!(input = %input, source = %r.source, at = %r.at, "Market reading accepted");
+                if self.refused_in_a_row > 0 {
+                    info!(input = %input, source = %r.source, refused = self.refused_in_a_row, "Market reading accepted again");
+                } else {
+                    debug!(input = %input, source = %r.source, at = %r.at, "Market reading accepted");
+                }
                 self.last_good = Some(r);
                 self.last_error = None;
+                self.refused_in_a_row = 0;
             }
             Err(e) => {
-                warn!(
-                    input = %input,
-                    source = %e.origin.name,
-                    location = %e.origin.location,
-                    error = %e.kind,
-                    "Market reading refused; the last good value stays in force until it is older than max_age_s"
-                );
+                let repeat = self.last_error.as_ref().is_some_and(|last| {
+                    std::mem::discriminant(&last.kind) == std::mem::discriminant(&e.kind)
+                });
+                if repeat {
+                    debug!(input = %input, source = %e.origin.name, error = %e.kind, refused = self.refused_in_a_row + 1, "Market reading refused again");
+                } else {
+                    warn!(
+                        input = %input,
+                        source = %e.origin.name,
+                        location = %e.origin.location,
+                        error = %e.kind,
+                        "Market reading refused; the last good value stays in force until it is older than max_age_s (repeats of this error are logged at debug)"
+                    );
+                }
+                self.refused_in_a_row += 1;
                 self.last_error = Some(e);
             }
         }
@@ -718,5 +735,93 @@ mod tests {
                 now += secs(gaps[i]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A feed down for many refreshes is one warning, not one per refresh (the replayed trace's
+    /// end once printed one per input per refresh to pivot-site's terminal); a new kind of
+    /// error warns again, and the recovery says how many were refused.
+    #[test]
+    fn a_source_failing_over_and_over_warns_once_and_says_when_it_is_back() {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer({
+                let b = buf.clone();
+                move || b.clone()
+            })
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let origin = Origin::new("trace", "site.csv");
+        let no_value = |t: u32| {
+            Err(SourceError::new(
+                &origin,
+                SourceErrorKind::NoValue {
+                    detail: format!("trace time {t} is outside the trace"),
+                },
+            ))
+        };
+        let timing = Timing {
+            refresh_s: 1,
+            max_age_s: 60,
+            timeout_s: 5,
+        };
+        let mut st = InputState::<Hashprice>::new(origin.clone(), timing);
+        let now = Utc::now();
+        tracing::subscriber::with_default(sub, || {
+            for t in 0..5 {
+                st.record(Input::Hashprice, now, no_value(t));
+            }
+            st.record(
+                Input::Hashprice,
+                now,
+                Err(SourceError::new(
+                    &origin,
+                    SourceErrorKind::Connect {
+                        request: "GET /".into(),
+                        detail: "refused".into(),
+                    },
+                )),
+            );
+            st.record(
+                Input::Hashprice,
+                now,
+                Ok(Reading {
+                    value: Hashprice::only(45.0),
+                    at: now,
+                    source: "trace".into(),
+                }),
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{text}");
+        assert!(warnings[0].contains("outside the trace"), "{text}");
+        assert!(warnings[1].contains("cannot connect"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("accepted again") && l.contains("refused=6")),
+            "{text}"
+        );
     }
 }
