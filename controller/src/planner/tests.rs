@@ -323,6 +323,19 @@ fn luxos_s21(id: &str, set_w: Option<f64>) -> MinerUnit {
     m
 }
 
+/// [`luxos_s21`] trimmed by Pivot to `w` (its confirmed intent), reading that setting.
+fn trimmed_s21(id: &str, w: u32) -> MinerUnit {
+    let mut m = luxos_s21(id, Some(f64::from(w)));
+    m.intent = Some(HeldIntent {
+        target: MinerTarget::Run {
+            power_target_w: Some(w),
+        },
+        phase: IntentPhase::Confirmed,
+        retrying: false,
+    });
+    m
+}
+
 #[test]
 fn a_miner_is_counted_at_its_setting_and_restored_to_its_rating_not_the_top_of_its_range() {
     let committed = |m: MinerUnit| {
@@ -338,14 +351,7 @@ fn a_miner_is_counted_at_its_setting_and_restored_to_its_rating_not_the_top_of_i
     assert_eq!(committed(luxos_s21("a", None)), 5590.0);
 
     // Trimmed to 2,000 W and now worth running in full: restored to its rating.
-    let mut trimmed = luxos_s21("t", Some(2000.0));
-    trimmed.intent = Some(HeldIntent {
-        target: MinerTarget::Run {
-            power_target_w: Some(2000),
-        },
-        phase: IntentPhase::Confirmed,
-        retrying: false,
-    });
+    let trimmed = trimmed_s21("t", 2000);
     let p = plan(&input(
         vec![trimmed],
         vec![],
@@ -401,14 +407,7 @@ fn a_trim_keeps_the_owners_setting_and_full_power_goes_back_to_it() {
     // Trimmed by Pivot from an owner's 4,200 W (kept in the ledger) and 3,000 W: full power is
     // that setting again.
     for before in [4200.0, 3000.0] {
-        let mut t = luxos_s21("t", Some(2000.0));
-        t.intent = Some(HeldIntent {
-            target: MinerTarget::Run {
-                power_target_w: Some(2000),
-            },
-            phase: IntentPhase::Confirmed,
-            retrying: false,
-        });
+        let mut t = trimmed_s21("t", 2000);
         t.setting_before_trim_w = Some(before);
         let p = plan(&input(vec![t], vec![], Some(market(40.0, 30.0, None))));
         assert_eq!(p.summary.start_committed_w, 2000.0);
