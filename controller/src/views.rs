@@ -229,6 +229,7 @@ pub fn device_json(d: &v1::Device) -> serde_json::Value {
         "reachable": j["reachable"],
         "problem": j["problem"],
         "efficiency_j_per_th": d.efficiency_j_per_th,
+        "setting_before_trim_w": d.setting_before_trim_w,
         "last_seen": ts(d.last_seen.as_ref()),
         "intent": d.intent.as_ref().map(|i| json!({
             "generation": i.generation,
@@ -406,11 +407,13 @@ mod tests {
                 ..Default::default()
             }),
             efficiency_j_per_th: Some(17.5),
+            setting_before_trim_w: Some(3300.0),
             ..Default::default()
         };
         let j = device_json(&miner);
         assert_eq!(j["kind"], "miner");
         assert_eq!(j["efficiency_j_per_th"], 17.5);
+        assert_eq!(j["setting_before_trim_w"], 3300.0);
         assert_eq!(j["model"], "Antminer S21");
         assert_eq!(j["reachable"], false);
         assert_eq!(j["problem"], "connection refused");
@@ -432,5 +435,6 @@ mod tests {
         assert_eq!(j["power_cap_w"], 650.0);
         assert!(j["reachable"].is_null());
         assert!(j["efficiency_j_per_th"].is_null());
+        assert!(j["setting_before_trim_w"].is_null());
     }
 }

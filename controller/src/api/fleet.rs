@@ -287,6 +287,7 @@ impl v1::fleet_service_server::FleetService for FleetApi {
         for d in &mut devices {
             if let Some(di) = self.ctl.ledger.get(&d.device_id) {
                 d.intent = Some(di.intent.to_proto());
+                d.setting_before_trim_w = di.setting_before_w;
                 d.intent_status = di.status.map(|s| v1::IntentStatus {
                     device_id: d.device_id.clone(),
                     generation: di.intent.generation,

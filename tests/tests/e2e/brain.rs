@@ -519,7 +519,7 @@ async fn a_controller_killed_mid_transition_completes_it_on_restart_without_repe
     let rows: Vec<Vec<&str>> = table
         .lines()
         .map(|l| l.split_whitespace().collect())
-        .filter(|c: &Vec<&str>| c.len() == 7 && c[2] == "miner" && c[3] == "mining" && c[4] != "-")
+        .filter(|c: &Vec<&str>| c.len() == 9 && c[2] == "miner" && c[3] == "mining" && c[4] != "-")
         .collect();
     assert!(!rows.is_empty(), "{table}");
     for c in &rows {
@@ -796,6 +796,29 @@ async fn a_trimmed_miner_comes_back_to_its_owners_setting_across_a_controller_re
     })
     .await;
     let trimmed = profile(&s);
+    // What a restore will send is on show while the trim stands.
+    let kept = s.json(&["devices", "--json"]);
+    let kept = kept
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["device_id"] == id.as_str())
+        .map(|d| d["setting_before_trim_w"].clone());
+    assert_eq!(kept, Some(serde_json::json!(2954.0)));
+    let table = s.pivotctl(&["devices"]);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("RESTORE W")),
+        "{table}"
+    );
+    assert_eq!(row.get(7), Some(&"2954"), "{table}");
     s.kill_controller();
     s.start_controller();
     s.pivotctl(&["override", "clear", &id]);

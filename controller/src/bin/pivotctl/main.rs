@@ -528,9 +528,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::Value::Array(rows));
             } else {
                 // J/TH: the figure the planner ranks a miner by (learned from its steady mining).
+                // SET W: a miner's power target as it reads (a GPU's enforced cap); RESTORE W: the
+                // owner's setting kept from before Pivot first trimmed it, which a restore sends.
                 println!(
-                    "{:<40} {:<16} {:<6} {:<10} {:>10} {:>6} {:<10}",
-                    "DEVICE", "HOST", "KIND", "STATE", "POWER W", "J/TH", "INTENT"
+                    "{:<40} {:<16} {:<6} {:<10} {:>10} {:>6} {:>7} {:>9} {:<10}",
+                    "DEVICE",
+                    "HOST",
+                    "KIND",
+                    "STATE",
+                    "POWER W",
+                    "J/TH",
+                    "SET W",
+                    "RESTORE W",
+                    "INTENT"
                 );
                 for d in &list.devices {
                     let j = render::device_json(d);
@@ -539,13 +549,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             .map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
                     };
                     println!(
-                        "{:<40} {:<16} {:<6} {:<10} {:>10} {:>6} {:<10}",
+                        "{:<40} {:<16} {:<6} {:<10} {:>10} {:>6} {:>7} {:>9} {:<10}",
                         clean(&d.device_id),
                         clean(&d.host_id),
                         j["kind"].as_str().unwrap_or("?"),
                         j["state"].as_str().unwrap_or("-"),
                         figure(&j["power_w"], 0),
                         figure(&j["efficiency_j_per_th"], 1),
+                        figure(&j["power_cap_w"], 0),
+                        figure(&j["setting_before_trim_w"], 0),
                         j["intent_status"]["phase"]
                             .as_str()
                             .map_or("-", |p| p.trim_start_matches("INTENT_PHASE_"))
