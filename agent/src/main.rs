@@ -105,7 +105,10 @@ async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pivot-agent: {e:#}");
+            eprintln!(
+                "pivot-agent: {}",
+                pivot_proto::report::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -295,7 +295,10 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pivot-controller: {e:#}");
+            eprintln!(
+                "pivot-controller: {}",
+                pivot_proto::report::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod model;
+pub mod report;
 
 /// Generated code for package `pivot.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

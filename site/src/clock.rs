@@ -17,14 +17,24 @@ pub struct SiteClock {
 pub struct SpeedError(pub f64);
 
 impl SiteClock {
+    /// `speed` is one the replay can run at: finite, above 0, at most [`MAX_REPLAY_SPEED`].
+    ///
+    /// # Errors
+    /// [`SpeedError`] naming it.
+    pub fn check_speed(speed: f64) -> Result<(), SpeedError> {
+        if speed.is_finite() && speed > 0.0 && speed <= MAX_REPLAY_SPEED {
+            Ok(())
+        } else {
+            Err(SpeedError(speed))
+        }
+    }
+
     pub fn new(
         wall_start: DateTime<Utc>,
         trace_start: DateTime<Utc>,
         speed: f64,
     ) -> Result<Self, SpeedError> {
-        if !(speed.is_finite() && speed > 0.0 && speed <= MAX_REPLAY_SPEED) {
-            return Err(SpeedError(speed));
-        }
+        Self::check_speed(speed)?;
         Ok(Self {
             replay: ReplayClock {
                 wall_start,

@@ -318,7 +318,7 @@ impl Agents {
     pub async fn first_exit(&mut self) -> (String, String) {
         match self.tasks.join_next().await {
             Some(Ok((host, Ok(())))) => (host, "stopped".into()),
-            Some(Ok((host, Err(e)))) => (host, format!("{e:#}")),
+            Some(Ok((host, Err(e)))) => (host, pivot_proto::report::error_chain(e.as_ref())),
             Some(Err(e)) => ("an agent".into(), format!("task failed: {e}")),
             None => {
                 std::future::pending::<()>().await;

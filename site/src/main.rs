@@ -158,7 +158,10 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pivot-site: {e:#}");
+            eprintln!(
+                "pivot-site: {}",
+                pivot_proto::report::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

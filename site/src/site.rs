@@ -86,6 +86,16 @@ pub enum SiteError {
     Workload(#[from] crate::workload::WlmError),
     #[error("--miners 0 and --gpu-hosts 0: a site needs something to run")]
     Empty,
+    #[error(
+        "--miners {miners}: about {needed} open files needed (the emulated miners' listeners and \
+         the agents' connections to them), the limit is {limit} (`ulimit -n`; raise it, or split \
+         a larger fleet across processes as site/bench/curtail-fleet.sh does)"
+    )]
+    TooManyMiners {
+        miners: usize,
+        needed: u64,
+        limit: u64,
+    },
     #[error("the site did not come up within {within:?}: {waiting}")]
     NotReady { within: Duration, waiting: String },
     #[error("agent {host} stopped: {reason}")]
@@ -106,6 +116,33 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SiteErr
 
 fn write(path: &Path, text: &str) -> Result<(), SiteError> {
     std::fs::write(path, text).map_err(io("writing", path))
+}
+
+/// Open files one emulated miner costs while the site starts: its listeners (two for the web
+/// dialects) and, while the agents read it, both ends of their connection. A 2,000-miner site
+/// held 5,623 descriptors at its peak (2.8 a miner with the rest of the site).
+const FILES_PER_MINER: u64 = 3;
+/// Open files the rest of the site holds: the controller, its store and web server, the agents'
+/// links, the GPU hosts' fake NVML and the workload manager.
+const FILES_BASE: u64 = 1024;
+const FILES_PER_GPU_HOST: u64 = 16;
+
+/// Refuses, before anything starts, a fleet this process cannot open the files for: without it a
+/// site too large for the limit fails part way up with `Too many open files` (and a huge
+/// `--miners` fills memory first).
+fn fits_open_files(miners: usize, gpu_hosts: usize, limit: u64) -> Result<(), SiteError> {
+    let needed = (miners as u64)
+        .saturating_mul(FILES_PER_MINER)
+        .saturating_add((gpu_hosts as u64).saturating_mul(FILES_PER_GPU_HOST))
+        .saturating_add(FILES_BASE);
+    if needed > limit {
+        return Err(SiteError::TooManyMiners {
+            miners,
+            needed,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// How long the fleet may take to be seen whole by the controller.
@@ -196,6 +233,15 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
     if opts.miners == 0 && opts.gpu_hosts == 0 {
         return Err(SiteError::Empty);
     }
+    fits_open_files(
+        opts.miners,
+        opts.gpu_hosts,
+        rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX),
+    )?;
+    // Fails early on a bad speed, before anything starts (the policy is scaled by it).
+    crate::clock::SiteClock::check_speed(opts.speed)?;
     let out = match &opts.out_dir {
         Some(p) => {
             std::fs::create_dir_all(p).map_err(io("creating", p))?;
@@ -239,8 +285,6 @@ pub async fn run(opts: SiteOptions) -> Result<(Realised, Modelled), SiteError> {
     let site_policy: SitePolicy = policy::scale(&policy_text, &policy_name, opts.speed)?;
     write(&dir.join("policy.toml"), &site_policy.text)?;
     write(&dir.join("policy.scaled.toml"), &site_policy.scaled_text)?;
-    // Fails early on a bad speed, before anything starts.
-    SiteClock::new(Utc::now(), trace.start(), opts.speed)?;
     let fake_nvml = if opts.gpu_hosts > 0 {
         Some(hosts::find_fake_nvml()?)
     } else {
@@ -554,4 +598,77 @@ fn print_summary(
         dir.join("policy.toml").display(),
         dr_notice.num_seconds()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(miners: usize, speed: f64) -> SiteOptions {
+        SiteOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            web: "127.0.0.1:0".parse().unwrap(),
+            speed,
+            miners,
+            racks: 4,
+            gpu_hosts: 8,
+            trace: None,
+            from: None,
+            hours: None,
+            policy: None,
+            dr_notice: chrono::Duration::minutes(30),
+            zone: chrono_tz::America::Chicago,
+            out_dir: None,
+            keep_running: false,
+            hourly: false,
+            model_transitions: Transitions {
+                miner_s: 120,
+                host_s: 300,
+            },
+        }
+    }
+
+    #[test]
+    fn a_fleet_past_the_open_file_limit_is_refused_naming_both() {
+        // 2,000 miners held 5,623 descriptors at their peak: they fit under 20,000, and 6,500
+        // (about 18,200 at the same rate) is past what the estimate lets through.
+        assert!(fits_open_files(2_000, 8, 20_000).is_ok());
+        let e = fits_open_files(6_500, 8, 20_000).unwrap_err();
+        let said = e.to_string();
+        assert!(matches!(
+            e,
+            SiteError::TooManyMiners {
+                miners: 6_500,
+                limit: 20_000,
+                ..
+            }
+        ));
+        assert!(
+            said.starts_with("--miners 6500: about 20652 open files"),
+            "{said}"
+        );
+        assert!(said.contains("the limit is 20000"), "{said}");
+        // No overflow on absurd sizes.
+        assert!(matches!(
+            fits_open_files(usize::MAX, usize::MAX, u64::MAX - 1),
+            Err(SiteError::TooManyMiners {
+                needed: u64::MAX,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_bad_size_or_speed_is_refused_before_anything_starts() {
+        // A trillion miners (more descriptors than Linux allows a process): refused at once
+        // instead of filling memory building the fleet.
+        let e = run(options(1_000_000_000_000, 288.0)).await.unwrap_err();
+        assert!(matches!(e, SiteError::TooManyMiners { .. }), "{e}");
+        // --speed 0 is named as the speed, not as the policy it would have scaled to nonsense.
+        for speed in [0.0, -1.0, f64::NAN] {
+            let e = run(options(10, speed)).await.unwrap_err();
+            assert!(matches!(e, SiteError::Speed(_)), "{speed}: {e}");
+            assert!(e.to_string().starts_with("--speed "), "{e}");
+        }
+    }
 }

@@ -420,7 +420,7 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pivotctl: {e:#}");
+            eprintln!("pivotctl: {}", pivot_proto::report::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
