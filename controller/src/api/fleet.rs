@@ -135,7 +135,10 @@ pub fn validate_demand_response(
     if !(req.target_power_w.is_finite() && req.target_power_w >= 0.0) {
         return Err(FieldError::new(
             "target_power_w",
-            "must be a number of watts >= 0",
+            format!(
+                "must be a finite number of watts >= 0, got {}",
+                req.target_power_w
+            ),
         ));
     }
     let deadline = req

@@ -372,13 +372,16 @@ pub const MAX_CHAINS: usize = 16;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsRow<'a> {
     pub chain_rate: [Num; MAX_CHAINS],
+    /// `chain_acnN`: the ASICs the chain answered with (0 for an empty slot).
+    pub chain_acn: [Num; MAX_CHAINS],
     /// By priority: temp_chipN, temp2_N, tempN.
     pub chain_temp: [[Option<f64>; 3]; MAX_CHAINS],
     pub fan: [Num; MAX_CHAINS],
     pub elapsed: Num,
     pub model: Text<'a>,
-    /// `chain_power`, `Power`, `power`: text such as "3250 W" or a number.
-    pub power: [Text<'a>; 3],
+    /// `chain_power`, `Power`, `power`, `total_power` (Hiveon's builds, a number of watts):
+    /// text such as "3250 W" or a number.
+    pub power: [Text<'a>; 4],
 }
 
 /// `temp_chip1` is a number or a dash-separated list (`"60-62-75-77"`): its highest.
@@ -418,6 +421,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatsRow<'a> {
                     let k = key.as_ref();
                     if let Some(i) = chain_index(k, "chain_rate") {
                         out.chain_rate[i] = map.next_value()?;
+                    } else if let Some(i) = chain_index(k, "chain_acn") {
+                        out.chain_acn[i] = map.next_value()?;
                     } else if let Some(i) = chain_index(k, "temp_chip") {
                         out.chain_temp[i][0] = map.next_value::<Temp>()?.0;
                     } else if let Some(i) = chain_index(k, "temp2_") {
@@ -433,6 +438,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for StatsRow<'a> {
                             "chain_power" => out.power[0] = map.next_value()?,
                             "Power" => out.power[1] = map.next_value()?,
                             "power" => out.power[2] = map.next_value()?,
+                            "total_power" => out.power[3] = map.next_value()?,
                             _ => {
                                 map.next_value::<IgnoredAny>()?;
                             }

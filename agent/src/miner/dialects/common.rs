@@ -66,13 +66,22 @@ pub fn boards_and_fans_from_stats(
     let mut fans = Vec::new();
     for entry in stats.map_or(&[][..], |s| &s.stats[..]) {
         for (i, rate) in entry.chain_rate.iter().enumerate() {
-            if let Some(rate) = rate.get() {
-                boards.push(BoardReading {
-                    index: i as u32,
-                    hashrate_ths: Some(rate / 1000.0),
-                    temperature_c: entry.chain_temp[i].iter().find_map(|t| *t),
-                });
+            let Some(rate) = rate.get() else { continue };
+            let temperature_c = entry.chain_temp[i].iter().find_map(|t| *t);
+            // A slot with no board: no ASICs answered, nothing hashed, no temperature (Hiveon's
+            // builds list all 16 chains this way; stock ones leave the rate empty). A board that
+            // is there but dead still reports its temperature, and stays.
+            let empty_slot = entry.chain_acn[i].get() == Some(0.0)
+                && rate == 0.0
+                && temperature_c.is_none_or(|t| t == 0.0);
+            if empty_slot {
+                continue;
             }
+            boards.push(BoardReading {
+                index: i as u32,
+                hashrate_ths: Some(rate / 1000.0),
+                temperature_c,
+            });
         }
         for (i, rpm) in entry.fan.iter().enumerate() {
             if let Some(rpm) = rpm.get() {
@@ -183,6 +192,35 @@ mod tests {
         assert_eq!(boards[0].temperature_c, Some(77.0));
         assert_eq!(boards[1].temperature_c, Some(71.0));
         assert_eq!(fans.len(), 2);
+    }
+
+    #[test]
+    fn hiveon_stats_list_sixteen_chains_of_which_three_are_boards() {
+        // Keys and the first chains' values as in asic-rs's capture of an S19 on Hiveon
+        // (`hiveon_s19x88_stats_captured.json`): every chain 1..16 listed, the empty slots with
+        // no ASICs, a zero rate and zero temperatures; the draw as `total_power`, a number.
+        let mut chains = String::new();
+        for n in 4..=16 {
+            chains.push_str(&format!(
+                r#""chain_acn{n}":0,"chain_rate{n}":0.0,"temp{n}":0,"temp2_{n}":0,"temp_chip{n}":"0-0-0-0","#
+            ));
+        }
+        let raw = format!(
+            r#"{{"STATUS":[{{"STATUS":"S","Code":70}}],"STATS":[{{"BMMiner":"4.11.1 rwglr","Type":"Antminer S19x88 Hiveon"}},{{"Elapsed":805625,"GHS 5s":6751.0,{chains}"chain_acn1":88,"chain_acn2":88,"chain_acn3":0,"chain_rate1":2264.99,"chain_rate2":1781.21,"chain_rate3":0.0,"temp_chip1":"61-61-61-61","temp_chip2":"56-56-56-56","temp_chip3":"48-48-48-48","chain_power1":454,"chain_power2":437,"total_power":1345,"fan1":3090,"fan2":3000}}],"id":1}}"#
+        );
+        let v = single(raw.as_bytes()).unwrap();
+        let (boards, fans) = boards_and_fans_from_stats(Some(&v));
+        // Chain 3 answered with no ASICs but is warm: a dead board, kept.
+        assert_eq!(
+            boards.iter().map(|b| b.index).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "{boards:?}"
+        );
+        assert_eq!(boards[2].hashrate_ths, Some(0.0));
+        assert_eq!(boards[2].temperature_c, Some(48.0));
+        assert_eq!(fans.len(), 2);
+        let power: Vec<_> = v.stats[1].power.iter().filter_map(|p| p.as_str()).collect();
+        assert_eq!(power, vec!["1345"]);
     }
 
     #[test]
