@@ -153,6 +153,13 @@ fn the_simulated_site_curtails_for_the_dr_event_and_the_spike_and_keeps_the_cap(
     assert_eq!(status["gpu_hosts"]["total"], 8, "{status}");
     assert_eq!(status["gpus_total"], 64, "{status}");
     assert_eq!(status["agents_connected"], 11, "{status}");
+    // What the status says is committed is within the cap in force once the site is settled
+    // (the trace has ended): it counts each miner as the planner does.
+    let (committed, in_force) = (
+        status["committed_power_w"].as_f64().unwrap(),
+        status["cap_in_force_w"].as_f64().unwrap(),
+    );
+    assert!(committed <= in_force + 1.0, "{status}");
     // AI demand is what the controller read from the SIMULATED workload manager's queue, through
     // its own slurmrestd reader, not the trace's column.
     let demand = status["economics"]["inputs"]

@@ -94,27 +94,14 @@ fn miner(
         .obs
         .as_ref()
         .filter(|o| o.reachable && fresh(a.connected, o.observed_at, o.restored, s));
-    let caps = inv.capabilities.clone().unwrap_or_default();
-    let power_target = caps
-        .power_target
-        .then(|| {
-            let min = caps
-                .power_target_steps_w
-                .first()
-                .copied()
-                .or(caps.power_target_min_w)?;
-            let max = caps
-                .power_target_steps_w
-                .last()
-                .copied()
-                .or(caps.power_target_max_w)?;
-            (min < max).then_some(PowerTargetRange {
-                min_w: f64::from(min),
-                max_w: f64::from(max),
-                step_w: None,
-            })
-        })
-        .flatten();
+    let power_target = slot
+        .info
+        .power_target_range_w()
+        .map(|(min_w, max_w)| PowerTargetRange {
+            min_w,
+            max_w,
+            step_w: None,
+        });
     let di = intents.get(id).filter(|d| d.host_id == a.host_id);
     // An intent the agent gave up on says nothing once the miner has been read since: the
     // reading says where it is (the planner counts it at both ends until then).

@@ -61,6 +61,29 @@ pub struct MinerInfo {
     pub inventory: v1::MinerInventory,
 }
 
+impl MinerInfo {
+    /// The power targets the firmware accepts, `(lowest, highest)` in watts (its steps where it
+    /// has them, LuxOS's profiles): `None` unless it takes a power target and the range is a
+    /// range. The planner trims within it; a miner with one runs at the setting it reports.
+    pub fn power_target_range_w(&self) -> Option<(f64, f64)> {
+        let caps = self.inventory.capabilities.as_ref()?;
+        if !caps.power_target {
+            return None;
+        }
+        let min = caps
+            .power_target_steps_w
+            .first()
+            .copied()
+            .or(caps.power_target_min_w)?;
+        let max = caps
+            .power_target_steps_w
+            .last()
+            .copied()
+            .or(caps.power_target_max_w)?;
+        (min < max).then_some((f64::from(min), f64::from(max)))
+    }
+}
+
 /// A miner's last reading.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MinerObservation {
@@ -665,12 +688,20 @@ impl Registry {
                             _ => {}
                         }
                         // A sleeping miner is committed at what it draws (or the site's assumption
-                        // for an asleep miner that measures nothing); any other state may draw up
-                        // to its maximum.
-                        let committed = if state == MinerState::Sleeping {
-                            power_w.or(Some(assume.sleeping_miner_w))
-                        } else {
-                            max_of(max_of(max, power_w), o.power_target_w)
+                        // for an asleep miner that measures nothing). A miner with a power-target
+                        // range that reports its setting runs at that setting, as the planner
+                        // counts it (`planner::loads`): the top of a range is an overclock
+                        // (LuxOS's highest profile is 1.6 times the stock one) it is not set to.
+                        // Any other may draw up to its maximum.
+                        let committed = match (state, info.power_target_range_w(), o.power_target_w)
+                        {
+                            (MinerState::Sleeping, _, _) => {
+                                power_w.or(Some(assume.sleeping_miner_w))
+                            }
+                            (_, Some((min_w, _)), Some(set_w)) if set_w > 0.0 => {
+                                max_of(Some(set_w.max(min_w)), power_w)
+                            }
+                            _ => max_of(max_of(max, power_w), o.power_target_w),
                         };
                         s.committed_power_w += committed.unwrap_or(0.0);
                     }
@@ -769,6 +800,41 @@ mod tests {
             ..Default::default()
         };
         r.observe("h1", session, t, Utc::now(), &ASSUME).is_some()
+    }
+
+    #[test]
+    fn a_miner_with_a_power_target_range_is_committed_at_its_setting_not_the_range_top() {
+        // A LuxOS S21: profiles from 1,500 to 5,590 W, running its 3,500 W stock profile. The
+        // planner counts it at 3,500 W; the site status counted 5,590 W, so on pivot-site's
+        // 240 miners `pivotctl status` showed 0.939 MW committed against a 0.830 MW cap that
+        // the plan (0.828 MW) kept.
+        let r = Registry::default();
+        let (tx, _rx) = downlink();
+        let (id, mut slot) = miner("lux", 3500.0);
+        slot.info.nameplate_power_w = None;
+        slot.info.power_target_max_w = Some(5590.0);
+        slot.info.inventory.capabilities = Some(v1::MinerCapabilities {
+            can_sleep: true,
+            power_target: true,
+            power_target_min_w: Some(1500),
+            power_target_max_w: Some(5590),
+            power_target_steps_w: vec![1500, 2950, 3500, 4300, 5590],
+        });
+        assert_eq!(slot.info.power_target_range_w(), Some((1500.0, 5590.0)));
+        let c = r.connect(agent(vec![(id, slot)]), tx);
+        let committed = |set: Option<f64>, power: f64| {
+            let mut o = obs("lux", MinerState::Mining, power);
+            o.power_target_w = set;
+            assert!(observe(&r, c.session_id, vec![o]));
+            r.summary(&ASSUME, 575.0).committed_power_w
+        };
+        assert_eq!(committed(Some(3500.0), 3420.0), 3500.0);
+        // A reading above the setting is believed.
+        assert_eq!(committed(Some(3500.0), 3610.0), 3610.0);
+        // Trimmed to 2,950 W: committed there.
+        assert_eq!(committed(Some(2950.0), 2900.0), 2950.0);
+        // No setting reported: the top of the range, as before.
+        assert_eq!(committed(None, 3420.0), 5590.0);
     }
 
     #[test]
