@@ -52,11 +52,7 @@ fn figures(m: &MinerUnit, a: &Assumptions, unknown_j_per_th: f64) -> MinerFigure
         .flatten()
         .reduce(f64::max)
         .unwrap_or(a.unknown_miner_max_w);
-    let sleep_w = m
-        .sleep_power_w
-        .filter(|w| w.is_finite() && *w >= 0.0)
-        .unwrap_or(a.sleeping_miner_w)
-        .min(full_w);
+    let sleep_w = pivot_controller::planner::sleeping_w(m.sleep_power_w, full_w, a);
     let j_per_th = positive(m.efficiency_j_per_th)
         .or_else(|| Some(positive(m.nameplate_power_w)? / positive(m.nameplate_hashrate_ths)?))
         .unwrap_or(unknown_j_per_th);
@@ -113,8 +109,8 @@ pub fn site_model(
     let mut miner_groups = Vec::new();
     for ((model, ..), (f, ids)) in &groups {
         let power_w = f.full_w.round();
-        // SITE.toml wants a sleeping draw below the running one; a miner whose nameplate is
-        // below the sleeping assumption (a Bitaxe) counts the same either way to the planner.
+        // SITE.toml wants a sleeping draw below the running one (the planner's is, for any
+        // miner that draws at all: `planner::sleeping_w`).
         let sleep_w = if f.sleep_w.round() < power_w {
             f.sleep_w.round()
         } else {
@@ -304,7 +300,8 @@ mod tests {
             (2, 3068.0, Some(60))
         );
         let bitaxe = s.miners.iter().find(|g| g.model == "Bitaxe Gamma").unwrap();
-        assert!(bitaxe.sleep_w < bitaxe.power_w);
+        // The 20 W sleeping assumption is more than a quarter of a 17 W Bitaxe: a quarter.
+        assert_eq!((bitaxe.power_w, bitaxe.sleep_w), (17.0, 4.0));
         assert_eq!(s.gpu_hosts.len(), 1);
         assert_eq!(s.gpu_hosts[0].count, 2);
         assert_eq!(s.gpu_hosts[0].serving_w(), 10_200.0);

@@ -486,6 +486,7 @@ pub fn validate_hello(h: &v1::Hello) -> Result<(AgentEntry, Vec<model::Intent>),
                 },
                 obs: None,
                 last_mining_j_per_th: None,
+                last_sleeping_w: None,
             },
         );
     }

@@ -157,7 +157,7 @@ fn miner(
         nameplate_power_w: slot.info.nameplate_power_w.or(slot.info.power_target_max_w),
         nameplate_hashrate_ths: inv.nameplate_hashrate_ths,
         efficiency_j_per_th: slot.last_mining_j_per_th,
-        sleep_power_w: None,
+        sleep_power_w: slot.last_sleeping_w,
         state,
         measured_power_w: measured,
         seen: seen_obs.is_some(),
@@ -465,6 +465,7 @@ mod tests {
                     reading: v1::MinerReading::default(),
                 }),
                 last_mining_j_per_th: Some(17.0),
+                last_sleeping_w: None,
             },
         );
         a

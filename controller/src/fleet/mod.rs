@@ -162,6 +162,9 @@ pub struct MinerSlot {
     pub info: MinerInfo,
     pub obs: Option<MinerObservation>,
     pub last_mining_j_per_th: Option<f64>,
+    /// What it drew when last read asleep (kept while it mines: its next sleep saves its full
+    /// draw less this). The planner's assumption stands in until it has been read asleep.
+    pub last_sleeping_w: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +345,7 @@ impl Registry {
                         ..o
                     });
                     new.last_mining_j_per_th = slot.last_mining_j_per_th;
+                    new.last_sleeping_w = slot.last_sleeping_w;
                 }
             }
             for (id, slot) in old.gpus {
@@ -498,6 +502,7 @@ impl Registry {
                             },
                             obs: None,
                             last_mining_j_per_th: None,
+                            last_sleeping_w: None,
                         },
                     );
                 }
@@ -586,6 +591,7 @@ impl Registry {
             match agent.miners.get_mut(&m.reading.device_id) {
                 Some(slot) => match bounds::miner(&m, &slot.info, assume) {
                     Ok(flag) => {
+                        let flagged = flag.is_some();
                         if let Some(f) = flag {
                             out.flagged.push((m.reading.device_id.clone(), f));
                         }
@@ -594,6 +600,14 @@ impl Registry {
                             slot.info.inventory.nameplate_hashrate_ths,
                         ) {
                             slot.last_mining_j_per_th = Some(e);
+                        }
+                        // Asleep and not flagged as drawing like a miner that is not: its
+                        // standby draw.
+                        if m.state == MinerState::Sleeping
+                            && !flagged
+                            && let Some(p) = m.power_w.filter(|p| p.is_finite() && *p >= 0.0)
+                        {
+                            slot.last_sleeping_w = Some(p);
                         }
                         slot.obs = Some(m);
                     }
@@ -741,6 +755,7 @@ mod tests {
                 },
                 obs: None,
                 last_mining_j_per_th: None,
+                last_sleeping_w: None,
             },
         )
     }
@@ -800,6 +815,39 @@ mod tests {
             ..Default::default()
         };
         r.observe("h1", session, t, Utc::now(), &ASSUME).is_some()
+    }
+
+    #[test]
+    fn a_miner_read_asleep_keeps_its_standby_draw_while_it_mines_again() {
+        let r = Registry::default();
+        let (tx, _rx) = downlink();
+        let c = r.connect(agent(vec![miner("a", 3000.0)]), tx);
+        let sleeping_w = || r.with_agents(|a| a["h1"].miners["a"].last_sleeping_w);
+        assert!(observe(
+            &r,
+            c.session_id,
+            vec![obs("a", MinerState::Mining, 2950.0)]
+        ));
+        assert_eq!(sleeping_w(), None);
+        assert!(observe(
+            &r,
+            c.session_id,
+            vec![obs("a", MinerState::Sleeping, 14.0)]
+        ));
+        assert_eq!(sleeping_w(), Some(14.0));
+        assert!(observe(
+            &r,
+            c.session_id,
+            vec![obs("a", MinerState::Mining, 2950.0)]
+        ));
+        assert_eq!(sleeping_w(), Some(14.0), "kept while it mines");
+        // "Asleep" drawing half its nameplate is flagged, not learned.
+        assert!(observe(
+            &r,
+            c.session_id,
+            vec![obs("a", MinerState::Sleeping, 1600.0)]
+        ));
+        assert_eq!(sleeping_w(), Some(14.0));
     }
 
     #[test]

@@ -209,6 +209,19 @@ pub(super) fn own_setting_w(m: &MinerUnit, range: Option<PowerTargetRange>) -> O
     })
 }
 
+/// The largest share of a miner's full draw the site's sleeping-miner assumption may stand for.
+const ASSUMED_SLEEP_SHARE_MAX: f64 = 0.25;
+
+/// What a miner of `full_w` draws asleep, as the planner counts it: what it was last read
+/// drawing asleep (`read_w`); until it has been, the site's assumption — at most a quarter of its
+/// full draw, since the assumption (100 W by default) is a large ASIC's control board and fans:
+/// on a 17 W Bitaxe it left a sleep saving nothing, so the planner never slept one at any price.
+pub fn sleeping_w(read_w: Option<f64>, full_w: f64, a: &crate::fleet::Assumptions) -> f64 {
+    non_negative(read_w)
+        .unwrap_or_else(|| a.sleeping_miner_w.min(full_w * ASSUMED_SLEEP_SHARE_MAX))
+        .min(full_w)
+}
+
 pub(super) fn miner_load(
     i: usize,
     m: &MinerUnit,
@@ -236,9 +249,7 @@ pub(super) fn miner_load(
         (None, Some(r), None) => r.max_w.max(set_w.unwrap_or(0.0)),
         (None, None, _) => a.unknown_miner_max_w,
     };
-    let off_w = non_negative(m.sleep_power_w)
-        .unwrap_or(a.sleeping_miner_w)
-        .min(full_w);
+    let off_w = sleeping_w(m.sleep_power_w, full_w, a);
     let observed_level = match m.state {
         MinerState::Mining | MinerState::Ramping => Some(Level::Full),
         MinerState::Sleeping => Some(Level::Off),

@@ -83,6 +83,7 @@ pub use output::{
     Reason, Summary, Waiting, Warning,
 };
 
+pub use loads::sleeping_w;
 use loads::{Level, Unit};
 use pivot_proto::model::{MinerTarget, Target, WorkloadState};
 

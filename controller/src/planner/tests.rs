@@ -180,6 +180,32 @@ fn energy_above_breakeven_sleeps_the_least_efficient_and_says_why() {
 }
 
 #[test]
+fn a_miner_smaller_than_the_sleeping_assumption_is_still_slept_above_its_breakeven() {
+    // A Bitaxe Gamma (17 W, 1.2 TH/s: 14.2 J/TH, breakeven 117 USD/MWh at hashprice 40) never
+    // read asleep, under the default 100 W sleeping assumption: counted asleep at 100 W (capped
+    // at 17), its sleep saved nothing and it mined through any price.
+    let mut bitaxe = miner("bx", "Bitaxe Gamma", 17.0, 1.2);
+    bitaxe.sleep_power_w = None;
+    let mut i = input(
+        vec![bitaxe.clone()],
+        vec![],
+        Some(market(40.0, 240.0, None)),
+    );
+    i.assumptions.sleeping_miner_w = 100.0;
+    let p = plan(&i);
+    assert_eq!(to(&p, "bx"), SLEEP, "{:?}", p.explanations);
+    // Below its breakeven it mines on.
+    i.market = Some(market(40.0, 100.0, None));
+    assert_eq!(to(&plan(&i), "bx"), None);
+    // A large miner keeps the site's assumption: a 3 kW S19j Pro asleep counts at 100 W.
+    let mut big = asleep(s19jpro("a"));
+    big.sleep_power_w = None;
+    i.miners = vec![big];
+    i.market = Some(market(40.0, 240.0, None));
+    assert!((plan(&i).summary.mining_w - 100.0).abs() < 1e-9);
+}
+
+#[test]
 fn cheap_energy_wakes_sleeping_miners_most_efficient_first() {
     let mut i = input(
         vec![asleep(s19jpro("a")), asleep(s21("c"))],
