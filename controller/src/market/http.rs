@@ -13,6 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use pivot_proto::report::error_chain;
 use tracing::warn;
 use url::Url;
 
@@ -331,20 +332,6 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
         return Err(format!("`{}` names no host", redact(&url)));
     }
     Ok(url)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -245,13 +245,7 @@ fn map_error(
     }
 }
 
+/// The error and its causes, lower case, for matching.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s.to_ascii_lowercase()
+    pivot_proto::report::error_chain(e).to_ascii_lowercase()
 }
