@@ -94,6 +94,14 @@ impl Site {
         serde_json::from_str(&self.pivotctl(args)).unwrap()
     }
 
+    /// One device as `pivotctl devices --json` shows it (null when it is not listed).
+    fn device(&self, id: &str) -> serde_json::Value {
+        self.json(&["devices", "--json"])
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["device_id"] == id).cloned())
+            .unwrap_or_default()
+    }
+
     /// Every audit record, oldest first.
     fn audit(&self) -> Vec<serde_json::Value> {
         let mut rows: Vec<serde_json::Value> = self
@@ -530,14 +538,7 @@ async fn a_controller_killed_mid_transition_completes_it_on_restart_without_repe
     }
     let antminer = format!("miner/{}", miner_addr(s.miner(Dialect::Antminer)));
     s.energy(68.0);
-    let issued = |s: &Site| -> Option<u64> {
-        s.json(&["devices", "--json"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["device_id"] == antminer.as_str())
-            .and_then(|d| d["intent"]["generation"].as_u64())
-    };
+    let issued = |s: &Site| s.device(&antminer)["intent"]["generation"].as_u64();
     s.until("the sleep intent issued", |s| issued(s).is_some())
         .await;
     let generation = issued(&s).unwrap();
@@ -768,15 +769,7 @@ async fn a_trimmed_miner_comes_back_to_its_owners_setting_across_a_controller_re
     s.until("every miner mining", |s| s.miners.iter().all(mining))
         .await;
     s.until("the owner's setting read", |s| {
-        let devices = s.json(&["devices", "--json"]);
-        let d = devices
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|d| d["device_id"] == id.as_str())
-            .cloned()
-            .unwrap_or_default();
-        d["power_w"]
+        s.device(&id)["power_w"]
             .as_f64()
             .is_some_and(|w| w > 2500.0 && w < 3200.0)
     })
@@ -797,14 +790,10 @@ async fn a_trimmed_miner_comes_back_to_its_owners_setting_across_a_controller_re
     .await;
     let trimmed = profile(&s);
     // What a restore will send is on show while the trim stands.
-    let kept = s.json(&["devices", "--json"]);
-    let kept = kept
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["device_id"] == id.as_str())
-        .map(|d| d["setting_before_trim_w"].clone());
-    assert_eq!(kept, Some(serde_json::json!(2954.0)));
+    assert_eq!(
+        s.device(&id)["setting_before_trim_w"],
+        serde_json::json!(2954.0)
+    );
     let table = s.pivotctl(&["devices"]);
     let row: Vec<&str> = table
         .lines()

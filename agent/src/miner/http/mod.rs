@@ -206,7 +206,8 @@ fn map_error(
     total: Duration,
     e: &reqwest::Error,
 ) -> MinerError {
-    let chain = error_chain(e);
+    // The error and its causes, lower case, for matching.
+    let chain = pivot_proto::report::error_chain(e).to_ascii_lowercase();
     if e.is_timeout() {
         MinerError::Timeout {
             addr: addr.to_string(),
@@ -243,9 +244,4 @@ fn map_error(
             message: format!("{what}: {chain}"),
         }
     }
-}
-
-/// The error and its causes, lower case, for matching.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    pivot_proto::report::error_chain(e).to_ascii_lowercase()
 }
