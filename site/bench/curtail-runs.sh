@@ -7,6 +7,14 @@
 # BEFORE_CURTAIL: a command run to its end just before each curtail is called, outside the timing
 # (e.g. aging the emulated miners' credentials).
 
+# The interpreter itself, not a version manager's shim: pyenv's shim costs some 80 ms of CPU a
+# call (a bash script and its helpers), and the run loop below calls Python twice a second while
+# the curtail being timed needs every core.
+if [ -z "${PIVOT_BENCH_PY:-}" ]; then
+  PIVOT_BENCH_PY=$(python3 -c 'import sys; print(sys.executable)')
+fi
+python3() { "$PIVOT_BENCH_PY" "$@"; }
+
 # Waits until no plan is executing (the plan in status is done or absent).
 settle() {
   for _ in $(seq 1 240); do

@@ -205,31 +205,69 @@ async fn antminer_asleep_before_the_agent_saw_it_wakes_only_into_a_configured_mo
     assert_eq!(m.handle().snapshot().work_mode, 3);
 }
 
-/// A TCP forwarder in front of `to` that counts the connections it is handed (the agent's
-/// HTTP client keeps none idle: one connection is one request).
-async fn counting_proxy(
-    to: std::net::SocketAddr,
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// What went through a [`counting_proxy`].
+#[derive(Clone, Default)]
+struct Counts {
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counts {
+    fn now(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.connections.load(SeqCst), self.requests.load(SeqCst))
+    }
+}
+
+/// A TCP forwarder in front of `to` that counts the connections it is handed and the HTTP/1.1
+/// requests sent over them (request lines on their way to the miner).
+async fn counting_proxy(to: std::net::SocketAddr) -> (u16, Counts) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = count.clone();
+    let counts = Counts::default();
+    let seen = counts.clone();
     tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while let Ok((inbound, _)) = listener.accept().await {
+            seen.connections.fetch_add(1, SeqCst);
+            let requests = seen.requests.clone();
             tokio::spawn(async move {
-                if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                }
+                let Ok(out) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let (mut from_agent, mut to_agent) = inbound.into_split();
+                let (mut from_miner, mut to_miner) = out.into_split();
+                let up = async move {
+                    let marker = b" HTTP/1.1\r\n";
+                    let mut tail: Vec<u8> = Vec::new();
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = from_agent.read(&mut buf).await {
+                        if n == 0 || to_miner.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        // Request lines, also one split across two reads.
+                        tail.extend_from_slice(&buf[..n]);
+                        let found = tail.windows(marker.len()).filter(|w| w == marker).count();
+                        requests.fetch_add(found, SeqCst);
+                        let keep = tail.len().min(marker.len() - 1);
+                        tail.drain(..tail.len() - keep);
+                    }
+                    let _ = to_miner.shutdown().await;
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut from_miner, &mut to_agent).await;
+                    let _ = to_agent.shutdown().await;
+                };
+                tokio::join!(up, down);
             });
         }
     });
-    (port, count)
+    (port, counts)
 }
 
 #[tokio::test]
 async fn antminer_answers_the_digest_challenge_it_knows_at_once_and_a_stale_one_again() {
-    use std::sync::atomic::Ordering::SeqCst;
     let timing = Timing {
         digest_nonce_ttl: Duration::from_secs(1),
         ..Timing::fast()
@@ -240,7 +278,7 @@ async fn antminer_answers_the_digest_challenge_it_knows_at_once_and_a_stale_one_
     )
     .await
     .unwrap();
-    let (port, requests) = counting_proxy(m.http_addr().unwrap()).await;
+    let (port, counts) = counting_proxy(m.http_addr().unwrap()).await;
     let addr = MinerAddr::new("127.0.0.1")
         .with_port(m.api_addr().port())
         .with_http_port(port);
@@ -250,17 +288,18 @@ async fn antminer_answers_the_digest_challenge_it_knows_at_once_and_a_stale_one_
     let slept = drv.sleep().await.unwrap();
     assert_eq!(slept.state, MinerState::Sleeping);
     // The config read (challenged, then answered), the config write and the read-back's
-    // config read: 4 requests, where answering a fresh challenge each time took 6.
-    assert_eq!(requests.load(SeqCst), 4);
+    // config read: 4 requests, where answering a fresh challenge each time took 6; all on the
+    // one connection the call keeps, where each took its own before.
+    assert_eq!(counts.now(), (1, 4));
     // A sleeping Antminer's read asks the config for its mode. The nonce is now older than
-    // the server takes: it answers stale, and the call answers the new challenge once...
+    // the server takes: it answers stale, and the call answers the new challenge once (on a
+    // connection of its own: no call holds one now)...
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let before = requests.load(SeqCst);
     assert_eq!(drv.read().await.unwrap().state, MinerState::Sleeping);
-    assert_eq!(requests.load(SeqCst) - before, 2);
+    assert_eq!(counts.now(), (3, 6));
     // ...which the next call answers at once.
     assert_eq!(drv.read().await.unwrap().state, MinerState::Sleeping);
-    assert_eq!(requests.load(SeqCst) - before, 3);
+    assert_eq!(counts.now(), (4, 7));
     let woke = drv.wake().await.unwrap();
     assert!(
         matches!(woke.state, MinerState::Mining | MinerState::Ramping),

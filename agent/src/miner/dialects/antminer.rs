@@ -21,7 +21,7 @@ use crate::miner::cgminer::typed::Multi;
 use crate::miner::cgminer::{CgClient, multi_request};
 use crate::miner::error::snippet;
 use crate::miner::http::digest::{Challenge, cnonce};
-use crate::miner::http::{HttpReply, HttpRequest};
+use crate::miner::http::{Held, HttpReply, HttpRequest};
 use crate::miner::verify::read_back;
 use crate::miner::{
     Capabilities, DriverContext, Identity, MinerAddr, MinerDriver, MinerError, Reading,
@@ -42,6 +42,8 @@ pub struct Antminer {
     nc: AtomicU32,
     /// The Digest challenge the web server gave last, answered at once by the next CGI call.
     challenge: Mutex<Option<Challenge>>,
+    /// The web connection a control call keeps for its config read, write and read-back.
+    web: Held,
     /// An explicit work mode to wake into when none was remembered (operator's choice).
     pub wake_mode: Option<u8>,
 }
@@ -56,6 +58,7 @@ impl Antminer {
             ctx,
             nc: AtomicU32::new(1),
             challenge: Mutex::new(None),
+            web: Held::default(),
             wake_mode: None,
         }
     }
@@ -140,9 +143,8 @@ impl Antminer {
         let what = format!("{method} {path}");
         let known = self.challenge().clone();
         let first = self
-            .ctx
-            .http
-            .send(&self.addr, build(known.as_ref()))
+            .web
+            .send(&self.ctx.http, &self.addr, build(known.as_ref()))
             .await?;
         if first.status != 401 {
             return crate::miner::http::check_status(&self.addr, &what, first);
@@ -155,9 +157,8 @@ impl Antminer {
         })?;
         *self.challenge() = Some(challenge.clone());
         let second = self
-            .ctx
-            .http
-            .send(&self.addr, build(Some(&challenge)))
+            .web
+            .send(&self.ctx.http, &self.addr, build(Some(&challenge)))
             .await?;
         if second.status == 401 {
             *self.challenge() = None;
@@ -288,6 +289,7 @@ impl MinerDriver for Antminer {
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         let conf = self.get_conf().await.map_err(MinerError::before_command)?;
         if let Some(mode) = Self::work_mode_of(&conf)
             && mode != SLEEP_MODE
@@ -309,6 +311,7 @@ impl MinerDriver for Antminer {
     }
 
     async fn wake(&self) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         let conf = self.get_conf().await.map_err(MinerError::before_command)?;
         let current = Self::work_mode_of(&conf);
         let remembered = self

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::common::HASHING_THS;
 use crate::miner::cgminer::parse::{number_at, string_at};
-use crate::miner::http::HttpRequest;
+use crate::miner::http::{Held, HttpRequest, check_status};
 use crate::miner::verify::read_back;
 use crate::miner::{
     BoardReading, Capabilities, DriverContext, FanReading, Identity, MinerAddr, MinerDriver,
@@ -46,11 +46,17 @@ fn model_of(v: &Value) -> Option<String> {
 pub struct Bitaxe {
     addr: MinerAddr,
     ctx: DriverContext,
+    /// The connection a control call keeps for its command and the read that proves it.
+    web: Held,
 }
 
 impl Bitaxe {
     pub fn new(addr: MinerAddr, ctx: DriverContext) -> Self {
-        Self { addr, ctx }
+        Self {
+            addr,
+            ctx,
+            web: Held::default(),
+        }
     }
 
     fn port(&self) -> u16 {
@@ -68,14 +74,10 @@ impl Bitaxe {
     }
 
     async fn post(&self, path: &str) -> Result<String, MinerError> {
-        let reply = self
-            .ctx
-            .http
-            .send_ok(
-                &self.addr,
-                HttpRequest::new(Method::POST, self.port(), path),
-            )
-            .await?;
+        let request = HttpRequest::new(Method::POST, self.port(), path);
+        let what = format!("POST {path}");
+        let reply = self.web.send(&self.ctx.http, &self.addr, request).await?;
+        let reply = check_status(&self.addr, &what, reply)?;
         Ok(format!(
             "HTTP {} {}",
             reply.status,
@@ -127,13 +129,16 @@ impl MinerDriver for Bitaxe {
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        // A connection of its own, closed after the read (see `http::Session`).
+        // A connection of its own, closed after the read (see `http::Session`), or the one a
+        // control call holds: this read is then its read-back.
         let path = "/api/system/info";
-        let mut session = self.ctx.http.session(&self.addr, self.port()).await?;
+        let mut session = self
+            .web
+            .session(&self.ctx.http, &self.addr, self.port())
+            .await?;
         let reply = session.get(path, &[]).await?;
-        drop(session);
-        let v = crate::miner::http::check_status(&self.addr, &format!("GET {path}"), reply)?
-            .json(&self.addr, path)?;
+        self.web.put_back(session);
+        let v = check_status(&self.addr, &format!("GET {path}"), reply)?.json(&self.addr, path)?;
         let mut r = Reading::empty(&self.addr, DIALECT);
         r.model = model_of(&v);
         r.hashrate_ths = number_at(&v, &["hashRate"]).map(|g| g / 1000.0);
@@ -167,6 +172,7 @@ impl MinerDriver for Bitaxe {
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         let answered = self.post("/api/system/pause").await?;
         read_back(self, &self.ctx.options, "pause", &answered, |r| {
             r.state == MinerState::Sleeping
@@ -175,6 +181,7 @@ impl MinerDriver for Bitaxe {
     }
 
     async fn wake(&self) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         let answered = self.post("/api/system/resume").await?;
         read_back(self, &self.ctx.options, "resume", &answered, |r| {
             matches!(r.state, MinerState::Mining | MinerState::Ramping)

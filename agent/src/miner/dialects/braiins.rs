@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::common::HASHING_THS;
 use crate::miner::cgminer::parse::number;
-use crate::miner::http::{HttpReply, HttpRequest, Session};
+use crate::miner::http::{Held, HttpReply, HttpRequest, Session};
 use crate::miner::verify::read_back;
 use crate::miner::{
     BoardReading, Capabilities, DriverContext, FanReading, Identity, MinerAddr, MinerDriver,
@@ -28,6 +28,8 @@ pub struct Braiins {
     addr: MinerAddr,
     ctx: DriverContext,
     token: Mutex<Option<(String, Instant)>>,
+    /// The connection a control call keeps for its command and the read that proves it.
+    web: Held,
 }
 
 fn at<'a>(v: &'a Value, pointers: &[&str]) -> Option<&'a Value> {
@@ -53,6 +55,7 @@ impl Braiins {
             addr,
             ctx,
             token: Mutex::new(None),
+            web: Held::default(),
         }
     }
 
@@ -61,7 +64,7 @@ impl Braiins {
         let body = json!({ "username": c.username, "password": c.password.expose() });
         let req = HttpRequest::new(Method::POST, self.addr.web_port(), "/api/v1/auth/login")
             .json_body(&body);
-        let reply = self.ctx.http.send(&self.addr, req).await?;
+        let reply = self.web.send(&self.ctx.http, &self.addr, req).await?;
         if matches!(reply.status, 400 | 401 | 403) {
             return Err(MinerError::AuthRejected {
                 addr: self.addr.to_string(),
@@ -115,7 +118,7 @@ impl Braiins {
             if let Some(b) = &body {
                 req = req.json_body(b);
             }
-            let reply = self.ctx.http.send(&self.addr, req).await?;
+            let reply = self.web.send(&self.ctx.http, &self.addr, req).await?;
             if reply.status == 401 && !fresh {
                 fresh = true;
                 continue;
@@ -134,7 +137,7 @@ impl Braiins {
     /// login, and the request goes again through the client (rare: tokens live an hour).
     async fn read_get(
         &self,
-        session: &mut Session<'_>,
+        session: &mut Session,
         token: &str,
         path: &str,
     ) -> Result<Value, MinerError> {
@@ -202,12 +205,12 @@ impl MinerDriver for Braiins {
     }
 
     async fn read(&self) -> Result<Reading, MinerError> {
-        // One connection for the poll's five reads (closed after it, see `http::Session`).
+        // One connection for the poll's five reads (closed after it, see `http::Session`; kept
+        // while a control call holds it: this read is then its read-back).
         let token = self.token().await?;
         let mut session = self
-            .ctx
-            .http
-            .session(&self.addr, self.addr.web_port())
+            .web
+            .session(&self.ctx.http, &self.addr, self.addr.web_port())
             .await?;
         let details = self
             .read_get(&mut session, &token, "/api/v1/miner/details")
@@ -287,6 +290,7 @@ impl MinerDriver for Braiins {
                 })
                 .collect();
         }
+        self.web.put_back(session);
         // miner/details status (bos-plus-api miner.proto): 1 not started, 2 normal, 3 paused,
         // 4 suspended. Hashrate rising or falling while "normal" is a ramp; hashing while
         // "paused" is one too — the hashboards winding down, or a poll whose `details` came just
@@ -308,6 +312,7 @@ impl MinerDriver for Braiins {
     }
 
     async fn sleep(&self) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         let reply = self
             .call(Method::PUT, "/api/v1/actions/pause", None)
             .await?;
@@ -323,6 +328,7 @@ impl MinerDriver for Braiins {
     }
 
     async fn wake(&self) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         // Resume keeps the tuner's target: the mode before the pause comes back by itself.
         let reply = self
             .call(Method::PUT, "/api/v1/actions/resume", None)
@@ -344,6 +350,7 @@ impl MinerDriver for Braiins {
     }
 
     async fn set_power_target(&self, watts: u32) -> Result<Reading, MinerError> {
+        let _held = self.web.hold();
         if let Some((min, max)) = self.constraints().await
             && (watts < min || watts > max)
         {

@@ -2,8 +2,10 @@
 //! connection pool, per-request timeouts, and errors that name the miner.
 
 pub mod digest;
+pub mod held;
 pub mod session;
 
+pub use held::Held;
 pub use session::Session;
 
 use std::time::Duration;
@@ -97,10 +99,11 @@ impl<'a> HttpRequest<'a> {
 
 impl HttpClient {
     pub fn new(timeouts: Timeouts) -> Self {
-        // No idle connection is kept: what goes through this client is rare per miner (identify,
-        // a login, a control call and its read-backs), while an idle pooled connection holds its
-        // buffers and task — about 25 KiB each — for every REST miner identified at start, some
-        // 80 MiB at 10,000 miners (heaptrack, issue 12). Polls use a `Session` of their own.
+        // No idle connection is kept: what goes through this client is rare per miner (detection,
+        // identify), while an idle pooled connection holds its buffers and task — about 25 KiB
+        // each — for every REST miner identified at start, some 80 MiB at 10,000 miners
+        // (heaptrack, issue 12). Polls use a `Session` of their own, control calls the one they
+        // hold while they run (`Held`).
         let inner = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .no_proxy()
@@ -118,11 +121,7 @@ impl HttpClient {
     ///
     /// # Errors
     /// When the miner cannot be connected to.
-    pub async fn session<'a>(
-        &self,
-        addr: &'a MinerAddr,
-        port: u16,
-    ) -> Result<Session<'a>, MinerError> {
+    pub async fn session(&self, addr: &MinerAddr, port: u16) -> Result<Session, MinerError> {
         Session::open(addr, port, self.timeouts).await
     }
 
