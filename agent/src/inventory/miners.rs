@@ -9,14 +9,14 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use pivot_proto::model::{MinerDialect, MinerState, MinerTarget, Target};
 use pivot_proto::v1;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, MinerTarget as ConfiguredMiner};
 use crate::miner::nameplate::{self, Nameplate};
 use crate::miner::verify::read_back_pauses;
 use crate::miner::{
-    Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, Reading,
-    Timeouts, detect, driver_for,
+    Capabilities, Credentials, DriverContext, DriverOptions, Identity, MinerDriver, MinerError,
+    Reading, Timeouts, detect, driver_for,
 };
 use crate::reconcile::{Actuator, ApplyError, Device, Limits, Observed, RaiseGuard, rules};
 
@@ -245,15 +245,22 @@ pub struct MinerActuator {
 /// reconciler judges the next poll's reading as before.
 const SETTLE_READS: usize = 6;
 const SETTLE_PAUSE_CAP: Duration = Duration::from_secs(2);
+/// After a command whose reply was lost: a read at once, then up to three more (250 ms, 500 ms,
+/// 1 s), since the command has had its whole timeout to act.
+const LOST_REPLY_READS: usize = 3;
 
 impl MinerActuator {
     /// Reads again (a read never changes the miner) until `target` shows physically, the pauses
     /// of [`SETTLE_READS`] reads allow no more, or a read fails; returns the newest good reading.
-    async fn settle(&self, target: &Target, mut reading: Reading) -> Reading {
+    async fn settle(&self, target: &Target, reading: Reading) -> Reading {
+        self.settle_within(target, reading, SETTLE_READS).await
+    }
+
+    async fn settle_within(&self, target: &Target, mut reading: Reading, reads: usize) -> Reading {
         let Some(limits) = &self.limits else {
             return reading;
         };
-        for pause in read_back_pauses(SETTLE_PAUSE_CAP).take(SETTLE_READS) {
+        for pause in read_back_pauses(SETTLE_PAUSE_CAP).take(reads) {
             if rules::satisfied(target, &observed_miner(&reading), limits, None) {
                 break;
             }
@@ -264,6 +271,33 @@ impl MinerActuator {
             }
         }
         reading
+    }
+
+    /// A command whose reply was lost — it timed out, or the connection closed on it — may have
+    /// been carried out: the miner is read before the call is judged, as an answered command is
+    /// read back. A read that shows `target` physically proves it, and the call succeeds on that
+    /// reading without the command going again; anything else leaves the failure as it was (the
+    /// reconciler's pacing and the polls take it from there). Before, the proof waited for the
+    /// next poll — a whole interval after the timeout — and the controller meanwhile saw the
+    /// move failed.
+    async fn proven_despite(&self, target: &Target, e: MinerError) -> Result<Reading, MinerError> {
+        let Some(limits) = &self.limits else {
+            return Err(e);
+        };
+        if e.sent_nothing() || !e.is_unreachable() {
+            return Err(e);
+        }
+        let Ok(first) = self.driver.read().await else {
+            return Err(e);
+        };
+        let reading = self.settle_within(target, first, LOST_REPLY_READS).await;
+        if rules::satisfied(target, &observed_miner(&reading), limits, None) {
+            debug!(miner = %self.driver.addr(), error = %e, "The command's reply was lost; a read shows it carried out");
+            Ok(reading)
+        } else {
+            self.control_read.put(reading.checked());
+            Err(e)
+        }
     }
 
     async fn wake_to_target(&self, watts: u32, guard: &RaiseGuard) -> Result<Reading, ApplyError> {
@@ -292,10 +326,10 @@ impl MinerActuator {
 impl Actuator for MinerActuator {
     async fn apply(&self, target: &Target, guard: &RaiseGuard) -> Result<Observed, ApplyError> {
         let reading = match target {
-            Target::Miner(MinerTarget::Sleep) => {
-                let r = self.driver.sleep().await?;
-                self.settle(target, r).await
-            }
+            Target::Miner(MinerTarget::Sleep) => match self.driver.sleep().await {
+                Ok(r) => self.settle(target, r).await,
+                Err(e) => self.proven_despite(target, e).await?,
+            },
             Target::Miner(MinerTarget::Run { power_target_w }) => {
                 // A read changes nothing: a failure here sent nothing.
                 let now = self
@@ -309,14 +343,19 @@ impl Actuator for MinerActuator {
                     (None, true) => now,
                     (None, false) => {
                         guard.check("wake the miner")?;
-                        let r = self.driver.wake().await?;
-                        self.settle(target, r).await
+                        match self.driver.wake().await {
+                            Ok(r) => self.settle(target, r).await,
+                            Err(e) => self.proven_despite(target, e).await?,
+                        }
                     }
                     (Some(w), true) => {
                         if now.power_target_w.is_none_or(|cur| *w > cur) {
                             guard.check("raise the power target")?;
                         }
-                        self.driver.set_power_target(*w).await?
+                        match self.driver.set_power_target(*w).await {
+                            Ok(r) => r,
+                            Err(e) => self.proven_despite(target, e).await?,
+                        }
                     }
                     (Some(w), false) => self.wake_to_target(*w, guard).await?,
                 }
@@ -572,7 +611,7 @@ pub async fn rediscover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::miner::{MinerAddr, MinerError};
+    use crate::miner::MinerAddr;
     use crate::reconcile::{ClockCheck, ClockTrust, WallClock};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicI64, Ordering};
@@ -757,6 +796,169 @@ mod tests {
         let o = a.apply(&sleep, &guard(60).1).await.unwrap();
         assert_eq!(o.power_w(), Some(3000.0));
         assert_eq!(d.reads.load(Ordering::SeqCst), 0);
+    }
+
+    /// Carries out (or not) each command, then loses its reply as `error` says.
+    struct LostReply {
+        addr: MinerAddr,
+        carries_out: bool,
+        error: fn(&MinerAddr) -> MinerError,
+        asleep: Mutex<bool>,
+        commands: std::sync::atomic::AtomicUsize,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl LostReply {
+        fn new(asleep: bool, carries_out: bool, error: fn(&MinerAddr) -> MinerError) -> Self {
+            Self {
+                addr: MinerAddr::new("10.0.0.9"),
+                carries_out,
+                error,
+                asleep: Mutex::new(asleep),
+                commands: Default::default(),
+                reads: Default::default(),
+            }
+        }
+
+        fn command(&self, asleep: bool) -> Result<Reading, MinerError> {
+            self.commands.fetch_add(1, Ordering::SeqCst);
+            if self.carries_out {
+                *self.asleep.lock().unwrap() = asleep;
+            }
+            Err((self.error)(&self.addr))
+        }
+
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.commands.load(Ordering::SeqCst),
+                self.reads.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    #[async_trait]
+    impl MinerDriver for LostReply {
+        fn dialect(&self) -> MinerDialect {
+            MinerDialect::Luxos
+        }
+        fn addr(&self) -> &MinerAddr {
+            &self.addr
+        }
+        async fn identify(&self) -> Result<Identity, MinerError> {
+            Ok(fallback_identity(MinerDialect::Luxos))
+        }
+        async fn read(&self) -> Result<Reading, MinerError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let asleep = *self.asleep.lock().unwrap();
+            let mut r = Reading::empty(&self.addr, MinerDialect::Luxos);
+            r.state = if asleep {
+                MinerState::Sleeping
+            } else {
+                MinerState::Mining
+            };
+            r.hashrate_ths = Some(if asleep { 0.0 } else { 200.0 });
+            r.power_w = Some(if asleep { 40.0 } else { 3500.0 });
+            Ok(r)
+        }
+        async fn sleep(&self) -> Result<Reading, MinerError> {
+            self.command(true)
+        }
+        async fn wake(&self) -> Result<Reading, MinerError> {
+            self.command(false)
+        }
+        async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
+            unreachable!("no target in this test")
+        }
+    }
+
+    fn timed_out(addr: &MinerAddr) -> MinerError {
+        MinerError::Timeout {
+            addr: addr.to_string(),
+            during: "waiting for the reply to `curtail`".into(),
+            after: Duration::from_secs(3),
+        }
+    }
+
+    fn refused(addr: &MinerAddr) -> MinerError {
+        MinerError::Refused {
+            addr: addr.to_string(),
+            port: 4028,
+        }
+    }
+
+    fn answered_no(addr: &MinerAddr) -> MinerError {
+        MinerError::Status {
+            addr: addr.to_string(),
+            command: "curtail".into(),
+            letter: "E".into(),
+            code: 45,
+            message: "Access denied".into(),
+        }
+    }
+
+    fn lost_reply_actuator(d: &Arc<LostReply>) -> MinerActuator {
+        MinerActuator {
+            driver: d.clone(),
+            limits: Some(s21_limits()),
+            control_read: Arc::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_whose_reply_was_lost_is_proven_by_a_read_not_sent_again() {
+        let sleep = Target::Miner(MinerTarget::Sleep);
+        // Carried out: one read proves it, at once, and the call succeeds on it.
+        let d = Arc::new(LostReply::new(false, true, timed_out));
+        let started = tokio::time::Instant::now();
+        let o = lost_reply_actuator(&d)
+            .apply(&sleep, &guard(60).1)
+            .await
+            .unwrap();
+        assert!(rules::satisfied(&sleep, &o, &s21_limits(), None), "{o:?}");
+        assert_eq!(d.counts(), (1, 1));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // A wake the same: raising needs the lease before the command, and nothing more is sent.
+        let run = Target::Miner(MinerTarget::Run {
+            power_target_w: None,
+        });
+        let d = Arc::new(LostReply::new(true, true, timed_out));
+        let o = lost_reply_actuator(&d)
+            .apply(&run, &guard(60).1)
+            .await
+            .unwrap();
+        assert!(rules::satisfied(&run, &o, &s21_limits(), None), "{o:?}");
+        // The read before the wake, the wake, the read that proves it.
+        assert_eq!(d.counts(), (1, 2));
+
+        // Not carried out: the reads find it mining, the failure stands as it was (the pacing
+        // decides when the command goes again), and the last read is kept for the next poll.
+        let d = Arc::new(LostReply::new(false, false, timed_out));
+        let a = lost_reply_actuator(&d);
+        let started = tokio::time::Instant::now();
+        let e = a.apply(&sleep, &guard(60).1).await.unwrap_err();
+        assert!(
+            e.to_string().contains("waiting for the reply to `curtail`"),
+            "{e}"
+        );
+        assert!(!e.sent_nothing(), "{e}");
+        assert_eq!(d.counts(), (1, 1 + LOST_REPLY_READS));
+        assert_eq!(started.elapsed(), Duration::from_millis(1750));
+        let kept = a.control_read.take_within(Duration::from_secs(60)).unwrap();
+        assert_eq!(kept.0.state, MinerState::Mining);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_never_sent_or_answered_no_is_not_read_for_proof() {
+        let sleep = Target::Miner(MinerTarget::Sleep);
+        for error in [refused as fn(&MinerAddr) -> MinerError, answered_no] {
+            let d = Arc::new(LostReply::new(false, true, error));
+            let e = lost_reply_actuator(&d)
+                .apply(&sleep, &guard(60).1)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("10.0.0.9"), "{e}");
+            assert_eq!(d.counts(), (1, 0), "{e}");
+        }
     }
 
     #[tokio::test]
