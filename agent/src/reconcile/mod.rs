@@ -632,6 +632,7 @@ impl Reconciler {
         if let Err(e) = &saved {
             error!(error = %e, "Could not save held intents; lowering goes ahead, raising waits until they are saved");
         }
+        let mut applying = Vec::with_capacity(planned.len());
         for p in planned {
             let attempt = inner.next_attempt;
             inner.next_attempt += 1;
@@ -661,7 +662,9 @@ impl Reconciler {
                 continue;
             }
             self.dispatch(&p.id, slot, p.target, p.raising, attempt, now.instant);
+            applying.push((p.id, p.target));
         }
+        log_applying(&applying);
     }
 
     /// Executes the steps of one device until one of them leaves it waiting or dispatches.
@@ -777,6 +780,7 @@ impl Reconciler {
     }
 
     /// Starts one driver call, bounded by the device's deadline and abandoned if superseded.
+    /// Logged at debug level; [`log_applying`] tells the batch at info.
     fn dispatch(
         self: &Arc<Self>,
         id: &str,
@@ -797,7 +801,7 @@ impl Reconciler {
             .then_some(held.record.intent.lease_expires_at);
         let guard = RaiseGuard::new(lease, Arc::clone(&self.clock), Arc::clone(&self.trust));
         let why = why_words(&held.record);
-        info!(device = %id, generation, ?target, raising, "Applying");
+        debug!(device = %id, generation, ?target, raising, "Applying");
         #[cfg(test)]
         if let Some(hook) = self
             .on_dispatch
@@ -964,6 +968,33 @@ impl Reconciler {
 }
 
 /// One device as the reconciler holds it (tests only).
+/// One line for the driver calls one pass started: how many, of which targets, and the devices
+/// when there are few. A curtail of 10,000 miners was 10,000 lines, one a call, in the agents'
+/// logs (each device's line is at debug level; a failure is still a warning of its own).
+fn log_applying(applying: &[(String, Target)]) {
+    if applying.is_empty() {
+        return;
+    }
+    let mut targets: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, t) in applying {
+        *targets.entry(format!("{t:?}")).or_default() += 1;
+    }
+    let targets: Vec<String> = targets.iter().map(|(t, n)| format!("{n} × {t}")).collect();
+    let targets = targets.join(", ");
+    const NAMED: usize = 5;
+    if applying.len() <= NAMED {
+        let devices: Vec<&str> = applying.iter().map(|(id, _)| id.as_str()).collect();
+        info!(
+            calls = applying.len(),
+            targets,
+            devices = devices.join(", "),
+            "Applying"
+        );
+    } else {
+        info!(calls = applying.len(), targets, "Applying");
+    }
+}
+
 #[cfg(test)]
 #[derive(Debug, Clone)]
 struct SlotSnapshot {
