@@ -309,6 +309,55 @@ async fn antminer_answers_the_digest_challenge_it_knows_at_once_and_a_stale_one_
 }
 
 #[tokio::test]
+async fn a_rest_miner_sleep_and_wake_are_one_connection_each_with_their_read_backs() {
+    for dialect in [Dialect::Braiins, Dialect::Bitaxe] {
+        let d = ours(dialect);
+        let m = spawn(
+            MinerSpec::new(dialect).timing(Timing::fast()),
+            Bind::localhost(),
+        )
+        .await
+        .unwrap();
+        let web = m.http_addr().unwrap_or(m.api_addr());
+        let (port, counts) = counting_proxy(web).await;
+        let addr = if dialect == Dialect::Bitaxe {
+            MinerAddr::new("127.0.0.1").with_port(port)
+        } else {
+            MinerAddr::new("127.0.0.1")
+                .with_port(m.api_addr().port())
+                .with_http_port(port)
+        };
+        let ctx = DriverContext::new(options(), Credentials::default_for(d));
+        let drv = driver_for(d, addr, ctx, None);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(drv.sleep().await.unwrap().state, MinerState::Sleeping);
+        let (connections, requests) = counts.now();
+        // Braiins: the login, the pause and the read-backs of five GETs each; Bitaxe: the
+        // pause and its reads of one GET. The command and each read were a connection each.
+        assert_eq!(connections, 1, "{dialect}: {requests} requests");
+        let (sent, per_read) = if dialect == Dialect::Braiins {
+            (2, 5)
+        } else {
+            (1, 1)
+        };
+        assert!(
+            requests > sent && (requests - sent) % per_read == 0,
+            "{dialect}: {requests} requests"
+        );
+        let woke = drv.wake().await.unwrap();
+        assert!(
+            matches!(woke.state, MinerState::Mining | MinerState::Ramping),
+            "{dialect}: {woke:?}"
+        );
+        assert_eq!(counts.now().0, 2, "{dialect}");
+        // A poll holds nothing after it: the next one is a connection of its own.
+        drv.read().await.unwrap();
+        drv.read().await.unwrap();
+        assert_eq!(counts.now().0, 4, "{dialect}");
+    }
+}
+
+#[tokio::test]
 async fn antminer_m000_that_changes_nothing_is_caught_by_read_back() {
     let (_m, drv) =
         start(MinerSpec::new(Dialect::Antminer).faults(vec![Fault::AntminerNoop])).await;
