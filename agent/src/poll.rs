@@ -93,7 +93,8 @@ pub async fn read_one(slot: &MinerSlot, deadline: Duration) -> Reading {
 
 /// Reads every miner once, `concurrency` at a time; results in the order they complete. A miner
 /// that a control call read less than `fresh` ago is not read again: that reading (a whole
-/// read, stamped when the call ended) is its poll.
+/// read, stamped when the call ended) is its poll. A miner a control call is on now is waited
+/// for (`deadline` at most), and that call's reading taken the same way.
 pub async fn sweep(
     slots: &Arc<Vec<MinerSlot>>,
     concurrency: usize,
@@ -105,6 +106,11 @@ pub async fn sweep(
             let slots = Arc::clone(slots);
             async move {
                 let slot = &slots[i];
+                // A control call on the miner now ends with a reading of it: wait for that one
+                // (the read's deadline at most) rather than read in the middle of the command.
+                if slot.control_read.in_call() {
+                    slot.control_read.calls_ended(deadline).await;
+                }
                 if let Some((reading, at)) = slot.control_read.take_within(fresh) {
                     return (slot.device_id.clone(), reading, at);
                 }

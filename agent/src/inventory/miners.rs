@@ -37,13 +37,60 @@ pub struct MinerSlot {
 /// takes it), kept for the next sweep. Right after a curtail every miner has just been read; a
 /// sweep soon after read them all again, about two CPU-seconds of the agents and the miners at
 /// 10,000 (docs/BENCHMARKS.md), for nothing a poll would not already know.
+///
+/// It also tells whether a control call is on the miner now: a sweep that meets one waits for
+/// its read-back rather than reading the miner in the middle of the command (a poll then raced
+/// the command — an Antminer CGI restarting cgminer failed it, a LuxOS one crossed the session
+/// — and, a curtail and a sweep together, every miner was read twice).
 #[derive(Debug, Default)]
-pub struct ControlRead(std::sync::Mutex<Option<(tokio::time::Instant, Reading)>>);
+pub struct ControlRead {
+    kept: std::sync::Mutex<Option<(tokio::time::Instant, Reading)>>,
+    calls: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// A control call on the miner, while alive.
+pub struct CallGuard<'a>(&'a ControlRead);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .calls
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.ended.notify_waiters();
+    }
+}
 
 impl ControlRead {
+    fn call(&self) -> CallGuard<'_> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        CallGuard(self)
+    }
+
+    /// Whether a control call is on the miner now.
+    pub fn in_call(&self) -> bool {
+        self.calls.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Waits until no control call is on the miner, `within` at most; whether none is.
+    pub async fn calls_ended(&self, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.in_call() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, ended).await.is_err() {
+                return !self.in_call();
+            }
+        }
+    }
+
     fn put(&self, reading: Reading) {
         *self
-            .0
+            .kept
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((tokio::time::Instant::now(), reading));
@@ -53,7 +100,7 @@ impl ControlRead {
     /// stands in for one poll at most.
     pub fn take_within(&self, within: Duration) -> Option<(Reading, tokio::time::Instant)> {
         let kept = self
-            .0
+            .kept
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
@@ -325,6 +372,8 @@ impl MinerActuator {
 #[async_trait]
 impl Actuator for MinerActuator {
     async fn apply(&self, target: &Target, guard: &RaiseGuard) -> Result<Observed, ApplyError> {
+        // Until the call's reading is kept (or the call fails), a sweep waits for it.
+        let _call = self.control_read.call();
         let reading = match target {
             Target::Miner(MinerTarget::Sleep) => match self.driver.sleep().await {
                 Ok(r) => self.settle(target, r).await,
@@ -1110,6 +1159,118 @@ mod tests {
         let before = reads();
         sweep().await;
         assert_eq!(reads(), before + 1);
+    }
+
+    /// A sleep that takes two seconds to answer.
+    struct SlowSleep {
+        addr: MinerAddr,
+        asleep: Mutex<bool>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl MinerDriver for SlowSleep {
+        fn dialect(&self) -> MinerDialect {
+            MinerDialect::Luxos
+        }
+        fn addr(&self) -> &MinerAddr {
+            &self.addr
+        }
+        async fn identify(&self) -> Result<Identity, MinerError> {
+            Ok(fallback_identity(MinerDialect::Luxos))
+        }
+        async fn read(&self) -> Result<Reading, MinerError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut r = Reading::empty(&self.addr, MinerDialect::Luxos);
+            let asleep = *self.asleep.lock().unwrap();
+            r.state = if asleep {
+                MinerState::Sleeping
+            } else {
+                MinerState::Mining
+            };
+            r.hashrate_ths = Some(if asleep { 0.0 } else { 200.0 });
+            Ok(r)
+        }
+        async fn sleep(&self) -> Result<Reading, MinerError> {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            *self.asleep.lock().unwrap() = true;
+            self.read().await
+        }
+        async fn wake(&self) -> Result<Reading, MinerError> {
+            unreachable!("not woken in this test")
+        }
+        async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
+            unreachable!("no target in this test")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_waits_for_a_control_call_on_the_miner_and_takes_its_reading() {
+        let d = Arc::new(SlowSleep {
+            addr: MinerAddr::new("10.0.0.4"),
+            asleep: Mutex::new(false),
+            reads: Default::default(),
+        });
+        let slot = MinerSlot {
+            device_id: "miner/10.0.0.4".into(),
+            driver: d.clone(),
+            identity: fallback_identity(MinerDialect::Luxos),
+            nameplate: None,
+            control_read: Arc::default(),
+        };
+        let device = miner_device(&slot, &DriverOptions::default(), None);
+        let slots = Arc::new(vec![slot]);
+        let call = tokio::spawn(async move {
+            device
+                .actuator
+                .apply(&Target::Miner(MinerTarget::Sleep), &guard(60).1)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(slots[0].control_read.in_call());
+        let started = tokio::time::Instant::now();
+        let polled =
+            crate::poll::sweep(&slots, 4, Duration::from_secs(10), Duration::from_secs(5)).await;
+        // Not read in the middle of the command: the call's own read-back is the poll.
+        assert_eq!(d.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(polled.len(), 1);
+        assert_eq!(polled[0].1.state, MinerState::Sleeping);
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        call.await.unwrap().unwrap();
+        assert!(!slots[0].control_read.in_call());
+
+        // A call that outlasts the read's deadline: the sweep reads the miner after the deadline.
+        let d = Arc::new(SlowSleep {
+            addr: MinerAddr::new("10.0.0.5"),
+            asleep: Mutex::new(false),
+            reads: Default::default(),
+        });
+        let slot = MinerSlot {
+            device_id: "miner/10.0.0.5".into(),
+            driver: d.clone(),
+            identity: fallback_identity(MinerDialect::Luxos),
+            nameplate: None,
+            control_read: Arc::default(),
+        };
+        let device = miner_device(&slot, &DriverOptions::default(), None);
+        let slots = Arc::new(vec![slot]);
+        let call = tokio::spawn(async move {
+            device
+                .actuator
+                .apply(&Target::Miner(MinerTarget::Sleep), &guard(60).1)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let polled = crate::poll::sweep(
+            &slots,
+            4,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(d.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(polled[0].1.state, MinerState::Mining);
+        call.await.unwrap().unwrap();
     }
 
     #[test]
