@@ -847,6 +847,19 @@ mod tests {
         assert_eq!(d.reads.load(Ordering::SeqCst), 0);
     }
 
+    /// A LuxOS S21's reading, asleep (40 W) or mining (3,500 W).
+    fn luxos_reading(addr: &MinerAddr, asleep: bool) -> Reading {
+        let mut r = Reading::empty(addr, MinerDialect::Luxos);
+        r.state = if asleep {
+            MinerState::Sleeping
+        } else {
+            MinerState::Mining
+        };
+        r.hashrate_ths = Some(if asleep { 0.0 } else { 200.0 });
+        r.power_w = Some(if asleep { 40.0 } else { 3500.0 });
+        r
+    }
+
     /// Carries out (or not) each command, then loses its reply as `error` says.
     struct LostReply {
         addr: MinerAddr,
@@ -898,16 +911,7 @@ mod tests {
         }
         async fn read(&self) -> Result<Reading, MinerError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
-            let asleep = *self.asleep.lock().unwrap();
-            let mut r = Reading::empty(&self.addr, MinerDialect::Luxos);
-            r.state = if asleep {
-                MinerState::Sleeping
-            } else {
-                MinerState::Mining
-            };
-            r.hashrate_ths = Some(if asleep { 0.0 } else { 200.0 });
-            r.power_w = Some(if asleep { 40.0 } else { 3500.0 });
-            Ok(r)
+            Ok(luxos_reading(&self.addr, *self.asleep.lock().unwrap()))
         }
         async fn sleep(&self) -> Result<Reading, MinerError> {
             self.command(true)
@@ -1181,15 +1185,7 @@ mod tests {
         }
         async fn read(&self) -> Result<Reading, MinerError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
-            let mut r = Reading::empty(&self.addr, MinerDialect::Luxos);
-            let asleep = *self.asleep.lock().unwrap();
-            r.state = if asleep {
-                MinerState::Sleeping
-            } else {
-                MinerState::Mining
-            };
-            r.hashrate_ths = Some(if asleep { 0.0 } else { 200.0 });
-            Ok(r)
+            Ok(luxos_reading(&self.addr, *self.asleep.lock().unwrap()))
         }
         async fn sleep(&self) -> Result<Reading, MinerError> {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1204,28 +1200,36 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_sweep_waits_for_a_control_call_on_the_miner_and_takes_its_reading() {
+    /// A sleep call running in a task.
+    type Call = tokio::task::JoinHandle<Result<Observed, ApplyError>>;
+
+    /// A slot on a [`SlowSleep`] miner at `host`, and a sleep started on it.
+    fn slow_sleep_started(host: &str) -> (Arc<SlowSleep>, Arc<Vec<MinerSlot>>, Call) {
         let d = Arc::new(SlowSleep {
-            addr: MinerAddr::new("10.0.0.4"),
+            addr: MinerAddr::new(host),
             asleep: Mutex::new(false),
             reads: Default::default(),
         });
         let slot = MinerSlot {
-            device_id: "miner/10.0.0.4".into(),
+            device_id: format!("miner/{host}"),
             driver: d.clone(),
             identity: fallback_identity(MinerDialect::Luxos),
             nameplate: None,
             control_read: Arc::default(),
         };
         let device = miner_device(&slot, &DriverOptions::default(), None);
-        let slots = Arc::new(vec![slot]);
         let call = tokio::spawn(async move {
             device
                 .actuator
                 .apply(&Target::Miner(MinerTarget::Sleep), &guard(60).1)
                 .await
         });
+        (d, Arc::new(vec![slot]), call)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_waits_for_a_control_call_on_the_miner_and_takes_its_reading() {
+        let (d, slots, call) = slow_sleep_started("10.0.0.4");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(slots[0].control_read.in_call());
         let started = tokio::time::Instant::now();
@@ -1240,26 +1244,7 @@ mod tests {
         assert!(!slots[0].control_read.in_call());
 
         // A call that outlasts the read's deadline: the sweep reads the miner after the deadline.
-        let d = Arc::new(SlowSleep {
-            addr: MinerAddr::new("10.0.0.5"),
-            asleep: Mutex::new(false),
-            reads: Default::default(),
-        });
-        let slot = MinerSlot {
-            device_id: "miner/10.0.0.5".into(),
-            driver: d.clone(),
-            identity: fallback_identity(MinerDialect::Luxos),
-            nameplate: None,
-            control_read: Arc::default(),
-        };
-        let device = miner_device(&slot, &DriverOptions::default(), None);
-        let slots = Arc::new(vec![slot]);
-        let call = tokio::spawn(async move {
-            device
-                .actuator
-                .apply(&Target::Miner(MinerTarget::Sleep), &guard(60).1)
-                .await
-        });
+        let (d, slots, call) = slow_sleep_started("10.0.0.5");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let polled = crate::poll::sweep(
             &slots,
