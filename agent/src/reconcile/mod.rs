@@ -967,7 +967,6 @@ impl Reconciler {
     }
 }
 
-/// One device as the reconciler holds it (tests only).
 /// One line for the driver calls one pass started: how many, of which targets, and the devices
 /// when there are few. A curtail of 10,000 miners was 10,000 lines, one a call, in the agents'
 /// logs (each device's line is at debug level; a failure is still a warning of its own).
@@ -975,11 +974,15 @@ fn log_applying(applying: &[(String, Target)]) {
     if applying.is_empty() {
         return;
     }
-    let mut targets: BTreeMap<String, usize> = BTreeMap::new();
+    // A pass starts calls of a few distinct targets: counted by comparison, not a string each.
+    let mut counts: Vec<(Target, usize)> = Vec::new();
     for (_, t) in applying {
-        *targets.entry(format!("{t:?}")).or_default() += 1;
+        match counts.iter_mut().find(|(seen, _)| seen == t) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*t, 1)),
+        }
     }
-    let targets: Vec<String> = targets.iter().map(|(t, n)| format!("{n} × {t}")).collect();
+    let targets: Vec<String> = counts.iter().map(|(t, n)| format!("{n} × {t:?}")).collect();
     let targets = targets.join(", ");
     const NAMED: usize = 5;
     if applying.len() <= NAMED {
@@ -995,6 +998,7 @@ fn log_applying(applying: &[(String, Target)]) {
     }
 }
 
+/// One device as the reconciler holds it (tests only).
 #[cfg(test)]
 #[derive(Debug, Clone)]
 struct SlotSnapshot {
