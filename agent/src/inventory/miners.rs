@@ -72,18 +72,15 @@ impl ControlRead {
         self.calls.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
-    /// Waits until no control call is on the miner, `within` at most; whether none is.
-    pub async fn calls_ended(&self, within: Duration) -> bool {
+    /// Waits until no control call is on the miner, `within` at most.
+    pub async fn calls_ended(&self, within: Duration) {
         let until = tokio::time::Instant::now() + within;
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if !self.in_call() {
-                return true;
-            }
-            if tokio::time::timeout_at(until, ended).await.is_err() {
-                return !self.in_call();
+            if !self.in_call() || tokio::time::timeout_at(until, ended).await.is_err() {
+                return;
             }
         }
     }
@@ -320,6 +317,18 @@ impl MinerActuator {
         reading
     }
 
+    /// A command's result as it stands, or, when its reply was lost, the reading that proves it.
+    async fn or_proven(
+        &self,
+        target: &Target,
+        result: Result<Reading, MinerError>,
+    ) -> Result<Reading, MinerError> {
+        match result {
+            Ok(r) => Ok(r),
+            Err(e) => self.proven_despite(target, e).await,
+        }
+    }
+
     /// A command whose reply was lost — it timed out, or the connection closed on it — may have
     /// been carried out: the miner is read before the call is judged, as an answered command is
     /// read back. A read that shows `target` physically proves it, and the call succeeds on that
@@ -375,10 +384,11 @@ impl Actuator for MinerActuator {
         // Until the call's reading is kept (or the call fails), a sweep waits for it.
         let _call = self.control_read.call();
         let reading = match target {
-            Target::Miner(MinerTarget::Sleep) => match self.driver.sleep().await {
-                Ok(r) => self.settle(target, r).await,
-                Err(e) => self.proven_despite(target, e).await?,
-            },
+            Target::Miner(MinerTarget::Sleep) => {
+                // A reading that proved a lost reply already shows the target: no more reads.
+                let r = self.or_proven(target, self.driver.sleep().await).await?;
+                self.settle(target, r).await
+            }
             Target::Miner(MinerTarget::Run { power_target_w }) => {
                 // A read changes nothing: a failure here sent nothing.
                 let now = self
@@ -392,19 +402,15 @@ impl Actuator for MinerActuator {
                     (None, true) => now,
                     (None, false) => {
                         guard.check("wake the miner")?;
-                        match self.driver.wake().await {
-                            Ok(r) => self.settle(target, r).await,
-                            Err(e) => self.proven_despite(target, e).await?,
-                        }
+                        let r = self.or_proven(target, self.driver.wake().await).await?;
+                        self.settle(target, r).await
                     }
                     (Some(w), true) => {
                         if now.power_target_w.is_none_or(|cur| *w > cur) {
                             guard.check("raise the power target")?;
                         }
-                        match self.driver.set_power_target(*w).await {
-                            Ok(r) => r,
-                            Err(e) => self.proven_despite(target, e).await?,
-                        }
+                        self.or_proven(target, self.driver.set_power_target(*w).await)
+                            .await?
                     }
                     (Some(w), false) => self.wake_to_target(*w, guard).await?,
                 }
