@@ -97,16 +97,8 @@ impl Held {
         req: HttpRequest<'_>,
     ) -> Result<HttpReply, MinerError> {
         let mut session = self.session(client, addr, req.port).await?;
-        let headers: Vec<(&str, &str)> =
-            req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let reply = session
-            .send(
-                &req.method,
-                req.path,
-                &headers,
-                req.body.as_deref(),
-                req.timeout,
-            )
+            .send(&req)
             .await
             .map_err(super::session::SendError::into_error)?;
         self.put_back(session);

@@ -92,7 +92,7 @@ impl<'a> HttpRequest<'a> {
         self
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 }

@@ -5,8 +5,6 @@
 //! as a cgminer read does. A control call keeps its connection for its command and the read-back
 //! that proves it ([`super::Held`]).
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -15,7 +13,7 @@ use reqwest::Method;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::HttpReply;
+use super::{HttpReply, HttpRequest};
 use crate::miner::MinerAddr;
 use crate::miner::error::MinerError;
 use crate::miner::transport::{MAX_REPLY, Timeouts};
@@ -132,15 +130,17 @@ impl Session {
     pub async fn get(
         &mut self,
         path: &str,
-        headers: &[(&str, &str)],
+        headers: &[(&'static str, &str)],
     ) -> Result<HttpReply, MinerError> {
-        self.send(&Method::GET, path, headers, None, None)
-            .await
-            .map_err(SendError::into_error)
+        let mut req = HttpRequest::new(Method::GET, self.port, path);
+        for (k, v) in headers {
+            req = req.header(k, *v);
+        }
+        self.send(&req).await.map_err(SendError::into_error)
     }
 
-    /// `method path` with `headers` and `body` on this connection, within `timeout` (the
-    /// request timeout when `None`); any status comes back as a reply. A connection that has
+    /// `req` on this connection (its port aside: the connection's own), within its timeout
+    /// (the request timeout when it has none); any status comes back as a reply. A connection that has
     /// answered before and closes before this request is written (the server's keep-alive
     /// ended) is opened again once for it: nothing of the request had gone. A GET that such a
     /// connection closes on without an answer (the server's close crossed it) goes again too:
@@ -150,26 +150,19 @@ impl Session {
     /// [`SendError::NotSent`] when the connection closed before the request was written and
     /// could not be opened again, [`SendError::Failed`] for a timeout or a connection that
     /// failed after.
-    pub async fn send(
-        &mut self,
-        method: &Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Option<Duration>,
-    ) -> Result<HttpReply, SendError> {
+    pub async fn send(&mut self, req: &HttpRequest<'_>) -> Result<HttpReply, SendError> {
         if self.reused() && self.is_closed() {
             self.reopen().await.map_err(SendError::NotSent)?;
         }
-        let read = *method == Method::GET;
-        match self.send_once(method, path, headers, body, timeout).await {
+        let read = req.method == Method::GET;
+        match self.send_once(req).await {
             Err(SendError::NotSent(_)) if self.reused() => {
                 self.reopen().await.map_err(SendError::NotSent)?;
-                self.send_once(method, path, headers, body, timeout).await
+                self.send_once(req).await
             }
             Err(SendError::Failed(MinerError::Reset { .. })) if read && self.reused() => {
                 self.reopen().await.map_err(SendError::NotSent)?;
-                self.send_once(method, path, headers, body, timeout).await
+                self.send_once(req).await
             }
             other => other,
         }
@@ -180,24 +173,20 @@ impl Session {
         Ok(())
     }
 
-    async fn send_once(
-        &mut self,
-        method: &Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Option<Duration>,
-    ) -> Result<HttpReply, SendError> {
-        let total = timeout.unwrap_or(self.timeouts.request);
-        let what = || format!("{method} {path}");
+    async fn send_once(&mut self, request: &HttpRequest<'_>) -> Result<HttpReply, SendError> {
+        let total = request.timeout.unwrap_or(self.timeouts.request);
+        let what = || request.describe();
         let mut req = http::Request::builder()
-            .method(method.clone())
-            .uri(path)
+            .method(request.method.clone())
+            .uri(request.path)
             .header(http::header::HOST, &self.host);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+        for (k, v) in &request.headers {
+            req = req.header(*k, v);
         }
-        let body = body.map_or_else(Bytes::new, Bytes::copy_from_slice);
+        let body = request
+            .body
+            .as_deref()
+            .map_or_else(Bytes::new, Bytes::copy_from_slice);
         let req = req.body(Full::new(body)).map_err(|e| {
             SendError::NotSent(MinerError::Other {
                 addr: self.addr.to_string(),
