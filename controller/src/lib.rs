@@ -68,7 +68,9 @@ pub struct Controller {
     outlook: Mutex<Outlook>,
     /// How long recent shed phases took to confirm (the shed lead grows to fit them).
     shed_times: Mutex<shed_time::ShedTimes>,
-    events: broadcast::Sender<v1::Event>,
+    /// Audit records as they are written, for watchers (made into protobuf only by the watch
+    /// stream that sends them on) and the metrics (which read the record's detail as it is).
+    events: broadcast::Sender<Arc<AuditRecord>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -127,7 +129,7 @@ impl Controller {
     }
 
     /// Subscribes to live events (audit records as they are written).
-    pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditRecord>> {
         self.events.subscribe()
     }
 
@@ -255,29 +257,28 @@ impl Controller {
 
     /// Writes an audit record and publishes it to watchers. A store failure is logged, not
     /// propagated: the action it records has already happened.
-    pub async fn audit(&self, entry: NewAudit) -> Option<AuditRecord> {
+    pub async fn audit(&self, entry: NewAudit) -> Option<Arc<AuditRecord>> {
         self.audit_all(vec![entry]).await.pop()
     }
 
     /// Writes audit records in order, in one store transaction, and publishes each to watchers
     /// (a burst of agent statuses is one write, not one each). A store failure is logged, not
     /// propagated, as for [`Controller::audit`].
-    pub async fn audit_all(&self, entries: Vec<NewAudit>) -> Vec<AuditRecord> {
+    pub async fn audit_all(&self, entries: Vec<NewAudit>) -> Vec<Arc<AuditRecord>> {
         let Some(subject) = entries.first().map(|e| e.subject.clone()) else {
             return Vec::new();
         };
         let n = entries.len();
         match self.blocking(move |s| s.append_audits(entries)).await {
-            Ok(records) => {
-                for record in &records {
+            Ok(records) => records
+                .into_iter()
+                .map(|record| {
+                    let record = Arc::new(record);
                     // No watcher is fine.
-                    let _ = self.events.send(v1::Event {
-                        at: Some(model::timestamp_to_proto(record.at)),
-                        event: Some(v1::event::Event::Audit(audit_to_proto(record))),
-                    });
-                }
-                records
-            }
+                    let _ = self.events.send(Arc::clone(&record));
+                    record
+                })
+                .collect(),
             Err(e) => {
                 error!(subject = %subject, records = n, error = %e, "Could not write audit records");
                 Vec::new()

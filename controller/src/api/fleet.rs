@@ -723,15 +723,21 @@ impl v1::fleet_service_server::FleetService for FleetApi {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.ctl.auth.authorize(&request, Right::Read)?;
         let stream = BroadcastStream::new(self.ctl.subscribe()).map(|e| {
-            // A watcher that falls behind misses events rather than slowing the controller, and
-            // is told how many, in their place.
-            Ok(e.unwrap_or_else(|BroadcastStreamRecvError::Lagged(count)| {
-                warn!(missed = count, "A watcher fell behind the event stream");
-                v1::Event {
-                    at: Some(model::timestamp_to_proto(Utc::now())),
-                    event: Some(v1::event::Event::Missed(v1::EventsMissed { count })),
+            Ok(match e {
+                Ok(record) => v1::Event {
+                    at: Some(model::timestamp_to_proto(record.at)),
+                    event: Some(v1::event::Event::Audit(crate::audit_to_proto(&record))),
+                },
+                // A watcher that falls behind misses events rather than slowing the controller,
+                // and is told how many, in their place.
+                Err(BroadcastStreamRecvError::Lagged(count)) => {
+                    warn!(missed = count, "A watcher fell behind the event stream");
+                    v1::Event {
+                        at: Some(model::timestamp_to_proto(Utc::now())),
+                        event: Some(v1::event::Event::Missed(v1::EventsMissed { count })),
+                    }
                 }
-            }))
+            })
         });
         Ok(Response::new(Box::pin(stream) as EventStream))
     }

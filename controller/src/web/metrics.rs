@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 
 use super::Web;
 use crate::Controller;
+use crate::store::AuditRecord;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 /// A gauge with no sample while its value is unknown (never a made-up 0).
@@ -447,9 +448,8 @@ impl Metrics {
     }
 
     /// Counts one audit event.
-    pub fn observe(&self, record: &v1::AuditRecord) {
-        let detail: serde_json::Value =
-            serde_json::from_str(&record.detail_json).unwrap_or_default();
+    pub fn observe(&self, record: &AuditRecord) {
+        let detail = &record.detail;
         let text = |k: &str| detail.get(k).and_then(serde_json::Value::as_str);
         match record.kind.as_str() {
             "decision" => {
@@ -634,15 +634,11 @@ impl Metrics {
 }
 
 /// Counts the controller's audit events into `metrics` until the controller goes away.
-pub fn count_events(metrics: Arc<Metrics>, mut events: broadcast::Receiver<v1::Event>) {
+pub fn count_events(metrics: Arc<Metrics>, mut events: broadcast::Receiver<Arc<AuditRecord>>) {
     tokio::spawn(async move {
         loop {
             match events.recv().await {
-                Ok(v1::Event {
-                    event: Some(v1::event::Event::Audit(r)),
-                    ..
-                }) => metrics.observe(&r),
-                Ok(_) => {}
+                Ok(r) => metrics.observe(&r),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     metrics.events_missed.inc_by(n);
                 }
