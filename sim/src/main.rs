@@ -56,6 +56,11 @@ struct MinersArgs {
     /// `pivot_sim::miner::Fault` — hang, close, no-nul, trailing-comma, status-14, noop, ...
     #[arg(long, value_delimiter = ',')]
     fault: Vec<String>,
+    /// Runtime threads serving the miners: 0 for one per core, 1 for the process's own thread
+    /// only. Benches that split a fleet across several processes on few cores give 1: each
+    /// process then serves its miners without waking another thread for its I/O.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 fn main() -> Result<()> {
@@ -65,12 +70,24 @@ fn main() -> Result<()> {
         .init();
     raise_fd_limit();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     match cli.command {
-        Command::Miners(args) => runtime.block_on(miners(args)),
+        Command::Miners(args) => runtime(args.threads)?.block_on(miners(args)),
     }
+}
+
+/// A runtime of `threads` workers (0: one per core), or one on this thread alone (1).
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 /// Thousands of listeners need thousands of descriptors: lift the soft limit to the hard one.

@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs), COLD=1 (before each curtail, age the miners' LuxOS sessions, Whatsminer v2 tokens and Antminer Digest nonces two hours: pivot-sim's SIGUSR1, so each curtail logs on again as one hours after the last command would). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs), SIM_ARGS (more pivot-sim arguments; default `--threads 1`: each emulator process serves its miners on its own thread, as two processes on two cores need no more, and its CPU stands in for miners that would run on their own hardware), COLD=1 (before each curtail, age the miners' LuxOS sessions, Whatsminer v2 tokens and Antminer Digest nonces two hours: pivot-sim's SIGUSR1, so each curtail logs on again as one hours after the last command would). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -40,7 +40,7 @@ started=$(date +%s.%N)
 done_=0 part=0
 while [ "$done_" -lt "$miners" ]; do
   n=$(( miners - done_ < 5000 ? miners - done_ : 5000 ))
-  "$bin/pivot-sim" miners --fast --dialect "$dialect" --count "$n" --ip-range "$(ip_plus 127.220.0.1 "$done_")" \
+  "$bin/pivot-sim" miners --fast ${SIM_ARGS---threads 1} --dialect "$dialect" --count "$n" --ip-range "$(ip_plus 127.220.0.1 "$done_")" \
     > "$out/fleet.$part" 2> "$out/sim.$part.log" &
   pids+=($!)
   sim_pids+=($!)
