@@ -338,6 +338,19 @@ pub struct MinerTarget {
 }
 
 impl Config {
+    /// The polls this agent runs, with their configuration keys: what the controller's reading
+    /// window is checked against (`link::unseen_between_polls`).
+    pub fn polls(&self) -> Vec<(&'static str, Duration)> {
+        let mut polls = Vec::new();
+        if !self.miners.is_empty() {
+            polls.push(("poll.miner_interval_s", self.poll.miner_interval()));
+        }
+        if self.gpus.enabled {
+            polls.push(("poll.gpu_interval_s", self.poll.gpu_interval()));
+        }
+        polls
+    }
+
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

@@ -260,7 +260,10 @@ pub async fn run(
     let gpu_slots = Arc::new(gpu_slots);
     let obs = Arc::new(Observations::default());
     let gpu_obs = Arc::new(GpuObservations::default());
-    let link_state = Arc::new(LinkState::default());
+    let link_state = Arc::new(LinkState {
+        polls: config.polls(),
+        ..LinkState::default()
+    });
     let host = match HostSampler::new() {
         Ok(h) => Some(h),
         Err(e) => {

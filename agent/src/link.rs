@@ -35,6 +35,9 @@ pub trait Source: Send + Sync {
 pub struct LinkState {
     pub connected: AtomicBool,
     pub sessions_total: std::sync::atomic::AtomicU64,
+    /// This agent's poll intervals with their configuration keys (empty: nothing polled), set
+    /// once before the link runs: checked against how old a reading the controller believes.
+    pub polls: Vec<(&'static str, Duration)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,40 @@ pub async fn run(
     }
 }
 
+/// What the controller will not see of this agent's devices: for each poll whose reading can
+/// be older than the controller believes by the time it is judged (the poll's interval plus the
+/// telemetry interval that carries it), one line naming the key and both figures. The
+/// controller counts such a device unseen between polls: at its maximum draw, and moved by no
+/// plan — an operator's curtail leaves it as it is.
+pub fn unseen_between_polls(
+    polls: &[(&'static str, Duration)],
+    telemetry: Duration,
+    stale_after: Duration,
+) -> Vec<String> {
+    polls
+        .iter()
+        .filter(|(_, every)| *every + telemetry > stale_after)
+        .map(|(key, every)| {
+            format!(
+                "{key} is {} s: with telemetry every {} s a reading can be {} s old when the controller judges it, and it believes readings for {} s. Between polls it counts these devices unseen (at their maximum draw) and no plan moves them, not even a curtail; poll more often, or raise the controller's [engine] stale_after_s",
+                secs(*every),
+                secs(telemetry),
+                secs(*every + telemetry),
+                secs(stale_after)
+            )
+        })
+        .collect()
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s:.1}")
+    }
+}
+
 async fn session(
     channel: Channel,
     source: &Arc<dyn Source>,
@@ -162,11 +199,22 @@ async fn session(
             {
                 reconciler.note_controller_time(t);
             }
-            w.telemetry_interval
+            let interval = w
+                .telemetry_interval
                 .as_ref()
                 .and_then(|d| model::duration_from_proto(d, "telemetry_interval").ok())
                 .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(10))
+                .unwrap_or(Duration::from_secs(10));
+            let stale_after = w
+                .stale_after
+                .as_ref()
+                .and_then(|d| model::duration_from_proto(d, "stale_after").ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(interval * 3);
+            for problem in unseen_between_polls(&state.polls, interval, stale_after) {
+                warn!("{problem}");
+            }
+            interval
         }
         _ => {
             return Err(tonic::Status::invalid_argument(
@@ -266,6 +314,41 @@ async fn send(tx: &mpsc::Sender<v1::AgentMessage>, msg: Up) -> Result<(), tonic:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_further_apart_than_the_controller_believes_are_named() {
+        let s = Duration::from_secs;
+        let polls = [
+            ("poll.miner_interval_s", s(60)),
+            ("poll.gpu_interval_s", Duration::from_millis(2500)),
+        ];
+        // The defaults (10 s telemetry, readings believed for 30 s): a 60 s miner poll is not.
+        let lines = unseen_between_polls(&polls, s(10), s(30));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "poll.miner_interval_s is 60 s: with telemetry every 10 s a reading can be 70 s old when the controller judges it, and it believes readings for 30 s."
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("[engine] stale_after_s"), "{}", lines[0]);
+        // A controller that believes readings for 90 s sees both.
+        assert!(unseen_between_polls(&polls, s(10), s(90)).is_empty());
+        // The sum counts: 20 s polls with 10 s telemetry are at the edge of 30 s, not over it.
+        assert!(unseen_between_polls(&[("poll.miner_interval_s", s(20))], s(10), s(30)).is_empty());
+        assert_eq!(
+            unseen_between_polls(&[("poll.miner_interval_s", s(21))], s(10), s(30)).len(),
+            1
+        );
+        // Fractions are shown as such.
+        let l = unseen_between_polls(
+            &[("poll.gpu_interval_s", Duration::from_millis(2500))],
+            s(1),
+            s(3),
+        );
+        assert!(l[0].starts_with("poll.gpu_interval_s is 2.5 s"), "{}", l[0]);
+    }
 
     #[test]
     fn renewals_name_what_they_renew_and_malformed_ones_are_refused() {

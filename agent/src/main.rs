@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pivot_agent::config::{Config, ProcessEnv};
@@ -65,6 +66,12 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         if c.gpus.enabled { "on" } else { "off" },
         c.fallback
     );
+    // The controller's own figures come with its welcome (the daemon checks them then); here,
+    // those of a controller with default settings.
+    let (telemetry, believed) = (Duration::from_secs(10), Duration::from_secs(30));
+    for problem in pivot_agent::link::unseen_between_polls(&c.polls(), telemetry, believed) {
+        println!("note, for a controller with default settings: {problem}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

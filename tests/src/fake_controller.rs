@@ -67,6 +67,7 @@ impl v1::agent_service_server::AgentService for Service {
                     self.telemetry_interval,
                 )),
                 controller_time: self.clock.proto(),
+                stale_after: None,
             })),
         };
         let _ = tx.send(Ok(welcome)).await;

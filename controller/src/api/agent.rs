@@ -112,6 +112,12 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 controller_id: self.ctl.config.site.id.clone(),
                 telemetry_interval: Some(model::duration_to_proto(self.ctl.telemetry_interval())),
                 controller_time: Some(model::timestamp_to_proto(Utc::now())),
+                stale_after: self
+                    .ctl
+                    .stale_after()
+                    .to_std()
+                    .ok()
+                    .map(model::duration_to_proto),
             })),
         };
         tx.send(Ok(welcome))

@@ -150,6 +150,25 @@ async fn a_burst_of_statuses_is_recorded_whole_in_order_up_to_the_one_that_does_
         .await
         .unwrap()
         .into_inner();
+    // The welcome names how old a reading the controller believes: three telemetry intervals
+    // when `[engine] stale_after_s` is not set (the agent checks its polls against it).
+    let first = down.message().await.unwrap().unwrap();
+    let Some(v1::controller_message::Msg::Welcome(w)) = first.msg else {
+        panic!("the first message was not the welcome: {first:?}");
+    };
+    assert_eq!(
+        (w.telemetry_interval, w.stale_after),
+        (
+            Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0
+            }),
+            Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0
+            })
+        )
+    );
     let end = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match down.message().await {
