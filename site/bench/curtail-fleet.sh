@@ -9,7 +9,7 @@
 #   site/bench/curtail-fleet.sh [MINERS] [AGENTS] [RUNS]      # default 10000 8 2
 #
 # Environment: DIALECT (pivot-sim --dialect, default mixed), INTERVAL_S (agents' poll interval,
-# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs), SIM_ARGS (more pivot-sim arguments; default `--threads 1`: each emulator process serves its miners on its own thread, as two processes on two cores need no more, and its CPU stands in for miners that would run on their own hardware), COLD=1 (before each curtail, age the miners' LuxOS sessions, Whatsminer v2 tokens and Antminer Digest nonces two hours: pivot-sim's SIGUSR1, so each curtail logs on again as one hours after the last command would). Prints the load before the runs and each process's CPU time and peak RSS after them.
+# default 5), CONTROLLER_ENV (variables for the controller only, e.g. MALLOC_ARENA_MAX=2), WINDOW_S (steady-state CPU window before the runs, default 30), KEEP=1 (keep the processes' logs and configs), WATCH=1 (count what a `pivotctl watch` missed), PIVOT_BIN_DIR (binaries to run instead of this checkout's release build), STATUS_CALLS=N (time N site-status calls after the runs), SORT_FLEET=1 (give each agent its miners grouped by dialect, not the six in turn), SIM_ARGS (more pivot-sim arguments; default `--threads 1`: each emulator process serves its miners on its own thread, as two processes on two cores need no more, and its CPU stands in for miners that would run on their own hardware), COLD=1 (before each curtail, age the miners' LuxOS sessions, Whatsminer v2 tokens and Antminer Digest nonces two hours: pivot-sim's SIGUSR1, so each curtail logs on again as one hours after the last command would). Prints the load before the runs and each process's CPU time and peak RSS after them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 miners=${1:-10000}
@@ -57,6 +57,11 @@ for _ in $(seq 600); do
   sleep 0.5
 done
 cat "$out"/fleet.* > "$out/fleet"
+# SORT_FLEET=1: the agents take the miners grouped by dialect (each one or two dialects, as racks
+# of one model bought together would be) instead of every agent all six in turn.
+if [ -n "${SORT_FLEET:-}" ]; then
+  sort -s -k1,1 "$out/fleet" > "$out/fleet.sorted" && mv "$out/fleet.sorted" "$out/fleet"
+fi
 [ "$(wc -l < "$out/fleet")" -eq "$miners" ] || { echo "curtail-fleet: the emulated fleet did not start" >&2; exit 1; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
