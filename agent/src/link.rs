@@ -136,6 +136,15 @@ pub async fn run(
     }
 }
 
+/// The telemetry interval a controller asks for when it names none (and its default).
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How old a reading a controller believes when its welcome does not say: its default, three
+/// telemetry intervals.
+pub fn default_stale_after(telemetry: Duration) -> Duration {
+    telemetry * 3
+}
+
 /// What the controller will not see of this agent's devices: for each poll whose reading can
 /// be older than the controller believes by the time it is judged (the poll's interval plus the
 /// telemetry interval that carries it), one line naming the key and both figures. The
@@ -204,13 +213,13 @@ async fn session(
                 .as_ref()
                 .and_then(|d| model::duration_from_proto(d, "telemetry_interval").ok())
                 .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(10));
+                .unwrap_or(DEFAULT_TELEMETRY_INTERVAL);
             let stale_after = w
                 .stale_after
                 .as_ref()
                 .and_then(|d| model::duration_from_proto(d, "stale_after").ok())
                 .filter(|d| !d.is_zero())
-                .unwrap_or(interval * 3);
+                .unwrap_or_else(|| default_stale_after(interval));
             for problem in unseen_between_polls(&state.polls, interval, stale_after) {
                 warn!("{problem}");
             }

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pivot_agent::config::{Config, ProcessEnv};
+use pivot_agent::link;
 
 /// mimalloc, not glibc's malloc: malloc and free were about a fifth of the busy CPU in a
 /// 10,000-miner curtail; the agents' CPU falls by a fifth for about 10 MiB more RSS each
@@ -68,8 +68,9 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     );
     // The controller's own figures come with its welcome (the daemon checks them then); here,
     // those of a controller with default settings.
-    let (telemetry, believed) = (Duration::from_secs(10), Duration::from_secs(30));
-    for problem in pivot_agent::link::unseen_between_polls(&c.polls(), telemetry, believed) {
+    let telemetry = link::DEFAULT_TELEMETRY_INTERVAL;
+    let believed = link::default_stale_after(telemetry);
+    for problem in link::unseen_between_polls(&c.polls(), telemetry, believed) {
         println!("note, for a controller with default settings: {problem}");
     }
     Ok(ExitCode::SUCCESS)
