@@ -108,9 +108,7 @@ pub async fn sweep(
                 let slot = &slots[i];
                 // A control call on the miner now ends with a reading of it: wait for that one
                 // (the read's deadline at most) rather than read in the middle of the command.
-                if slot.control_read.in_call() {
-                    slot.control_read.calls_ended(deadline).await;
-                }
+                slot.control_read.calls_ended(deadline).await;
                 if let Some((reading, at)) = slot.control_read.take_within(fresh) {
                     return (slot.device_id.clone(), reading, at);
                 }

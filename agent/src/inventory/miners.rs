@@ -72,8 +72,12 @@ impl ControlRead {
         self.calls.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
-    /// Waits until no control call is on the miner, `within` at most.
+    /// Waits until no control call is on the miner, `within` at most; returns at once when
+    /// none is (a sweep asks this of every miner: no clock read, no lock, then).
     pub async fn calls_ended(&self, within: Duration) {
+        if !self.in_call() {
+            return;
+        }
         let until = tokio::time::Instant::now() + within;
         loop {
             let ended = self.ended.notified();
