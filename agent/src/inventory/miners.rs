@@ -870,34 +870,58 @@ mod tests {
         r
     }
 
-    /// Carries out (or not) each command, then loses its reply as `error` says.
-    struct LostReply {
+    /// How a [`TestLuxos`] answers a sleep or wake.
+    enum Answer {
+        /// Carries the command out (or not), then loses its reply as `error` says.
+        Lost {
+            carries_out: bool,
+            error: fn(&MinerAddr) -> MinerError,
+        },
+        /// Carries it out and answers with a read of the miner, after this long.
+        After(Duration),
+    }
+
+    /// A LuxOS miner for the actuator's tests, asleep or mining, answering commands as its
+    /// [`Answer`] says; it counts the commands and the reads.
+    struct TestLuxos {
         addr: MinerAddr,
-        carries_out: bool,
-        error: fn(&MinerAddr) -> MinerError,
+        answer: Answer,
         asleep: Mutex<bool>,
         commands: std::sync::atomic::AtomicUsize,
         reads: std::sync::atomic::AtomicUsize,
     }
 
-    impl LostReply {
-        fn new(asleep: bool, carries_out: bool, error: fn(&MinerAddr) -> MinerError) -> Self {
+    impl TestLuxos {
+        fn new(host: &str, asleep: bool, answer: Answer) -> Self {
             Self {
-                addr: MinerAddr::new("10.0.0.9"),
-                carries_out,
-                error,
+                addr: MinerAddr::new(host),
+                answer,
                 asleep: Mutex::new(asleep),
                 commands: Default::default(),
                 reads: Default::default(),
             }
         }
 
-        fn command(&self, asleep: bool) -> Result<Reading, MinerError> {
+        /// Carries out (or not) each command, then loses its reply as `error` says.
+        fn lost(asleep: bool, carries_out: bool, error: fn(&MinerAddr) -> MinerError) -> Self {
+            Self::new("10.0.0.9", asleep, Answer::Lost { carries_out, error })
+        }
+
+        async fn command(&self, asleep: bool) -> Result<Reading, MinerError> {
             self.commands.fetch_add(1, Ordering::SeqCst);
-            if self.carries_out {
-                *self.asleep.lock().unwrap() = asleep;
+            match self.answer {
+                Answer::Lost { carries_out, error } => {
+                    if carries_out {
+                        *self.asleep.lock().unwrap() = asleep;
+                    }
+                    Err(error(&self.addr))
+                }
+                Answer::After(after) => {
+                    tokio::time::sleep(after).await;
+                    *self.asleep.lock().unwrap() = asleep;
+                    self.read().await
+                }
             }
-            Err((self.error)(&self.addr))
         }
 
         fn counts(&self) -> (usize, usize) {
@@ -909,7 +933,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl MinerDriver for LostReply {
+    impl MinerDriver for TestLuxos {
         fn dialect(&self) -> MinerDialect {
             MinerDialect::Luxos
         }
@@ -924,13 +948,13 @@ mod tests {
             Ok(luxos_reading(&self.addr, *self.asleep.lock().unwrap()))
         }
         async fn sleep(&self) -> Result<Reading, MinerError> {
-            self.command(true)
+            self.command(true).await
         }
         async fn wake(&self) -> Result<Reading, MinerError> {
-            self.command(false)
+            self.command(false).await
         }
         async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
-            unreachable!("no target in this test")
+            unreachable!("no target in these tests")
         }
     }
 
@@ -959,7 +983,7 @@ mod tests {
         }
     }
 
-    fn lost_reply_actuator(d: &Arc<LostReply>) -> MinerActuator {
+    fn lost_reply_actuator(d: &Arc<TestLuxos>) -> MinerActuator {
         MinerActuator {
             driver: d.clone(),
             limits: Some(s21_limits()),
@@ -971,7 +995,7 @@ mod tests {
     async fn a_command_whose_reply_was_lost_is_proven_by_a_read_not_sent_again() {
         let sleep = Target::Miner(MinerTarget::Sleep);
         // Carried out: one read proves it, at once, and the call succeeds on it.
-        let d = Arc::new(LostReply::new(false, true, timed_out));
+        let d = Arc::new(TestLuxos::lost(false, true, timed_out));
         let started = tokio::time::Instant::now();
         let o = lost_reply_actuator(&d)
             .apply(&sleep, &guard(60).1)
@@ -984,7 +1008,7 @@ mod tests {
         let run = Target::Miner(MinerTarget::Run {
             power_target_w: None,
         });
-        let d = Arc::new(LostReply::new(true, true, timed_out));
+        let d = Arc::new(TestLuxos::lost(true, true, timed_out));
         let o = lost_reply_actuator(&d)
             .apply(&run, &guard(60).1)
             .await
@@ -995,7 +1019,7 @@ mod tests {
 
         // Not carried out: the reads find it mining, the failure stands as it was (the pacing
         // decides when the command goes again), and the last read is kept for the next poll.
-        let d = Arc::new(LostReply::new(false, false, timed_out));
+        let d = Arc::new(TestLuxos::lost(false, false, timed_out));
         let a = lost_reply_actuator(&d);
         let started = tokio::time::Instant::now();
         let e = a.apply(&sleep, &guard(60).1).await.unwrap_err();
@@ -1014,7 +1038,7 @@ mod tests {
     async fn a_command_never_sent_or_answered_no_is_not_read_for_proof() {
         let sleep = Target::Miner(MinerTarget::Sleep);
         for error in [refused as fn(&MinerAddr) -> MinerError, answered_no] {
-            let d = Arc::new(LostReply::new(false, true, error));
+            let d = Arc::new(TestLuxos::lost(false, true, error));
             let e = lost_reply_actuator(&d)
                 .apply(&sleep, &guard(60).1)
                 .await
@@ -1175,51 +1199,17 @@ mod tests {
         assert_eq!(reads(), before + 1);
     }
 
-    /// A sleep that takes two seconds to answer.
-    struct SlowSleep {
-        addr: MinerAddr,
-        asleep: Mutex<bool>,
-        reads: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl MinerDriver for SlowSleep {
-        fn dialect(&self) -> MinerDialect {
-            MinerDialect::Luxos
-        }
-        fn addr(&self) -> &MinerAddr {
-            &self.addr
-        }
-        async fn identify(&self) -> Result<Identity, MinerError> {
-            Ok(fallback_identity(MinerDialect::Luxos))
-        }
-        async fn read(&self) -> Result<Reading, MinerError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            Ok(luxos_reading(&self.addr, *self.asleep.lock().unwrap()))
-        }
-        async fn sleep(&self) -> Result<Reading, MinerError> {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            *self.asleep.lock().unwrap() = true;
-            self.read().await
-        }
-        async fn wake(&self) -> Result<Reading, MinerError> {
-            unreachable!("not woken in this test")
-        }
-        async fn set_power_target(&self, _: u32) -> Result<Reading, MinerError> {
-            unreachable!("no target in this test")
-        }
-    }
-
     /// A sleep call running in a task.
     type Call = tokio::task::JoinHandle<Result<Observed, ApplyError>>;
 
-    /// A slot on a [`SlowSleep`] miner at `host`, and a sleep started on it.
-    fn slow_sleep_started(host: &str) -> (Arc<SlowSleep>, Arc<Vec<MinerSlot>>, Call) {
-        let d = Arc::new(SlowSleep {
-            addr: MinerAddr::new(host),
-            asleep: Mutex::new(false),
-            reads: Default::default(),
-        });
+    /// A slot on a mining miner at `host` whose sleep takes two seconds to answer, and a sleep
+    /// started on it.
+    fn slow_sleep_started(host: &str) -> (Arc<TestLuxos>, Arc<Vec<MinerSlot>>, Call) {
+        let d = Arc::new(TestLuxos::new(
+            host,
+            false,
+            Answer::After(Duration::from_secs(2)),
+        ));
         let slot = MinerSlot {
             device_id: format!("miner/{host}"),
             driver: d.clone(),
