@@ -568,31 +568,36 @@ impl Store for SqliteStore {
         let sql = self.sql();
         self.with(|c| {
             let tx = c.transaction().map_err(&sql)?;
-            for di in intents {
-                let i = &di.intent;
-                let stored: Option<i64> = tx
-                    .query_row(
-                        "SELECT generation FROM device_intents WHERE device_id = ?1",
-                        params![i.device_id],
-                        |r| r.get(0),
-                    )
-                    .optional()
+            {
+                // Prepared once for the batch: a 10,000-move phase is 20,000 statements, and
+                // parsing each again was most of what storing the phase cost.
+                let mut generation_of = tx
+                    .prepare_cached("SELECT generation FROM device_intents WHERE device_id = ?1")
                     .map_err(&sql)?;
-                let stored = stored.map_or(0, |g| u64::try_from(g).unwrap_or(0));
-                if i.generation <= stored {
-                    return Err(StoreError::StaleGeneration {
-                        device_id: i.device_id.clone(),
-                        generation: i.generation,
-                        stored,
-                    });
-                }
-                let what = format!("intent {}", i.device_id);
-                tx.execute(
-                    "INSERT OR REPLACE INTO device_intents
-                     (device_id, host_id, generation, target_json, lease_expires_at, reason,
-                      plan_id, plan_phase, issued_at, before_w, status_json, setting_before_w)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    params![
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO device_intents
+                         (device_id, host_id, generation, target_json, lease_expires_at, reason,
+                          plan_id, plan_phase, issued_at, before_w, status_json, setting_before_w)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    )
+                    .map_err(&sql)?;
+                for di in intents {
+                    let i = &di.intent;
+                    let stored: Option<i64> = generation_of
+                        .query_row(params![i.device_id], |r| r.get(0))
+                        .optional()
+                        .map_err(&sql)?;
+                    let stored = stored.map_or(0, |g| u64::try_from(g).unwrap_or(0));
+                    if i.generation <= stored {
+                        return Err(StoreError::StaleGeneration {
+                            device_id: i.device_id.clone(),
+                            generation: i.generation,
+                            stored,
+                        });
+                    }
+                    let what = format!("intent {}", i.device_id);
+                    put.execute(params![
                         i.device_id,
                         di.host_id,
                         to_i64(i.generation),
@@ -605,9 +610,9 @@ impl Store for SqliteStore {
                         di.before_w,
                         di.status.as_ref().map(|s| json(s, &what)).transpose()?,
                         di.setting_before_w,
-                    ],
-                )
-                .map_err(&sql)?;
+                    ])
+                    .map_err(&sql)?;
+                }
             }
             tx.commit().map_err(&sql)?;
             Ok(())
