@@ -348,6 +348,29 @@ fn backoff(memory: chrono::Duration, max: chrono::Duration, streak: u32) -> chro
         .min(max.max(memory))
 }
 
+/// What the executor last read of the phase in execution: each move's state, and which move
+/// each device is. A large phase's statuses arrive in bursts for seconds, and reading all of
+/// its moves after each burst cost the controller a third of a CPU-second a 10,000-move phase.
+#[derive(Debug)]
+pub struct PhaseView {
+    plan: Arc<ExecPlan>,
+    phase: usize,
+    index: std::collections::HashMap<String, usize>,
+    states: Vec<MoveState>,
+    /// When every move was last read.
+    read_at: std::time::Instant,
+}
+
+impl PhaseView {
+    /// How long the view is kept without reading every move again (so nothing the change log
+    /// might miss outlives it).
+    const REREAD: Duration = Duration::from_secs(1);
+}
+
+fn view_states(view: &Option<PhaseView>) -> &[MoveState] {
+    view.as_ref().map_or(&[], |v| v.states.as_slice())
+}
+
 /// The plan in execution and where it is.
 #[derive(Debug, Clone)]
 pub struct Execution {
@@ -465,25 +488,29 @@ impl Controller {
     }
 
     /// One pass of the executor: decides and acts until it has to wait; returns when to look
-    /// again at the latest.
-    pub async fn execute_pass(self: &Arc<Self>) -> Option<DateTime<Utc>> {
+    /// again at the latest. `view` is what the last pass read of the phase (the caller keeps
+    /// it between passes): a pass that ends in a wait reads again only the moves whose desired
+    /// state changed since; one that acts (issues, advances, finishes, stops) has read every
+    /// move first.
+    pub async fn execute_pass(
+        self: &Arc<Self>,
+        view: &mut Option<PhaseView>,
+    ) -> Option<DateTime<Utc>> {
         loop {
-            let exec = self.execution()?;
+            let Some(exec) = self.execution() else {
+                *view = None;
+                return None;
+            };
             let now = Utc::now();
             let phase_index = exec.progress.phase;
-            let states: Vec<MoveState> = exec
-                .plan
-                .phases
-                .get(phase_index)
-                .map(|p| {
-                    // One look at the ledger for the whole phase, nothing copied.
-                    self.ledger
-                        .with_each(p.moves.iter().map(|m| m.device_id.as_str()), |i, di| {
-                            move_state(&p.moves[i], &exec.plan.plan_id, phase_index, di)
-                        })
-                })
-                .unwrap_or_default();
-            let step = next_step(&exec.plan, exec.progress, &states, now);
+            let mut whole = self.read_phase(&exec, view);
+            let mut step = next_step(&exec.plan, exec.progress, view_states(view), now);
+            if !whole && !matches!(step, Step::Wait { .. }) {
+                *view = None;
+                whole = self.read_phase(&exec, view);
+                step = next_step(&exec.plan, exec.progress, view_states(view), now);
+            }
+            debug_assert!(whole || matches!(step, Step::Wait { .. }));
             match step {
                 Step::Wait { until } => return Some(until),
                 Step::Issue { phase, moves } => {
@@ -501,16 +528,74 @@ impl Controller {
                     let last = exec.plan.phases.len().saturating_sub(1);
                     self.finish(&exec.plan.plan_id, last, PlanState::Completed, &[])
                         .await;
+                    *view = None;
                     return None;
                 }
                 Step::Stop { phase, failed } => {
                     self.audit_phase(&exec.plan, phase, "stopped").await;
                     self.finish(&exec.plan.plan_id, phase, PlanState::Stopped, &failed)
                         .await;
+                    *view = None;
                     return None;
                 }
             }
         }
+    }
+
+    /// Brings `view` up to date with the ledger for the phase in execution: only the moves
+    /// whose devices changed since the last read when the view is of this phase and was read
+    /// whole within [`PhaseView::REREAD`], else every move. Whether every move was read.
+    fn read_phase(&self, exec: &Execution, view: &mut Option<PhaseView>) -> bool {
+        let phase_index = exec.progress.phase;
+        // Taken before reading: what changes after it is in the next pass's list.
+        let changed = self.ledger.take_changed();
+        let Some(p) = exec.plan.phases.get(phase_index) else {
+            *view = None;
+            return true;
+        };
+        let state_of = |i: usize, di: Option<&DeviceIntent>| {
+            move_state(&p.moves[i], &exec.plan.plan_id, phase_index, di)
+        };
+        if let (Some(v), crate::intents::ChangedSince::Devices(ids)) = (view.as_mut(), &changed)
+            && Arc::ptr_eq(&v.plan, &exec.plan)
+            && v.phase == phase_index
+            && v.read_at.elapsed() < PhaseView::REREAD
+        {
+            let moved: Vec<usize> = ids.iter().filter_map(|d| v.index.get(d).copied()).collect();
+            let fresh = self.ledger.with_each(
+                moved.iter().map(|&i| p.moves[i].device_id.as_str()),
+                |k, di| state_of(moved[k], di),
+            );
+            for (i, s) in moved.into_iter().zip(fresh) {
+                v.states[i] = s;
+            }
+            return false;
+        }
+        // One look at the ledger for the whole phase, nothing copied.
+        let states = self
+            .ledger
+            .with_each(p.moves.iter().map(|m| m.device_id.as_str()), state_of);
+        match view.as_mut() {
+            Some(v) if Arc::ptr_eq(&v.plan, &exec.plan) && v.phase == phase_index => {
+                v.states = states;
+                v.read_at = std::time::Instant::now();
+            }
+            _ => {
+                *view = Some(PhaseView {
+                    plan: Arc::clone(&exec.plan),
+                    phase: phase_index,
+                    index: p
+                        .moves
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| (m.device_id.clone(), i))
+                        .collect(),
+                    states,
+                    read_at: std::time::Instant::now(),
+                });
+            }
+        }
+        true
     }
 
     async fn set_progress(&self, plan_id: &str, phase: usize, state: PlanState) {
@@ -681,6 +766,7 @@ pub async fn run(ctl: Arc<Controller>) {
     let mut renew = tokio::time::interval(renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut wake_at: Option<DateTime<Utc>> = None;
+    let mut view: Option<PhaseView> = None;
     loop {
         let sleep_for = wake_at
             .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
@@ -698,7 +784,7 @@ pub async fn run(ctl: Arc<Controller>) {
                 continue;
             }
         }
-        wake_at = ctl.execute_pass().await;
+        wake_at = ctl.execute_pass(&mut view).await;
     }
 }
 

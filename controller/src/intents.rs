@@ -80,6 +80,43 @@ pub enum StatusRefused {
 pub struct Ledger {
     store: Arc<dyn Store>,
     entries: Mutex<BTreeMap<String, Entry>>,
+    changed: Mutex<Changed>,
+}
+
+/// How many changed device ids the ledger keeps for the executor before it says "everything".
+const CHANGED_CAP: usize = 16_384;
+
+/// The devices whose desired state changed since the executor last asked
+/// ([`Ledger::take_changed`]).
+#[derive(Debug, Default)]
+struct Changed {
+    ids: Vec<String>,
+    /// More changed than [`CHANGED_CAP`]: the reader must look at everything.
+    overflowed: bool,
+}
+
+impl Changed {
+    fn note(&mut self, device_id: &str) {
+        if self.overflowed {
+            return;
+        }
+        if self.ids.len() >= CHANGED_CAP {
+            self.ids = Vec::new();
+            self.overflowed = true;
+        } else {
+            self.ids.push(device_id.to_owned());
+        }
+    }
+}
+
+/// What changed in the ledger since the last [`Ledger::take_changed`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangedSince {
+    /// These devices' desired state changed (an intent issued, adopted or re-issued; a status
+    /// taken), in the order it happened; a device may appear more than once.
+    Devices(Vec<String>),
+    /// Too many to list: look at everything.
+    All,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -107,7 +144,27 @@ impl Ledger {
         Ok(Self {
             store,
             entries: Mutex::new(entries),
+            changed: Mutex::new(Changed::default()),
         })
+    }
+
+    /// The devices whose desired state changed since the last call (the executor's, which
+    /// looks again only at the moves they are). Taken before the states are read, a change made
+    /// after it is in the next call's answer.
+    pub fn take_changed(&self) -> ChangedSince {
+        let taken = std::mem::take(&mut *self.note_lock());
+        if taken.overflowed {
+            ChangedSince::All
+        } else {
+            ChangedSince::Devices(taken.ids)
+        }
+    }
+
+    /// The change log; locked only while `entries` is held or on its own, in that order.
+    fn note_lock(&self) -> std::sync::MutexGuard<'_, Changed> {
+        self.changed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -213,7 +270,9 @@ impl Ledger {
             });
         }
         self.store.put_intents(&batch)?;
+        let mut changed = self.note_lock();
         for di in &batch {
+            changed.note(&di.intent.device_id);
             entries.insert(
                 di.intent.device_id.clone(),
                 Entry {
@@ -270,7 +329,9 @@ impl Ledger {
         }
         if !adopt.is_empty() {
             self.store.put_intents(&adopt)?;
+            let mut changed = self.note_lock();
             for di in adopt {
+                changed.note(&di.intent.device_id);
                 out.adopted.push(di.intent.clone());
                 entries.insert(
                     di.intent.device_id.clone(),
@@ -291,7 +352,9 @@ impl Ledger {
                 batch.push(di);
             }
             self.store.put_intents(&batch)?;
+            let mut changed = self.note_lock();
             for di in batch {
+                changed.note(&di.intent.device_id);
                 out.resend.push(di.intent.clone());
                 let endorsed = entries
                     .get(&di.intent.device_id)
@@ -315,10 +378,18 @@ impl Ledger {
     ) -> Vec<Result<Option<StatusChange>, StatusRefused>> {
         let out: Vec<_> = {
             let mut entries = self.lock();
-            statuses
+            let out: Vec<_> = statuses
                 .iter()
                 .map(|s| take_status(&mut entries, host_id, s, now))
-                .collect()
+                .collect();
+            let mut changed = self.note_lock();
+            for c in out
+                .iter()
+                .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref))
+            {
+                changed.note(&c.device_id);
+            }
+            out
         };
         let changes: Vec<(&str, u64, &StatusRecord)> = out
             .iter()
@@ -487,6 +558,53 @@ mod tests {
         assert_eq!(l.get("m1").unwrap().setting_before_w, Some(4200.0));
         let issued = l.issue(vec![new("m1", RUN)], now, now).unwrap();
         assert_eq!(issued[0].setting_before_w, Some(4200.0));
+    }
+
+    /// The executor reads again only the devices the change log names, so every change to a
+    /// device's desired state must be in it: an issue, a status, a hello's adoption and
+    /// re-issue; a status that changes nothing is not; past the cap it says "everything".
+    #[test]
+    fn the_change_log_names_every_device_whose_desired_state_changed() {
+        let (_d, _s, l) = ledger();
+        let now = Utc::now();
+        let _ = l.take_changed();
+        l.issue(vec![new("m1", SLEEP), new("m2", SLEEP)], now, now)
+            .unwrap();
+        assert_eq!(
+            l.take_changed(),
+            ChangedSince::Devices(vec!["m1".into(), "m2".into()])
+        );
+        assert_eq!(l.take_changed(), ChangedSince::Devices(vec![]));
+        let confirmed = status("m2", 1, IntentPhase::Confirmed);
+        l.on_statuses(
+            "h1",
+            &[confirmed.clone(), status("m9", 1, IntentPhase::Confirmed)],
+            now,
+        );
+        assert_eq!(l.take_changed(), ChangedSince::Devices(vec!["m2".into()]));
+        l.on_statuses("h1", &[confirmed], now);
+        assert_eq!(
+            l.take_changed(),
+            ChangedSince::Devices(vec![]),
+            "the same status again changes nothing"
+        );
+        l.on_hello(
+            "h1",
+            &[held("m1", 1, RUN), held("m3", 4, SLEEP)],
+            &["m1".into(), "m3".into()],
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            l.take_changed(),
+            ChangedSince::Devices(vec!["m3".into(), "m1".into()])
+        );
+        let many: Vec<NewIntent> = (0..=CHANGED_CAP)
+            .map(|i| new(&format!("x{i}"), SLEEP))
+            .collect();
+        l.issue(many, now, now).unwrap();
+        assert_eq!(l.take_changed(), ChangedSince::All);
+        assert_eq!(l.take_changed(), ChangedSince::Devices(vec![]));
     }
 
     #[test]
