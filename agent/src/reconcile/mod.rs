@@ -30,7 +30,7 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -459,11 +459,19 @@ impl Reconciler {
                 extend(r, *until, now_wall);
             }
         }
-        for (id, h) in &accepted {
-            if !records.iter().any(|r| &r.intent.device_id == id) {
-                records.push(h.record.clone());
-            }
-        }
+        // A set, not a scan of the records per intent: a 1,250-miner curtail was 1.5 million
+        // id comparisons on an agent.
+        let held: BTreeSet<&str> = records
+            .iter()
+            .map(|r| r.intent.device_id.as_str())
+            .collect();
+        let new: Vec<HeldRecord> = accepted
+            .iter()
+            .filter(|(id, _)| !held.contains(id.as_str()))
+            .map(|(_, h)| h.record.clone())
+            .collect();
+        drop(held);
+        records.extend(new);
         if let Err(e) = self.store.save(&records.iter().collect::<Vec<_>>()) {
             error!(error = %e, "Could not save intents; the new ones are not applied");
             for (id, mut h) in accepted {
@@ -532,8 +540,9 @@ impl Reconciler {
             return;
         }
         let mut records: Vec<HeldRecord> = inner.records().into_iter().cloned().collect();
+        let renewed: BTreeSet<&str> = named.iter().map(String::as_str).collect();
         for r in &mut records {
-            if named.contains(&r.intent.device_id) {
+            if renewed.contains(r.intent.device_id.as_str()) {
                 extend(r, renewal.until, now_wall);
             }
         }
