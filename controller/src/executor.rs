@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::Controller;
-use crate::intents::NewIntent;
+use crate::intents::{ChangedSince, Ledger, NewIntent};
 use crate::store::{DeviceIntent, NewAudit, PlanState, StoredPlan};
 
 /// One device's move in a phase.
@@ -365,6 +365,60 @@ impl PhaseView {
     /// How long the view is kept without reading every move again (so nothing the change log
     /// might miss outlives it).
     const REREAD: Duration = Duration::from_secs(1);
+
+    /// Brings `view` up to date with `ledger` for the phase in execution: only the moves whose
+    /// devices changed since the last read when the view is of this phase and was read whole
+    /// within [`PhaseView::REREAD`], else every move. Whether every move was read.
+    pub fn refresh(view: &mut Option<PhaseView>, ledger: &Ledger, exec: &Execution) -> bool {
+        let phase_index = exec.progress.phase;
+        // Taken before reading: what changes after it is in the next pass's list.
+        let changed = ledger.take_changed();
+        let Some(p) = exec.plan.phases.get(phase_index) else {
+            *view = None;
+            return true;
+        };
+        let state_of = |i: usize, di: Option<&DeviceIntent>| {
+            move_state(&p.moves[i], &exec.plan.plan_id, phase_index, di)
+        };
+        if let (Some(v), ChangedSince::Devices(ids)) = (view.as_mut(), &changed)
+            && Arc::ptr_eq(&v.plan, &exec.plan)
+            && v.phase == phase_index
+            && v.read_at.elapsed() < PhaseView::REREAD
+        {
+            let moved: Vec<usize> = ids.iter().filter_map(|d| v.index.get(d).copied()).collect();
+            let fresh = ledger.with_each(
+                moved.iter().map(|&i| p.moves[i].device_id.as_str()),
+                |k, di| state_of(moved[k], di),
+            );
+            for (i, s) in moved.into_iter().zip(fresh) {
+                v.states[i] = s;
+            }
+            return false;
+        }
+        // One look at the ledger for the whole phase, nothing copied.
+        let states = ledger.with_each(p.moves.iter().map(|m| m.device_id.as_str()), state_of);
+        match view.as_mut() {
+            Some(v) if Arc::ptr_eq(&v.plan, &exec.plan) && v.phase == phase_index => {
+                v.states = states;
+                v.read_at = std::time::Instant::now();
+            }
+            _ => {
+                *view = Some(PhaseView {
+                    plan: Arc::clone(&exec.plan),
+                    phase: phase_index,
+                    index: p
+                        .moves
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| (m.device_id.clone(), i))
+                        .collect(),
+                    states,
+                    read_at: std::time::Instant::now(),
+                });
+            }
+        }
+        true
+    }
 }
 
 fn view_states(view: &Option<PhaseView>) -> &[MoveState] {
@@ -503,11 +557,11 @@ impl Controller {
             };
             let now = Utc::now();
             let phase_index = exec.progress.phase;
-            let mut whole = self.read_phase(&exec, view);
+            let mut whole = PhaseView::refresh(view, &self.ledger, &exec);
             let mut step = next_step(&exec.plan, exec.progress, view_states(view), now);
             if !whole && !matches!(step, Step::Wait { .. }) {
                 *view = None;
-                whole = self.read_phase(&exec, view);
+                whole = PhaseView::refresh(view, &self.ledger, &exec);
                 step = next_step(&exec.plan, exec.progress, view_states(view), now);
             }
             debug_assert!(whole || matches!(step, Step::Wait { .. }));
@@ -540,62 +594,6 @@ impl Controller {
                 }
             }
         }
-    }
-
-    /// Brings `view` up to date with the ledger for the phase in execution: only the moves
-    /// whose devices changed since the last read when the view is of this phase and was read
-    /// whole within [`PhaseView::REREAD`], else every move. Whether every move was read.
-    fn read_phase(&self, exec: &Execution, view: &mut Option<PhaseView>) -> bool {
-        let phase_index = exec.progress.phase;
-        // Taken before reading: what changes after it is in the next pass's list.
-        let changed = self.ledger.take_changed();
-        let Some(p) = exec.plan.phases.get(phase_index) else {
-            *view = None;
-            return true;
-        };
-        let state_of = |i: usize, di: Option<&DeviceIntent>| {
-            move_state(&p.moves[i], &exec.plan.plan_id, phase_index, di)
-        };
-        if let (Some(v), crate::intents::ChangedSince::Devices(ids)) = (view.as_mut(), &changed)
-            && Arc::ptr_eq(&v.plan, &exec.plan)
-            && v.phase == phase_index
-            && v.read_at.elapsed() < PhaseView::REREAD
-        {
-            let moved: Vec<usize> = ids.iter().filter_map(|d| v.index.get(d).copied()).collect();
-            let fresh = self.ledger.with_each(
-                moved.iter().map(|&i| p.moves[i].device_id.as_str()),
-                |k, di| state_of(moved[k], di),
-            );
-            for (i, s) in moved.into_iter().zip(fresh) {
-                v.states[i] = s;
-            }
-            return false;
-        }
-        // One look at the ledger for the whole phase, nothing copied.
-        let states = self
-            .ledger
-            .with_each(p.moves.iter().map(|m| m.device_id.as_str()), state_of);
-        match view.as_mut() {
-            Some(v) if Arc::ptr_eq(&v.plan, &exec.plan) && v.phase == phase_index => {
-                v.states = states;
-                v.read_at = std::time::Instant::now();
-            }
-            _ => {
-                *view = Some(PhaseView {
-                    plan: Arc::clone(&exec.plan),
-                    phase: phase_index,
-                    index: p
-                        .moves
-                        .iter()
-                        .enumerate()
-                        .map(|(i, m)| (m.device_id.clone(), i))
-                        .collect(),
-                    states,
-                    read_at: std::time::Instant::now(),
-                });
-            }
-        }
-        true
     }
 
     async fn set_progress(&self, plan_id: &str, phase: usize, state: PlanState) {
@@ -827,6 +825,120 @@ mod tests {
 
     fn waiting(s: i64) -> MoveState {
         MoveState::Waiting { issued_at: t(s) }
+    }
+
+    /// What a step of [`the_phase_view_read_in_part_is_what_a_full_read_gives`] does to the
+    /// ledger.
+    #[derive(Debug, Clone)]
+    enum LedgerOp {
+        /// This plan's phase issues these moves (indexes into phase 1).
+        Issue(Vec<usize>),
+        /// Another plan's intent for the device (the move is to be issued again).
+        Other(usize),
+        /// The agent reports on the device's current generation (a device outside the phase
+        /// too: index ≥ the phase's moves).
+        Status(usize, IntentPhase, bool),
+        /// The executor advances to phase `n` (0 or 1) of the plan.
+        Phase(usize),
+    }
+
+    fn ledger_op(moves: usize) -> impl proptest::strategy::Strategy<Value = LedgerOp> {
+        use proptest::prelude::*;
+        let phase = prop_oneof![
+            Just(IntentPhase::Pending),
+            Just(IntentPhase::Applied),
+            Just(IntentPhase::Confirmed),
+            Just(IntentPhase::Failed),
+            Just(IntentPhase::Rejected),
+        ];
+        prop_oneof![
+            3 => proptest::collection::vec(0..moves, 0..moves).prop_map(LedgerOp::Issue),
+            1 => (0..moves).prop_map(LedgerOp::Other),
+            6 => (0..moves + 2, phase, any::<bool>())
+                .prop_map(|(d, p, r)| LedgerOp::Status(d, p, r)),
+            1 => (0..2usize).prop_map(LedgerOp::Phase),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The executor acts on a full read, but waits on a view it reads in part (only the
+        /// devices the ledger's change log names): after any sequence of issues, statuses and
+        /// other plans' intents, that view is what reading every move gives.
+        #[test]
+        fn the_phase_view_read_in_part_is_what_a_full_read_gives(
+            ops in proptest::collection::vec(ledger_op(6), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn crate::store::Store> =
+                Arc::new(crate::store::SqliteStore::open(&dir.path().join("p.db")).unwrap());
+            let ledger = Ledger::load(store).unwrap();
+            let plan = Arc::new(plan(&[3, 6]));
+            let device = |phase: usize, i: usize| format!("d{phase}-{i}");
+            let mut exec = Execution { plan: Arc::clone(&plan), progress: Progress { phase: 1 } };
+            let mut view = None;
+            let now = t(0);
+            PhaseView::refresh(&mut view, &ledger, &exec);
+            for op in ops {
+                match op {
+                    LedgerOp::Issue(moves) => {
+                        let p = exec.progress.phase;
+                        let new = moves
+                            .into_iter()
+                            .filter(|&i| i < plan.phases[p].moves.len())
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .map(|i| NewIntent {
+                                host_id: "h".into(),
+                                device_id: device(p, i),
+                                target: SLEEP,
+                                reason: String::new(),
+                                plan_id: "p".into(),
+                                phase: u32::try_from(p).unwrap(),
+                                before_w: None,
+                                setting_before_w: None,
+                            })
+                            .collect::<Vec<_>>();
+                        ledger.issue(new, now, now).unwrap();
+                    }
+                    LedgerOp::Other(i) => {
+                        let new = NewIntent {
+                            host_id: "h".into(),
+                            device_id: device(exec.progress.phase, i),
+                            target: SLEEP,
+                            reason: String::new(),
+                            plan_id: "q".into(),
+                            phase: 0,
+                            before_w: None,
+                            setting_before_w: None,
+                        };
+                        ledger.issue(vec![new], now, now).unwrap();
+                    }
+                    LedgerOp::Status(i, phase, retrying) => {
+                        let d = device(exec.progress.phase, i);
+                        if let Some(di) = ledger.get(&d) {
+                            let s = v1::IntentStatus {
+                                device_id: d,
+                                generation: di.intent.generation,
+                                phase: phase.to_proto() as i32,
+                                retrying,
+                                ..Default::default()
+                            };
+                            ledger.on_statuses("h", &[s], now);
+                        }
+                    }
+                    LedgerOp::Phase(p) => exec.progress.phase = p,
+                }
+                PhaseView::refresh(&mut view, &ledger, &exec);
+                let p = &plan.phases[exec.progress.phase];
+                let full = ledger.with_each(p.moves.iter().map(|m| m.device_id.as_str()), |i, di| {
+                    move_state(&p.moves[i], "p", exec.progress.phase, di)
+                });
+                let v = view.as_ref().unwrap();
+                proptest::prop_assert_eq!(v.phase, exec.progress.phase);
+                proptest::prop_assert_eq!(&v.states, &full);
+            }
+        }
     }
 
     #[test]
