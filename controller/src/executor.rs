@@ -730,10 +730,11 @@ impl Controller {
     /// Renews the leases of the intents the controller stands behind, on every connected agent.
     pub fn renew_leases(&self, now: DateTime<Utc>) {
         let until = model::timestamp_to_proto(now + self.lease());
+        let mut endorsed = self.ledger.endorsed_by_host();
         for host in self.registry.connected_hosts() {
-            let intents = self
-                .ledger
-                .endorsed_refs(&host)
+            let intents = endorsed
+                .remove(&host)
+                .unwrap_or_default()
                 .into_iter()
                 .map(|mut r| {
                     r.device_id = wire_device_id(&host, &r.device_id).to_owned();

@@ -220,16 +220,21 @@ impl Ledger {
         }
     }
 
-    /// The endorsed intents of a host, for its lease renewal.
-    pub fn endorsed_refs(&self, host_id: &str) -> Vec<v1::IntentRef> {
-        self.lock()
-            .values()
-            .filter(|e| e.endorsed && e.di.host_id == host_id)
-            .map(|e| v1::IntentRef {
+    /// Every host's endorsed intents, for the lease renewal: one pass over the ledger (a pass
+    /// per host was hosts × devices).
+    pub fn endorsed_by_host(&self) -> BTreeMap<String, Vec<v1::IntentRef>> {
+        let mut by_host: BTreeMap<String, Vec<v1::IntentRef>> = BTreeMap::new();
+        for e in self.lock().values().filter(|e| e.endorsed) {
+            let refs = match by_host.get_mut(e.di.host_id.as_str()) {
+                Some(refs) => refs,
+                None => by_host.entry(e.di.host_id.clone()).or_default(),
+            };
+            refs.push(v1::IntentRef {
                 device_id: e.di.intent.device_id.clone(),
                 generation: e.di.intent.generation,
-            })
-            .collect()
+            });
+        }
+        by_host
     }
 
     /// Issues intents: each at a generation above any the device has had, written to the store
@@ -522,7 +527,7 @@ mod tests {
         let issued = l.issue(vec![new("m1", RUN)], now, now).unwrap();
         assert_eq!(issued[0].intent.generation, 8);
         assert!(l.endorsed("m1"));
-        assert_eq!(l.endorsed_refs("h1")[0].generation, 8);
+        assert_eq!(l.endorsed_by_host()["h1"][0].generation, 8);
         let l = Ledger::load(store).unwrap();
         assert_eq!(l.get("m1").unwrap().intent.generation, 8);
         assert!(!l.endorsed("m1"), "nothing is endorsed after a restart");
@@ -558,6 +563,30 @@ mod tests {
         assert_eq!(l.get("m1").unwrap().setting_before_w, Some(4200.0));
         let issued = l.issue(vec![new("m1", RUN)], now, now).unwrap();
         assert_eq!(issued[0].setting_before_w, Some(4200.0));
+    }
+
+    /// The lease renewal's one pass: each host gets its own endorsed intents and no other's; an
+    /// adopted (not endorsed) intent is not renewed.
+    #[test]
+    fn endorsed_intents_are_grouped_by_their_host() {
+        let (_d, _s, l) = ledger();
+        let now = Utc::now();
+        let mut on_h2 = new("m2", SLEEP);
+        on_h2.host_id = "h2".into();
+        l.issue(vec![new("m1", SLEEP), on_h2, new("m3", RUN)], now, now)
+            .unwrap();
+        l.on_hello("h1", &[held("m4", 3, SLEEP)], &["m4".into()], now)
+            .unwrap();
+        let by_host = l.endorsed_by_host();
+        let ids = |h: &str| {
+            by_host[h]
+                .iter()
+                .map(|r| (r.device_id.as_str(), r.generation))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by_host.len(), 2);
+        assert_eq!(ids("h1"), [("m1", 1), ("m3", 1)]);
+        assert_eq!(ids("h2"), [("m2", 1)]);
     }
 
     /// The executor reads again only the devices the change log names, so every change to a
