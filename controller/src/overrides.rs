@@ -5,6 +5,8 @@
 //! A pin is checked against the fleet when it is set: a device or host nobody declared, a pin of
 //! the wrong kind, or a value outside the device's range is refused, never stored.
 
+use std::collections::HashMap;
+
 use pivot_proto::model::{FieldError, MinerTarget, Target};
 
 use crate::fleet::Registry;
@@ -128,34 +130,45 @@ fn gpu_in_range(
     Ok(())
 }
 
-/// The pin in force for a device of `host_id`, from the overrides in force: the device's own
-/// pin first, then its host's, then the site-wide miners' pin. `kind_matches` says whether a pin
-/// applies to the device's kind.
-pub fn pin_for<'a>(
-    overrides: &'a [Override],
-    device_id: &str,
-    host_id: &str,
-    kind_matches: impl Fn(&Target) -> bool,
-    is_miner: bool,
-) -> Option<&'a Override> {
-    let host_target = format!("host/{host_id}");
-    overrides
-        .iter()
-        .find(|o| o.target == device_id && kind_matches(&o.pin))
-        .or_else(|| {
-            overrides
-                .iter()
-                .find(|o| o.target == host_target && kind_matches(&o.pin))
-        })
-        .or_else(|| {
-            is_miner
-                .then(|| {
-                    overrides
-                        .iter()
-                        .find(|o| o.target == ALL_MINERS && kind_matches(&o.pin))
-                })
-                .flatten()
-        })
+/// The overrides in force, indexed by target for the lookups of one plan: a device's pin is
+/// found without scanning every override (a plan looks up every device: miners × overrides).
+#[derive(Debug, Default)]
+pub struct Pins<'a> {
+    by_target: HashMap<&'a str, Vec<&'a Override>>,
+}
+
+impl<'a> Pins<'a> {
+    pub fn new(overrides: &'a [Override]) -> Self {
+        let mut by_target: HashMap<&'a str, Vec<&'a Override>> = HashMap::new();
+        for o in overrides {
+            by_target.entry(o.target.as_str()).or_default().push(o);
+        }
+        Self { by_target }
+    }
+
+    /// The overrides naming `target`, in the order they were given.
+    pub fn on(&self, target: &str) -> impl Iterator<Item = &'a Override> + '_ {
+        self.by_target
+            .get(target)
+            .into_iter()
+            .flat_map(|v| v.iter().copied())
+    }
+
+    /// The pin in force for a device of `host_id`: the device's own pin first, then its
+    /// host's, then the site-wide miners' pin. `kind_matches` says whether a pin applies to the
+    /// device's kind.
+    pub fn pin_for(
+        &self,
+        device_id: &str,
+        host_id: &str,
+        kind_matches: impl Fn(&Target) -> bool,
+        is_miner: bool,
+    ) -> Option<&'a Override> {
+        let first = |target: &str| self.on(target).find(|o| kind_matches(&o.pin));
+        first(device_id)
+            .or_else(|| first(&format!("host/{host_id}")))
+            .or_else(|| is_miner.then(|| first(ALL_MINERS)).flatten())
+    }
 }
 
 #[cfg(test)]
@@ -184,19 +197,59 @@ mod tests {
         let list = vec![o(ALL_MINERS, SLEEP), o("host/h1", run), o("m2", SLEEP)];
         let is_miner = |t: &Target| matches!(t, Target::Miner(_));
         assert_eq!(
-            pin_for(&list, "m2", "h1", is_miner, true).unwrap().target,
+            Pins::new(&list)
+                .pin_for("m2", "h1", is_miner, true)
+                .unwrap()
+                .target,
             "m2"
         );
         assert_eq!(
-            pin_for(&list, "m1", "h1", is_miner, true).unwrap().target,
+            Pins::new(&list)
+                .pin_for("m1", "h1", is_miner, true)
+                .unwrap()
+                .target,
             "host/h1"
         );
         assert_eq!(
-            pin_for(&list, "m9", "h9", is_miner, true).unwrap().target,
+            Pins::new(&list)
+                .pin_for("m9", "h9", is_miner, true)
+                .unwrap()
+                .target,
             ALL_MINERS
         );
         let is_gpu = |t: &Target| matches!(t, Target::Gpu { .. });
-        assert!(pin_for(&list, "gpu/x", "h1", is_gpu, false).is_none());
+        assert!(
+            Pins::new(&list)
+                .pin_for("gpu/x", "h1", is_gpu, false)
+                .is_none()
+        );
+    }
+
+    /// A host can carry a pin of each kind (its miners', its workload's): the index keeps them
+    /// all, in the order given, and each lookup takes the first of its kind.
+    #[test]
+    fn a_target_with_pins_of_several_kinds_gives_each_kind_its_own() {
+        let drained = Target::Workload {
+            state: pivot_proto::model::WorkloadState::Drained,
+        };
+        let released = Target::Workload {
+            state: pivot_proto::model::WorkloadState::Released,
+        };
+        let list = vec![
+            o("host/h1", drained),
+            o("host/h1", SLEEP),
+            o("host/h1", released),
+        ];
+        let pins = Pins::new(&list);
+        let is_miner = |t: &Target| matches!(t, Target::Miner(_));
+        assert_eq!(pins.pin_for("m1", "h1", is_miner, true).unwrap().pin, SLEEP);
+        let workload = |t: &Target| matches!(t, Target::Workload { .. });
+        assert_eq!(
+            pins.pin_for("host/h1", "h1", workload, false).unwrap().pin,
+            drained
+        );
+        assert_eq!(pins.on("host/h1").count(), 3);
+        assert_eq!(pins.on("host/h2").count(), 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use pivot_proto::model::{IntentPhase, MinerState, Target, WorkloadState};
 
 use crate::fleet::{AgentEntry, Confirmation, GpuSlot, MinerSlot};
 use crate::market::FirmContract;
-use crate::overrides;
+use crate::overrides::Pins;
 use crate::planner::{
     AiContract, GpuHostUnit, GpuUnit, HeldIntent, HostPin, HostState, MinerUnit, PowerTargetRange,
 };
@@ -69,6 +69,7 @@ pub fn units(
     s: &UnitSettings<'_>,
 ) -> Units {
     let mut out = Units::default();
+    let pins = &Pins::new(pins);
     for a in agents.values() {
         for slot in a.miners.values() {
             out.miners.push(miner(a, slot, intents, pins, failed, s));
@@ -84,7 +85,7 @@ fn miner(
     a: &AgentEntry,
     slot: &MinerSlot,
     intents: &BTreeMap<String, DeviceIntent>,
-    pins: &[Override],
+    pins: &Pins<'_>,
     failed: &BTreeSet<String>,
     s: &UnitSettings<'_>,
 ) -> MinerUnit {
@@ -125,17 +126,12 @@ fn miner(
     } else {
         inv.model.clone()
     };
-    let pin = overrides::pin_for(
-        pins,
-        id,
-        &a.host_id,
-        |t| matches!(t, Target::Miner(_)),
-        true,
-    )
-    .and_then(|o| match o.pin {
-        Target::Miner(m) => Some(m),
-        _ => None,
-    });
+    let pin = pins
+        .pin_for(id, &a.host_id, |t| matches!(t, Target::Miner(_)), true)
+        .and_then(|o| match o.pin {
+            Target::Miner(m) => Some(m),
+            _ => None,
+        });
     // A confirmation is a read-back newer than the last telemetry: it wins, so the planner never
     // decides on a reading older than the newest one (a miner put to sleep seconds ago must not
     // still count at its mining draw until the next telemetry).
@@ -214,7 +210,7 @@ fn gpu_unit(
 fn gpu_host(
     a: &AgentEntry,
     intents: &BTreeMap<String, DeviceIntent>,
-    pins: &[Override],
+    pins: &Pins<'_>,
     failed: &BTreeSet<String>,
     s: &UnitSettings<'_>,
 ) -> GpuHostUnit {
@@ -273,8 +269,8 @@ fn gpu_host(
             usd_per_mwh: c.usd_per_mwh,
         });
     let host_pin = pins
-        .iter()
-        .find(|o| o.target == host_device && matches!(o.pin, Target::Workload { .. }));
+        .on(&host_device)
+        .find(|o| matches!(o.pin, Target::Workload { .. }));
     let pin = host_pin.and_then(|o| match o.pin {
         Target::Workload {
             state: WorkloadState::Released,
@@ -287,8 +283,7 @@ fn gpu_host(
     // A GPU cap pinned by hand (on a GPU or its host) is outside what the planner moves: the
     // host holds where it is.
     let gpu_pinned = gpus.iter().any(|g| {
-        overrides::pin_for(
-            pins,
+        pins.pin_for(
             &g.device_id,
             &a.host_id,
             |t| matches!(t, Target::Gpu { .. }),
