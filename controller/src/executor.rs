@@ -367,9 +367,15 @@ impl PhaseView {
     const REREAD: Duration = Duration::from_secs(1);
 
     /// Brings `view` up to date with `ledger` for the phase in execution: only the moves whose
-    /// devices changed since the last read when the view is of this phase and was read whole
-    /// within [`PhaseView::REREAD`], else every move. Whether every move was read.
-    pub fn refresh(view: &mut Option<PhaseView>, ledger: &Ledger, exec: &Execution) -> bool {
+    /// devices changed since the last read when the view is of this phase, was read whole
+    /// within [`PhaseView::REREAD`] and `whole` is not asked, else every move. Whether every
+    /// move was read.
+    pub fn refresh(
+        view: &mut Option<PhaseView>,
+        ledger: &Ledger,
+        exec: &Execution,
+        whole: bool,
+    ) -> bool {
         let phase_index = exec.progress.phase;
         // Taken before reading: what changes after it is in the next pass's list.
         let changed = ledger.take_changed();
@@ -380,7 +386,7 @@ impl PhaseView {
         let state_of = |i: usize, di: Option<&DeviceIntent>| {
             move_state(&p.moves[i], &exec.plan.plan_id, phase_index, di)
         };
-        if let (Some(v), ChangedSince::Devices(ids)) = (view.as_mut(), &changed)
+        if let (false, Some(v), ChangedSince::Devices(ids)) = (whole, view.as_mut(), &changed)
             && Arc::ptr_eq(&v.plan, &exec.plan)
             && v.phase == phase_index
             && v.read_at.elapsed() < PhaseView::REREAD
@@ -557,11 +563,10 @@ impl Controller {
             };
             let now = Utc::now();
             let phase_index = exec.progress.phase;
-            let mut whole = PhaseView::refresh(view, &self.ledger, &exec);
+            let mut whole = PhaseView::refresh(view, &self.ledger, &exec, false);
             let mut step = next_step(&exec.plan, exec.progress, view_states(view), now);
             if !whole && !matches!(step, Step::Wait { .. }) {
-                *view = None;
-                whole = PhaseView::refresh(view, &self.ledger, &exec);
+                whole = PhaseView::refresh(view, &self.ledger, &exec, true);
                 step = next_step(&exec.plan, exec.progress, view_states(view), now);
             }
             debug_assert!(whole || matches!(step, Step::Wait { .. }));
@@ -879,7 +884,7 @@ mod tests {
             let mut exec = Execution { plan: Arc::clone(&plan), progress: Progress { phase: 1 } };
             let mut view = None;
             let now = t(0);
-            PhaseView::refresh(&mut view, &ledger, &exec);
+            PhaseView::refresh(&mut view, &ledger, &exec, true);
             for op in ops {
                 match op {
                     LedgerOp::Issue(moves) => {
@@ -930,7 +935,7 @@ mod tests {
                     }
                     LedgerOp::Phase(p) => exec.progress.phase = p,
                 }
-                PhaseView::refresh(&mut view, &ledger, &exec);
+                PhaseView::refresh(&mut view, &ledger, &exec, false);
                 let p = &plan.phases[exec.progress.phase];
                 let full = ledger.with_each(p.moves.iter().map(|m| m.device_id.as_str()), |i, di| {
                     move_state(&p.moves[i], "p", exec.progress.phase, di)
