@@ -160,7 +160,8 @@ impl Ledger {
         }
     }
 
-    /// The change log; locked only while `entries` is held or on its own, in that order.
+    /// The change log; locked only while `entries` is held or on its own, in that order. A
+    /// device is noted once its entry holds the change, never before.
     fn note_lock(&self) -> std::sync::MutexGuard<'_, Changed> {
         self.changed
             .lock()
@@ -383,24 +384,24 @@ impl Ledger {
     ) -> Vec<Result<Option<StatusChange>, StatusRefused>> {
         let out: Vec<_> = {
             let mut entries = self.lock();
-            let out: Vec<_> = statuses
+            statuses
                 .iter()
                 .map(|s| take_status(&mut entries, host_id, s, now))
-                .collect();
-            let mut changed = self.note_lock();
-            for c in out
-                .iter()
-                .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref))
-            {
-                changed.note(&c.device_id);
-            }
-            out
+                .collect()
         };
         let changes: Vec<(&str, u64, &StatusRecord)> = out
             .iter()
             .filter_map(|r| r.as_ref().ok().and_then(Option::as_ref))
             .map(|c| (c.device_id.as_str(), c.generation, &c.status))
             .collect();
+        // Noted once the entries hold them: a reader that takes the log before this reads them
+        // again at its next look.
+        {
+            let mut changed = self.note_lock();
+            for (device_id, _, _) in &changes {
+                changed.note(device_id);
+            }
+        }
         if !changes.is_empty()
             && let Err(err) = self.store.set_intent_statuses(&changes)
         {
