@@ -196,33 +196,21 @@ mod tests {
         });
         let list = vec![o(ALL_MINERS, SLEEP), o("host/h1", run), o("m2", SLEEP)];
         let is_miner = |t: &Target| matches!(t, Target::Miner(_));
+        let pins = Pins::new(&list);
         assert_eq!(
-            Pins::new(&list)
-                .pin_for("m2", "h1", is_miner, true)
-                .unwrap()
-                .target,
+            pins.pin_for("m2", "h1", is_miner, true).unwrap().target,
             "m2"
         );
         assert_eq!(
-            Pins::new(&list)
-                .pin_for("m1", "h1", is_miner, true)
-                .unwrap()
-                .target,
+            pins.pin_for("m1", "h1", is_miner, true).unwrap().target,
             "host/h1"
         );
         assert_eq!(
-            Pins::new(&list)
-                .pin_for("m9", "h9", is_miner, true)
-                .unwrap()
-                .target,
+            pins.pin_for("m9", "h9", is_miner, true).unwrap().target,
             ALL_MINERS
         );
         let is_gpu = |t: &Target| matches!(t, Target::Gpu { .. });
-        assert!(
-            Pins::new(&list)
-                .pin_for("gpu/x", "h1", is_gpu, false)
-                .is_none()
-        );
+        assert!(pins.pin_for("gpu/x", "h1", is_gpu, false).is_none());
     }
 
     /// A host can carry a pin of each kind (its miners', its workload's): the index keeps them

@@ -470,7 +470,6 @@ impl Reconciler {
             .filter(|(id, _)| !held.contains(id.as_str()))
             .map(|(_, h)| h.record.clone())
             .collect();
-        drop(held);
         records.extend(new);
         if let Err(e) = self.store.save(&records.iter().collect::<Vec<_>>()) {
             error!(error = %e, "Could not save intents; the new ones are not applied");
