@@ -160,7 +160,7 @@ pub fn unseen_between_polls(
         .filter(|(_, every)| *every + telemetry > stale_after)
         .map(|(key, every)| {
             format!(
-                "{key} is {} s: with telemetry every {} s a reading can be {} s old when the controller judges it, and it believes readings for {} s. Between polls it counts these devices unseen (at their maximum draw) and no plan moves them, not even a curtail; poll more often, or raise the controller's [engine] stale_after_s",
+                "{key} is {} s: with telemetry every {} s a reading can be {} s old when the controller judges it, and it believes readings for {} s. Between polls it counts these devices unseen (at their maximum draw, even once a curtail has slept them) and no plan wakes them or moves them on economics; poll more often, or raise the controller's [engine] stale_after_s",
                 secs(*every),
                 secs(telemetry),
                 secs(*every + telemetry),

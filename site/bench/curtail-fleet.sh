@@ -18,10 +18,11 @@ runs=${3:-2}
 dialect=${DIALECT:-mixed}
 interval=${INTERVAL_S:-5}
 # The dev controller believes a reading for 30 s (three 10 s telemetry intervals): polls further
-# apart leave miners unseen between them, and an unseen miner is moved by no plan, so a curtail
-# would sleep only the miners read in the last 30 s (the agents say so in their logs).
+# apart leave miners unseen between them: a curtail sleeps them too but counts them at their
+# maximum until read, and a resume wakes only the miners read in the last 30 s (the agents say
+# so in their logs).
 if [ "$(echo "$interval + 10 > 30" | bc)" = 1 ]; then
-  echo "curtail-fleet: INTERVAL_S=$interval leaves miners unseen between polls (readings are believed for 30 s); curtails would move only part of the fleet" >&2
+  echo "curtail-fleet: INTERVAL_S=$interval leaves miners unseen between polls (readings are believed for 30 s); resumes would wake only part of the fleet" >&2
 fi
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 # PIVOT_BIN_DIR: run the binaries found there (another build, for an A/B) instead of building.

@@ -157,6 +157,7 @@ fn miner(
         state,
         measured_power_w: measured,
         seen: seen_obs.is_some(),
+        host_connected: a.connected,
         power_target,
         power_target_set_w: seen_obs.and_then(|o| o.power_target_w),
         setting_before_trim_w: di.and_then(|d| d.setting_before_w),

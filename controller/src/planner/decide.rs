@@ -342,6 +342,40 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
     w
 }
 
+/// Miners that cannot be seen hold where they are, but a sleep needs no proof: one whose agent
+/// is connected is sent to sleep when the limit cannot be met even with every other load off
+/// (a demand-response target, a cap that unseen miners at their maximum already exceed), when a
+/// schedule window curtails mining, or when the market failed and the policy curtails mining —
+/// as every seen miner then is. (One pinned asleep is a pin, `Fixed::Pin`.) Each still counts at
+/// its maximum until a reading shows it asleep, so this makes no room in the fit: no grant is
+/// made on it.
+fn sleep_unseen_miners(
+    loads: &[Load],
+    wants: &[Want],
+    limit_w: f64,
+    lowest_achievable_w: f64,
+    decisions: &mut [Decision],
+) {
+    let short = lowest_achievable_w > limit_w;
+    for (i, (l, w)) in loads.iter().zip(wants).enumerate() {
+        if !(l.sleeps_unseen && l.fixed == Some(Fixed::Hold) && l.level_now.is_on()) {
+            continue;
+        }
+        let reason = match w.off_reason {
+            Some(r @ (Reason::Schedule | Reason::SafeMode)) if !w.on => r,
+            _ if short => Reason::Cap {
+                limit_w,
+                margin_usd_per_mwh: w.margin_usd_per_mwh,
+            },
+            _ => continue,
+        };
+        decisions[i] = Decision {
+            level: Level::Off,
+            reason,
+        };
+    }
+}
+
 /// A load's decided level and why it moves (if it does).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Decision {
@@ -523,6 +557,7 @@ pub(super) fn fit(loads: &[Load], wants: &[Want], limit_w: f64, mode: PlanMode) 
         }
     }
     let lowest_achievable_w = used;
+    sleep_unseen_miners(loads, wants, limit_w, lowest_achievable_w, &mut decisions);
     let mut budget = limit_w - used;
     let mut held = (0u32, 0.0);
     for (i, level, reason) in grants {

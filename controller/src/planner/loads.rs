@@ -78,6 +78,11 @@ pub(super) struct Load {
     /// Hosts: GPUs within AI demand on this host.
     pub gpus_in_demand: u32,
     pub fixed: Option<Fixed>,
+    /// Miners held because they cannot be seen (or read in no known state) whose agent is
+    /// connected, neither protected nor pinned to run: a sleep may still be sent to them, since it only lowers
+    /// power (see [`super::input::MinerUnit::host_connected`] and `decide::fit`). Asleep, they
+    /// still count at their maximum (`off_w` = `now_w`) until a reading shows them asleep.
+    pub sleeps_unseen: bool,
     /// Dwell passed and no intent in flight: economic moves allowed.
     pub may_move: bool,
     /// An intent of it is on its way (the unit waits for it whatever its dwell).
@@ -282,7 +287,14 @@ pub(super) fn miner_load(
         w.max(measured.unwrap_or(0.0))
     };
     let protected = m.protected || input.policy.protected.covers(&m.device_id, &m.group);
-    let fixed = if !controllable || protected {
+    // (A pin to run wins over a cap for a seen miner too: it is not slept for one.)
+    let sleeps_unseen = !controllable
+        && !protected
+        && m.host_connected
+        && !matches!(m.pin, Some(MinerTarget::Run { .. }));
+    let fixed = if sleeps_unseen && matches!(m.pin, Some(MinerTarget::Sleep)) {
+        Some(Fixed::Pin(Level::Off))
+    } else if !controllable || protected {
         Some(Fixed::Hold)
     } else {
         m.pin.map(|p| Fixed::Pin(miner_level(p, full_w)))
@@ -317,6 +329,7 @@ pub(super) fn miner_load(
         potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,
         fixed,
+        sleeps_unseen,
         may_move: !in_flight && dwell_until.is_none(),
         in_flight,
         dwell_until,
@@ -329,6 +342,11 @@ pub(super) fn miner_load(
     };
     load.value_usd_per_mwh = load.per_mwh_added(revenue);
     load.potential_usd_per_mwh = load.value_usd_per_mwh;
+    if !controllable {
+        // Nothing about it is believed: a sleep sent to it makes no room until a reading shows
+        // it asleep (DESIGN.md invariant 3), so asleep it counts as it does now.
+        load.off_w = load.now_w;
+    }
     load
 }
 
@@ -406,6 +424,7 @@ pub(super) fn host_load(i: usize, h: &GpuHostUnit, input: &PlanInput, dwell: &Dw
         potential_usd_per_mwh: 0.0,
         gpus_in_demand: 0,
         fixed,
+        sleeps_unseen: false,
         may_move: !in_flight && dwell_until.is_none(),
         in_flight,
         dwell_until,

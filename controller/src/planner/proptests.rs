@@ -16,6 +16,8 @@ struct MinerSpec {
     intent: u8,
     phase: u8,
     seen: bool,
+    /// Its agent connected (matters only when it is not seen).
+    connected: bool,
     pin: u8,
     protected: bool,
     changed_s_ago: Option<i64>,
@@ -35,6 +37,7 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
             prop::bool::weighted(0.9),
             0u8..12,
             prop::bool::weighted(0.05),
+            prop::bool::weighted(0.7),
         ),
         (
             prop::option::of(0i64..900),
@@ -47,7 +50,7 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
         .prop_map(
             |(
                 (power_w, ths, state, intent, phase),
-                (seen, pin, protected),
+                (seen, pin, protected, connected),
                 (changed_s_ago, trim, headroom, set, kept),
             )| MinerSpec {
                 power_w,
@@ -56,6 +59,7 @@ fn miner_spec() -> impl Strategy<Value = MinerSpec> {
                 intent,
                 phase,
                 seen,
+                connected,
                 pin,
                 protected,
                 changed_s_ago,
@@ -183,6 +187,7 @@ fn build(w: &World) -> PlanInput {
             );
             m.state = states[usize::from(s.state)];
             m.seen = s.seen;
+            m.host_connected = s.connected;
             m.sleep_power_w = Some(15.0);
             let trim_w = s.trim.map(|f| (s.power_w * f).round());
             m.power_target = s.trim.map(|_| PowerTargetRange {
@@ -369,14 +374,20 @@ proptest! {
         prop_assert_eq!(plan(&input), plan(&input.clone()));
     }
 
+    /// An unseen miner counts at its maximum before, during and after the plan, and moves only
+    /// to sleep, only through a connected agent, never when protected; an unseen host never
+    /// moves.
     #[test]
-    fn unseen_devices_count_at_their_maximum_and_do_not_move(w in world()) {
+    fn unseen_devices_count_at_their_maximum_and_move_only_to_sleep(w in world()) {
         let input = build(&w);
         let p = plan(&input);
         let mut unseen_max = 0.0;
         for m in input.miners.iter().filter(|m| !m.seen) {
             unseen_max += m.nameplate_power_w.unwrap_or(0.0);
-            prop_assert!(p.moves().all(|(_, mv)| mv.device_id != m.device_id));
+            for (_, mv) in p.moves().filter(|(_, mv)| mv.device_id == m.device_id) {
+                prop_assert_eq!(mv.to, Target::Miner(MinerTarget::Sleep));
+                prop_assert!(m.host_connected && !m.protected, "{} moved", m.device_id);
+            }
         }
         for h in input.gpu_hosts.iter().filter(|h| h.state == HostState::Unseen) {
             unseen_max += h.base_power_w + h.gpus.iter().map(|g| g.max_cap_w).sum::<f64>();
@@ -384,6 +395,10 @@ proptest! {
         }
         prop_assert!(p.summary.start_committed_w + EPS >= unseen_max);
         prop_assert!(p.summary.lowest_achievable_w + EPS >= unseen_max);
+        prop_assert!(p.summary.committed_w + EPS >= unseen_max);
+        for ph in &p.phases {
+            prop_assert!(ph.committed_w + EPS >= unseen_max, "phase {:?}", ph.kind);
+        }
     }
 
     #[test]

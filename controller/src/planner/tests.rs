@@ -27,6 +27,7 @@ pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit 
         state: MinerState::Mining,
         measured_power_w: None,
         seen: true,
+        host_connected: true,
         power_target: None,
         power_target_set_w: None,
         setting_before_trim_w: None,
@@ -815,7 +816,16 @@ fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achiev
             event_id: "dr-1".into()
         }
     );
-    assert_eq!(p.moves().count(), 2);
+    // The unseen miner counts at its maximum, so the target cannot be met: the two seen ones
+    // sleep, and the unseen one is sent to sleep too (its agent is connected), still counted
+    // at its maximum until a reading shows it asleep.
+    assert_eq!(p.moves().count(), 3);
+    assert_eq!(to(&p, "gone"), SLEEP);
+    assert!(matches!(
+        moved(&p, "gone").map(|(_, m)| &m.reason),
+        Some(Reason::Cap { limit_w, .. }) if *limit_w == 3000.0
+    ));
+    assert_eq!(p.summary.committed_w, 3500.0);
     assert!(p.warnings.contains(&Warning::LimitUnreachable {
         limit_w: 3000.0,
         achievable_w: 3500.0
@@ -824,6 +834,99 @@ fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achiev
         p.warnings[0].to_string().contains("achievable 4 kW"),
         "{}",
         p.warnings[0]
+    );
+    // Its agent gone, no intent can reach it: it holds.
+    i.miners[0].host_connected = false;
+    let p = plan(&i);
+    assert_eq!(p.moves().count(), 2);
+    assert!(moved(&p, "gone").is_none());
+}
+
+fn unseen(mut m: MinerUnit) -> MinerUnit {
+    m.seen = false;
+    m.state = MinerState::Unknown;
+    m
+}
+
+#[test]
+fn an_unseen_miner_is_sent_to_sleep_when_pinned_asleep_and_never_woken() {
+    let pinned_asleep = |m: MinerUnit| MinerUnit {
+        pin: Some(MinerTarget::Sleep),
+        ..m
+    };
+    let away = MinerUnit {
+        host_connected: false,
+        ..pinned_asleep(unseen(s21("away")))
+    };
+    let kept = MinerUnit {
+        protected: true,
+        ..pinned_asleep(unseen(s21("kept")))
+    };
+    let woken = MinerUnit {
+        pin: Some(MinerTarget::Run {
+            power_target_w: None,
+        }),
+        ..unseen(asleep(s21("woken")))
+    };
+    let i = input(
+        vec![
+            pinned_asleep(unseen(s21("pinned"))),
+            away,
+            kept,
+            woken,
+            unseen(s21("free")),
+            pinned_asleep(s21("seen")),
+        ],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    let p = plan(&i);
+    assert_eq!(to(&p, "pinned"), SLEEP);
+    assert_eq!(to(&p, "seen"), SLEEP);
+    for id in ["away", "kept", "woken", "free"] {
+        assert!(moved(&p, id).is_none(), "{id} moved");
+    }
+    // The unseen ones count at their maximum before and after; only the seen one makes room.
+    assert_eq!(p.summary.start_committed_w, 6.0 * 3500.0);
+    assert_eq!(p.summary.committed_w, 5.0 * 3500.0);
+    // Once the intent is confirmed it stays asleep, still counted at its maximum.
+    let mut i = i;
+    i.miners[0] = asleep(i.miners[0].clone());
+    i.miners[0].seen = false;
+    let p = plan(&i);
+    assert!(moved(&p, "pinned").is_none());
+    assert_eq!(p.summary.start_committed_w, 6.0 * 3500.0);
+}
+
+#[test]
+fn unseen_miners_sleep_with_the_seen_ones_in_a_schedule_window_and_a_safe_curtail() {
+    let mut i = input(
+        vec![s21("a"), unseen(s21("gone"))],
+        vec![],
+        Some(market(40.0, 30.0, None)),
+    );
+    i.policy = policy_with(
+        "[[schedule]]\nname = \"4cp\"\ntime_zone = \"America/Chicago\"\nstart = \"07:05\"\nend = \"09:00\"\ncurtail_mining = true\n",
+    );
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert_eq!(to(&p, "gone"), SLEEP);
+    assert_eq!(
+        moved(&p, "gone").map(|(_, m)| &m.reason),
+        Some(&Reason::Schedule)
+    );
+    // Outside the window, on economics alone, the unseen miner holds.
+    i.now = t0() + Duration::hours(5);
+    assert!(moved(&plan(&i), "gone").is_none());
+    // No market and the policy curtails mining: both sleep.
+    i.market = None;
+    i.policy = PolicyDocument::default();
+    i.policy.market_failure.action = policy::SafeAction::CurtailMining;
+    let p = plan(&i);
+    assert_eq!(to(&p, "a"), SLEEP);
+    assert_eq!(
+        moved(&p, "gone").map(|(_, m)| &m.reason),
+        Some(&Reason::SafeMode)
     );
 }
 

@@ -76,6 +76,30 @@ impl FakeAgent {
             .expect("the controller never ended the session")
     }
 
+    /// The intents the controller sends (lease renewals skipped) until every one of `ids` has
+    /// one; the newest for each.
+    async fn intents_for(&mut self, ids: &[&str]) -> BTreeMap<String, v1::Intent> {
+        let mut got = BTreeMap::new();
+        let wait = async {
+            while !ids.iter().all(|id| got.contains_key(*id)) {
+                match self.down.message().await {
+                    Ok(Some(v1::ControllerMessage {
+                        msg: Some(v1::controller_message::Msg::Intents(b)),
+                    })) => {
+                        for i in b.intents {
+                            got.insert(i.device_id.clone(), i);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    other => panic!("the session ended: {other:?}"),
+                }
+            }
+        };
+        let done = tokio::time::timeout(WAIT, wait).await;
+        assert!(done.is_ok(), "no intents for all of {ids:?}: {got:#?}");
+        got
+    }
+
     /// Closes the session from the agent's side and waits until the controller let go of it.
     async fn close(mut self) {
         drop(self.tx);
@@ -787,6 +811,69 @@ async fn absurd_readings_are_refused_audited_and_the_device_counts_at_its_maximu
         String::from_utf8_lossy(&out.stderr)
     );
     site.until("rack-3 forgotten", |h| h == &before).await;
+}
+
+/// An agent whose session stays up while its readings stop (its polls further apart than the
+/// controller believes a reading, or its poller hung): its miners count at their maximum, and a
+/// curtail still sends them to sleep, since a sleep only lowers power and needs no proof. Before,
+/// such miners were moved by no plan, so `pivotctl curtail` left them mining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_curtail_sleeps_miners_whose_readings_went_stale_while_their_agent_is_connected() {
+    let site = Site::start().await;
+    let before = site.honest().await;
+    let ids = ["miner/r4-a", "miner/r4-b"];
+    let mut agent = site
+        .agent(
+            "rack-4",
+            hello(
+                "rack-4",
+                // 15 J/TH: worth mining, so nothing but the curtail moves them.
+                ids.iter()
+                    .map(|id| v1::MinerInventory {
+                        nameplate_hashrate_ths: Some(200.0),
+                        ..miner_inv(id, 3000)
+                    })
+                    .collect(),
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+    let mining = |id: &str| reading(id, v1::MinerState::Mining, 2900.0, 195.0);
+    agent
+        .send(telemetry(ids.iter().map(|id| mining(id)).collect(), vec![]))
+        .await;
+    site.until("rack-4's miners mining", |h| {
+        h.agents_connected == 2 && h.miners_mining == before.miners_mining + 2
+    })
+    .await;
+    // Then silence, the session kept: past three telemetry intervals (the controller's
+    // `stale_after`, 3 s here) the readings are not believed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let out = site.pivotctl(
+        "ops",
+        &["curtail", "host/rack-4", "--reason", "stale readings"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = agent.intents_for(&ids).await;
+    for id in ids {
+        let target = sent.get(id).and_then(|i| i.target);
+        assert_eq!(
+            target,
+            Some(v1::intent::Target::Miner(v1::MinerTarget {
+                mode: v1::MinerMode::Sleep as i32,
+                power_target_w: None,
+            })),
+            "{id}: {:?}",
+            sent.get(id)
+        );
+        assert_eq!(sent[id].reason, "operator override", "{id}");
+    }
+    agent.close().await;
 }
 
 /// pivotctl failed with a clear message containing `words`, and did not panic.
