@@ -50,7 +50,7 @@ fn fleet(devices: usize) -> PlanInput {
                 },
                 measured_power_w: Some(if asleep { 15.0 } else { w * 0.98 }),
                 seen: rng.unit() > 0.01,
-                host_connected: true,
+                reachable_by_agent: true,
                 power_target: None,
                 power_target_set_w: None,
                 setting_before_trim_w: None,

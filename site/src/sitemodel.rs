@@ -222,7 +222,7 @@ mod tests {
             state: MinerState::Mining,
             measured_power_w: Some(nameplate),
             seen: true,
-            host_connected: true,
+            reachable_by_agent: true,
             power_target: range.map(|(min_w, max_w)| PowerTargetRange {
                 min_w,
                 max_w,

@@ -148,7 +148,7 @@ impl Fleet {
                     state: MinerState::Mining,
                     measured_power_w: None,
                     seen: true,
-                    host_connected: true,
+                    reachable_by_agent: true,
                     power_target: m.power_target_min_w.map(|min_w| PowerTargetRange {
                         min_w,
                         max_w: m.power_w,

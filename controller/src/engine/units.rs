@@ -157,7 +157,8 @@ fn miner(
         state,
         measured_power_w: measured,
         seen: seen_obs.is_some(),
-        host_connected: a.connected,
+        // A reading refused as implausible leaves no observation: such a miner is reachable.
+        reachable_by_agent: a.connected && slot.obs.as_ref().is_none_or(|o| o.reachable),
         power_target,
         power_target_set_w: seen_obs.and_then(|o| o.power_target_w),
         setting_before_trim_w: di.and_then(|d| d.setting_before_w),
@@ -541,15 +542,29 @@ mod tests {
         assert_eq!(m.state, MinerState::Mining);
         assert_eq!(m.efficiency_j_per_th, Some(17.0));
         assert_eq!(m.model, "Antminer S21");
-        for a in [
-            with_miner(agent(false), MinerState::Mining, 5, false),
-            with_miner(agent(true), MinerState::Mining, 60, false),
-            with_miner(agent(true), MinerState::Mining, 5, true),
+        assert!(m.reachable_by_agent);
+        // Unseen: its agent gone, its reading stale, restored from an earlier session. Only a
+        // live session can carry a sleep to it.
+        for (a, reachable) in [
+            (
+                with_miner(agent(false), MinerState::Mining, 5, false),
+                false,
+            ),
+            (with_miner(agent(true), MinerState::Mining, 60, false), true),
+            (with_miner(agent(true), MinerState::Mining, 5, true), true),
         ] {
             let m = &u(a).miners[0];
             assert!(!m.seen);
             assert_eq!(m.state, MinerState::Unknown);
+            assert_eq!(m.reachable_by_agent, reachable);
         }
+        // Its agent's last poll could not reach it: unseen, and no sleep is sent to it.
+        let mut a = with_miner(agent(true), MinerState::Mining, 5, false);
+        if let Some(o) = a.miners.get_mut("m1").and_then(|s| s.obs.as_mut()) {
+            o.reachable = false;
+        }
+        let m = &u(a).miners[0];
+        assert!(!m.seen && !m.reachable_by_agent);
     }
 
     #[test]

@@ -120,12 +120,13 @@ pub struct MinerUnit {
     pub measured_power_w: Option<f64>,
     /// Reachable with a fresh reading.
     pub seen: bool,
-    /// Its agent's session is live, so an intent reaches it. A miner that is not seen but whose
-    /// agent is connected may still be sent to sleep (a sleep only lowers power and needs no
-    /// proof): when pinned asleep, when the market fails and the policy curtails mining, or when
-    /// the limit cannot be met with everything else off. It counts at its maximum until a
-    /// reading shows it asleep.
-    pub host_connected: bool,
+    /// Its agent's session is live and the agent's last poll reached it (fresh or not): a sleep
+    /// sent to it would get there. A miner that is not seen but is reachable so may still be
+    /// sent to sleep (a sleep only lowers power and needs no proof): when pinned asleep, when a
+    /// window or safe mode curtails mining, or when the limit cannot be met with everything
+    /// else off. It counts at its maximum until a reading shows it asleep. One its agent cannot
+    /// reach is sent nothing: the sleep would only fail, and hold its phase until it timed out.
+    pub reachable_by_agent: bool,
     pub power_target: Option<PowerTargetRange>,
     /// The power target the miner reports it is set to (its last fresh reading: a LuxOS
     /// profile's watts, Braiins OS's tuner target); `None` = not reported. With a range, full

@@ -79,8 +79,8 @@ pub(super) struct Load {
     pub gpus_in_demand: u32,
     pub fixed: Option<Fixed>,
     /// Miners held because they cannot be seen (or read in no known state) whose agent is
-    /// connected, neither protected nor pinned to run: a sleep may still be sent to them, since it only lowers
-    /// power (see [`super::input::MinerUnit::host_connected`] and `decide::fit`). Asleep, they
+    /// connected and reached them at its last poll, neither protected nor pinned to run: a sleep may still be sent to them, since it only lowers
+    /// power (see [`super::input::MinerUnit::reachable_by_agent`] and `decide::fit`). Asleep, they
     /// still count at their maximum (`off_w` = `now_w`) until a reading shows them asleep.
     pub sleeps_unseen: bool,
     /// Dwell passed and no intent in flight: economic moves allowed.
@@ -290,7 +290,7 @@ pub(super) fn miner_load(
     // (A pin to run wins over a cap for a seen miner too: it is not slept for one.)
     let sleeps_unseen = !controllable
         && !protected
-        && m.host_connected
+        && m.reachable_by_agent
         && !matches!(m.pin, Some(MinerTarget::Run { .. }));
     let fixed = if sleeps_unseen && matches!(m.pin, Some(MinerTarget::Sleep)) {
         Some(Fixed::Pin(Level::Off))

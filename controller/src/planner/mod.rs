@@ -36,10 +36,10 @@
 //!   `shed_lead_s` before they open), less the reserve.
 //! - Fixed first: unseen, faulted and protected devices hold where they are, at their committed
 //!   power (unseen at maximum); pins and firm AI hosts take their level first. A sleep needs no
-//!   proof, so an unseen (or faulted) miner whose agent is connected is still sent to sleep when
-//!   pinned asleep, in a schedule window or safe mode that curtails mining, or when the limit
-//!   cannot be met with every other load off; it counts at its maximum until a reading shows it
-//!   asleep, so no grant is made on it. If pins alone
+//!   proof, so an unseen (or faulted) miner whose agent is connected and reached it at its last
+//!   poll is still sent to sleep when pinned asleep, in a schedule window or safe mode that
+//!   curtails mining, or when the limit cannot be met with every other load off; it counts at
+//!   its maximum until a reading shows it asleep, so no grant is made on it. If pins alone
 //!   exceed the limit everything else is shed and a warning says so; a pin or firm host that
 //!   would need power the limit lacks is held back (warning), never granted over the cap.
 //! - Then every other load in merit order of margin per MWh (value − energy price), each load

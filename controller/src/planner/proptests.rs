@@ -16,7 +16,7 @@ struct MinerSpec {
     intent: u8,
     phase: u8,
     seen: bool,
-    /// Its agent connected (matters only when it is not seen).
+    /// Its agent connected and reaching it (matters only when it is not seen).
     connected: bool,
     pin: u8,
     protected: bool,
@@ -187,7 +187,7 @@ fn build(w: &World) -> PlanInput {
             );
             m.state = states[usize::from(s.state)];
             m.seen = s.seen;
-            m.host_connected = s.connected;
+            m.reachable_by_agent = s.connected;
             m.sleep_power_w = Some(15.0);
             let trim_w = s.trim.map(|f| (s.power_w * f).round());
             m.power_target = s.trim.map(|_| PowerTargetRange {
@@ -375,7 +375,7 @@ proptest! {
     }
 
     /// An unseen miner counts at its maximum before, during and after the plan, and moves only
-    /// to sleep, only through a connected agent, never when protected; an unseen host never
+    /// to sleep, only through an agent that reaches it, never when protected; an unseen host never
     /// moves.
     #[test]
     fn unseen_devices_count_at_their_maximum_and_move_only_to_sleep(w in world()) {
@@ -386,7 +386,7 @@ proptest! {
             unseen_max += m.nameplate_power_w.unwrap_or(0.0);
             for (_, mv) in p.moves().filter(|(_, mv)| mv.device_id == m.device_id) {
                 prop_assert_eq!(mv.to, Target::Miner(MinerTarget::Sleep));
-                prop_assert!(m.host_connected && !m.protected, "{} moved", m.device_id);
+                prop_assert!(m.reachable_by_agent && !m.protected, "{} moved", m.device_id);
             }
         }
         for h in input.gpu_hosts.iter().filter(|h| h.state == HostState::Unseen) {

@@ -27,7 +27,7 @@ pub(super) fn miner(id: &str, model: &str, power_w: f64, ths: f64) -> MinerUnit 
         state: MinerState::Mining,
         measured_power_w: None,
         seen: true,
-        host_connected: true,
+        reachable_by_agent: true,
         power_target: None,
         power_target_set_w: None,
         setting_before_trim_w: None,
@@ -817,7 +817,7 @@ fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achiev
         }
     );
     // The unseen miner counts at its maximum, so the target cannot be met: the two seen ones
-    // sleep, and the unseen one is sent to sleep too (its agent is connected), still counted
+    // sleep, and the unseen one is sent to sleep too (its agent reaches it), still counted
     // at its maximum until a reading shows it asleep.
     assert_eq!(p.moves().count(), 3);
     assert_eq!(to(&p, "gone"), SLEEP);
@@ -835,8 +835,8 @@ fn a_demand_response_event_lowers_the_limit_from_its_lead_and_reports_the_achiev
         "{}",
         p.warnings[0]
     );
-    // Its agent gone, no intent can reach it: it holds.
-    i.miners[0].host_connected = false;
+    // Its agent gone (or unable to reach it), no intent can reach it: it holds.
+    i.miners[0].reachable_by_agent = false;
     let p = plan(&i);
     assert_eq!(p.moves().count(), 2);
     assert!(moved(&p, "gone").is_none());
@@ -855,7 +855,7 @@ fn an_unseen_miner_is_sent_to_sleep_when_pinned_asleep_and_never_woken() {
         ..m
     };
     let away = MinerUnit {
-        host_connected: false,
+        reachable_by_agent: false,
         ..pinned_asleep(unseen(s21("away")))
     };
     let kept = MinerUnit {
