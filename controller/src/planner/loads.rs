@@ -79,9 +79,11 @@ pub(super) struct Load {
     pub gpus_in_demand: u32,
     pub fixed: Option<Fixed>,
     /// Miners held because they cannot be seen (or read in no known state) whose agent is
-    /// connected and reached them at its last poll, neither protected nor pinned to run: a sleep may still be sent to them, since it only lowers
-    /// power (see [`super::input::MinerUnit::reachable_by_agent`] and `decide::fit`). Asleep, they
-    /// still count at their maximum (`off_w` = `now_w`) until a reading shows them asleep.
+    /// connected and reached them at its last poll, neither protected nor pinned to run: a
+    /// sleep may still be sent to them, since it only lowers power (see
+    /// [`super::input::MinerUnit::reachable_by_agent`] and `decide::sleep_unseen_miners`).
+    /// Asleep, they still count at their maximum (`off_w` = `now_w`) until a reading shows them
+    /// asleep.
     pub sleeps_unseen: bool,
     /// Dwell passed and no intent in flight: economic moves allowed.
     pub may_move: bool,
