@@ -23,6 +23,8 @@ pub fn watts(w: f64) -> String {
 #[derive(Default)]
 struct Group {
     devices: u32,
+    /// Of them, miners not seen: their sleep counts for nothing until a reading shows it.
+    unseen: u32,
     power_w: f64,
     gain_usd_per_h: f64,
     first: Option<Reason>,
@@ -59,6 +61,7 @@ pub(super) fn explain(
         let delta_w = l.level_power(d.level) - l.now_w;
         let g = groups.entry((a, model, d.reason.kind())).or_default();
         g.devices += 1;
+        g.unseen += u32::from(l.sleeps_unseen);
         g.power_w += delta_w.abs();
         g.gain_usd_per_h += (l.value_usd_per_mwh - energy) * delta_w / 1e6;
         g.first.get_or_insert(d.reason);
@@ -83,7 +86,16 @@ pub(super) fn explain(
 
 fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason) -> String {
     let unit = if model == "GPU host" { "" } else { " miners" };
-    let what = format!("{} {}{unit} ({})", a.verb(), g.devices, watts(g.power_w));
+    let power = if g.unseen > 0 {
+        format!(
+            "{}; {} not seen, counted at their maximum until read",
+            watts(g.power_w),
+            g.unseen
+        )
+    } else {
+        watts(g.power_w)
+    };
+    let what = format!("{} {}{unit} ({power})", a.verb(), g.devices);
     let what = if unit.is_empty() {
         format!(
             "{} {} GPU hosts ({})",

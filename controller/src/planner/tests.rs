@@ -889,6 +889,10 @@ fn an_unseen_miner_is_sent_to_sleep_when_pinned_asleep_and_never_woken() {
     // The unseen ones count at their maximum before and after; only the seen one makes room.
     assert_eq!(p.summary.start_committed_w, 6.0 * 3500.0);
     assert_eq!(p.summary.committed_w, 5.0 * 3500.0);
+    assert_eq!(
+        p.explanations[0].text,
+        "operator override: sleeping 2 miners (4 kW; 1 not seen, counted at their maximum until read)"
+    );
     // Once the intent is confirmed it stays asleep, still counted at its maximum.
     let mut i = i;
     i.miners[0] = asleep(i.miners[0].clone());
