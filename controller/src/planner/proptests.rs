@@ -387,6 +387,12 @@ proptest! {
             for (_, mv) in p.moves().filter(|(_, mv)| mv.device_id == m.device_id) {
                 prop_assert_eq!(mv.to, Target::Miner(MinerTarget::Sleep));
                 prop_assert!(m.reachable_by_agent && !m.protected, "{} moved", m.device_id);
+                // And only when it must: pinned asleep, mining curtailed by the safe mode, or a
+                // limit the plan cannot meet (the world has no schedule windows).
+                let must = m.pin == Some(MinerTarget::Sleep)
+                    || p.mode == PlanMode::SafeCurtailMining
+                    || p.warnings.iter().any(|w| matches!(w, Warning::LimitUnreachable { .. }));
+                prop_assert!(must, "{} slept unseen without cause: {:?}", m.device_id, mv.reason);
             }
         }
         for h in input.gpu_hosts.iter().filter(|h| h.state == HostState::Unseen) {
