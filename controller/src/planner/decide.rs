@@ -344,12 +344,11 @@ pub(super) fn want(l: &Load, cx: &Context<'_>) -> Want {
 
 /// Miners that cannot be seen hold where they are, but a sleep needs no proof: one whose agent
 /// is connected and reached it at its last poll (`Load::sleeps_unseen`) is sent to sleep when
-/// the limit cannot be met even with every other load off
-/// (a demand-response target, a cap that unseen miners at their maximum already exceed), when a
-/// schedule window curtails mining, or when the market failed and the policy curtails mining —
-/// as every seen miner then is. (One pinned asleep is a pin, `Fixed::Pin`.) Each still counts at
-/// its maximum until a reading shows it asleep, so this makes no room in the fit: no grant is
-/// made on it.
+/// the limit cannot be met even with every other load off (a demand-response target, a cap that
+/// unseen miners at their maximum already exceed), when a schedule window curtails mining, or
+/// when the market failed and the policy curtails mining — as every seen miner then is. (One
+/// pinned asleep is a pin, `Fixed::Pin`.) Each still counts at its maximum until a reading shows
+/// it asleep, so this makes no room in the fit: no grant is made on it.
 fn sleep_unseen_miners(
     loads: &[Load],
     wants: &[Want],

@@ -85,7 +85,7 @@ pub(super) fn explain(
 }
 
 fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason) -> String {
-    let unit = if model == "GPU host" { "" } else { " miners" };
+    let hosts = model == "GPU host";
     let power = if g.unseen > 0 {
         format!(
             "{}; {} not seen, counted at their maximum until read",
@@ -95,17 +95,8 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
     } else {
         watts(g.power_w)
     };
-    let what = format!("{} {}{unit} ({power})", a.verb(), g.devices);
-    let what = if unit.is_empty() {
-        format!(
-            "{} {} GPU hosts ({})",
-            a.verb(),
-            g.devices,
-            watts(g.power_w)
-        )
-    } else {
-        what
-    };
+    let noun = if hosts { "GPU hosts" } else { "miners" };
+    let what = format!("{} {} {noun} ({power})", a.verb(), g.devices);
     let money = if g.gain_usd_per_h >= 0.0 {
         let verb = if matches!(a, Action::Sleep | Action::Trim | Action::Drain) {
             "saves"
@@ -123,11 +114,7 @@ fn sentence(cx: &Context<'_>, a: Action, model: &str, g: &Group, reason: Reason)
             margin_usd_per_mwh: m,
             threshold_usd_per_mwh: t,
         } => {
-            let worth = if unit.is_empty() {
-                "AI value"
-            } else {
-                "breakeven"
-            };
+            let worth = if hosts { "AI value" } else { "breakeven" };
             let cmp = if e > v { ">" } else { "<" };
             let floor = if (m >= t) == (e < v) {
                 String::new()
